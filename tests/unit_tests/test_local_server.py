@@ -1,0 +1,97 @@
+"""Offline behaviour of the local server wrapper: arguments, environment, diagnosis, state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from langchain_vllm_budget.local_models import ModelBuildError, cache_dir, ensure_local_model
+from langchain_vllm_budget.local_server import (
+    LocalServerError,
+    LocalServerSpec,
+    LocalVLLMServer,
+    ServerState,
+    _diagnose,
+    stop_process_group,
+)
+
+
+def test_spec_renders_vllm_serve_arguments() -> None:
+    spec = LocalServerSpec(
+        model="/m/qwen", max_model_len=12288, max_num_seqs=2, extra_args=("--seed", "1")
+    )
+    args = spec.vllm_args(port=8123)
+    assert args[:2] == ["serve", "/m/qwen"]
+    pairs = dict(zip(args[2::2], args[3::2], strict=False))
+    assert pairs["--port"] == "8123"
+    assert pairs["--max-model-len"] == "12288"
+    assert pairs["--max-num-seqs"] == "2"
+    assert pairs["--served-model-name"] == "qwen"
+    assert "--enforce-eager" in args
+    assert args[-2:] == ["--seed", "1"]
+
+
+def test_spec_environment_is_offline_and_sizes_the_kv_cache() -> None:
+    env = LocalServerSpec(model="/m", kv_cache_space_gib=2, env={"X": "y"}).environment()
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["X"] == "y"
+
+
+@pytest.mark.parametrize(
+    ("log", "cause"),
+    [
+        ("OSError: [Errno 98] Address already in use", "port is already in use"),
+        ("torch.OutOfMemoryError: CUDA out of memory", "out of memory"),
+        ("ValueError: No available memory for the cache blocks", "out of memory"),
+        ("OSError: /x does not appear to have a file named config.json", "model could not be found"),
+        ("nothing recognisable", None),
+    ],
+)
+def test_failure_causes_are_named(log: str, cause: str | None) -> None:
+    found = _diagnose(log)
+    if cause is None:
+        assert found is None
+    else:
+        assert found is not None and cause in found
+
+
+def test_error_message_carries_cause_log_and_tail(tmp_path: Path) -> None:
+    error = LocalServerError("boom", log_path=tmp_path / "x.log", log_tail="line 1\nline 2")
+    text = str(error)
+    assert "boom" in text and "x.log" in text and "line 2" in text
+
+
+def test_base_url_before_start_is_an_error() -> None:
+    with pytest.raises(LocalServerError, match="not been started"):
+        _ = LocalVLLMServer(LocalServerSpec(model="/m")).base_url
+
+
+def test_state_round_trips_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_BUDGET_CACHE", str(tmp_path))
+    state = ServerState(name="m", pid=123, port=8001, host="127.0.0.1", model="/m", log_path="/l")
+    path = state.save()
+    assert path.parent == cache_dir() / "servers"
+    assert ServerState.load("m") == state
+    assert state.base_url == "http://127.0.0.1:8001/v1"
+    assert ServerState.load("other") is None
+
+
+def test_stop_process_group_stops_children() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess,sys,time; "
+         "subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"],
+        start_new_session=True,
+    )
+    assert stop_process_group(child.pid, timeout=5) is True
+    assert child.poll() is not None
+    assert stop_process_group(child.pid) is False
+
+
+def test_unknown_local_model_names_the_known_ones() -> None:
+    with pytest.raises(ModelBuildError, match="smollm2-135m-instruct"):
+        ensure_local_model("gpt-5")
