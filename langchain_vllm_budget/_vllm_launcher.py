@@ -38,4 +38,4 @@ _metadata.version = _version
 if __name__ == "__main__":
     from vllm.entrypoints.cli.main import main
 
-    sys.exit(main())
+    sys.exit(main())  # type: ignore[no-untyped-call]  # vLLM's CLI entry is untyped

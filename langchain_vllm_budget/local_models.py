@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "LOCAL_MODELS",
@@ -82,12 +83,19 @@ def _build_smollm2(dest: Path) -> None:
     # dequantized weights saves normally.
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
-    fresh = LlamaForCausalLM(LlamaConfig(**settings))
+    fresh = LlamaForCausalLM(LlamaConfig(**settings))  # type: ignore[no-untyped-call]
     fresh.load_state_dict(loaded.state_dict())
-    fresh.to(torch.float32).save_pretrained(dest)
+    fresh.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     if not getattr(tokenizer, "chat_template", None):
         raise ModelBuildError("The SmolLM2 GGUF carried no chat template.")
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int):
+        raise ModelBuildError(f"The Qwen tokenizer has no single id for {token!r}.")
+    return token_id
 
 
 def _build_tiny_qwen(dest: Path) -> None:
@@ -105,11 +113,11 @@ def _build_tiny_qwen(dest: Path) -> None:
         num_key_value_heads=2,
         max_position_embeddings=32768,
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        bos_token_id=_token_id(tokenizer, "<|endoftext|>"),
+        eos_token_id=_token_id(tokenizer, "<|im_end|>"),
     )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
+    model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]  # untyped in transformers
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 

@@ -401,7 +401,8 @@ class LocalVLLMServer:
         Raises:
             LocalServerError: The server exited or did not become ready in time.
         """
-        assert self._process is not None and self.port is not None
+        assert self._process is not None
+        assert self.port is not None
         health = f"http://{self.spec.host}:{self.port}/health"
         deadline = time.monotonic() + self.startup_timeout
         with httpx.Client(timeout=5.0) as client:
@@ -417,6 +418,39 @@ class LocalVLLMServer:
             f"the server was not ready within {self.startup_timeout:.0f} s: raise the "
             "startup timeout or check the log"
         )
+
+    def wait_for_log(self, pattern: str | re.Pattern[str]) -> re.Match[str]:
+        """Wait until the server's log matches ``pattern`` (e.g. vLLM's KV cache size line).
+
+        The log is searched even after the process has exited, so a line written just before
+        a failure is still found.
+
+        Returns:
+            The first match in the log.
+
+        Raises:
+            LocalServerError: The server exited without writing it, or it did not appear
+                within the startup timeout (the server is stopped first).
+        """
+        assert self._process is not None
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self._process.poll()
+            with contextlib.suppress(OSError):
+                found = regex.search(self.log_path.read_text(errors="replace"))
+                if found is not None:
+                    return found
+            if code is not None:
+                self._fail(
+                    f"the server process exited with code {code} before logging {regex.pattern!r}"
+                )
+            if time.monotonic() > deadline:
+                self._fail(
+                    f"the server did not log {regex.pattern!r} within "
+                    f"{self.startup_timeout:.0f} s: raise the startup timeout or check the log"
+                )
+            time.sleep(0.5)
 
     def _fail(self, what: str) -> None:
         self.stop()
@@ -468,4 +502,3 @@ class LocalVLLMServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-

@@ -59,7 +59,9 @@ def _served(name: str, max_model_len: int, env_var: str) -> Iterator[ServedModel
 @pytest.fixture(scope="session")
 def smollm2() -> Iterator[ServedModel]:
     """SmolLM2-135M-Instruct on a real vLLM server (2K window)."""
-    yield from _served("smollm2-135m-instruct", SMOLLM2_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_SMOLLM2_URL")
+    yield from _served(
+        "smollm2-135m-instruct", SMOLLM2_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_SMOLLM2_URL"
+    )
 
 
 @pytest.fixture(scope="session")

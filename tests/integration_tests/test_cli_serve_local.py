@@ -27,18 +27,22 @@ def test_start_status_stop_round_trip() -> None:
     try:
         assert started.returncode == 0, started.stderr
         state = ServerState.load(NAME)
-        assert state is not None and state.base_url in started.stdout
+        assert state is not None
+        assert state.base_url in started.stdout
         models = httpx.get(f"{state.base_url}/models", timeout=30).json()["data"]
         assert [(m["id"], m["max_model_len"]) for m in models] == [(NAME, 1024)]
 
         again = _cli("start", "--model", "tiny-qwen", "--name", NAME)
-        assert again.returncode == 0 and "already running" in again.stdout
+        assert again.returncode == 0
+        assert "already running" in again.stdout
 
         status = _cli("status", "--model", NAME)
-        assert status.returncode == 0 and "running" in status.stdout
+        assert status.returncode == 0
+        assert "running" in status.stdout
     finally:
         stopped = _cli("stop", "--model", NAME)
-    assert stopped.returncode == 0 and "stopped pid" in stopped.stdout
+    assert stopped.returncode == 0
+    assert "stopped pid" in stopped.stdout
     assert ServerState.load(NAME) is None
     assert _cli("status", "--model", NAME).returncode == 1
     assert _cli("stop", "--model", NAME).stdout.startswith("no server recorded")

@@ -17,7 +17,9 @@ from langchain_vllm_budget.local_server import (
 from .conftest import ServedModel
 
 
-def test_models_endpoint_reports_configured_window(smollm2: ServedModel, tiny_qwen: ServedModel) -> None:
+def test_models_endpoint_reports_configured_window(
+    smollm2: ServedModel, tiny_qwen: ServedModel
+) -> None:
     for served in (smollm2, tiny_qwen):
         data = httpx.get(f"{served.base_url}/models", timeout=30).json()["data"]
         assert data[0]["id"] == served.model

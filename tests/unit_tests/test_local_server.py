@@ -48,7 +48,10 @@ def test_spec_environment_is_offline_and_sizes_the_kv_cache() -> None:
         ("OSError: [Errno 98] Address already in use", "port is already in use"),
         ("torch.OutOfMemoryError: CUDA out of memory", "out of memory"),
         ("ValueError: No available memory for the cache blocks", "out of memory"),
-        ("OSError: /x does not appear to have a file named config.json", "model could not be found"),
+        (
+            "OSError: /x does not appear to have a file named config.json",
+            "model could not be found",
+        ),
         ("nothing recognisable", None),
     ],
 )
@@ -57,13 +60,16 @@ def test_failure_causes_are_named(log: str, cause: str | None) -> None:
     if cause is None:
         assert found is None
     else:
-        assert found is not None and cause in found
+        assert found is not None
+        assert cause in found
 
 
 def test_error_message_carries_cause_log_and_tail(tmp_path: Path) -> None:
     error = LocalServerError("boom", log_path=tmp_path / "x.log", log_tail="line 1\nline 2")
     text = str(error)
-    assert "boom" in text and "x.log" in text and "line 2" in text
+    assert "boom" in text
+    assert "x.log" in text
+    assert "line 2" in text
 
 
 def test_base_url_before_start_is_an_error() -> None:
@@ -71,7 +77,9 @@ def test_base_url_before_start_is_an_error() -> None:
         _ = LocalVLLMServer(LocalServerSpec(model="/m")).base_url
 
 
-def test_state_round_trips_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_round_trips_through_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VLLM_BUDGET_CACHE", str(tmp_path))
     state = ServerState(name="m", pid=123, port=8001, host="127.0.0.1", model="/m", log_path="/l")
     path = state.save()
@@ -83,8 +91,12 @@ def test_state_round_trips_through_the_cache(tmp_path: Path, monkeypatch: pytest
 
 def test_stop_process_group_stops_children() -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess,sys,time; "
-         "subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,sys,time; "
+            "subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)",
+        ],
         start_new_session=True,
     )
     assert stop_process_group(child.pid, timeout=5) is True

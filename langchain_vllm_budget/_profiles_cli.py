@@ -1,0 +1,224 @@
+"""The ``vllm-budget plan`` and ``vllm-budget profiles`` commands.
+
+They print what :mod:`langchain_vllm_budget.profiles` computes; the arithmetic lives there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from langchain_vllm_budget.profiles import (
+    DOCKER_FILES,
+    GIB,
+    PROFILES,
+    KVCachePlan,
+    PlannerError,
+    ServerProfile,
+    checkpoint_size_gib,
+    load_model_config,
+    render_docker_files,
+)
+
+__all__ = ["plan_command", "profiles_app"]
+
+profiles_app = typer.Typer(help="The built-in vLLM server profiles and the docker/ files.")
+
+_console = Console()
+_errors = Console(stderr=True)
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.3f} GiB"
+
+
+def _plan_table(plan: KVCachePlan, title: str) -> Table:
+    table = Table("", "value", title=title, show_header=False)
+    shape = plan.model
+    table.add_row(
+        "model",
+        f"{shape.num_layers} layers, {shape.num_kv_heads} KV heads "
+        f"({plan.kv_heads_per_gpu} per GPU), head dim {shape.head_dim}",
+    )
+    follows = " = the weights' dtype" if plan.kv_cache_dtype == "auto" else ""
+    table.add_row(
+        "KV cache dtype", f"{plan.kv_cache_dtype}{follows} ({plan.kv_dtype_bytes} B/element)"
+    )
+    table.add_row(
+        "bytes per token", f"{plan.bytes_per_token:,} B ({plan.bytes_per_token / 1024:g} KiB)"
+    )
+    if plan.gpu_memory_gib is not None:
+        table.add_row(
+            "GPU budget",
+            f"{plan.gpu_memory_gib:g} GiB x {plan.gpu_memory_utilization:g} - weights "
+            f"{plan.weights_gib:g} GiB / {plan.tensor_parallel_size} GPU(s) - overhead "
+            f"{plan.overhead_gib:g} GiB (estimate)",
+        )
+    table.add_row("KV cache memory", _gib(plan.kv_cache_memory_bytes))
+    table.add_row(
+        "blocks",
+        f"{plan.num_blocks:,} x {plan.block_size} tokens ({plan.bytes_per_block:,} B each)",
+    )
+    table.add_row("KV cache size (vLLM's count)", f"{plan.capacity_tokens:,} tokens")
+    table.add_row(
+        f"one request of {plan.max_model_len:,} tokens",
+        f"{plan.blocks_per_request} blocks = {_gib(plan.request_bytes)}",
+    )
+    table.add_row("maximum concurrency", f"{plan.max_concurrency:.2f}x")
+    if plan.max_num_seqs is not None and plan.seqs_bytes is not None:
+        verdict = "fits" if plan.fits_max_num_seqs else "does NOT fit at full length"
+        table.add_row(
+            f"{plan.max_num_seqs} x {plan.max_model_len:,} tokens",
+            f"{_gib(plan.seqs_bytes)}: {verdict}",
+        )
+    table.add_row(
+        "recommended",
+        f"--max-num-seqs {max(plan.recommended_max_num_seqs, 1)} at this window; "
+        f"--max-model-len {plan.recommended_max_model_len:,} for "
+        f"{plan.max_num_seqs or 1} sequence(s)",
+    )
+    table.add_row("vLLM will log", plan.log_line())
+    return table
+
+
+def _source_profile(source: str, model_dtype: str | None) -> tuple[ServerProfile, bool]:
+    """A built-in profile, or an ad-hoc one around a model folder / config.json."""
+    if source in PROFILES:
+        return PROFILES[source], True
+    path = Path(source)
+    if not path.exists():
+        raise typer.BadParameter(
+            f"{source!r} is neither a profile ({', '.join(PROFILES)}) nor a model folder or "
+            "config.json path."
+        )
+    config = load_model_config(path)
+    folder = path if path.is_dir() else path.parent
+    weights: float | None = None
+    with contextlib.suppress(PlannerError):
+        weights = checkpoint_size_gib(folder)
+    max_len = config.get("max_position_embeddings")
+    profile = ServerProfile(
+        name=folder.name,
+        description=f"{folder}",
+        model=str(folder),
+        model_config=config,
+        weights_gib=weights,
+        max_model_len=max_len if isinstance(max_len, int) and max_len > 0 else 4096,
+        max_num_seqs=1,
+        dtype=model_dtype or "auto",
+    )
+    return profile, False
+
+
+def plan_command(
+    source: Annotated[
+        str, typer.Argument(help="A profile name, a model folder, or a config.json path.")
+    ] = "long-window",
+    kv_cache_dtype: Annotated[
+        str | None, typer.Option(help="--kv-cache-dtype: auto, fp16, bf16, fp8, fp32.")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="--max-model-len.")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="--max-num-seqs.")] = None,
+    gpu_memory_gib: Annotated[float | None, typer.Option(help="Memory of each GPU, GiB.")] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="--gpu-memory-utilization, in (0, 1].")
+    ] = None,
+    weights_gib: Annotated[
+        float | None, typer.Option(help="Weights of the whole model, GiB (default: files).")
+    ] = None,
+    tensor_parallel_size: Annotated[
+        int | None, typer.Option(help="--tensor-parallel-size.")
+    ] = None,
+    kv_cache_gib: Annotated[
+        float | None,
+        typer.Option(help="Explicit KV cache size per GPU, GiB (VLLM_CPU_KVCACHE_SPACE on CPU)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cuda (block size 16) or cpu (128).")] = "cuda",
+    dtype: Annotated[str | None, typer.Option(help="--dtype of the weights.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="--block-size.")] = None,
+    overhead_gib: Annotated[
+        float | None, typer.Option(help="Activations + CUDA context per GPU, GiB (estimate).")
+    ] = None,
+    serve: Annotated[bool, typer.Option(help="Also print the matching `vllm serve` line.")] = False,
+) -> None:
+    """Plan a vLLM KV cache: bytes per token, capacity, concurrency, what fits."""
+    try:
+        profile, builtin = _source_profile(source, dtype)
+        changes: dict[str, Any] = {
+            "kv_cache_dtype": kv_cache_dtype,
+            "max_model_len": max_model_len,
+            "max_num_seqs": max_num_seqs,
+            "gpu_memory_gib": gpu_memory_gib,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "weights_gib": weights_gib,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "overhead_gib": overhead_gib,
+        }
+        profile = profile.with_settings(**{k: v for k, v in changes.items() if v is not None})
+        overrides: dict[str, Any] = {"device": device, "block_size": block_size}
+        if kv_cache_gib is not None:
+            overrides["kv_cache_memory_bytes"] = int(kv_cache_gib * GIB)
+        elif not builtin and gpu_memory_gib is None:
+            raise typer.BadParameter(
+                "give --gpu-memory-gib (with --weights-gib unless the folder holds the "
+                "weights) or --kv-cache-gib"
+            )
+        plan = profile.plan(**overrides)
+    except PlannerError as exc:
+        _errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    _console.print(_plan_table(plan, f"KV cache plan: {profile.name}"))
+    if serve:
+        _console.print(profile.shell_command(), markup=False, highlight=False, soft_wrap=True)
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """List the built-in profiles."""
+    table = Table("name", "model", "window x seqs", "KV dtype", "GPU util", "what")
+    for profile in PROFILES.values():
+        table.add_row(
+            profile.name,
+            profile.model,
+            f"{profile.max_model_len:,} x {profile.max_num_seqs}",
+            profile.kv_cache_dtype,
+            f"{profile.gpu_memory_utilization:g}",
+            profile.description,
+        )
+    _console.print(table)
+
+
+@profiles_app.command("render")
+def profiles_render(
+    output_dir: Annotated[Path, typer.Option(help="Where to write the files.")] = Path("docker"),
+    check: Annotated[
+        bool, typer.Option(help="Write nothing; exit 1 if the files differ from the profiles.")
+    ] = False,
+) -> None:
+    """Write docker/ (Dockerfile.vllm, compose.yaml, .env.example) from the profiles."""
+    rendered = render_docker_files()
+    stale = [
+        name
+        for name in DOCKER_FILES
+        if not (output_dir / name).is_file() or (output_dir / name).read_text() != rendered[name]
+    ]
+    if check:
+        if stale:
+            _errors.print(
+                f"out of date in {output_dir}: {', '.join(stale)}; run "
+                "`vllm-budget profiles render`",
+                markup=False,
+            )
+            raise typer.Exit(1)
+        _console.print(f"{output_dir}: up to date")
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in DOCKER_FILES:
+        (output_dir / name).write_text(rendered[name])
+    _console.print(f"wrote {', '.join(DOCKER_FILES)} to {output_dir}")
