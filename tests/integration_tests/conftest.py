@@ -50,7 +50,14 @@ def _served(name: str, max_model_len: int, env_var: str) -> Iterator[ServedModel
         models = httpx.get(f"{url}/models", timeout=10).json()["data"]
         yield ServedModel(url, models[0]["id"], path, int(models[0]["max_model_len"]))
         return
-    spec = LocalServerSpec(model=str(path), served_model_name=name, max_model_len=max_model_len)
+    spec = LocalServerSpec(
+        model=str(path),
+        served_model_name=name,
+        max_model_len=max_model_len,
+        # Requests with tools (bind_tools, tool_choice) need a tool parser; both models
+        # use the hermes <tool_call> format.
+        extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "hermes"),
+    )
     server = LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{name}.log")
     with server:
         yield ServedModel(server.base_url, name, path, max_model_len)

@@ -1,0 +1,265 @@
+"""Token budget: how much output room a request gets, as pure arithmetic.
+
+The rule (the seed's formula, made safe)::
+
+    available  = max_model_len - input_tokens - safety_margin
+    max_tokens = min(available, output_reserve)          # no max_tokens asked for
+    max_tokens = min(available, requested_max_tokens)    # the caller's, capped to what fits
+
+A request *fits* when ``available`` leaves at least ``min_output_tokens`` (or the smaller
+``max_tokens`` the caller asked for). When it does not, the caller's overflow policy decides;
+whatever it decides, ``input_tokens + max_tokens`` never exceeds the window.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from langchain_core.load.serializable import Serializable
+from pydantic import ConfigDict, Field, model_validator
+from typing_extensions import Self
+
+__all__ = ["BudgetPlan", "TokenBudget", "plan_budget"]
+
+_ENV_MAX_MODEL_LEN = "LLM_MAX_MODEL_LEN"
+_ENV_OUTPUT_RESERVE = "LLM_OUTPUT_RESERVE"
+_ENV_SAFETY_MARGIN = "LLM_SAFETY_MARGIN"
+_ENV_MIN_OUTPUT_TOKENS = "LLM_MIN_OUTPUT_TOKENS"
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The budget decision for one request.
+
+    Attributes:
+        input_tokens: The prompt's token count.
+        max_model_len: The context window.
+        safety_margin: Tokens kept free.
+        output_reserve: The cap on output tokens.
+        min_output_tokens: The least output room a fitting request gets.
+        requested_max_tokens: The caller's ``max_tokens``, if any.
+        available: ``max_model_len - input_tokens - safety_margin`` (may be negative).
+        max_tokens: Output tokens to grant: ``min(available, requested_max_tokens or
+            output_reserve)``, never below 0. When the request does not fit this is what still fits.
+        fits: Whether ``available`` covers the needed output (``min_output_tokens``, or
+            the smaller requested ``max_tokens``).
+        shortfall: Input tokens to remove so that it fits (0 when it fits).
+    """
+
+    input_tokens: int
+    max_model_len: int
+    safety_margin: int
+    output_reserve: int
+    min_output_tokens: int
+    requested_max_tokens: int | None
+    available: int
+    max_tokens: int
+    fits: bool
+    shortfall: int
+
+    @property
+    def sendable(self) -> bool:
+        """Whether a request with ``max_tokens`` >= 1 fits the window at all."""
+        return self.max_tokens >= 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as a plain dict (for metadata and logs)."""
+        return asdict(self)
+
+
+class TokenBudget(Serializable):
+    """Budget settings: window, output reserve, safety margin, minimum output.
+
+    Args:
+        max_model_len: The context window; ``None`` to discover it from the server.
+        output_reserve: The most output tokens a request is granted.
+        safety_margin: Tokens kept free between input + output and the window.
+        min_output_tokens: The least output room a request needs to count as fitting.
+
+    Raises:
+        pydantic.ValidationError: Negative or zero values, ``min_output_tokens`` above
+            ``output_reserve``, or a window too small for the reserve and margin.
+
+    Example:
+        >>> budget = TokenBudget(max_model_len=12288)
+        >>> budget.plan(2000).max_tokens
+        3000
+        >>> budget.plan(10000).max_tokens
+        2160
+        >>> budget.plan(2000, requested_max_tokens=500).max_tokens
+        500
+        >>> budget.plan(6000, requested_max_tokens=8000).max_tokens
+        6160
+        >>> plan = budget.plan(12100)
+        >>> plan.fits, plan.shortfall, plan.max_tokens
+        (False, 196, 60)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """Budgets serialise with the chat model that holds them."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """The serialisation namespace: ``["langchain_vllm_budget", "budget"]``."""
+        return ["langchain_vllm_budget", "budget"]
+
+    max_model_len: int | None = Field(default=None, gt=0)
+    output_reserve: int = Field(default=3000, gt=0)
+    safety_margin: int = Field(default=128, ge=0)
+    min_output_tokens: int = Field(default=256, gt=0)
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> Self:
+        if self.min_output_tokens > self.output_reserve:
+            msg = (
+                f"min_output_tokens ({self.min_output_tokens}) is greater than "
+                f"output_reserve ({self.output_reserve}); lower min_output_tokens or raise "
+                "output_reserve."
+            )
+            raise ValueError(msg)
+        if self.max_model_len is not None:
+            if self.output_reserve >= self.max_model_len:
+                msg = (
+                    f"output_reserve ({self.output_reserve}) must be smaller than "
+                    f"max_model_len ({self.max_model_len}); lower LLM_OUTPUT_RESERVE / "
+                    "output_reserve or serve a larger window."
+                )
+                raise ValueError(msg)
+            needed = self.safety_margin + self.min_output_tokens
+            if needed >= self.max_model_len:
+                msg = (
+                    f"safety_margin ({self.safety_margin}) + min_output_tokens "
+                    f"({self.min_output_tokens}) = {needed} leaves no room for input in "
+                    f"max_model_len ({self.max_model_len}); lower them."
+                )
+                raise ValueError(msg)
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> TokenBudget:
+        """Read settings from the environment (the seed's variable names).
+
+        ``LLM_MAX_MODEL_LEN``, ``LLM_OUTPUT_RESERVE``, ``LLM_SAFETY_MARGIN`` and
+        ``LLM_MIN_OUTPUT_TOKENS``; unset variables keep the defaults.
+
+        Args:
+            **overrides: Field values that take precedence over the environment.
+
+        Returns:
+            The budget.
+
+        Raises:
+            ValueError: A variable is not an integer.
+        """
+        values: dict[str, Any] = {}
+        for field, var in (
+            ("max_model_len", _ENV_MAX_MODEL_LEN),
+            ("output_reserve", _ENV_OUTPUT_RESERVE),
+            ("safety_margin", _ENV_SAFETY_MARGIN),
+            ("min_output_tokens", _ENV_MIN_OUTPUT_TOKENS),
+        ):
+            raw = os.environ.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field] = int(raw)
+            except ValueError:
+                msg = f"{var} must be an integer number of tokens, got {raw!r}"
+                raise ValueError(msg) from None
+        values.update(overrides)
+        return cls(**values)
+
+    def with_max_model_len(self, max_model_len: int) -> TokenBudget:
+        """This budget with the window set (e.g. the one discovered from the server).
+
+        A discovered window smaller than ``output_reserve`` is accepted: the window then
+        caps the output, as :meth:`plan` does anyway.
+
+        Args:
+            max_model_len: The context window.
+
+        Returns:
+            A copy with ``max_model_len`` set.
+        """
+        if max_model_len <= 0:
+            msg = f"max_model_len must be positive, got {max_model_len}"
+            raise ValueError(msg)
+        return self.model_copy(update={"max_model_len": max_model_len})
+
+    def plan(self, input_tokens: int, requested_max_tokens: int | None = None) -> BudgetPlan:
+        """Decide the output room for a prompt of ``input_tokens`` tokens.
+
+        Args:
+            input_tokens: The exact prompt count.
+            requested_max_tokens: The caller's ``max_tokens``; respected, capped to what fits.
+
+        Returns:
+            The plan.
+
+        Raises:
+            ValueError: ``max_model_len`` is not known yet, or the numbers are negative.
+        """
+        if self.max_model_len is None:
+            msg = (
+                "max_model_len is unknown: set TokenBudget(max_model_len=...) / "
+                "LLM_MAX_MODEL_LEN, or let ChatVLLM discover it from the server."
+            )
+            raise ValueError(msg)
+        if input_tokens < 0:
+            msg = f"input_tokens must be >= 0, got {input_tokens}"
+            raise ValueError(msg)
+        if requested_max_tokens is not None and requested_max_tokens < 1:
+            msg = f"max_tokens must be at least 1, got {requested_max_tokens}"
+            raise ValueError(msg)
+        return plan_budget(
+            input_tokens=input_tokens,
+            max_model_len=self.max_model_len,
+            output_reserve=self.output_reserve,
+            safety_margin=self.safety_margin,
+            min_output_tokens=self.min_output_tokens,
+            requested_max_tokens=requested_max_tokens,
+        )
+
+
+def plan_budget(
+    *,
+    input_tokens: int,
+    max_model_len: int,
+    output_reserve: int,
+    safety_margin: int,
+    min_output_tokens: int,
+    requested_max_tokens: int | None = None,
+) -> BudgetPlan:
+    """The budget arithmetic, as a pure function (see :meth:`TokenBudget.plan`).
+
+    Example:
+        >>> plan_budget(input_tokens=1900, max_model_len=2048, output_reserve=3000,
+        ...             safety_margin=128, min_output_tokens=256)
+        ... # doctest: +ELLIPSIS
+        BudgetPlan(input_tokens=1900, ..., available=20, max_tokens=20, fits=False, shortfall=236)
+    """
+    available = max_model_len - input_tokens - safety_margin
+    cap = output_reserve if requested_max_tokens is None else requested_max_tokens
+    needed = (
+        min_output_tokens
+        if requested_max_tokens is None
+        else min(min_output_tokens, requested_max_tokens)
+    )
+    return BudgetPlan(
+        input_tokens=input_tokens,
+        max_model_len=max_model_len,
+        safety_margin=safety_margin,
+        output_reserve=output_reserve,
+        min_output_tokens=min_output_tokens,
+        requested_max_tokens=requested_max_tokens,
+        available=available,
+        max_tokens=max(0, min(available, cap)),
+        fits=available >= needed,
+        shortfall=max(0, needed - available),
+    )

@@ -1,0 +1,252 @@
+"""Typed errors for vLLM requests, and parsing of vLLM's length errors.
+
+Every error carries the numbers needed to act on it and says what to change. The overflow
+error subclasses langchain-core's :class:`~langchain_core.exceptions.ContextOverflowError`,
+so LangChain's recovery paths (fallbacks, middleware) recognise it.
+
+vLLM reports a request that does not fit its window with HTTP 400 in several wordings;
+:func:`parse_length_error` turns each of them into a :class:`LengthErrorDetails`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelConnectionError,
+    ModelError,
+    ModelNotFoundError,
+    ModelTimeoutError,
+)
+
+__all__ = [
+    "LengthErrorDetails",
+    "TokenCountError",
+    "VLLMConnectionError",
+    "VLLMContextOverflowError",
+    "VLLMError",
+    "VLLMModelNotFoundError",
+    "VLLMTimeoutError",
+    "parse_length_error",
+]
+
+OverflowSource = Literal["budget", "server"]
+
+
+class VLLMError(ModelError):
+    """Base class of the errors raised by this package for vLLM requests."""
+
+
+class VLLMContextOverflowError(VLLMError, ContextOverflowError):
+    """The input does not fit the model's context window.
+
+    Raised before sending (``source="budget"``) when the exact count leaves less than the
+    budget's minimum output room, or after vLLM rejected a request for length
+    (``source="server"``).
+
+    Attributes:
+        input_tokens: Input tokens of the request (the prompt vLLM renders).
+        max_model_len: The model's context window, in tokens.
+        safety_margin: Tokens kept free between input + output and the window.
+        min_output_tokens: The least output room the request needs.
+        shortfall: Input tokens to remove so that the request fits.
+        requested_max_tokens: The ``max_tokens`` asked for, if any.
+        source: ``"budget"`` (checked before sending) or ``"server"`` (vLLM's 400).
+        server_message: vLLM's own error message, for ``source="server"``.
+
+    Example:
+        >>> err = VLLMContextOverflowError(
+        ...     input_tokens=12000, max_model_len=12288, safety_margin=128, min_output_tokens=256
+        ... )
+        >>> err.shortfall
+        96
+        >>> "remove at least 96 input tokens" in str(err)
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        input_tokens: int,
+        max_model_len: int,
+        safety_margin: int = 0,
+        min_output_tokens: int = 1,
+        shortfall: int | None = None,
+        requested_max_tokens: int | None = None,
+        source: OverflowSource = "budget",
+        server_message: str | None = None,
+    ) -> None:
+        self.input_tokens = input_tokens
+        self.max_model_len = max_model_len
+        self.safety_margin = safety_margin
+        self.min_output_tokens = min_output_tokens
+        self.requested_max_tokens = requested_max_tokens
+        self.source = source
+        self.server_message = server_message
+        needed = input_tokens + safety_margin + min_output_tokens - max_model_len
+        self.shortfall = max(needed, 0) if shortfall is None else shortfall
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = "vLLM rejected the request" if self.source == "server" else "Input too large"
+        text = (
+            f"{where}: {self.input_tokens} input tokens + {self.safety_margin} safety margin "
+            f"+ {self.min_output_tokens} minimum output tokens exceed the context window of "
+            f"{self.max_model_len} tokens by {self.shortfall}; remove at least "
+            f"{self.shortfall} input tokens, set on_overflow='trim' or 'summarize', "
+            f"or serve the model with a larger --max-model-len."
+        )
+        if self.requested_max_tokens is not None:
+            text += f" (max_tokens requested: {self.requested_max_tokens})"
+        if self.server_message:
+            text += f" Server said: {self.server_message}"
+        return text
+
+
+class VLLMModelNotFoundError(VLLMError, ModelNotFoundError):
+    """The server does not serve the requested model (HTTP 404).
+
+    Attributes:
+        model: The model name that was requested.
+        base_url: The server's OpenAI-compatible base URL.
+        available: The model names the server does serve, when known.
+    """
+
+    def __init__(self, model: str, base_url: str, available: list[str] | None = None) -> None:
+        self.model = model
+        self.base_url = base_url
+        self.available = available or []
+        served = ", ".join(self.available) if self.available else "unknown"
+        super().__init__(
+            f"Model {model!r} is not served at {base_url} (served: {served}). "
+            "Set `model` to one of the served names (vLLM's --served-model-name)."
+        )
+
+
+class VLLMConnectionError(VLLMError, ModelConnectionError):
+    """The vLLM server could not be reached.
+
+    Attributes:
+        base_url: The URL that could not be reached.
+    """
+
+    def __init__(self, base_url: str, reason: str = "") -> None:
+        self.base_url = base_url
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"Cannot connect to the vLLM server at {base_url}{detail}. Start the server "
+            "or set `base_url` / VLLM_API_BASE to where it listens."
+        )
+
+
+class VLLMTimeoutError(VLLMError, ModelTimeoutError):
+    """A request to the vLLM server timed out.
+
+    Attributes:
+        base_url: The server URL.
+        timeout: The timeout that expired, in seconds, when known.
+    """
+
+    def __init__(self, base_url: str, timeout: float | None = None) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        after = f" after {timeout:g} s" if timeout is not None else ""
+        super().__init__(
+            f"Request to the vLLM server at {base_url} timed out{after}. Raise `timeout`, "
+            "lower max_tokens, or check the server's load."
+        )
+
+
+class TokenCountError(VLLMError):
+    """Counting tokens failed (the tokenizer or the server's ``/tokenize`` refused)."""
+
+
+@dataclass(frozen=True)
+class LengthErrorDetails:
+    """The numbers in one of vLLM's length errors.
+
+    Attributes:
+        max_model_len: The window the server enforces.
+        input_tokens: The server's count of the prompt, when the message states it.
+        requested_max_tokens: The ``max_tokens`` the server saw, when stated.
+        wording: Which wording matched (``"prompt_tokens"``, ``"prompt_chars"``,
+            ``"requested_total"``, ``"input_length"``, ``"max_tokens_zero"``,
+            ``"max_tokens_over_window"``).
+    """
+
+    max_model_len: int | None
+    input_tokens: int | None
+    requested_max_tokens: int | None
+    wording: str
+
+
+_PROMPT_TOKENS = re.compile(
+    r"maximum context length is (?P<window>\d+) tokens\. However, your prompt contains "
+    r"(?:at least )?(?P<input>\d+) input tokens"
+)
+_PROMPT_CHARS = re.compile(
+    r"maximum context length is (?P<window>\d+) tokens\. However, your prompt contains "
+    r"\d+ characters"
+)
+_REQUESTED_TOTAL = re.compile(
+    r"maximum context length is (?P<window>\d+) tokens\. However, you requested "
+    r"\d+ tokens \((?P<input>\d+) in the messages, (?P<output>\d+) in the completion\)"
+)
+_INPUT_LENGTH = re.compile(
+    r"Input length \((?P<input>\d+)\) exceeds model's maximum context length \((?P<window>\d+)\)"
+)
+_MAX_TOKENS_ZERO = re.compile(r"max_tokens must be at least 1, got (?P<output>-?\d+)")
+_MAX_TOKENS_OVER = re.compile(
+    r"max_tokens=(?P<output>\d+) cannot be greater than max_model_len=(?P<window>\d+)"
+)
+
+
+def _int(match: re.Match[str], group: str) -> int | None:
+    value = match.groupdict().get(group)
+    return int(value) if value is not None else None
+
+
+def parse_length_error(message: str) -> LengthErrorDetails | None:
+    """Parse one of vLLM's length-error messages.
+
+    Args:
+        message: The error text from the server (the 400 body's message).
+
+    Returns:
+        The numbers found, or ``None`` if the message is not a length error.
+
+    Example:
+        >>> parse_length_error(
+        ...     "This model's maximum context length is 2048 tokens. However, your prompt "
+        ...     "contains at least 2049 input tokens, which exceeds this limit even without "
+        ...     "any output tokens. Please reduce the length of the input prompt."
+        ... )
+        LengthErrorDetails(max_model_len=2048, input_tokens=2049, requested_max_tokens=None, \
+wording='prompt_tokens')
+        >>> parse_length_error("max_tokens=4096 cannot be greater than max_model_len=2048.")
+        LengthErrorDetails(max_model_len=2048, input_tokens=None, requested_max_tokens=4096, \
+wording='max_tokens_over_window')
+        >>> parse_length_error("temperature must be non-negative") is None
+        True
+    """
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = (
+        ("prompt_tokens", _PROMPT_TOKENS),
+        ("requested_total", _REQUESTED_TOTAL),
+        ("prompt_chars", _PROMPT_CHARS),
+        ("input_length", _INPUT_LENGTH),
+        ("max_tokens_over_window", _MAX_TOKENS_OVER),
+        ("max_tokens_zero", _MAX_TOKENS_ZERO),
+    )
+    for wording, pattern in patterns:
+        match = pattern.search(message)
+        if match:
+            return LengthErrorDetails(
+                max_model_len=_int(match, "window"),
+                input_tokens=_int(match, "input"),
+                requested_max_tokens=_int(match, "output"),
+                wording=wording,
+            )
+    return None

@@ -1,0 +1,150 @@
+"""Budget arithmetic: the seed's formula, boundaries, validation and env settings."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from langchain_vllm_budget.budget import TokenBudget, plan_budget
+
+
+def test_seed_formula_caps_at_output_reserve() -> None:
+    plan = TokenBudget(max_model_len=12288).plan(1000)
+    assert plan.max_tokens == 3000
+    assert plan.fits
+    assert plan.shortfall == 0
+    assert plan.available == 12288 - 1000 - 128
+
+
+def test_seed_formula_window_limits_output() -> None:
+    plan = TokenBudget(max_model_len=12288).plan(10000)
+    assert plan.max_tokens == 12288 - 10000 - 128
+    assert plan.fits
+
+
+def test_requested_max_tokens_respected_and_capped() -> None:
+    budget = TokenBudget(max_model_len=12288)
+    assert budget.plan(1000, requested_max_tokens=100).max_tokens == 100
+    assert budget.plan(1000, requested_max_tokens=5000).max_tokens == 5000
+    assert budget.plan(10000, requested_max_tokens=5000).max_tokens == 2160
+
+
+def test_boundary_exactly_min_output_fits() -> None:
+    budget = TokenBudget(max_model_len=4096, output_reserve=1000, safety_margin=100)
+    edge = 4096 - 100 - 256
+    assert budget.plan(edge).fits
+    assert budget.plan(edge).max_tokens == 256
+    over = budget.plan(edge + 1)
+    assert not over.fits
+    assert over.shortfall == 1
+    assert over.max_tokens == 255
+
+
+def test_overflow_never_grants_past_the_window() -> None:
+    plan = TokenBudget(max_model_len=2048, output_reserve=1000).plan(2048)
+    assert not plan.fits
+    assert plan.max_tokens == 0
+    assert not plan.sendable
+    assert plan.shortfall == 128 + 256
+
+
+def test_small_request_fits_where_min_output_would_not() -> None:
+    budget = TokenBudget(max_model_len=2048, output_reserve=1000)
+    plan = budget.plan(1800, requested_max_tokens=10)
+    assert plan.fits
+    assert plan.max_tokens == 10
+
+
+@given(
+    window=st.integers(600, 200_000),
+    reserve=st.integers(256, 590),
+    margin=st.integers(0, 64),
+    input_tokens=st.integers(0, 250_000),
+    requested=st.one_of(st.none(), st.integers(1, 300_000)),
+)
+def test_plan_never_exceeds_window(window, reserve, margin, input_tokens, requested) -> None:
+    budget = TokenBudget(max_model_len=window, output_reserve=reserve, safety_margin=margin)
+    plan = budget.plan(input_tokens, requested)
+    assert plan.max_tokens >= 0
+    assert input_tokens + plan.max_tokens + margin <= window or plan.max_tokens == 0
+    if plan.fits:
+        assert plan.max_tokens >= min(256, requested or 256)
+        assert plan.shortfall == 0
+    else:
+        assert plan.shortfall > 0
+        assert not budget.plan(max(input_tokens - plan.shortfall + 1, 0), requested).fits or (
+            input_tokens - plan.shortfall + 1 <= 0
+        )
+        assert budget.plan(input_tokens - plan.shortfall, requested).fits
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_model_len": 2048, "output_reserve": 3000}, "output_reserve (3000)"),
+        ({"max_model_len": 2048, "output_reserve": 2048}, "must be smaller than"),
+        ({"output_reserve": -1}, "output_reserve"),
+        ({"safety_margin": -5}, "safety_margin"),
+        ({"max_model_len": 0}, "max_model_len"),
+        ({"min_output_tokens": 4000}, "min_output_tokens (4000)"),
+        ({"max_model_len": 300, "output_reserve": 256, "safety_margin": 64}, "leaves no room"),
+    ],
+)
+def test_invalid_settings_fail_at_construction(kwargs, fragment) -> None:
+    with pytest.raises(ValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        TokenBudget(**kwargs)
+
+
+def test_plan_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="max_model_len is unknown"):
+        TokenBudget().plan(10)
+
+
+def test_plan_rejects_bad_numbers() -> None:
+    budget = TokenBudget(max_model_len=4096)
+    with pytest.raises(ValueError, match="input_tokens"):
+        budget.plan(-1)
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        budget.plan(10, requested_max_tokens=0)
+
+
+def test_discovered_window_smaller_than_reserve_is_accepted() -> None:
+    budget = TokenBudget().with_max_model_len(2048)
+    assert budget.max_model_len == 2048
+    assert budget.plan(100).max_tokens == 2048 - 100 - 128
+
+
+def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MAX_MODEL_LEN", "12288")
+    monkeypatch.setenv("LLM_OUTPUT_RESERVE", "2000")
+    monkeypatch.setenv("LLM_SAFETY_MARGIN", "64")
+    budget = TokenBudget.from_env()
+    assert (budget.max_model_len, budget.output_reserve, budget.safety_margin) == (12288, 2000, 64)
+    assert budget.min_output_tokens == 256
+    assert TokenBudget.from_env(output_reserve=1000).output_reserve == 1000
+
+
+def test_from_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LLM_MAX_MODEL_LEN", "LLM_OUTPUT_RESERVE", "LLM_SAFETY_MARGIN"):
+        monkeypatch.delenv(var, raising=False)
+    assert TokenBudget.from_env() == TokenBudget()
+
+
+def test_from_env_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_OUTPUT_RESERVE", "3k")
+    with pytest.raises(ValueError, match="LLM_OUTPUT_RESERVE must be an integer"):
+        TokenBudget.from_env()
+
+
+def test_plan_budget_is_pure() -> None:
+    args = {
+        "input_tokens": 500,
+        "max_model_len": 1000,
+        "output_reserve": 300,
+        "safety_margin": 10,
+        "min_output_tokens": 100,
+    }
+    assert plan_budget(**args) == plan_budget(**args)
+    assert plan_budget(**args).as_dict()["max_tokens"] == 300
