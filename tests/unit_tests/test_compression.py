@@ -1,0 +1,401 @@
+"""Loss-aware compression: entities, the guard, the hard cap, fallbacks, chunking (offline)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from pydantic import BaseModel
+
+from langchain_vllm_budget.compression import (
+    COMPRESSION_PROMPT,
+    CompressionResult,
+    acompress_stage_result,
+    compress_stage_result,
+    extract_entities,
+    extract_entity_list,
+    is_entity_present,
+    render_stage_result,
+)
+from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+
+COUNTER = ApproximateTokenCounter()
+
+
+class RecordingFakeModel(FakeListChatModel):
+    """FakeListChatModel that remembers the prompts it was given."""
+
+    prompts: list[list[BaseMessage]] = []  # noqa: RUF012
+
+    def _call(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> str:
+        self.prompts.append(list(messages))
+        return super()._call(messages, *args, **kwargs)
+
+
+def _fake(*responses: str) -> RecordingFakeModel:
+    return RecordingFakeModel(responses=list(responses), prompts=[])
+
+
+def _stage_output(n: int = 30) -> str:
+    return "\n".join(
+        f"Step {i}: ticket INC-{4800 + i} touches /srv/app/module_{i}.py with retries={i}. "
+        + "This narrative sentence explains the background at length without any detail. " * 3
+        for i in range(n)
+    )
+
+
+# ------------------------------------------------------------------ entity extraction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Ticket INC-4821 is open", {"INC-4821"}),
+        (
+            "job 3f2a9c1e-1111-4c2d-9a8b-0123456789ab failed",
+            {"3f2a9c1e-1111-4c2d-9a8b-0123456789ab"},
+        ),
+        ("edit /etc/app/config.yaml now", {"/etc/app/config.yaml"}),
+        ("see src/app/main.py", {"src/app/main.py"}),
+        ("open https://api.example.com/v1/jobs?id=7.", {"https://api.example.com/v1/jobs?id=7"}),
+        ("latency 350 ms and 4 GiB cache, 95% hits", {"350 ms", "4 GiB", "95%"}),
+        ("set max_tokens=250, temperature=0.1", {"max_tokens=250", "temperature=0.1"}),
+        ("--max-model-len 12288 --enforce-eager", {"--max-model-len 12288", "--enforce-eager"}),
+        ("call search_tickets then client.fetch(x)", {"search_tickets", "client.fetch"}),
+        ("env LLM_SAFETY_MARGIN is read", {"LLM_SAFETY_MARGIN"}),
+        ("commit a1b2c3d4 merged #1234", {"a1b2c3d4", "#1234"}),
+        ("max_model_len: 12288", {"max_model_len: 12288"}),
+    ],
+)
+def test_extract_entities_finds_each_kind(text: str, expected: set[str]) -> None:
+    assert extract_entities(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The plan looks good and the team agreed to ship it.",
+        "We should do it in 3 steps with 2 people on the 1st of May.",
+        "Yes. No. Maybe, if it is okay with you (and them).",
+        "",
+    ],
+)
+def test_extract_entities_ignores_plain_prose(text: str) -> None:
+    assert extract_entities(text) == set()
+
+
+def test_nested_entities_keep_the_outer_one() -> None:
+    entities = extract_entities("fetch https://h.example.com/tickets/INC-9 and INC-9 alone")
+    assert entities == {"https://h.example.com/tickets/INC-9"}
+
+
+def test_entity_list_is_in_priority_order() -> None:
+    kinds = [
+        e.kind for e in extract_entity_list("350 ms, search_tickets, mode=fast, /a/b.py, INC-42")
+    ]
+    assert kinds == ["id", "path", "param", "name", "value"]
+
+
+def test_presence_is_whitespace_and_separator_tolerant_but_word_bounded() -> None:
+    assert is_entity_present("500 ms", "timeout 500ms")
+    assert is_entity_present("max_tokens=250", "max_tokens: 250")
+    assert not is_entity_present("INC-1", "INC-12 only")
+    assert not is_entity_present("max_tokens=250", "max_tokens=2500")
+
+
+# ------------------------------------------------------------------ rendering non-text inputs
+
+
+def test_render_dict_uses_key_value_lines() -> None:
+    text = render_stage_result({"job_id": "job-7f3a", "cfg": {"max_tokens": 250, "tags": ["a"]}})
+    assert text.splitlines() == [
+        "job_id=job-7f3a",
+        "cfg:",
+        "  max_tokens=250",
+        "  tags:",
+        "    - a",
+    ]
+    assert {"job_id=job-7f3a", "max_tokens=250"} <= extract_entities(text)
+
+
+def test_render_tool_messages_keep_name_and_call_id() -> None:
+    messages = [
+        HumanMessage("find the ticket"),
+        AIMessage(
+            "",
+            tool_calls=[{"name": "search_tickets", "args": {"query": "INC-77"}, "id": "call_9"}],
+        ),
+        ToolMessage('{"ticket": "INC-77"}', tool_call_id="call_9", name="search_tickets"),
+    ]
+    text = render_stage_result(messages)
+    assert "tool_call search_tickets(query=INC-77) id=call_9" in text
+    assert "[tool name=search_tickets tool_call_id=call_9]" in text
+    assert {"query=INC-77", "tool_call_id=call_9", "name=search_tickets"} <= extract_entities(text)
+
+
+def test_render_pydantic_and_none() -> None:
+    class Plan(BaseModel):
+        plan_id: str
+        steps: list[str]
+
+    assert render_stage_result(Plan(plan_id="P-12", steps=["x"])) == "plan_id=P-12\nsteps:\n  - x"
+    assert render_stage_result(None) == ""
+
+
+def test_render_rejects_values_that_are_not_json_able() -> None:
+    with pytest.raises(TypeError, match="JSON-able"):
+        render_stage_result({"x": object()})
+
+
+# ------------------------------------------------------------------ the guard and the cap
+
+
+def test_short_result_is_kept_verbatim_without_a_model_call() -> None:
+    model = _fake("should not be used")
+    result = compress_stage_result(
+        "ticket INC-1 done", model=model, stage_name="A", user_request="r", tokenizer=COUNTER
+    )
+    assert result.method == "verbatim"
+    assert result.summary == "ticket INC-1 done"
+    assert model.prompts == []
+
+
+def test_empty_result() -> None:
+    result = compress_stage_result(
+        "  ", model=_fake("x"), stage_name="A", user_request="r", tokenizer=COUNTER
+    )
+    assert (result.summary, result.raw_tokens, result.summary_tokens, result.retention) == (
+        "",
+        0,
+        0,
+        1.0,
+    )
+
+
+def test_good_llm_summary_is_kept_and_measured() -> None:
+    raw = _stage_output(3)
+    good = "Summary:\n- " + "\n- ".join(
+        f"INC-{4800 + i} edits /srv/app/module_{i}.py, retries={i}" for i in range(3)
+    )
+    model = _fake(good)
+    result = compress_stage_result(
+        raw, model=model, stage_name="Stage C", user_request="fix", tokenizer=COUNTER, max_tokens=80
+    )
+    assert result.method == "llm"
+    assert not result.summary.startswith("Summary")
+    assert result.missing == ()
+    assert result.retention == 1.0
+    assert result.summary_tokens == COUNTER.count_text(result.summary) <= 80
+    assert result.ratio == pytest.approx(result.raw_tokens / result.summary_tokens, rel=1e-3)
+    prompt = model.prompts[0][1].text
+    assert "Compress the following Stage C result" in prompt
+    assert "Preserve: numeric settings, file paths, API params, tool names, entity IDs" in prompt
+
+
+def test_missing_entities_are_restored_as_bullets() -> None:
+    raw = _stage_output(3)
+    partial = (
+        "- INC-4800 and INC-4801 edit /srv/app/module_0.py, /srv/app/module_1.py, retries=0\n"
+        "- the rest was similar"
+    )
+    result = compress_stage_result(
+        raw,
+        model=_fake(partial),
+        stage_name="B",
+        user_request="r",
+        tokenizer=COUNTER,
+        max_tokens=120,
+    )
+    assert result.method == "llm+restored"
+    assert set(result.restored) == {"INC-4802", "/srv/app/module_2.py", "retries=1", "retries=2"}
+    assert result.missing == ()
+    assert result.summary.startswith(partial)
+    assert "- IDs: INC-4802" in result.summary
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("", "empty"),
+        ("ok " * 60, "repetition"),
+        ("- INC-4800 done\n" * 5, "repetition"),
+        ("- the tickets were handled and the plan is fine", "low retention"),
+        ("- " + "INC-4800 /srv/app/module_0.py retries=0 " * 40, "over the cap"),
+    ],
+)
+def test_degenerate_summaries_fall_back_to_extractive(reply: str, reason: str) -> None:
+    raw = _stage_output(4)
+    result = compress_stage_result(
+        raw, model=_fake(reply), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=150
+    )
+    assert result.method == "extractive"
+    assert result.fallback_reason is not None
+    assert reason in result.fallback_reason
+    assert result.summary_tokens <= 150
+    assert result.missing == ()
+    assert result.retention == 1.0
+
+
+def test_restoration_over_the_cap_falls_back_to_extractive() -> None:
+    raw = _stage_output(6)
+    wordy = (
+        "- "
+        + ", ".join(f"INC-{4800 + i}" for i in range(6))
+        + ", "
+        + ", ".join(f"/srv/app/module_{i}.py" for i in range(3))
+        + "\n- "
+        + " ".join(f"note{i}" for i in range(50))
+    )
+    result = compress_stage_result(
+        raw, model=_fake(wordy), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=140
+    )
+    assert result.method == "extractive"
+    assert "exceed the cap" in (result.fallback_reason or "")
+    assert result.summary_tokens <= 140
+    assert result.missing == ()
+
+
+def test_entities_beyond_the_cap_are_prioritised_and_reported() -> None:
+    raw = _stage_output(30)
+    result = compress_stage_result(
+        raw, model=_fake("- nothing"), stage_name="A", user_request="r", tokenizer=COUNTER
+    )
+    assert result.summary_tokens <= 250
+    assert result.missing, "30 IDs + 30 paths + 30 params cannot fit 250 tokens"
+    # IDs first, then paths; the dropped ones are the lowest priority (params)
+    assert all(is_entity_present(f"INC-{4800 + i}", result.summary) for i in range(30))
+    assert all(m.startswith("retries=") for m in result.missing)
+    assert result.retention == pytest.approx(1 - len(result.missing) / len(result.entities), 1e-3)
+
+
+@pytest.mark.parametrize("cap", [1, 3, 17, 64, 250])
+def test_hard_cap_holds_for_any_cap(cap: int) -> None:
+    raw = _stage_output(10)
+    for reply in ("", "- fine", "- " + "word " * 600):
+        result = compress_stage_result(
+            raw,
+            model=_fake(reply),
+            stage_name="A",
+            user_request="r",
+            tokenizer=COUNTER,
+            max_tokens=cap,
+        )
+        expected = COUNTER.count_text(result.summary) if result.summary else 0
+        assert result.summary_tokens == expected
+        assert result.summary_tokens <= cap
+
+
+def test_invalid_cap_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        compress_stage_result("x", model=_fake("y"), stage_name="A", user_request="r", max_tokens=0)
+
+
+def test_default_tokenizer_is_approximate_for_other_models() -> None:
+    result = compress_stage_result(
+        _stage_output(5), model=_fake("- x"), stage_name="A", user_request="r"
+    )
+    assert result.tokenizer == "approximate"
+    assert result.exact is False
+
+
+def test_tool_message_and_json_inputs_keep_their_entities() -> None:
+    payload = {
+        "results": [
+            {"ticket_id": f"INC-{i}", "path": f"/var/log/app/{i}.log", "latency_ms": 100 + i}
+            for i in range(40)
+        ]
+    }
+    tool = ToolMessage(json.dumps(payload), tool_call_id="call_abc123", name="search_logs")
+    for raw in (payload, tool, [tool]):
+        result = compress_stage_result(
+            raw,
+            model=_fake("- searched logs"),
+            stage_name="select",
+            user_request="r",
+            tokenizer=COUNTER,
+        )
+        assert result.summary_tokens <= 250
+        assert "INC-0" in result.summary
+        assert result.retention == pytest.approx(
+            1 - len(result.missing) / len(result.entities), 1e-3
+        )
+
+
+# ------------------------------------------------------------------ chunking
+
+
+def test_results_larger_than_the_window_are_chunked_and_merged() -> None:
+    raw = _stage_output(20)  # ~1,600 approximate tokens
+    replies = [f"- part {i}: INC-48{i:02d}" for i in range(40)]
+    model = _fake(*replies)
+    result = compress_stage_result(
+        raw,
+        model=model,
+        stage_name="execute",
+        user_request="r",
+        tokenizer=COUNTER,
+        max_tokens=250,
+        chunk_tokens=900,
+    )
+    assert result.chunks >= 3
+    assert len(model.prompts) >= result.chunks
+    window_budget = 900
+    for messages in model.prompts:
+        assert sum(COUNTER.count_text(m.text) for m in messages) <= window_budget
+    assert "(part 1/" in model.prompts[0][1].text
+    assert result.summary_tokens <= 250
+
+
+def test_custom_prompt_template() -> None:
+    model = _fake("- INC-4800")
+    template = "Squeeze {stage_name} for {user_request} into {max_tokens}: {result}"
+    compress_stage_result(
+        _stage_output(2),
+        model=model,
+        stage_name="plan",
+        user_request="ship",
+        tokenizer=COUNTER,
+        max_tokens=40,
+        prompt_template=template,
+    )
+    assert model.prompts[0][1].text.startswith("Squeeze plan for ship into 40: Step 0")
+    assert "{result}" in COMPRESSION_PROMPT
+
+
+async def test_async_twin_matches_sync() -> None:
+    raw = _stage_output(3)
+    reply = "- INC-4800 edits /srv/app/module_0.py"
+    sync = compress_stage_result(
+        raw, model=_fake(reply), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=120
+    )
+    asyn = await acompress_stage_result(
+        raw, model=_fake(reply), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=120
+    )
+    assert isinstance(asyn, CompressionResult)
+    assert asyn == sync
+
+
+def test_to_dict_is_json_able() -> None:
+    result = compress_stage_result(
+        _stage_output(3), model=_fake("- x"), stage_name="A", user_request="r", tokenizer=COUNTER
+    )
+    assert json.loads(json.dumps(result.to_dict()))["method"] == result.method
+
+
+def test_extractive_summary_skips_repeated_and_looping_sentences() -> None:
+    raw = (
+        "- 1000 customers in 1000 orders affected by INC-7\n" * 6
+        + "The outage is caused by a server-side server-side server-side server-side bug.\n"
+        + "Root cause: pool_timeout=30s on db-replica-03 is too low.\n"
+        + "filler text without details " * 40
+    )
+    result = compress_stage_result(
+        raw, model=_fake(""), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=80
+    )
+    assert result.method == "extractive"
+    assert result.summary.count("1000 customers") == 1
+    assert "server-side server-side" not in result.summary
+    assert "pool_timeout=30s" in result.summary
