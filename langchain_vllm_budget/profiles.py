@@ -1140,6 +1140,13 @@ def render_compose() -> str:
         **{key: f"${{{key}:-{value}}}" for key, value in main.client_env().items()},
         "SUMMARIZER_MODEL": "${SUMMARIZER_MODEL:-" + main.model + "}",
         "SUMMARIZER_API_BASE": "${SUMMARIZER_API_BASE:-http://vllm:8000/v1}",
+        # The pipeline's run-time Context reads VLLM_BUDGET_<FIELD>: fed from the same
+        # variables, so one .env configures the chat model and the graph alike.
+        "VLLM_BUDGET_BASE_URL": "${VLLM_API_BASE:-http://vllm:8000/v1}",
+        "VLLM_BUDGET_REASONING_MODEL": "${LLM_MODEL:-" + main.model + "}",
+        "VLLM_BUDGET_MAX_MODEL_LEN": "${LLM_MAX_MODEL_LEN:-" + str(main.max_model_len) + "}",
+        "VLLM_BUDGET_SUMMARIZER_MODEL": "${SUMMARIZER_MODEL:-" + main.model + "}",
+        "VLLM_BUDGET_SUMMARIZER_BASE_URL": "${SUMMARIZER_API_BASE:-http://vllm:8000/v1}",
     }
     document = {
         "name": "langchain-vllm-budget",
