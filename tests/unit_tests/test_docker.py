@@ -131,7 +131,13 @@ def test_app_service_reads_the_profile_window(compose: dict[str, Any]) -> None:
     app_service = compose["services"]["app"]
     env = app_service["environment"]
     defaults = {key: re.fullmatch(r"\$\{(\w+):-(.*)\}", value) for key, value in env.items()}
-    assert all(match is not None and match[1] == key for key, match in defaults.items())
+    assert all(match is not None for match in defaults.values())
+    # Each client variable reads the .env variable of its own name; the pipeline's
+    # VLLM_BUDGET_* variables read one of those client variables.
+    sources = {key: match[1] for key, match in defaults.items() if match is not None}
+    own = {key: source for key, source in sources.items() if not key.startswith("VLLM_BUDGET_")}
+    assert all(source == key for key, source in own.items())
+    assert {s for k, s in sources.items() if k.startswith("VLLM_BUDGET_")} <= set(own)
     default = {key: match[2] for key, match in defaults.items() if match is not None}
     budget = get_profile("long-window").token_budget()
     assert int(default["LLM_MAX_MODEL_LEN"]) == budget.max_model_len
