@@ -9,12 +9,16 @@ reported in ``response_metadata["budget"]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
+import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import openai
 from langchain_core.callbacks import (
@@ -22,7 +26,8 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, InvalidToolCall
+from langchain_core.messages.tool import invalid_tool_call
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
@@ -35,6 +40,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.concurrency import InFlightLimit
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
     VLLMContextOverflowError,
@@ -63,6 +69,23 @@ CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+_ENV_MAX_CONCURRENCY = "VLLM_MAX_CONCURRENCY"
+_LIMIT_LOCK = threading.Lock()
+
+
+def _max_concurrency_from_env() -> int | None:
+    """``VLLM_MAX_CONCURRENCY`` as an int (unset or empty: no limit)."""
+    raw = os.environ.get(_ENV_MAX_CONCURRENCY, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        msg = (
+            f"{_ENV_MAX_CONCURRENCY} must be a whole number of requests (the server's "
+            f"--max-num-seqs), got {raw!r}"
+        )
+        raise ValueError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,97 @@ class _ScaledCounter:
         return math.ceil((await self.inner.acount_messages(messages, tools)) * self.ratio)
 
 
+_JSON_KINDS: dict[type, str] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _non_object_arguments_error(name: str, arguments: str | None) -> str | None:
+    """Why ``arguments`` cannot be a tool call's args, if they are valid JSON but not an object.
+
+    Empty arguments (a tool without parameters) and invalid JSON return ``None``:
+    langchain-openai already handles both.
+    """
+    if not arguments:
+        return None
+    try:
+        parsed = json.loads(arguments, strict=False)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(parsed, dict):
+        return None
+    kind = _JSON_KINDS.get(type(parsed), type(parsed).__name__)
+    return (
+        f"Function {name} arguments must be a JSON object (the tool's parameters by name), "
+        f"got a JSON {kind}: {arguments}"
+    )
+
+
+def _set_aside_non_object_tool_calls(
+    response: dict[str, Any] | openai.BaseModel,
+) -> tuple[dict[str, Any] | openai.BaseModel, dict[int, list[InvalidToolCall]]]:
+    """Remove the tool calls whose arguments are not a JSON object from ``response``.
+
+    langchain-openai turns each tool call's arguments into ``AIMessage.tool_calls[i]["args"]``,
+    which must be a dict: a model that writes a list or a string there would make the whole
+    response fail validation. Those calls are taken out (on a copy; the response is returned
+    unchanged when there are none) and returned by choice index as invalid tool calls.
+    """
+    if isinstance(response, openai.BaseModel):
+        choices_data = [
+            # `parsed` may hold any pydantic model (structured output): not needed here.
+            choice.model_dump(exclude={"message": {"parsed"}}, warnings=False)
+            for choice in getattr(response, "choices", None) or []
+        ]
+    elif isinstance(response, dict):
+        choices_data = response.get("choices") or []
+    else:
+        return response, {}
+    set_aside: dict[int, list[InvalidToolCall]] = {}
+    kept_by_choice: dict[int, list[int]] = {}
+    for index, choice in enumerate(choices_data):
+        raw_calls = ((choice or {}).get("message") or {}).get("tool_calls") or []
+        invalid: list[InvalidToolCall] = []
+        kept: list[int] = []
+        for position, raw in enumerate(raw_calls):
+            function = raw.get("function") or {}
+            name = function.get("name") or ""
+            arguments = function.get("arguments")
+            error = _non_object_arguments_error(name, arguments)
+            if error is None:
+                kept.append(position)
+            else:
+                invalid.append(
+                    invalid_tool_call(name=name, args=arguments, id=raw.get("id"), error=error)
+                )
+        if invalid:
+            set_aside[index] = invalid
+            kept_by_choice[index] = kept
+    if not set_aside:
+        return response, {}
+    cleaned: dict[str, Any] | openai.BaseModel
+    if isinstance(response, openai.BaseModel):
+        cleaned = response.model_copy(deep=True)
+        choices = cleaned.choices  # type: ignore[attr-defined]
+        for index, kept in kept_by_choice.items():
+            message = choices[index].message
+            message.tool_calls = [message.tool_calls[i] for i in kept] or None
+    else:
+        cleaned = {**response, "choices": list(choices_data)}
+        for index, kept in kept_by_choice.items():
+            choice = dict(choices_data[index])
+            message = dict(choice["message"])
+            message["tool_calls"] = [message["tool_calls"][i] for i in kept] or None
+            choice["message"] = message
+            cleaned["choices"][index] = choice
+    return cleaned, set_aside
+
+
 class ChatVLLM(BaseChatOpenAI):
     """Chat model for a vLLM server, with exact token budgeting.
 
@@ -143,6 +257,10 @@ class ChatVLLM(BaseChatOpenAI):
     The window comes from the server's ``/v1/models`` (cached) unless the server does not
     report it. The budget applied is in ``response_metadata["budget"]``.
 
+    ``max_concurrency`` (env ``VLLM_MAX_CONCURRENCY``) caps the requests in flight, e.g. at
+    the server's ``--max-num-seqs``. Tool calls whose arguments are valid JSON but not an
+    object (small models write lists or strings) come back in ``invalid_tool_calls``.
+
     Setup:
         ```bash
         vllm serve Qwen/Qwen2.5-7B-Instruct --max-model-len 12288
@@ -157,6 +275,7 @@ class ChatVLLM(BaseChatOpenAI):
             model="Qwen/Qwen2.5-7B-Instruct",
             budget=TokenBudget(output_reserve=2000),
             on_overflow="trim",
+            max_concurrency=8,  # the server's --max-num-seqs
         )
         ```
 
@@ -202,12 +321,20 @@ class ChatVLLM(BaseChatOpenAI):
     """The model that writes summaries for ``on_overflow="summarize"`` (default: this one)."""
     summary_max_tokens: int = Field(default=400, gt=0)
     """Output limit of a summary written by ``on_overflow="summarize"``."""
+    max_concurrency: int | None = Field(default_factory=_max_concurrency_from_env, ge=1)
+    """Most requests this model has in flight at once (env ``VLLM_MAX_CONCURRENCY``);
+    ``None``: no limit. Set it to the server's ``--max-num-seqs`` so that requests wait
+    here instead of in the server's queue. Sync and async calls, ``invoke`` and ``stream``
+    share the limit, and so do the model's copies (``bind``, ``bind_tools``,
+    ``with_config``, ``with_structured_output``, ``model_copy``). A stream holds its slot
+    until it ends; token counting and summarizing do not take one."""
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
     _server_info: _ServerInfo | None = PrivateAttr(default=None)
     _counter: TokenCounter | None = PrivateAttr(default=None)
     _window_warned: bool = PrivateAttr(default=False)
+    _in_flight_limit: InFlightLimit | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -279,7 +406,22 @@ class ChatVLLM(BaseChatOpenAI):
                 **client_params, http_client=http_async_client
             )
             self.async_client = self.root_async_client.chat.completions
+        if self.max_concurrency is not None:
+            self._in_flight_limit = InFlightLimit(self.max_concurrency)
         return self
+
+    def _request_limit(self) -> InFlightLimit | None:
+        """The limit on requests in flight (shared with this model's copies), if any."""
+        if self.max_concurrency is None:
+            return None
+        limit = self._in_flight_limit
+        if limit is None or limit.limit != self.max_concurrency:
+            # A copy made with another max_concurrency gets a limit of its own.
+            with _LIMIT_LOCK:
+                limit = self._in_flight_limit
+                if limit is None or limit.limit != self.max_concurrency:
+                    limit = self._in_flight_limit = InFlightLimit(self.max_concurrency)
+        return limit
 
     # ----------------------------------------------------------------- discovery
 
@@ -559,6 +701,40 @@ class ChatVLLM(BaseChatOpenAI):
 
     # ------------------------------------------------------------------ requests
 
+    def _create_chat_result(
+        self,
+        response: dict[str, Any] | openai.BaseModel,
+        generation_info: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        """Build the result; tool calls whose arguments are not a JSON object become invalid.
+
+        A small model can write tool-call arguments that are valid JSON but not an object
+        (a list, a string). They are reported in ``AIMessage.invalid_tool_calls`` (name, the
+        arguments as written, id, and why) instead of failing the whole response, as
+        langchain-core already does for streamed tool calls.
+        """
+        cleaned, set_aside = _set_aside_non_object_tool_calls(response)
+        result = super()._create_chat_result(cleaned, generation_info)
+        for index, invalid in set_aside.items():
+            message = result.generations[index].message
+            if isinstance(message, AIMessage):
+                message.invalid_tool_calls = [*message.invalid_tool_calls, *invalid]
+        return result
+
+    def _slot(self) -> contextlib.AbstractContextManager[None]:
+        limit = self._request_limit()
+        return limit.slot() if limit is not None else contextlib.nullcontext()
+
+    def _aslot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        limit = self._request_limit()
+        return limit.aslot() if limit is not None else contextlib.nullcontext()
+
+    def _raise_mapped(self, exc: openai.APIError) -> NoReturn:
+        mapped = self._translate(exc)
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -568,25 +744,23 @@ class ChatVLLM(BaseChatOpenAI):
     ) -> ChatResult:
         prepared = self._prepare(messages, kwargs)
         try:
-            try:
-                result = super()._generate(
-                    prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                )
-            except openai.BadRequestError as exc:
-                prepared = self._after_rejection(exc, prepared, messages, kwargs)
+            # The slot covers the request only: re-counting or summarizing after a
+            # rejection may itself call the model.
+            for attempt in range(2):
                 try:
-                    result = super()._generate(
-                        prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                    )
-                except openai.BadRequestError as again:
-                    self._after_rejection(again, prepared, messages, kwargs)
-                    raise
+                    with self._slot():
+                        result = super()._generate(
+                            prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
+                        )
+                    return self._annotate(result, prepared)
+                except openai.BadRequestError as exc:
+                    retry = self._after_rejection(exc, prepared, messages, kwargs)
+                    if attempt:
+                        raise
+                    prepared = retry
         except openai.APIError as exc:
-            mapped = self._translate(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        return self._annotate(result, prepared)
+            self._raise_mapped(exc)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _agenerate(
         self,
@@ -597,25 +771,21 @@ class ChatVLLM(BaseChatOpenAI):
     ) -> ChatResult:
         prepared = await self._aprepare(messages, kwargs)
         try:
-            try:
-                result = await super()._agenerate(
-                    prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                )
-            except openai.BadRequestError as exc:
-                prepared = self._after_rejection(exc, prepared, messages, kwargs)
+            for attempt in range(2):
                 try:
-                    result = await super()._agenerate(
-                        prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                    )
-                except openai.BadRequestError as again:
-                    self._after_rejection(again, prepared, messages, kwargs)
-                    raise
+                    async with self._aslot():
+                        result = await super()._agenerate(
+                            prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
+                        )
+                    return self._annotate(result, prepared)
+                except openai.BadRequestError as exc:
+                    retry = self._after_rejection(exc, prepared, messages, kwargs)
+                    if attempt:
+                        raise
+                    prepared = retry
         except openai.APIError as exc:
-            mapped = self._translate(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        return self._annotate(result, prepared)
+            self._raise_mapped(exc)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _stream(
         self,
@@ -626,34 +796,27 @@ class ChatVLLM(BaseChatOpenAI):
     ) -> Iterator[ChatGenerationChunk]:
         prepared = self._prepare(messages, kwargs)
         try:
-            chunks = super()._stream(
-                prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-            )
-            try:
-                first = next(chunks, None)
-            except openai.BadRequestError as exc:
-                prepared = self._after_rejection(exc, prepared, messages, kwargs)
-                chunks = super()._stream(
-                    prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                )
-                try:
-                    first = next(chunks, None)
-                except openai.BadRequestError as again:
-                    self._after_rejection(again, prepared, messages, kwargs)
-                    raise
-            budget = prepared.metadata()
-            if first is not None:
-                first.message.response_metadata["budget"] = budget
-                yield first
-                self._log_stream_chunk(first, budget)
-            for chunk in chunks:
-                yield chunk
-                self._log_stream_chunk(chunk, budget)
+            for attempt in range(2):
+                rejection: openai.BadRequestError | None = None
+                with self._slot():
+                    chunks = super()._stream(
+                        prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
+                    )
+                    try:
+                        first = next(chunks, None)
+                    except openai.BadRequestError as exc:
+                        rejection = exc
+                    else:
+                        # The slot is held until the stream ends (or is closed).
+                        yield from self._budgeted_chunks(first, chunks, prepared)
+                        return
+                assert rejection is not None
+                retry = self._after_rejection(rejection, prepared, messages, kwargs)
+                if attempt:
+                    raise rejection
+                prepared = retry
         except openai.APIError as exc:
-            mapped = self._translate(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc)
 
     async def _astream(
         self,
@@ -664,34 +827,49 @@ class ChatVLLM(BaseChatOpenAI):
     ) -> AsyncIterator[ChatGenerationChunk]:
         prepared = await self._aprepare(messages, kwargs)
         try:
-            chunks = super()._astream(
-                prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-            )
-            try:
-                first = await anext(chunks, None)
-            except openai.BadRequestError as exc:
-                prepared = self._after_rejection(exc, prepared, messages, kwargs)
-                chunks = super()._astream(
-                    prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                )
-                try:
-                    first = await anext(chunks, None)
-                except openai.BadRequestError as again:
-                    self._after_rejection(again, prepared, messages, kwargs)
-                    raise
-            budget = prepared.metadata()
-            if first is not None:
-                first.message.response_metadata["budget"] = budget
-                yield first
-                self._log_stream_chunk(first, budget)
-            async for chunk in chunks:
-                yield chunk
-                self._log_stream_chunk(chunk, budget)
+            for attempt in range(2):
+                rejection: openai.BadRequestError | None = None
+                async with self._aslot():
+                    chunks = super()._astream(
+                        prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
+                    )
+                    try:
+                        first = await anext(chunks, None)
+                    except openai.BadRequestError as exc:
+                        rejection = exc
+                    else:
+                        budget = prepared.metadata()
+                        if first is not None:
+                            first.message.response_metadata["budget"] = budget
+                            yield first
+                            self._log_stream_chunk(first, budget)
+                        async for chunk in chunks:
+                            yield chunk
+                            self._log_stream_chunk(chunk, budget)
+                        return
+                assert rejection is not None
+                retry = self._after_rejection(rejection, prepared, messages, kwargs)
+                if attempt:
+                    raise rejection
+                prepared = retry
         except openai.APIError as exc:
-            mapped = self._translate(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc)
+
+    def _budgeted_chunks(
+        self,
+        first: ChatGenerationChunk | None,
+        chunks: Iterator[ChatGenerationChunk],
+        prepared: _Prepared,
+    ) -> Iterator[ChatGenerationChunk]:
+        """The stream with the budget on its first chunk, and usage logged."""
+        budget = prepared.metadata()
+        if first is not None:
+            first.message.response_metadata["budget"] = budget
+            yield first
+            self._log_stream_chunk(first, budget)
+        for chunk in chunks:
+            yield chunk
+            self._log_stream_chunk(chunk, budget)
 
     def _log_stream_chunk(self, chunk: ChatGenerationChunk, budget: dict[str, Any]) -> None:
         message = chunk.message

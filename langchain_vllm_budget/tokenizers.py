@@ -19,6 +19,9 @@ import functools
 import json
 import math
 import os
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -183,11 +186,53 @@ def _load_tokenizer(name_or_path: str) -> Any:
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
+# Pre-tokenizers and normalizers that treat the start of the text specially (SentencePiece's
+# "prepend a space to the first word"): a segment counted alone would differ from the same
+# segment inside the prompt, so prompts are then counted whole.
+_POSITION_DEPENDENT = ("Metaspace", "Prepend", "prepend_scheme")
+_SEGMENT_CACHE_SIZE = 8192
+
+
+def _added_token_splitter(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex that splits text at the tokenizer's added tokens, if that is exact.
+
+    A fast (Rust ``tokenizers``) tokenizer cuts its input at added tokens such as
+    ``<|im_start|>`` before it normalizes, pre-tokenizes and applies BPE to the text between
+    them, so a chat prompt's count is the sum of its segments' counts (each added token is
+    one). That holds when no added token strips neighbouring whitespace, matches whole words
+    only or is matched after normalization, and nothing depends on a segment's position;
+    otherwise this returns ``None`` and prompts are tokenized whole.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    added = getattr(tokenizer, "added_tokens_decoder", None)
+    if backend is None or not added:
+        return None
+    tokens = list(added.values())
+    if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in tokens):
+        return None
+    try:
+        config = backend.to_str()
+    except Exception:  # an unserialisable backend: no way to check it
+        return None
+    if any(marker in config for marker in _POSITION_DEPENDENT):
+        return None
+    contents = sorted({t.content for t in tokens if t.content}, key=len, reverse=True)
+    # Longest first: at each position the longest added token wins, as in `tokenizers`.
+    return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")")
+
+
 class TransformersTokenCounter:
     """Exact counts from the model's own tokenizer and chat template, locally.
 
     The tokenizer is loaded once per path (cached). Counts equal vLLM's for text-only
     requests with chat templates that take string content (Qwen, Llama, SmolLM2, ...).
+
+    The prompt is rendered with the chat template every time (exact by construction), but
+    not re-tokenized whole: it is cut at the tokenizer's added tokens (``<|im_start|>``,
+    ``<|im_end|>``, ...), which the tokenizer itself never merges across, and the token
+    counts of the text between them are cached. A conversation that grows by a turn then
+    tokenizes only the new turn. Tokenizers for which segment counts would not add up
+    (whitespace-stripping added tokens, SentencePiece's first-word space) are counted whole.
 
     Args:
         tokenizer: A local folder or hub name for ``AutoTokenizer.from_pretrained``, or a
@@ -220,6 +265,62 @@ class TransformersTokenCounter:
         else:
             self.tokenizer = tokenizer
             self.source = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+        self._splitter = _added_token_splitter(self.tokenizer)
+        self._added_tokens = frozenset(
+            t.content
+            for t in (getattr(self.tokenizer, "added_tokens_decoder", None) or {}).values()
+        )
+        self._segment_counts: OrderedDict[str, int] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    @property
+    def segment_cache_enabled(self) -> bool:
+        """Whether prompts are counted segment by segment with cached counts."""
+        return self._splitter is not None
+
+    def _encode_lengths(self, texts: list[str]) -> list[int]:
+        if len(texts) == 1:
+            return [len(self.tokenizer.encode(texts[0], add_special_tokens=False))]
+        # One batch call: the fast tokenizer encodes the segments in parallel.
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def count_rendered(self, prompt: str) -> int:
+        """Count an already rendered prompt (special tokens in it count as one each).
+
+        Args:
+            prompt: Chat-template output.
+
+        Returns:
+            Its token count, equal to ``len(tokenizer.encode(prompt, add_special_tokens=False))``.
+        """
+        if self._splitter is None:
+            return len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        total = 0
+        pending: dict[str, int] = {}
+        with self._cache_lock:
+            for part in self._splitter.split(prompt):
+                if not part:
+                    continue
+                if part in self._added_tokens:
+                    total += 1
+                    continue
+                cached = self._segment_counts.get(part)
+                if cached is None:
+                    pending[part] = pending.get(part, 0) + 1
+                else:
+                    self._segment_counts.move_to_end(part)
+                    total += cached
+        if pending:
+            texts = list(pending)
+            lengths = self._encode_lengths(texts)
+            with self._cache_lock:
+                for text, length in zip(texts, lengths, strict=True):
+                    total += length * pending[text]
+                    self._segment_counts[text] = length
+                while len(self._segment_counts) > _SEGMENT_CACHE_SIZE:
+                    self._segment_counts.popitem(last=False)
+        return total
 
     def count_text(self, text: str) -> int:
         """Count plain text: no chat template, no special tokens added.
@@ -251,17 +352,17 @@ class TransformersTokenCounter:
         """
         conversation = _conversation_for_template(messages_to_openai_dicts(messages))
         try:
-            ids = self.tokenizer.apply_chat_template(
+            prompt = self.tokenizer.apply_chat_template(
                 conversation,
                 tools=tools_to_openai_dicts(tools),
                 add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
+                tokenize=False,
             )
         except Exception as exc:  # jinja2 raises its own types from inside templates
             msg = f"The chat template of {self.source!r} cannot render these messages: {exc}"
             raise TokenCountError(msg) from exc
-        return len(ids)
+        # apply_chat_template(tokenize=True) is encode(prompt, add_special_tokens=False).
+        return self.count_rendered(str(prompt))
 
     async def acount_messages(
         self,

@@ -6,6 +6,8 @@ import json
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_vllm_budget.errors import TokenCountError, VLLMConnectionError
@@ -151,3 +153,95 @@ def test_server_counter_unreachable_is_a_typed_error() -> None:
     assert not counter.server_root.endswith("/v1")
     with pytest.raises(VLLMConnectionError, match="Cannot connect"):
         counter.count_messages([HumanMessage("hi")])
+
+
+# ------------------------------------------------------------------ segment-cached counting
+
+TRICKY_TEXTS = [
+    "plain words",
+    "  leading and trailing spaces  ",
+    "\n\nnewlines\n\n",
+    "a literal <|im_end|> and <|im_start|>user inside content",
+    "<tool_call>not a call</tool_call>",
+    "<|im_end|><|im_end|>",
+    "e\u0301 combining accent (NFC composes it)",
+    "长城的历史 and 😀 emoji",
+    json.dumps([{"id": f"9f1c{i:04d}-4b7e", "qty": i} for i in range(20)]),
+    "",
+]
+
+
+def _whole_count(counter: TransformersTokenCounter, messages, tools=None) -> int:
+    conversation = _conversation_for_template(messages_to_openai_dicts(messages))
+    ids = counter.tokenizer.apply_chat_template(
+        conversation,
+        tools=tools,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    return len(ids)
+
+
+@pytest.mark.parametrize("name", ["qwen", "smol"])
+def test_segment_cached_count_equals_whole_tokenization(name: str, request) -> None:
+    counter: TransformersTokenCounter = request.getfixturevalue(name)
+    assert counter.segment_cache_enabled
+    conversation = [SystemMessage("You are terse.")]
+    for text in TRICKY_TEXTS:
+        conversation += [HumanMessage(text), AIMessage(text[::-1])]
+        messages = [*conversation, HumanMessage("next?")]
+        # Twice: the first count fills the segment cache, the second reads it.
+        for _ in range(2):
+            assert counter.count_messages(messages) == _whole_count(counter, messages)
+    tools = [WEATHER_TOOL]
+    if name == "qwen":
+        messages = [*TOOL_TURN, HumanMessage(TRICKY_TEXTS[3])]
+        assert counter.count_messages(messages, tools) == _whole_count(counter, messages, tools)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.text(max_size=30),
+            st.sampled_from(["<|im_start|>", "<|im_end|>", "<tool_call>", "\n", " ", "  "]),
+        ),
+        max_size=12,
+    )
+)
+def test_rendered_count_equals_encode(parts: list[str]) -> None:
+    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+    prompt = "".join(parts)
+    expected = len(counter.tokenizer.encode(prompt, add_special_tokens=False))
+    assert counter.count_rendered(prompt) == expected
+    assert counter.count_rendered(prompt) == expected
+
+
+def test_position_dependent_tokenizer_is_counted_whole() -> None:
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "▁hello": 1, "hello": 2, "▁world": 3, "world": 4, "▁": 5}
+    backend = Tokenizer(models.WordLevel(vocab, "[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<s>", special=True)]})
+    counter = TransformersTokenCounter(tokenizer)
+    assert not counter.segment_cache_enabled
+    for prompt in ("hello<s>world", "<s>hello world<s>", "hello"):
+        assert counter.count_rendered(prompt) == len(
+            tokenizer.encode(prompt, add_special_tokens=False)
+        )
+
+
+def test_segment_cache_is_bounded(qwen: TransformersTokenCounter, monkeypatch) -> None:
+    import langchain_vllm_budget.tokenizers as tokenizers_module
+
+    monkeypatch.setattr(tokenizers_module, "_SEGMENT_CACHE_SIZE", 5)
+    for i in range(20):
+        prompt = f"<|im_start|>user\nmessage {i}<|im_end|>\n"
+        assert qwen.count_rendered(prompt) == len(
+            qwen.tokenizer.encode(prompt, add_special_tokens=False)
+        )
+    assert len(qwen._segment_counts) <= 5
