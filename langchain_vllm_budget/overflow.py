@@ -155,14 +155,19 @@ def apply_budget(
     if policy == "raise":
         raise _overflow(plan)
     if policy == "warn":
+        outcome = (
+            f"sending with max_tokens={plan.max_tokens}"
+            if plan.sendable
+            else "nothing fits, raising instead of sending"
+        )
         logger.warning(
             "Input too large: %d input tokens leave %d of the %d-token window "
-            "(safety margin %d); sending with max_tokens=%d.",
+            "(safety margin %d); %s.",
             plan.input_tokens,
             max(plan.available, 0),
             plan.max_model_len,
             plan.safety_margin,
-            plan.max_tokens,
+            outcome,
         )
         if not plan.sendable:
             raise _overflow(plan)

@@ -90,15 +90,18 @@ def test_warn_sends_what_fits_and_logs(counter, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         outcome = apply_budget(messages, budget=budget, count=counter.count_messages, policy="warn")
     assert "Input too large" in caplog.text
+    assert f"sending with max_tokens={outcome.plan.max_tokens}" in caplog.text
     assert outcome.action == "warned"
     assert 1 <= outcome.plan.max_tokens < 256
     assert outcome.plan.input_tokens + outcome.plan.max_tokens + 64 == 2048
 
 
-def test_warn_raises_when_nothing_fits(counter) -> None:
+def test_warn_raises_when_nothing_fits(counter, caplog) -> None:
     messages = [HumanMessage("hello " * 2100)]
-    with pytest.raises(VLLMContextOverflowError):
+    with caplog.at_level(logging.WARNING), pytest.raises(VLLMContextOverflowError):
         apply_budget(messages, budget=BUDGET, count=counter.count_messages, policy="warn")
+    assert "nothing fits, raising instead of sending" in caplog.text
+    assert "sending with" not in caplog.text
 
 
 def test_summarize_replaces_oldest_turns(counter) -> None:
