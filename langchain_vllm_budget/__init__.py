@@ -8,6 +8,7 @@ from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMError,
     VLLMModelNotFoundError,
+    VLLMServerError,
     VLLMTimeoutError,
 )
 from langchain_vllm_budget.tokenizers import (
@@ -32,6 +33,7 @@ __all__ = [
     "VLLMContextOverflowError",
     "VLLMError",
     "VLLMModelNotFoundError",
+    "VLLMServerError",
     "VLLMTimeoutError",
     "__version__",
 ]

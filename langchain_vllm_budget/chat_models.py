@@ -45,6 +45,7 @@ from langchain_vllm_budget.errors import (
     VLLMConnectionError,
     VLLMContextOverflowError,
     VLLMModelNotFoundError,
+    VLLMServerError,
     VLLMTimeoutError,
     parse_length_error,
 )
@@ -435,6 +436,11 @@ class ChatVLLM(BaseChatOpenAI):
             return VLLMTimeoutError(self.openai_api_base, timeout)
         if isinstance(exc, openai.APIConnectionError):
             return VLLMConnectionError(self.openai_api_base, str(exc.__cause__ or exc))
+        if isinstance(exc, openai.InternalServerError):
+            return VLLMServerError(self.openai_api_base, exc.message, exc.status_code)
+        if type(exc) is openai.APIError:
+            # A bare APIError is an error event inside a stream: the server failed mid-answer.
+            return VLLMServerError(self.openai_api_base, exc.message)
         return exc
 
     def _read_models(self, data: list[dict[str, Any]]) -> _ServerInfo:

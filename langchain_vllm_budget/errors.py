@@ -29,6 +29,7 @@ __all__ = [
     "VLLMContextOverflowError",
     "VLLMError",
     "VLLMModelNotFoundError",
+    "VLLMServerError",
     "VLLMTimeoutError",
     "parse_length_error",
 ]
@@ -157,6 +158,30 @@ class VLLMTimeoutError(VLLMError, ModelTimeoutError):
         super().__init__(
             f"Request to the vLLM server at {base_url} timed out{after}. Raise `timeout`, "
             "lower max_tokens, or check the server's load."
+        )
+
+
+class VLLMServerError(VLLMError):
+    """The vLLM server failed while answering (a 5xx, or an error event in a stream).
+
+    vLLM reports a crashed or restarting engine this way, e.g. "EngineCore encountered an
+    issue" when its engine process dies during a request.
+
+    Attributes:
+        base_url: The server URL.
+        status_code: The HTTP status, when the failure came as a response; None for an error
+            event inside a stream.
+        server_message: What the server said.
+    """
+
+    def __init__(self, base_url: str, server_message: str, status_code: int | None = None) -> None:
+        self.base_url = base_url
+        self.status_code = status_code
+        self.server_message = server_message
+        status = f" (HTTP {status_code})" if status_code is not None else ""
+        super().__init__(
+            f"The vLLM server at {base_url} failed while answering{status}: {server_message}. "
+            "Check the server's log; the request can be retried once the server is healthy."
         )
 
 

