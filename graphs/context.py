@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
-__all__ = ["ENV_PREFIX", "Context"]
+__all__ = ["ENV_PREFIX", "ROLLING_SUMMARY_MODES", "Context"]
 
 ENV_PREFIX = "VLLM_BUDGET_"
+ROLLING_SUMMARY_MODES = ("extractive", "llm")
+"""Values of :attr:`Context.rolling_summary_mode`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,8 +78,23 @@ class Context:
     rolling_summary_max_tokens: int = field(
         default=160, metadata={"description": "Hard cap on the rolling summary (tokens)."}
     )
+    rolling_summary_mode: str = field(
+        default="extractive",
+        metadata={
+            "description": "How the rolling summary absorbs a stage summary once both no "
+            "longer fit its cap: 'extractive' (no model call: entities first, then the "
+            "sentences carrying most of them) or 'llm' (a guarded summarizer call)."
+        },
+    )
     temperature: float = field(
         default=0.2, metadata={"description": "Sampling temperature of the stage calls."}
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={
+            "description": "vLLM's repetition_penalty for the stage calls (1.0: off; "
+            "small models such as SmolLM2-135M loop less with about 1.05)."
+        },
     )
     checkpointer_dsn: str = field(
         default="",
@@ -112,6 +129,18 @@ class Context:
             msg = (
                 f"Context.min_stage_output_tokens ({self.min_stage_output_tokens}) is above "
                 f"stage_max_tokens ({self.stage_max_tokens}): lower it or raise stage_max_tokens."
+            )
+            raise ValueError(msg)
+        if self.rolling_summary_mode not in ROLLING_SUMMARY_MODES:
+            msg = (
+                f"Context.rolling_summary_mode must be one of {', '.join(ROLLING_SUMMARY_MODES)} "
+                f"(got {self.rolling_summary_mode!r})."
+            )
+            raise ValueError(msg)
+        if self.repetition_penalty <= 0:
+            msg = (
+                "Context.repetition_penalty must be > 0 (1.0 is off); "
+                f"got {self.repetition_penalty}."
             )
             raise ValueError(msg)
         if self.max_model_len < 0 or self.safety_margin < 0:

@@ -2,23 +2,28 @@
 
 Each stage node:
 
-1. builds its prompt from the user's request, the compressed summaries of the earlier stages
-   and the rolling summary, never from earlier raw outputs;
+1. builds its prompt from the user's request and the compressed summaries of the earlier
+   stages, never from earlier raw outputs. Nothing is said twice: while every earlier summary
+   fits, the prompt carries them and no rolling summary; once stages are folded out, it
+   carries the rolling summary as it was after the last folded stage (which covers exactly
+   the folded stages) and the summaries of the stages after it;
 2. makes the prompt fit the window, degrading in this order when it does not (each action is
    recorded in the stage's ledger entry):
 
-   a. **fold** the oldest earlier summary out of the prompt (its content stays in the rolling
-      summary), then the next oldest, and so on;
-   b. **trim the rolling summary**, keeping its newest part;
+   a. **fold** the oldest earlier summary out of the prompt, into the rolling summary, then
+      the next oldest, and so on;
+   b. **trim the rolling summary** of the folded stages, keeping its newest part;
    c. **trim the request**, keeping its beginning;
-   d. if the system prompt alone does not fit, raise :class:`StageInputTooLargeError`;
+   d. if it still does not fit, raise :class:`StageInputTooLargeError`;
 
 3. calls the reasoning model (a budget-aware ``ChatVLLM``: ``max_tokens`` is what the budget
    grants), stores the raw output in the LangGraph store under
    ``("stage_outputs", thread_id)`` / stage name;
 4. compresses the output with :func:`~langchain_vllm_budget.compression.compress_stage_result`
-   (summarizer model, hard cap ``summary_max_tokens``), updates the rolling summary, and
-   writes the summary, the rolling summary and the ledger entry into the state.
+   (summarizer model, hard cap ``summary_max_tokens``), updates the rolling summary (the
+   run's running digest: the previous one plus the new summary, merged under its own cap
+   without a model call unless ``rolling_summary_mode="llm"``), and writes the summary, the
+   rolling summary and the ledger entry into the state.
 
 ``graph`` (no checkpointer, no store) is what ``langgraph.json`` serves: the LangGraph server
 brings its own. :func:`build_graph` compiles the same graph with a checkpointer and a store for
@@ -28,7 +33,7 @@ use from Python; :func:`sqlite_persistence` and :func:`postgres_persistence` mak
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +51,13 @@ from langgraph.store.base import BaseStore
 from graphs import prompts
 from graphs.context import Context
 from graphs.state import RAW_OUTPUT_NAMESPACE, InputState, StageLedger, State
+from graphs.usage import track_model_calls
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
-from langchain_vllm_budget.compression import compress_stage_result, truncate_to_tokens
+from langchain_vllm_budget.compression import (
+    compress_stage_result,
+    extractive_summary,
+    truncate_to_tokens,
+)
 
 if TYPE_CHECKING:
     from langchain_vllm_budget.tokenizers import TokenCounter
@@ -127,29 +137,31 @@ def build_stage_messages(
     summaries: Sequence[tuple[str, str]],
     rolling_summary: str,
 ) -> list[BaseMessage]:
-    """The prompt of ``stage``: request + rolling summary + earlier compressed summaries.
+    """The prompt of ``stage``: request + rolling summary of folded stages + summaries.
 
     Args:
         stage: One of :data:`STAGES`.
         request: The user's request.
-        summaries: ``(stage, summary)`` of the earlier stages that are still in the prompt.
-        rolling_summary: The rolling summary (may be empty).
+        summaries: ``(stage, summary)`` of the earlier stages that are still in the prompt
+            (or, for a raw-forward baseline, their raw outputs).
+        rolling_summary: The rolling summary of the stages folded out of the prompt; empty
+            while nothing is folded (then no block is added).
 
     Returns:
         System and user messages.
 
     Example:
-        >>> msgs = build_stage_messages("plan", "Fix INC-1", [("classify", "- P1")], "- P1")
+        >>> msgs = build_stage_messages("plan", "Fix INC-1", [("select", "- tool: x")], "- P1")
         >>> print(msgs[1].content)
         Request:
         Fix INC-1
         <BLANKLINE>
-        Pipeline so far (rolling summary):
+        Folded earlier stages (rolling summary):
         - P1
         <BLANKLINE>
         Earlier stages (compressed summaries):
-        [classify]
-        - P1
+        [select]
+        - tool: x
         <BLANKLINE>
         Write the plan result now.
     """
@@ -173,8 +185,9 @@ class StageInput:
         input_tokens: Its token count.
         plan: The budget plan for it (``plan.max_tokens`` is the output room).
         degraded: The degradation actions, in the order they were taken.
-        folded: Stages whose summaries were folded out of the prompt.
-        rolling_summary: The rolling summary as it is in the prompt (maybe trimmed).
+        folded: Stages whose summaries were folded out of the prompt by this call.
+        rolling_summary: The rolling summary of the folded stages as it is in the prompt
+            (maybe trimmed; empty while nothing is folded).
     """
 
     messages: list[BaseMessage]
@@ -193,21 +206,27 @@ def fit_stage_input(
     *,
     counter: TokenCounter,
     budget: TokenBudget,
+    rolling_summaries: Mapping[str, str] | None = None,
 ) -> StageInput:
     """Build the stage prompt and degrade it, in the documented order, until it fits.
 
-    Order: fold the oldest earlier summaries out (their content is in the rolling summary),
-    then trim the rolling summary (keeping its newest part), then trim the request (keeping
-    its beginning). Trimming is done on the text blocks of one user message, so
-    ``trim_messages`` (which drops whole messages) does not apply.
+    Order: fold the oldest earlier summaries out, into the rolling summary, then trim the
+    rolling summary (keeping its newest part), then trim the request (keeping its beginning).
+    Trimming is done on the text blocks of one user message, so ``trim_messages`` (which
+    drops whole messages) does not apply.
 
     Args:
         stage: The stage.
         request: The user's request.
-        summaries: ``(stage, summary)`` of earlier stages, oldest first.
-        rolling_summary: The rolling summary.
+        summaries: ``(stage, summary)`` of the earlier stages still in the prompt, oldest
+            first.
+        rolling_summary: The rolling summary of the stages already folded out (empty if none).
         counter: Counts the prompt as the server will.
         budget: The stage's budget; its ``max_model_len`` must be set.
+        rolling_summaries: The rolling summary after each earlier stage. Folding stage X puts
+            ``rolling_summaries[X]`` (which covers X and every stage before it) in place of
+            the summaries it covers; without it, the folded summary is appended to the
+            rolling summary as it is.
 
     Returns:
         The fitting prompt, its plan, and what was done.
@@ -220,6 +239,7 @@ def fit_stage_input(
     text = request
     degraded: list[str] = []
     folded: list[str] = []
+    digests = rolling_summaries or {}
 
     def measure() -> tuple[list[BaseMessage], int, BudgetPlan]:
         messages = build_stage_messages(stage, text, kept, rolling)
@@ -228,8 +248,11 @@ def fit_stage_input(
 
     messages, tokens, plan = measure()
     while not plan.fits and kept:
-        name, _ = kept.pop(0)
+        name, summary = kept.pop(0)
         folded.append(name)
+        rolling = digests.get(name) or "\n".join(
+            part for part in (rolling.strip(), f"[{name}]\n{summary.strip()}") if part
+        )
         before = tokens
         messages, tokens, plan = measure()
         degraded.append(
@@ -314,6 +337,11 @@ def default_model(ctx: Context, role: ModelRole) -> BaseChatModel:
         budget=budget,
         on_overflow="raise",
         temperature=ctx.temperature if reasoning else 0.1,
+        extra_body=(
+            {"repetition_penalty": ctx.repetition_penalty}
+            if reasoning and ctx.repetition_penalty != 1.0
+            else None
+        ),
     )
 
 
@@ -366,13 +394,35 @@ def _thread_id(runtime: Runtime[Context]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _reply_budget(reply: BaseMessage) -> dict[str, Any]:
+    """The budget the chat model reports for the call (``ChatVLLM``), JSON-able; else ``{}``."""
+    meta = reply.response_metadata.get("budget") or {}
+    if not isinstance(meta, dict):
+        meta = getattr(meta, "as_dict", dict)()
+    return {
+        str(key): value
+        for key, value in meta.items()
+        if value is None or isinstance(value, (str, int, float, bool))
+    }
+
+
+def _folded_digest(state: State, index: int) -> str:
+    """The rolling summary covering exactly the stages folded before stage ``index``.
+
+    Folding always takes the oldest summaries first, so the folded stages are the first
+    ones, and the rolling summary after the last of them covers them all.
+    """
+    folded = [name for name in STAGES[:index] if name in state.folded]
+    if not folded:
+        return ""
+    return state.rolling_summaries.get(folded[-1], state.rolling_summary)
+
+
 def _reply_numbers(
     reply: BaseMessage, stage_input: StageInput, counter: TokenCounter
 ) -> dict[str, int]:
     usage = getattr(reply, "usage_metadata", None) or {}
-    meta = reply.response_metadata.get("budget") or {}
-    if not isinstance(meta, dict):
-        meta = getattr(meta, "as_dict", dict)()
+    meta = _reply_budget(reply)
     return {
         "input_tokens": int(
             meta.get("input_tokens") or usage.get("input_tokens") or stage_input.input_tokens
@@ -423,7 +473,13 @@ def _stage_node(
             if name in state.summaries and name not in state.folded
         ]
         stage_input = fit_stage_input(
-            stage, request, earlier, state.rolling_summary, counter=counter, budget=budget
+            stage,
+            request,
+            earlier,
+            _folded_digest(state, index),
+            counter=counter,
+            budget=budget,
+            rolling_summaries=state.rolling_summaries,
         )
         reply = reasoning.invoke(stage_input.messages, max_tokens=stage_input.plan.max_tokens)
         raw = reply.text
@@ -445,18 +501,19 @@ def _stage_node(
             build_stage_messages(stage, request, raw_forward, "")
         )
 
-        summary = compress_stage_result(
-            raw,
-            model=summarizer,
-            stage_name=stage,
-            user_request=request,
-            max_tokens=ctx.summary_max_tokens,
-            tokenizer=counter,
-            chunk_tokens=_window(ctx, summarizer),
-        )
-        rolling = _update_rolling_summary(
-            stage_input.rolling_summary, stage, summary.summary, request, summarizer, counter, ctx
-        )
+        with track_model_calls(counter) as usage:
+            summary = compress_stage_result(
+                raw,
+                model=summarizer,
+                stage_name=stage,
+                user_request=request,
+                max_tokens=ctx.summary_max_tokens,
+                tokenizer=counter,
+                chunk_tokens=_window(ctx, summarizer),
+            )
+            rolling = _update_rolling_summary(
+                state.rolling_summary, stage, summary.summary, request, summarizer, counter, ctx
+            )
         entry: StageLedger = {
             "stage": stage,
             **numbers,  # type: ignore[typeddict-item]
@@ -473,10 +530,21 @@ def _stage_node(
             "rolling_summary_tokens": counter.count_text(rolling) if rolling else 0,
             "degraded": stage_input.degraded,
             "tokenizer": str(getattr(counter, "name", type(counter).__name__)),
+            "max_model_len": window,
+            "folded_summary_tokens": (
+                counter.count_text(stage_input.rolling_summary)
+                if stage_input.rolling_summary
+                else 0
+            ),
+            "summarizer_calls": usage.calls,
+            "summarizer_input_tokens": usage.input_tokens,
+            "summarizer_output_tokens": usage.output_tokens,
+            "budget": _reply_budget(reply),
         }
         return {
             "summaries": {stage: summary.summary},
             "rolling_summary": rolling,
+            "rolling_summaries": {stage: rolling},
             "ledger": {stage: entry},
             "folded": {name: stage for name in stage_input.folded},
         }
@@ -495,10 +563,20 @@ def _update_rolling_summary(
     counter: TokenCounter,
     ctx: Context,
 ) -> str:
-    """Append the stage summary; compress when the result exceeds its cap."""
+    """The previous rolling summary plus the stage summary, under the rolling cap.
+
+    Appended as they are while they fit; then merged by the entity-first extractive summary
+    (no model call: both inputs are already compressed and entity-checked), or, with
+    ``rolling_summary_mode="llm"``, by a guarded summarizer call (the seed's
+    ``_create_rolling_summary``).
+    """
     merged = "\n".join(part for part in (previous.strip(), f"[{stage}]\n{summary}") if part)
     if counter.count_text(merged) <= ctx.rolling_summary_max_tokens:
         return merged
+    if ctx.rolling_summary_mode == "extractive":
+        return extractive_summary(
+            merged, max_tokens=ctx.rolling_summary_max_tokens, tokenizer=counter
+        ).summary
     result = compress_stage_result(
         merged,
         model=summarizer,

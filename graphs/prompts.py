@@ -49,8 +49,10 @@ STAGE_USER_PROMPT = """Request:
 Write the {stage} result now."""
 """User prompt of a stage: the request, then the compressed context (may be empty)."""
 
-ROLLING_SUMMARY_HEADER = "Pipeline so far (rolling summary):"
+ROLLING_SUMMARY_HEADER = "Folded earlier stages (rolling summary):"
+"""Header of the rolling summary of the stages folded out of a prompt."""
 EARLIER_STAGES_HEADER = "Earlier stages (compressed summaries):"
+"""Header of the compressed summaries of the earlier stages still in the prompt."""
 
 ROLLING_SUMMARY_PROMPT = """Merge the following {stage_name} into one running summary of the \
 pipeline (≤ {max_tokens} tokens).

@@ -8,6 +8,7 @@ same ``--thread-id`` resumes an interrupted run from its last finished stage.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,22 +19,42 @@ from typing import Any, cast
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
+from rich import box
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from graphs.context import Context
-from graphs.pipeline import STAGES, build_graph, postgres_persistence, sqlite_persistence
+from graphs.pipeline import (
+    STAGES,
+    build_graph,
+    postgres_persistence,
+    raw_output_namespace,
+    sqlite_persistence,
+)
 from graphs.state import InputState, StageLedger
 
-__all__ = ["DEFAULT_DB_PATH", "ledger_table", "run_pipeline", "totals"]
+__all__ = [
+    "ANSWER_MAX_CHARS",
+    "DEFAULT_DB_PATH",
+    "budget_table",
+    "final_answer",
+    "ledger_table",
+    "run_pipeline",
+    "totals",
+]
 
 DEFAULT_DB_PATH = Path(".vllm-budget") / "pipeline.sqlite"
 """Default SQLite file for checkpoints and raw stage outputs."""
 
 _CAPTION = (
-    "input if raw: the stage prompt with earlier raw outputs passed forward instead of "
-    "summaries; granted: max_tokens the budget gave the stage; kept: entity retention"
+    "if raw: the same prompt with the earlier raw outputs instead of their summaries; "
+    "granted: max_tokens given; kept: entity retention"
 )
+ANSWER_MAX_CHARS = 1500
+"""The final answer is shown up to this many characters (the full text stays in the store)."""
+
 _LOCAL_MODEL = "smollm2-135m-instruct"
 _LOCAL_MAX_MODEL_LEN = 2048
 
@@ -68,24 +89,32 @@ def ledger_table(ledger: dict[str, StageLedger]) -> Table:
         ledger: The ``ledger`` of a finished (or partial) run.
 
     Returns:
-        Columns: stage, input, raw-forward input, output, max_tokens granted, raw, summary,
-        ratio, retention, method, degradations.
+        Columns: stage, input, raw-forward input, output, max_tokens granted, raw, summary /
+        cap, ratio, retention, method; then the totals.
     """
-    table = Table(title="Pipeline token ledger (tokens)", caption=_CAPTION)
+    table = Table(
+        title="Pipeline token ledger (tokens)",
+        caption=_CAPTION,
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+    )
     for column in (
         "stage",
-        "input",
-        "input if raw",
-        "output",
+        "in",
+        "if raw",
+        "out",
         "granted",
         "raw",
-        "summary/cap",
+        "sum/cap",
         "ratio",
         "kept",
         "method",
-        "degraded",
     ):
-        table.add_column(column, justify="left" if column in ("stage", "method") else "right")
+        table.add_column(
+            column,
+            justify="left" if column in ("stage", "method") else "right",
+            min_width={"stage": 8, "method": 12}.get(column),
+        )
     for stage in STAGES:
         if stage not in ledger:
             continue
@@ -101,7 +130,6 @@ def ledger_table(ledger: dict[str, StageLedger]) -> Table:
             f"{entry['ratio']:.2f}x",
             f"{entry['retention']:.0%}",
             entry["method"],
-            str(len(entry["degraded"])),
         )
     total = totals(ledger)
     if ledger:
@@ -117,9 +145,90 @@ def ledger_table(ledger: dict[str, StageLedger]) -> Table:
             f"{total['raw_tokens'] / max(total['summary_tokens'], 1):.2f}x",
             "",
             "",
-            "",
         )
     return table
+
+
+def budget_table(ledger: dict[str, StageLedger]) -> Table:
+    """The budget each stage call was sent with.
+
+    Read from the budget the chat model reported (``ChatVLLM``'s
+    ``response_metadata["budget"]``, kept in the ledger), with the ledger's own numbers for
+    what a model did not report.
+
+    Args:
+        ledger: The ``ledger`` of a finished (or partial) run.
+
+    Returns:
+        Columns: stage, input tokens, max_tokens granted, window, safety margin, room left
+        (window - input - max_tokens), counter, action.
+    """
+    table = Table(
+        title="Budget applied per stage (tokens)",
+        caption="granted: max_tokens sent with the stage call; left: window - input - granted",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+    )
+    for column in ("stage", "input", "granted", "window", "margin", "left", "counter", "action"):
+        left = column in ("stage", "counter", "action")
+        table.add_column(column, justify="left" if left else "right")
+    for stage in STAGES:
+        if stage not in ledger:
+            continue
+        entry = cast("dict[str, Any]", ledger[stage])
+        budget: dict[str, Any] = entry.get("budget") or {}
+        input_tokens = int(budget.get("input_tokens") or entry["input_tokens"])
+        granted = int(budget.get("max_tokens") or entry["max_tokens_granted"])
+        window = int(budget.get("max_model_len") or entry.get("max_model_len") or 0)
+        margin = budget.get("safety_margin")
+        counter = str(budget.get("counter") or entry.get("tokenizer", ""))
+        if "counter_exact" in budget:
+            counter += " (exact)" if budget["counter_exact"] else " (estimate)"
+        table.add_row(
+            stage,
+            str(input_tokens),
+            str(granted),
+            str(window or "?"),
+            "?" if margin is None else str(margin),
+            str(window - input_tokens - granted) if window else "?",
+            counter,
+            str(budget.get("action") or "-"),
+        )
+    return table
+
+
+def final_answer(store: BaseStore, thread_id: str, max_chars: int = ANSWER_MAX_CHARS) -> str | None:
+    r"""The last stage's raw output (the pipeline's answer), shortened for the terminal.
+
+    Args:
+        store: The store the run wrote raw outputs to.
+        thread_id: The run's thread.
+        max_chars: Longer answers are cut at a line or word boundary and marked.
+
+    Returns:
+        The answer, or ``None`` if the last stage has not run.
+
+    Example:
+        >>> from langgraph.store.memory import InMemoryStore
+        >>> store = InMemoryStore()
+        >>> store.put(("stage_outputs", "t"), "execute", {"content": "1. restart\n2. verify"})
+        >>> print(final_answer(store, "t"))
+        1. restart
+        2. verify
+        >>> final_answer(store, "other") is None
+        True
+    """
+    item = store.get(raw_output_namespace(thread_id), STAGES[-1])
+    if item is None:
+        return None
+    text = str(item.value.get("content", "")).strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    boundary = max(cut.rfind("\n"), cut.rfind(" "))
+    if boundary > max_chars // 2:
+        cut = cut[:boundary]
+    return f"{cut.rstrip()}\n… ({len(text) - len(cut)} more characters in the store)"
 
 
 def run_pipeline(
@@ -142,7 +251,8 @@ def run_pipeline(
     Returns:
         The final state values.
     """
-    out = console or Console()
+    # wide enough for the tables when the output is a file or a pipe (rich assumes 80)
+    out = console or (Console() if sys.stdout.isatty() else Console(width=120))
     thread = thread_id or f"run-{uuid.uuid4().hex[:12]}"
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
     with ExitStack() as stack:
@@ -173,7 +283,22 @@ def run_pipeline(
                 for action in entry["degraded"]:
                     out.print(f"    degraded: {action}")
         final = app.get_state(config).values
-    out.print(ledger_table(final.get("ledger", {})))
+        answer = final_answer(store, thread)
+    ledger = final.get("ledger", {})
+    out.print(ledger_table(ledger))
+    for stage in STAGES:
+        for action in ledger.get(stage, {}).get("degraded", []):
+            out.print(f"degraded at {stage}: {action}")
+    out.print(budget_table(ledger))
+    if answer is not None:
+        out.print(
+            Panel(
+                Text(answer),
+                title=f"Answer ({STAGES[-1]} stage, {context.reasoning_model})",
+                title_align="left",
+                expand=False,
+            )
+        )
     out.print(f"raw stage outputs: store namespace ('stage_outputs', '{thread}')")
     return dict(final)
 

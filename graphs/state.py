@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 __all__ = [
     "RAW_OUTPUT_NAMESPACE",
@@ -56,6 +56,19 @@ class StageLedger(TypedDict):
         rolling_summary_tokens: Tokens of the rolling summary after this stage.
         degraded: What was done to make the stage input fit, in order (empty if nothing).
         tokenizer: The token counter used (``server``, ``transformers`` or ``approximate``).
+        max_model_len: The context window the stage was budgeted against.
+        folded_summary_tokens: Tokens of the rolling summary of folded stages in the prompt
+            (0 while nothing is folded).
+        summarizer_calls: Summarizer model calls made for this stage (compression and the
+            rolling summary; 0 when everything fit verbatim or merged without a model).
+        summarizer_input_tokens: Prompt tokens of those calls (the server's count; counted
+            locally when the model reports no usage). A cost the raw-forward pipeline does
+            not have.
+        summarizer_output_tokens: Tokens those calls generated.
+        budget: The budget the stage call was sent with, as the chat model reported it
+            (``ChatVLLM``'s ``response_metadata["budget"]``: ``input_tokens``,
+            ``max_tokens``, ``max_model_len``, ``safety_margin``, ``counter``,
+            ``counter_exact``, ``action``, ...); empty if the model reports none.
     """
 
     stage: str
@@ -75,6 +88,12 @@ class StageLedger(TypedDict):
     rolling_summary_tokens: int
     degraded: list[str]
     tokenizer: str
+    max_model_len: NotRequired[int]
+    folded_summary_tokens: NotRequired[int]
+    summarizer_calls: NotRequired[int]
+    summarizer_input_tokens: NotRequired[int]
+    summarizer_output_tokens: NotRequired[int]
+    budget: NotRequired[dict[str, Any]]
 
 
 @dataclass(kw_only=True)
@@ -94,13 +113,19 @@ class State(InputState):
 
     Attributes:
         summaries: Compressed summary of each finished stage, by stage name.
-        rolling_summary: Digest of the pipeline so far, updated after every stage.
+        rolling_summary: Digest of the pipeline so far, updated after every stage. It is not
+            part of the stage prompts while every earlier summary fits: a prompt carries the
+            summaries themselves, and a digest only of what was folded out.
         ledger: Token accounting of each finished stage, by stage name.
-        folded: Stages whose summaries were dropped from later prompts to make them fit
-            (their content survives in the rolling summary).
+        folded: Stages whose summaries were dropped from later prompts to make them fit, and
+            the stage at which that happened (their content survives in the rolling summary).
+        rolling_summaries: The rolling summary as it was after each stage: the one after stage
+            X covers X and every stage before it, and is what a prompt carries once X and the
+            stages before it are folded out.
     """
 
     summaries: Annotated[dict[str, str], merge_dicts] = field(default_factory=dict)
     rolling_summary: str = ""
     ledger: Annotated[dict[str, StageLedger], merge_dicts] = field(default_factory=dict)
     folded: Annotated[dict[str, str], merge_dicts] = field(default_factory=dict)
+    rolling_summaries: Annotated[dict[str, str], merge_dicts] = field(default_factory=dict)

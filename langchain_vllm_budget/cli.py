@@ -176,11 +176,20 @@ def run(
     tokenizer: Annotated[
         str, typer.Option(help="Local tokenizer folder for exact counting; default: server.")
     ] = "",
-    stage_max_tokens: Annotated[int, typer.Option(help="Output reserve per stage.")] = 256,
-    summary_max_tokens: Annotated[int, typer.Option(help="Hard cap per stage summary.")] = 120,
+    stage_max_tokens: Annotated[int, typer.Option(help="Output reserve per stage.")] = 128,
+    summary_max_tokens: Annotated[int, typer.Option(help="Hard cap per stage summary.")] = 64,
     rolling_summary_max_tokens: Annotated[
         int, typer.Option(help="Hard cap on the rolling summary.")
-    ] = 120,
+    ] = 96,
+    rolling_summary_mode: Annotated[
+        str, typer.Option(help="extractive (no model call) or llm (a summarizer call).")
+    ] = "extractive",
+    temperature: Annotated[
+        float, typer.Option(help="Stage sampling temperature (0: greedy).")
+    ] = 0.0,
+    repetition_penalty: Annotated[
+        float, typer.Option(help="vLLM repetition_penalty for the stage calls (1.0: off).")
+    ] = 1.05,
     thread_id: Annotated[
         str | None, typer.Option(help="Thread to run or resume; default: a new one.")
     ] = None,
@@ -191,7 +200,7 @@ def run(
         str, typer.Option(help="PostgreSQL DSN: checkpoints and store in PostgreSQL.")
     ] = "",
 ) -> None:
-    """Run the classify -> select -> plan -> execute pipeline and print its token ledger."""
+    """Run the classify -> select -> plan -> execute pipeline: ledger, budgets, answer."""
     from graphs.context import Context
     from graphs.prompts import DEMO_REQUEST
     from graphs.runner import run_pipeline
@@ -205,6 +214,9 @@ def run(
         min_stage_output_tokens=min(64, stage_max_tokens),
         summary_max_tokens=summary_max_tokens,
         rolling_summary_max_tokens=rolling_summary_max_tokens,
+        rolling_summary_mode=rolling_summary_mode,
+        temperature=temperature,
+        repetition_penalty=repetition_penalty,
         checkpointer_dsn=checkpointer_dsn,
     )
     run_pipeline(request or DEMO_REQUEST, context, thread_id=thread_id, db_path=db)

@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ __all__ = [
     "compress_stage_result",
     "extract_entities",
     "extract_entity_list",
+    "extractive_summary",
     "is_entity_present",
     "render_stage_result",
     "truncate_to_tokens",
@@ -111,7 +111,7 @@ _PROMPT_MARGIN_TOKENS = 32
 
 _UNITS = (
     r"(?:ms|us|µs|ns|s|sec|secs|seconds?|mins?|minutes?|h|hrs?|hours?|days?|weeks?|"
-    r"[KMGTP]i?B|[KMGT]b|bytes?|tokens?|toks?|tok/s|tokens/s|req/s|rps|qps|ops/s|"
+    r"[KMGTP]i?B|[KMGTP]i|[KMGT]b|bytes?|tokens?|toks?|tok/s|tokens/s|req/s|rps|qps|ops/s|"
     r"%|x|GHz|MHz|kHz|Hz|°C|USD|EUR)"
 )
 # counts are prose-like when small ("3 steps"): only two digits or more count as entities
@@ -140,10 +140,27 @@ _PATTERNS: tuple[tuple[EntityKind, re.Pattern[str]], ...] = (
     # absolute or home/relative-dot paths: /etc/app.yaml, ~/x, ./run.sh, /v1/chat/completions
     (
         "path",
-        re.compile(r"(?<![\w/.:~-])(?:~|\.{1,2})?(?:/[\w.@+-]*[A-Za-z0-9_@+-][\w.@+-]*)+/?"),
+        re.compile(r"(?<![\w/.:~-])(?:~|\.{1,2})?(?:/[\w.@+-]*[A-Za-z0-9_@+])+/?"),
     ),
     # relative paths with a file extension: src/app/main.py
     ("path", re.compile(r"(?<![\w/.-])(?:[\w.-]+/)+[\w.-]*\w\.[A-Za-z][A-Za-z0-9]{0,7}\b")),
+    # host/path references without a scheme, e.g. container images with their tag:
+    # registry.example.com/shop/checkout:1.15.0
+    (
+        "path",
+        re.compile(
+            r"(?<![\w/.@:-])[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?::\d{1,5})?"
+            r"(?:/[\w.%-]+)+(?::[\w.-]*\w)?(?![\w/])"
+        ),
+    ),
+    # model and repository IDs: Qwen/Qwen2.5-7B-Instruct-AWQ, deploy/k8s/overlays/prod-2
+    (
+        "path",
+        re.compile(
+            r"(?<![\w/.:@-])(?=[\w./-]{8})(?=[\w.-]*/[\w./-]*\d)[A-Za-z][\w.-]*(?:/[\w.-]*\w)+"
+            r"(?![\w/])"
+        ),
+    ),
     # Windows paths
     ("path", re.compile(r"\b[A-Za-z]:\\(?:[\w .-]+\\)*[\w.-]+")),
     # bare file names with a common extension
@@ -163,6 +180,19 @@ _PATTERNS: tuple[tuple[EntityKind, re.Pattern[str]], ...] = (
             r"(?<![\w.-])[A-Za-z_][\w.-]*[A-Za-z0-9_]\s?=(?!=)\s?"
             r"(?:\"[^\"\n]{0,60}\"|'[^'\n]{0,60}'|[^\s,;)\]}'\"<>]*[^\s,;)\]}'\"<>.:!?])"
         ),
+    ),
+    # JSON pairs with a scalar value ("latency_ms": 2800), kept as key=value
+    (
+        "param",
+        re.compile(
+            r"\"(?P<key>[A-Za-z_][\w.-]*)\"\s*:\s*(?P<value>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
+            r"|true|false|\"[^\"\s]{1,60}\")(?=\s*[,}\]\n])"
+        ),
+    ),
+    # YAML settings on their own line, diff markers allowed (+  replicas: 4)
+    (
+        "param",
+        re.compile(r"(?m)^[ \t+-]*([A-Za-z][\w.-]*:[ \t]?(?:\d[\w.]*|true|false))[ \t]*$"),
     ),
     # snake/kebab key: value with a settings-like value (max_model_len: 12288)
     (
@@ -200,15 +230,33 @@ _PATTERNS: tuple[tuple[EntityKind, re.Pattern[str]], ...] = (
     ("name", re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?=\()|\b[A-Za-z_]\w*(?=\(\))")),
     ("name", re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")),
     ("name", re.compile(r"\b[a-z][a-z0-9]*(?:[A-Z][a-z0-9]+)+\b")),
-    ("name", re.compile(r"`([^`\n]{2,60})`")),
+    # code spans without spaces (`resources.limits.memory`); a span with spaces is a command
+    # or prose, whose parts the other patterns find
+    ("name", re.compile(r"`([^`\s]{2,60})`")),
     # numbers with units: 500 ms, 12GB, 95%, 4x, $12.50
     ("value", re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?\s?" + _UNITS + r"(?![\w/])")),
     ("value", re.compile(r"(?<![\w.])\d{2,}(?:[.,]\d+)?\s?" + _COUNT_UNITS + r"(?![\w/])")),
     ("value", re.compile(r"(?<![\w.])\$\d+(?:[.,]\d+)?\b")),
     # versions: v1.2.3, 0.32.0
     ("value", re.compile(r"(?<![\w.])v?\d+(?:\.\d+){2,}\b")),
+    # ISO dates and date-times (2024-05-14, 2024-05-14T14:02:00Z); bare clock times are
+    # timeline narrative, not settings, and are left out
+    (
+        "value",
+        re.compile(
+            r"(?<![\w.:-])\d{4}-[01]\d-[0-3]\d(?:T[0-2]\d:[0-5]\d(?::[0-5]\d(?:\.\d+)?)?"
+            r"(?:Z|[+-][0-2]\d:?[0-5]\d)?)?(?![\w:-])"
+        ),
+    ),
+    # HTTP status codes: HTTP 504
+    ("value", re.compile(r"\bHTTP[ /]?[1-5]\d\d\b")),
     # long plain numbers (settings such as 12288) and decimals (0.88)
-    ("value", re.compile(r"(?<![\w.,-])\d{4,}(?:\.\d+)?(?![\w.]\w)|(?<![\w.])\d+\.\d+(?![\w.])")),
+    (
+        "value",
+        re.compile(
+            r"(?<![\w.,:/-])\d{4,}(?:\.\d+)?(?![\w.]\w|[-/:]\d)|(?<![\w.])\d+\.\d+(?![\w.])"
+        ),
+    ),
 )
 
 
@@ -232,18 +280,30 @@ class Entity:
         return _KIND_PRIORITY[self.kind]
 
 
+# look like IDs but are vocabulary: text encodings
+_NOT_ENTITIES = re.compile(r"(?i)utf-?(?:8|16|32)")
+_MAX_ID_CHARS = 48  # a UUID has 36; digests (hex) may be longer
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
 def _raw_matches(text: str) -> list[tuple[int, int, EntityKind, str]]:
     matches: list[tuple[int, int, EntityKind, str]] = []
     for kind, pattern in _PATTERNS:
         for match in pattern.finditer(text):
-            group = 1 if match.re.groups else 0
-            value = match.group(group)
-            if value is None:
-                continue
-            start, end = match.span(group)
+            if "key" in pattern.groupindex:  # a JSON pair, written key=value
+                value = f"{match.group('key')}={match.group('value').strip(chr(34))}"
+                start, end = match.span()
+            else:
+                group = 1 if pattern.groups else 0
+                value = match.group(group)
+                if value is None:
+                    continue
+                start, end = match.span(group)
             stripped = value.strip()
-            if len(stripped) < 2:
+            if len(stripped) < 2 or _NOT_ENTITIES.fullmatch(stripped):
                 continue
+            if kind == "id" and len(stripped) > _MAX_ID_CHARS and not _HEX.fullmatch(stripped):
+                continue  # a looping model's run-on word, not an ID
             matches.append((start, end, kind, stripped))
     return matches
 
@@ -281,16 +341,18 @@ def extract_entity_list(text: str) -> list[Entity]:
             k_start, k_end, k_kind, k_value = kept[i]
             if k_kind == "param" and _KIND_PRIORITY[kind] < _KIND_PRIORITY[k_kind]:
                 kept[i] = (k_start, k_end, kind, k_value)
+    # one entity per spelling: ``500 ms``/``500ms`` and ``key=1``/``key: 1`` are the same
     first: dict[str, Entity] = {}
     for start, _end, kind, value in sorted(kept, key=lambda m: m[0]):
-        if value not in first:
-            first[value] = Entity(text=value, kind=kind, position=start)
-    values = list(first)
+        first.setdefault(_canonical(value), Entity(text=value, kind=kind, position=start))
+    found = list(first.values())
     unique: list[Entity] = []
-    for entity in first.values():
-        if any(entity.text != other and entity.text in other for other in values):
+    for entity in found:
+        # an entity another one carries (a path in a URL, INC-7 in ticket_id=INC-7) is
+        # dropped; "inside" is what presence means, so 800 ms is not inside 2800 ms
+        if any(other is not entity and _carries(other.text, entity.text) for other in found):
             continue
-        inner = [e for e in first.values() if e.text != entity.text and e.text in entity.text]
+        inner = [e for e in found if e is not entity and _carries(entity.text, e.text)]
         best = min([entity, *inner], key=lambda e: e.priority)
         unique.append(
             entity if entity.kind != "param" else dataclasses.replace(entity, kind=best.kind)
@@ -302,14 +364,17 @@ def extract_entity_list(text: str) -> list[Entity]:
 def extract_entities(text: str) -> set[str]:
     """The critical entities of a stage result: what a summary must not lose.
 
-    IDs and UUIDs, file paths and URLs, numbers with units, ``key=value`` parameters, CLI
-    flags, environment variables, and tool/function names. Plain words are never entities.
+    IDs, UUIDs and commits, file paths, URLs and image/model references, numbers with units
+    and dates, ``key=value`` parameters (also ``key: value`` settings, YAML lines and JSON
+    pairs, written ``key=value``), CLI flags, environment variables, and tool/function names.
+    Plain words, markdown, bare small numbers and clock times are never entities. No entity
+    is carried by another (a path inside a URL), and a parameter has one spelling.
 
     Args:
         text: Any text (render structured values first with :func:`render_stage_result`).
 
     Returns:
-        The entities as they appear in ``text``.
+        The entities as they appear in ``text`` (JSON pairs as ``key=value``).
 
     Example:
         >>> sorted(extract_entities("Run `search_tickets` with limit=20; the cache is 4 GiB."))
@@ -331,6 +396,19 @@ def _split_key_value(entity: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match.group(1), match.group(2).strip("\"'")
+
+
+def _canonical(entity: str) -> str:
+    """The entity without whitespace, ``key: value`` written as ``key=value``."""
+    key_value = _split_key_value(entity)
+    if key_value is not None:
+        entity = f"{key_value[0]}={key_value[1]}"
+    return re.sub(r"\s+", "", entity)
+
+
+def _carries(outer: str, inner: str) -> bool:
+    """Whether ``outer`` being present in a text implies that ``inner`` is."""
+    return outer != inner and is_entity_present(inner, outer)
 
 
 def _bounded(pattern: str, text: str) -> str:
@@ -638,20 +716,32 @@ def truncate_to_tokens(
 
 
 def _entity_bullets(entities: Sequence[Entity]) -> list[str]:
-    """Compact bullets: one per kind; parameters grouped by key (``- retries: 1, 2``)."""
-    groups: dict[EntityKind, list[str]] = {}
-    by_key: dict[str, list[str]] = {}
+    """Compact bullets: one per kind; a key with several values gets its own line.
+
+    Example:
+        >>> _entity_bullets(extract_entity_list("INC-7: retries=2, then retries=3, mode=fast"))
+        ['- IDs: INC-7', '- params: mode=fast', '- retries: 2, 3']
+    """
+    by_key: dict[str, list[tuple[Entity, str]]] = {}
     for entity in entities:
         key_value = _split_key_value(entity.text) if entity.kind in ("param", "id") else None
         if key_value is not None:
-            by_key.setdefault(key_value[0], []).append(key_value[1])
-        else:
-            groups.setdefault(entity.kind, []).append(entity.text)
+            by_key.setdefault(key_value[0], []).append((entity, key_value[1]))
+    groups: dict[EntityKind, list[str]] = {}
+    for entity in entities:
+        key_value = _split_key_value(entity.text) if entity.kind in ("param", "id") else None
+        if key_value is None or len(by_key[key_value[0]]) == 1:
+            text = entity.text if key_value is None else f"{key_value[0]}={key_value[1]}"
+            groups.setdefault(entity.kind, []).append(text)
     lines = [
         f"- {_KIND_LABEL[kind]}: {', '.join(groups[kind])}"
         for kind in sorted(groups, key=lambda k: _KIND_PRIORITY[k])
     ]
-    lines.extend(f"- {key}: {', '.join(values)}" for key, values in by_key.items())
+    lines.extend(
+        f"- {key}: {', '.join(value for _, value in pairs)}"
+        for key, pairs in by_key.items()
+        if len(pairs) > 1
+    )
     return lines
 
 
@@ -675,22 +765,58 @@ def _fit_entities(
     return kept, dropped
 
 
+_TAG = re.compile(r"\[[\w +-]+\]:?")  # a bare section tag such as "[plan]"
+_BLOCK_START = re.compile(r"^\s*(?:[-*•+>#|]|\d+[.)]\s|```|\[)")
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Logical lines: a wrapped paragraph or list item joined back into one line."""
+    blocks: list[str] = []
+    joinable = False
+    for line in text.splitlines():
+        if not line.strip():
+            joinable = False
+            continue
+        if joinable and not _BLOCK_START.match(line):
+            blocks[-1] = f"{blocks[-1]} {line.strip()}"
+            continue
+        blocks.append(line.strip())
+        joinable = not line.lstrip().startswith(("#", "```", "|"))
+    return blocks
+
+
 def _sentences(text: str) -> list[tuple[int, str]]:
-    """Distinct, non-repetitive sentences of ``text`` with their order."""
+    r"""Distinct, non-repetitive sentences of ``text`` with their order.
+
+    Example:
+        >>> _sentences("- Restart the\n  service now. Then check it.\n## Notes\n## INC-7")
+        [(0, 'Restart the service now.'), (1, 'Then check it.'), (2, 'INC-7')]
+    """
     found: list[tuple[int, str]] = []
     seen: set[str] = set()
-    for line in text.splitlines():
-        stripped = line.strip().lstrip("-*•#` ").strip()
+    for line in _paragraphs(text):
+        if line.startswith("#") and not extract_entity_list(line):
+            continue  # a bare heading says little
+        stripped = re.sub(r"^(?:[-*•+>#`|]+|\d+[.)])\s*", "", line).strip()
+        stripped = re.sub(r"^\*\*([^*]+)\*\*\s*", r"\1 ", stripped).strip()
         if not stripped:
             continue
         for piece in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\[(])", stripped):
             piece = piece.strip()
             key = " ".join(piece.lower().split())
-            if len(piece) <= 2 or key in seen or _repetition(piece):
+            if len(piece) <= 2 or key in seen or _repetition(piece) or _TAG.fullmatch(piece):
                 continue
             seen.add(key)
             found.append((len(found), piece))
     return found
+
+
+def _only_entities(sentence: str, entities: Sequence[Entity]) -> bool:
+    """Whether ``sentence`` holds nothing but entities and at most two label words."""
+    rest = sentence
+    for entity in entities:
+        rest = _entity_regex(entity.text).sub(" ", rest)
+    return len(re.findall(r"[A-Za-z]{2,}", rest)) <= 2 and rest != sentence
 
 
 def _short(sentence: str) -> str:
@@ -706,10 +832,11 @@ def _extractive(
     """Deterministic summary: entity bullets first, then the most informative sentences."""
     kept, dropped = _fit_entities(entities, cap, counter)
     entity_lines = _entity_bullets(kept)
-    sentences = _sentences(text)
+    # a sentence that is only a list of kept entities ("IDs: INC-1, INC-2") repeats a bullet
+    sentences = [s for s in _sentences(text) if not _only_entities(s[1], kept)]
     scored = sorted(
         sentences,
-        key=lambda s: (-sum(1 for e in entities if e.text in s[1]), s[0]),
+        key=lambda s: (-sum(1 for e in entities if is_entity_present(e.text, s[1])), s[0]),
     )
     chosen: list[tuple[int, str]] = []
     for position, sentence in scored:
@@ -779,6 +906,56 @@ def _degenerate(
     return None
 
 
+def extractive_summary(
+    raw: Any, *, max_tokens: int = 250, tokenizer: TokenCounter | None = None
+) -> CompressionResult:
+    """A model-free summary of at most ``max_tokens`` tokens: entities first, then sentences.
+
+    The deterministic fallback of :func:`compress_stage_result`, usable on its own where a
+    model call costs too much (merging summaries that are already compressed, for one).
+
+    Args:
+        raw: The text or value to summarize (rendered with :func:`render_stage_result`).
+        max_tokens: The hard cap, counted with ``tokenizer``.
+        tokenizer: Token counter; default
+            :class:`~langchain_vllm_budget.tokenizers.ApproximateTokenCounter`.
+
+    Returns:
+        The summary (method ``"verbatim"`` when ``raw`` already fits, else ``"extractive"``).
+
+    Raises:
+        ValueError: If ``max_tokens`` < 1.
+
+    Example:
+        >>> text = "Ticket INC-9 is open. " + "Nothing else happened today. " * 30
+        >>> result = extractive_summary(text, max_tokens=20)
+        >>> result.method, result.summary_tokens <= 20, result.missing
+        ('extractive', True, ())
+    """
+    _validate(max_tokens, 0.0)
+    text = render_stage_result(raw)
+    if tokenizer is None:
+        from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+
+        tokenizer = ApproximateTokenCounter()
+    job = _Job(
+        text=text,
+        stage_name="",
+        user_request="",
+        cap=max_tokens,
+        counter=tokenizer,
+        template=COMPRESSION_PROMPT,
+        min_retention=0.0,
+        entities=extract_entity_list(text),
+        raw_tokens=tokenizer.count_text(text) if text.strip() else 0,
+        chunk_tokens=None,
+    )
+    if (early := _early(job)) is not None:
+        return early
+    summary, _dropped = _extractive(job.text, job.entities, job.cap, job.counter)
+    return job.result(summary, "extractive")
+
+
 def _validate(max_tokens: int, min_retention: float) -> None:
     if max_tokens < 1:
         msg = f"max_tokens must be at least 1 (got {max_tokens}): it is the summary's token cap."
@@ -805,8 +982,13 @@ class _Job:
 
     @property
     def llm_max_tokens(self) -> int:
-        """Tokens asked of the model: room over the cap, like the seed's 400 for 250."""
-        return max(32, math.ceil(self.cap * 1.6))
+        """Tokens asked of the model: the cap itself.
+
+        The seed asked for 400 tokens for a 250-token summary; with the cap enforced, every
+        token past it would be thrown away (and on a CPU each one costs time). A reply cut
+        at the limit loses its unfinished last line (:func:`_reply_text`).
+        """
+        return max(16, self.cap)
 
     def messages(self, text: str, stage_name: str) -> list[BaseMessage]:
         """The compression prompt for one piece of text."""
@@ -910,6 +1092,21 @@ class _Job:
         return "\n".join(_clean_llm_summary(p) for p in partials if p.strip())
 
 
+def _reply_text(reply: BaseMessage) -> str:
+    r"""The reply's text; when it was cut at ``max_tokens``, without its unfinished last line.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> meta = {"finish_reason": "length"}
+        >>> _reply_text(AIMessage("- INC-7 fixed\n- then restar", response_metadata=meta))
+        '- INC-7 fixed'
+    """
+    text = reply.text
+    if reply.response_metadata.get("finish_reason") == "length" and "\n" in text.strip():
+        return text.strip().rsplit("\n", 1)[0]
+    return text
+
+
 def _prepare(
     raw: Any,
     model: BaseChatModel,
@@ -1000,7 +1197,7 @@ def compress_stage_result(
 
     def call(text: str, name: str) -> str:
         reply = model.invoke(job.messages(text, name), max_tokens=job.llm_max_tokens)
-        return reply.text
+        return _reply_text(reply)
 
     summary, chunks = _map_reduce(job, call)
     return job.guard(summary, chunks)
@@ -1050,7 +1247,7 @@ async def acompress_stage_result(
 
     async def call(text: str, name: str) -> str:
         reply = await model.ainvoke(job.messages(text, name), max_tokens=job.llm_max_tokens)
-        return reply.text
+        return _reply_text(reply)
 
     summary, chunks = await _amap_reduce(job, call)
     return job.guard(summary, chunks)

@@ -87,6 +87,9 @@ def test_langgraph_dev_round_trip(langgraph_dev: str, smollm2: ServedModel) -> N
         entry = values["ledger"][stage]
         assert entry["summary_tokens"] <= FAST["summary_max_tokens"]
         assert entry["input_tokens"] > 0
+        assert entry["budget"]["max_tokens"] == entry["max_tokens_granted"]
+        assert entry["budget"]["max_model_len"] == smollm2.max_model_len
+    assert list(values["rolling_summaries"]) == list(STAGES)
 
     # raw outputs are in the server's store, keyed by (thread, stage)
     items = client.store.search_items(("stage_outputs", thread["thread_id"]))["items"]

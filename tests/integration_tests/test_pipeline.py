@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
 from graphs import Context, build_graph
-from graphs.pipeline import STAGES, raw_output_namespace
+from graphs.pipeline import STAGES, raw_output_namespace, sqlite_persistence
 from graphs.prompts import DEMO_REQUEST
 from langchain_vllm_budget.compression import extract_entity_list, is_entity_present
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
@@ -93,9 +94,105 @@ def test_ledger_matches_the_server(demo_run: dict) -> None:
             entry["raw_tokens"] / max(entry["summary_tokens"], 1), rel=1e-2
         )
         assert entry["method"] in {"verbatim", "llm", "llm+restored", "extractive"}
+    # the budget ChatVLLM applied, as it reported it, is in the ledger
+    for stage in STAGES:
+        entry = final["ledger"][stage]
+        budget = entry["budget"]
+        assert budget["max_tokens"] == entry["max_tokens_granted"]
+        assert budget["input_tokens"] == entry["input_tokens"]
+        assert budget["max_model_len"] == entry["max_model_len"] == window
+        assert budget["counter"] == "transformers"
+        assert budget["counter_exact"] is True
+        assert budget["safety_margin"] == SAFETY_MARGIN
     # a summary is never larger than what it summarizes
     for stage in STAGES:
         entry = final["ledger"][stage]
         assert entry["summary_tokens"] <= entry["raw_tokens"]
         if entry["method"] != "verbatim":
             assert entry["summary_tokens"] <= SUMMARY_CAP < entry["raw_tokens"]
+
+
+def test_compressed_prompts_never_cost_more_than_raw_forwarding(demo_run: dict) -> None:
+    final = demo_run["final"]
+    for stage in STAGES:
+        entry = final["ledger"][stage]
+        # nothing was folded in a 2K window, so no rolling summary was sent either
+        assert entry["degraded"] == []
+        assert entry["folded_summary_tokens"] == 0
+        assert entry["input_tokens"] <= entry["raw_forward_input_tokens"]
+        if entry["method"] == "verbatim":
+            assert entry["summarizer_calls"] == 0
+        else:  # compression called the summarizer; its real cost is recorded
+            assert entry["summarizer_calls"] >= 1
+            assert entry["summarizer_input_tokens"] > entry["raw_tokens"]
+            assert 0 < entry["summarizer_output_tokens"] <= SUMMARY_CAP * entry["summarizer_calls"]
+    assert (
+        final["ledger"]["classify"]["input_tokens"]
+        == (final["ledger"]["classify"]["raw_forward_input_tokens"])
+    )
+    assert list(final["rolling_summaries"]) == list(STAGES)
+    assert final["rolling_summary"] == final["rolling_summaries"]["execute"]
+
+
+def test_cli_run_prints_the_ledger_the_budget_and_the_answer(
+    smollm2: ServedModel, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from langchain_vllm_budget.cli import app
+
+    db = tmp_path / "run.sqlite"
+    args = [
+        "run",
+        "Fix INC-4821: /srv/checkout/app.yaml has pool_timeout=30s and retries=2.",
+        "--base-url",
+        smollm2.base_url,
+        "--model",
+        smollm2.model,
+        "--tokenizer",
+        str(smollm2.model_path),
+        "--stage-max-tokens",
+        "48",
+        "--summary-max-tokens",
+        "32",
+        "--thread-id",
+        "cli-run",
+        "--db",
+        str(db),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Pipeline token ledger" in out
+    assert "Budget applied per stage" in out
+    assert "Answer (execute stage, smollm2-135m-instruct)" in out
+    with sqlite_persistence(db) as (saver, store):
+        item = store.get(raw_output_namespace("cli-run"), "execute")
+        ledger = (
+            build_graph(saver, store)
+            .get_state({"configurable": {"thread_id": "cli-run"}})
+            .values["ledger"]
+        )
+    assert item is not None
+    first_line = item.value["content"].strip().splitlines()[0].strip()
+    assert first_line[:40] in out  # the model's own answer is printed
+    for stage in STAGES:
+        entry = ledger[stage]
+        row = next(line for line in out.splitlines() if line.strip().startswith(stage))
+        assert row.split()[1:5] == [
+            str(entry["input_tokens"]),
+            str(entry["raw_forward_input_tokens"]),
+            str(entry["output_tokens"]),
+            str(entry["max_tokens_granted"]),
+        ]
+        budget_row = [
+            line
+            for line in out.splitlines()
+            if line.strip().startswith(stage) and "transformers (exact)" in line
+        ]
+        assert budget_row, f"no budget row for {stage}"
+        assert budget_row[0].split()[1:4] == [
+            str(entry["budget"]["input_tokens"]),
+            str(entry["budget"]["max_tokens"]),
+            str(smollm2.max_model_len),
+        ]

@@ -17,6 +17,7 @@ from langchain_vllm_budget.compression import (
     compress_stage_result,
     extract_entities,
     extract_entity_list,
+    extractive_summary,
     is_entity_present,
     render_stage_result,
 )
@@ -399,3 +400,239 @@ def test_extractive_summary_skips_repeated_and_looping_sentences() -> None:
     assert result.summary.count("1000 customers") == 1
     assert "server-side server-side" not in result.summary
     assert "pool_timeout=30s" in result.summary
+
+
+# ------------------------------------------------------------------ realistic stage outputs
+
+# An incident write-up as a plan stage of the pipeline produces it: ticket and order IDs, a
+# trace UUID, a commit, paths, a URL, parameters (key=value and a YAML diff), an environment
+# variable, tool names, numbers with units, and the narrative around them (~1,200 tokens).
+REALISTIC_STAGE_OUTPUT = """## Incident INC-4821: checkout requests time out under load
+
+**Summary.** Since the deploy of commit 9c1d7e2 the checkout service returns HTTP 504 for
+about 3.8% of requests at peak. Orders ORD-99812 and ORD-99813 failed on
+https://api.shop.example.com/v2/orders while the customers were paying. The trace
+7f3e2a1c-9b4d-4e8f-a2c6-1d5b8e9f0a34 shows the request waiting for a free database
+connection, not for the database itself.
+
+### What we looked at
+The error log /var/log/checkout/error.log is full of "upstream timeout" lines, and every one
+of them names the host db-replica-03; the other replica is quiet. The database is not under
+pressure: its CPU stays low, memory is fine and replication lag is small. The connection pool
+of the service, however, is saturated for most of the peak, and requests queue behind it until
+they give up. The deploy that started it doubled the number of worker threads without giving
+them more connections, so twice as many workers now compete for the same pool.
+
+The service reads its settings from /srv/checkout/config/app.yaml. Today that file has
+max_connections=64 and pool_timeout=30s, and it keeps retries=2. With thirty seconds of pool
+timeout a waiting request holds its worker for a long time, which makes the queue longer and
+the timeouts more frequent: the problem feeds itself. Nothing else changed in that deploy, and
+the staging environment shows the same behaviour as soon as it receives production-like load.
+
+### Environment
+The service runs as two instances in the cluster prod-eu-west-1 and reads one override from the
+environment: CHECKOUT_POOL_SIZE, which is unset in production, so the file is what counts. The
+pool dashboard shows the pool at its limit for the whole peak, every day of the last week, and
+the number of waiting requests climbs in step with the traffic. On staging the same symptoms
+appear with the load test job load-test-0515 at 310 req/s, which is close to what production
+sees on a busy evening, and they disappear as soon as the load drops again, which is what a
+pool that is too small for its workers does.
+
+### Proposed change
+```diff
+-max_connections: 64
++max_connections: 128
+-pool_timeout: 30s
++pool_timeout: 10s
+ retries: 2
+```
+Doubling the pool matches the doubled worker count. A shorter pool timeout turns slow waits
+into fast failures that the existing retries absorb. The replica accepts far more connections
+than two instances of checkout will open after the change, so it has room for the new pool.
+
+### Plan
+1. Call update_config with the new values on /srv/checkout/config/app.yaml and attach the
+   change to change request CR-1187, which needs one approval from the platform team.
+2. Call restart_service for checkout with strategy=rolling so that only one instance is down
+   at any time and customers never see an outage.
+3. Call run_load_test against staging at the peak rate and check that the p99 latency stays
+   under 800 ms, well below the current 2800 ms.
+4. If errors stay above 0.5% after the restart, roll back to the previous configuration and
+   escalate to the database team through ticket OPS-2291.
+
+### Notes
+The change is small and reversible: rolling it back takes a few minutes and needs no data
+migration. We agreed in the incident channel that the on-call engineer keeps watching the
+dashboards during the rollout, that nobody deploys other changes to checkout until the load
+test has passed, and that the owning team writes the post-mortem once the fix has been in
+production for at least one full business day. Customer support has been told about the two
+failed orders and will contact both customers with the usual apology; no refund is needed,
+because both orders went through on a second attempt later the same afternoon. The team also
+wants a dashboard panel for pool saturation and an alert when the pool stays full for more than
+a few minutes, so that the next regression of this kind is caught before customers notice it.
+Several people asked whether the database itself should be scaled up as well; the answer for
+now is no, because every measurement points at the pool in front of it and not at the database,
+and scaling the database would cost money without removing the queue that causes the timeouts.
+If the load test shows that the new pool size is still not enough, the next step would be to
+look at how long each request holds its connection, rather than to keep raising the limit.
+Those follow-ups are tracked separately and are not part of this fix, which only touches the
+pool settings of one configuration file and restarts one service. Everyone involved agreed that
+the root cause is understood, that the fix is proportionate, and that the rollout plan is
+careful enough for a Friday afternoon, given that the rollback path has been rehearsed.
+
+### Verdict
+Root cause: the connection pool is exhausted since commit 9c1d7e2 doubled the workers. Fix:
+max_connections=128 and pool_timeout=10s in /srv/checkout/config/app.yaml via update_config,
+then restart_service and run_load_test. Tracking: INC-4821, CR-1187, OPS-2291.
+"""
+
+REALISTIC_ENTITIES = {
+    "INC-4821",
+    "9c1d7e2",
+    "ORD-99812",
+    "ORD-99813",
+    "7f3e2a1c-9b4d-4e8f-a2c6-1d5b8e9f0a34",
+    "db-replica-03",
+    "prod-eu-west-1",
+    "load-test-0515",
+    "CR-1187",
+    "OPS-2291",
+    "https://api.shop.example.com/v2/orders",
+    "/var/log/checkout/error.log",
+    "/srv/checkout/config/app.yaml",
+    "max_connections=64",
+    "max_connections: 128",
+    "pool_timeout=30s",
+    "pool_timeout: 10s",
+    "retries=2",
+    "strategy=rolling",
+    "CHECKOUT_POOL_SIZE",
+    "update_config",
+    "restart_service",
+    "run_load_test",
+    "HTTP 504",
+    "3.8%",
+    "310 req/s",
+    "800 ms",
+    "2800 ms",
+    "0.5%",
+}
+
+# what a small summarizer writes: fluent, and nearly free of the details that matter
+WEAK_SUMMARIES = [
+    "Summary:\n- INC-4821: checkout times out; the connection pool is exhausted.\n"
+    "- Fix: a bigger pool and a shorter timeout, then a restart and a load test.",
+    "The incident was analysed and the team agreed on a careful fix and rollout.",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_counter() -> Any:
+    from langchain_vllm_budget.local_models import ensure_local_model
+    from langchain_vllm_budget.tokenizers import TransformersTokenCounter
+
+    return TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+
+
+def test_realistic_output_entities_are_exactly_the_meaningful_ones() -> None:
+    assert extract_entities(REALISTIC_STAGE_OUTPUT) == REALISTIC_ENTITIES
+
+
+def test_realistic_output_entities_do_not_nest_or_repeat() -> None:
+    entities = [e.text for e in extract_entity_list(REALISTIC_STAGE_OUTPUT)]
+    assert len(entities) == len(set(entities))
+    for entity in entities:
+        for other in entities:
+            if other != entity:
+                assert not is_entity_present(entity, other), (entity, other)
+        assert not entity.isdigit() or len(entity) >= 4  # no bare small numbers
+        assert not entity.startswith(("*", "#", "-", "`")), entity  # no markdown
+        assert entity.strip(".,;:") == entity  # no trailing punctuation
+
+
+@pytest.mark.parametrize("reply", WEAK_SUMMARIES)
+def test_realistic_output_meets_the_goals_under_a_250_token_cap(
+    reply: str, qwen_counter: Any
+) -> None:
+    raw_tokens = qwen_counter.count_text(REALISTIC_STAGE_OUTPUT)
+    assert 1100 <= raw_tokens <= 1300
+    result = compress_stage_result(
+        REALISTIC_STAGE_OUTPUT,
+        model=_fake(reply),
+        stage_name="plan",
+        user_request="Fix INC-4821",
+        tokenizer=qwen_counter,
+        max_tokens=250,
+    )
+    assert result.method in {"llm+restored", "extractive"}  # the model's summary was not enough
+    assert result.summary_tokens == qwen_counter.count_text(result.summary) <= 250
+    assert result.ratio >= 4.0
+    assert result.raw_tokens == raw_tokens
+    assert set(result.entities) == REALISTIC_ENTITIES
+    assert result.missing == ()
+    assert result.retention == 1.0
+    assert all(is_entity_present(e, result.summary) for e in REALISTIC_ENTITIES)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a number inside a longer number with the same unit is its own entity
+        ("p99 went from 2800 ms to 800 ms", {"2800 ms", "800 ms"}),
+        # one parameter, two spellings
+        ("set retries=2 (diff: retries: 2)", {"retries=2"}),
+        # a date is one value, not a year
+        ("expires on 2024-05-14 at noon", {"2024-05-14"}),
+        # sentence punctuation is not part of a path
+        ("Edit /srv/app/config.yaml. Then restart.", {"/srv/app/config.yaml"}),
+        # a command in backticks: its parts, not the whole command line
+        ("run `grep upstream /var/log/app/error.log` now", {"/var/log/app/error.log"}),
+        # JSON pairs with scalar values become key=value
+        (
+            '{"ticket_id": "INC-7", "latency_ms": 2800, "tags": ["a", "b"]}',
+            {"ticket_id=INC-7", "latency_ms=2800"},
+        ),
+        # YAML settings in a diff, image references, Kubernetes quantities
+        (
+            "-  replicas: 2\n+  replicas: 4\n+  image: registry.example.com/shop/app:1.15.0\n"
+            "+  memory: 2Gi",
+            {"replicas: 2", "replicas: 4", "registry.example.com/shop/app:1.15.0", "memory: 2Gi"},
+        ),
+        # model repository IDs keep their organisation
+        ("serve Qwen/Qwen2.5-7B-Instruct-AWQ today", {"Qwen/Qwen2.5-7B-Instruct-AWQ"}),
+        # vocabulary that looks like an ID, markdown, small counts and clock times are not
+        ("**Step 1:** UTF-8 logs, 3 retries at 14:02, see below.", set()),
+        # nor a looping model's run-on word
+        ("tool: incident-inc-4821" + "-incarceration-of-4821" * 8, set()),
+    ],
+)
+def test_entity_precision(text: str, expected: set[str]) -> None:
+    assert extract_entities(text) == expected
+
+
+def test_entity_bullets_group_a_keys_values_on_one_line(qwen_counter: Any) -> None:
+    raw = REALISTIC_STAGE_OUTPUT
+    result = compress_stage_result(
+        raw,
+        model=_fake("- INC-4821 fixed"),
+        stage_name="plan",
+        user_request="r",
+        tokenizer=qwen_counter,
+        max_tokens=250,
+    )
+    assert "- max_connections: 64, 128" in result.summary
+    assert "- pool_timeout: 30s, 10s" in result.summary
+    assert "retries=2" in result.summary  # a single-valued parameter stays key=value
+    assert "- IDs: INC-4821, 9c1d7e2," in result.summary
+
+
+def test_extractive_summary_needs_no_model(qwen_counter: Any) -> None:
+    result = extractive_summary(REALISTIC_STAGE_OUTPUT, max_tokens=250, tokenizer=qwen_counter)
+    assert result.method == "extractive"
+    assert result.summary_tokens <= 250
+    assert result.retention == 1.0
+    short = extractive_summary("- INC-7 done", max_tokens=250, tokenizer=qwen_counter)
+    assert (short.method, short.summary) == ("verbatim", "- INC-7 done")
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        extractive_summary("x", max_tokens=0)
