@@ -21,7 +21,14 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-__all__ = ["CATEGORIES", "CorpusCase", "build_corpus", "filler_conversation"]
+__all__ = [
+    "CATEGORIES",
+    "CorpusCase",
+    "StageOutput",
+    "build_corpus",
+    "build_stage_outputs",
+    "filler_conversation",
+]
 
 CATEGORIES: tuple[str, ...] = ("prose", "code", "chinese", "json_ids", "multi_turn", "tools")
 
@@ -261,3 +268,228 @@ def filler_conversation(target_chars: int, *, nonce: str = "", turns: int = 6) -
         messages.append(AIMessage(chunk(turn * 97 + 31)))
     messages.append(HumanMessage(chunk(7) + "\nWhat is the main point?"))
     return messages
+
+
+# --------------------------------------------------------------------------------------------
+# Stage outputs for the compression benchmark
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """A realistic pipeline stage result to compress.
+
+    Attributes:
+        name: A unique, readable name.
+        stage: The stage that produced it (for the compression prompt).
+        request: The user's request it answers.
+        text: The result: narrative around IDs, UUIDs, paths, ``key=value`` settings, CLI
+            flags, numbers with units and tool names.
+    """
+
+    name: str
+    stage: str
+    request: str
+    text: str
+
+
+_NARRATIVE = (
+    "The on-call engineer walked through the timeline with the service owners, and the team "
+    "agreed that the first symptom was easy to miss: dashboards looked healthy for several "
+    "minutes while the queue quietly backed up behind a single slow consumer. Nobody changed "
+    "anything by hand during that window, which made the sequence of events straightforward to "
+    "reconstruct from the logs afterwards. "
+)
+
+
+def _incident_ticket(rng: random.Random) -> str:
+    incident = f"INC-{rng.randint(10000, 99999)}"
+    request_id = uuid.UUID(int=rng.getrandbits(128))
+    trace = f"{rng.getrandbits(64):016x}"
+    hosts = [f"worker-{rng.randint(1, 40):02d}.prod.internal" for _ in range(3)]
+    lines = [
+        f"Incident {incident} (severity SEV-2), opened 2024-05-14T03:12:09Z by the paging "
+        f"system after alert rule latency_p99_high fired for service checkout-api.",
+        "",
+        "Summary: " + _NARRATIVE,
+        "",
+        "Impact:",
+        f"- p99 latency rose from {rng.randint(80, 160)} ms to {rng.randint(2100, 3900)} ms "
+        f"for 41 minutes; error rate peaked at {rng.randint(3, 9)}.{rng.randint(0, 9)}%.",
+        f"- About {rng.randint(1200, 4800)} checkout attempts failed; request {request_id} "
+        f"(trace {trace}) is the first failed one in the logs.",
+        f"- Hosts affected: {', '.join(hosts)}.",
+        "",
+        "Timeline:",
+    ]
+    for minute in range(6):
+        lines.append(
+            f"- 03:{12 + 5 * minute:02d} {_PROSE.split('. ')[minute % 4]}. Queue depth "
+            f"{rng.randint(100, 9000)} messages on queue orders.v2."
+        )
+    lines += [
+        "",
+        "Root cause: " + _NARRATIVE + "A configuration push set "
+        "pool_size=8 (was 64) in /etc/checkout/db.yaml through the deploy tool "
+        f"deployctl, change {rng.getrandbits(28):07x}, which starved the connection pool.",
+        "",
+        "Remediation: the on-call ran `deployctl rollback --service checkout-api "
+        f"--to-release r{rng.randint(1000, 9999)} --drain-timeout 30s`, then restarted the "
+        f"consumers with `svcadm restart orders-consumer --force`. Latency recovered within "
+        f"{rng.randint(3, 9)} minutes.",
+        "",
+        "Follow-ups: add a guard so pool_size below 32 fails validation; alert on queue depth "
+        "above 5000 for more than 2 minutes; add a runbook entry. " + _NARRATIVE,
+    ]
+    return "\n".join(lines)
+
+
+def _config_diff(rng: random.Random) -> str:
+    change = f"CHG-{rng.randint(100000, 999999)}"
+    lines = [
+        f"Change {change}: tune the inference gateway for the 12K-token profile. " + _NARRATIVE,
+        "",
+        "--- a/deploy/gateway/values.yaml",
+        "+++ b/deploy/gateway/values.yaml",
+        "@@ -12,18 +12,22 @@ server:",
+        "-  max_model_len: 8192",
+        "+  max_model_len: 12288",
+        "-  gpu_memory_utilization: 0.85",
+        "+  gpu_memory_utilization: 0.92",
+        "   tensor_parallel_size: 2",
+        "-  max_num_seqs: 32",
+        "+  max_num_seqs: 16",
+        "+  enable_prefix_caching: true",
+        "   swap_space: 4GiB",
+        "--- a/deploy/gateway/env/prod.env",
+        "+++ b/deploy/gateway/env/prod.env",
+        "-LLM_OUTPUT_RESERVE=2000",
+        "+LLM_OUTPUT_RESERVE=3000",
+        "+LLM_SAFETY_MARGIN=128",
+        f"+VLLM_API_BASE=http://10.20.{rng.randint(0, 255)}.{rng.randint(1, 254)}:8000/v1",
+        "",
+        "Rationale: " + _NARRATIVE,
+        "The gateway answers long agent conversations; with the old window about 7% of them "
+        "overflowed. With 12,288 tokens per sequence and 16 sequences, the KV cache needs "
+        f"{rng.randint(18, 26)} GiB per GPU, which fits beside the 15 GiB of weights at "
+        "gpu_memory_utilization=0.92.",
+        "",
+        "Rollout: run `helm upgrade gateway deploy/gateway -f deploy/gateway/values.yaml "
+        "--atomic --timeout 10m` in staging, watch /metrics for 30 minutes, then repeat in "
+        f"prod behind feature flag gateway_12k (owner team-inference, ticket {change}).",
+        "",
+        "Risks: " + _PROSE,
+        "",
+        "Test evidence: " + _NARRATIVE + "The load test (tool: k6, script "
+        "tests/load/chat_12k.js) ran 400 virtual users for 20 minutes; p95 time to first "
+        f"token {rng.randint(300, 900)} ms, throughput {rng.randint(900, 1600)} tokens/s.",
+    ]
+    return "\n".join(lines)
+
+
+def _execution_plan(rng: random.Random) -> str:
+    run_id = uuid.UUID(int=rng.getrandbits(128))
+    lines = [
+        f"Plan for run {run_id}: migrate the billing reports to the new warehouse. " + _NARRATIVE,
+        "",
+    ]
+    steps = (
+        ("snapshot", "pg_dump", "--format=custom --jobs 4", "/backups/billing/2024-05-14.dump"),
+        ("copy", "rclone", "--transfers 8 --checksum", "s3://bi-archive/billing/2024-05"),
+        ("load", "bq", "--location=EU --replace", "/srv/etl/billing/schema.json"),
+        ("verify", "dbt", "--select tag:billing --fail-fast", "/srv/etl/billing/models"),
+    )
+    for index, (step, tool, flags, path) in enumerate(steps, start=1):
+        lines += [
+            f"Step {index} ({step}): use the {tool} tool with {flags} on {path}; expected "
+            f"duration {rng.randint(5, 45)} min, batch_size={rng.choice([500, 1000, 5000])}, "
+            f"retries={rng.randint(1, 4)}. " + _PROSE.split(". ")[index % 4],
+            "",
+        ]
+    lines += [
+        "Dependencies: step 2 waits for the snapshot checksum; step 4 needs the job "
+        f"JOB-{rng.randint(1000, 9999)} to finish. " + _NARRATIVE,
+        "",
+        "Rollback: restore from /backups/billing/2024-05-14.dump with pg_restore --clean, "
+        "and point the dashboards back to the old dataset billing_v1.",
+        "",
+        "Open questions: " + _NARRATIVE + _PROSE,
+    ]
+    return "\n".join(lines)
+
+
+def _tool_run_report(rng: random.Random) -> str:
+    records = [
+        {
+            "tool": tool,
+            "call_id": f"call_{rng.getrandbits(48):012x}",
+            "host": f"db-{rng.randint(1, 9)}.eu-west.internal",
+            "status": status,
+            "elapsed_ms": rng.randint(40, 9000),
+        }
+        for tool, status in (
+            ("get_incident", "ok"),
+            ("query_metrics", "ok"),
+            ("restart_service", "timeout"),
+            ("restart_service", "ok"),
+        )
+    ]
+    return "\n".join(
+        [
+            "Execution report. " + _NARRATIVE,
+            "",
+            "Tool calls, in order:",
+            json.dumps(records, indent=1),
+            "",
+            "What happened: " + _NARRATIVE + _PROSE,
+            "",
+            "The first restart timed out after 30s because the service was still draining; "
+            "the second, with drain_seconds=120, succeeded. Metrics after the restart: "
+            f"cpu_usage={rng.randint(20, 60)}%, memory 3.2 GiB of 8 GiB, queue depth "
+            f"{rng.randint(0, 40)}. Logs were saved to /var/log/ops/run-{rng.getrandbits(32):08x}"
+            ".log. " + _NARRATIVE,
+        ]
+    )
+
+
+def _with_notes(text: str) -> str:
+    """Add the discussion a real stage result carries around its facts."""
+    return f"{text}\n\nNotes from the review: {_NARRATIVE}{_PROSE} {_NARRATIVE}"
+
+
+def build_stage_outputs(*, seed: int = 11) -> list[StageOutput]:
+    """Four realistic stage results (about 1,000-1,500 tokens each) for compression.
+
+    Args:
+        seed: Seed of the generated IDs.
+
+    Returns:
+        An incident ticket, a configuration diff, an execution plan and a tool-run report.
+    """
+    rng = random.Random(seed)
+    return [
+        StageOutput(
+            "incident_ticket",
+            "classify",
+            "Why did checkout fail last night, and what was done about it?",
+            _with_notes(_incident_ticket(rng)),
+        ),
+        StageOutput(
+            "config_diff",
+            "select",
+            "Review the gateway change before it ships.",
+            _with_notes(_config_diff(rng)),
+        ),
+        StageOutput(
+            "execution_plan",
+            "plan",
+            "Plan the billing reports migration.",
+            _with_notes(_execution_plan(rng)),
+        ),
+        StageOutput(
+            "tool_run_report",
+            "execute",
+            "Restart what is stuck and report.",
+            _with_notes(_with_notes(_tool_run_report(rng))),
+        ),
+    ]

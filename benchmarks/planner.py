@@ -1,4 +1,4 @@
-"""Benchmark 5: the KV-cache planner against what vLLM logs at startup.
+"""Benchmark 6: the KV-cache planner against what vLLM logs at startup.
 
 For each configuration a real vLLM server was started with, the planner's prediction
 (:func:`~langchain_vllm_budget.profiles.plan_kv_cache`) is set beside vLLM's own line

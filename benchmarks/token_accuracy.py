@@ -80,8 +80,19 @@ def _server_count(served: Served, case: CorpusCase) -> int:
     return int(usage["input_tokens"])
 
 
-def _error_name(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+# Why a counter cannot count, in our words: raw exception text is never recorded (it can
+# carry network host names and request details).
+_FAILURE_REASONS = {
+    COUNTERS[5]: (
+        "needs tiktoken's encoding downloaded from the network (fails offline); "
+        "NotImplementedError for any non-OpenAI model name"
+    ),
+}
+
+
+def _error_name(counter: str, exc: BaseException) -> str:
+    reason = _FAILURE_REASONS.get(counter, "unexpected failure")
+    return f"{type(exc).__name__}: {reason}"
 
 
 def run_accuracy(served: Served, cases: Sequence[CorpusCase]) -> dict[str, Any]:
@@ -110,7 +121,7 @@ def run_accuracy(served: Served, cases: Sequence[CorpusCase]) -> dict[str, Any]:
             try:
                 value = int(count(case.messages, case.tools))
             except Exception as exc:  # what the alternative does is the measurement
-                row["counts"][name] = {"error": _error_name(exc)}
+                row["counts"][name] = {"error": _error_name(name, exc)}
                 continue
             row["counts"][name] = {
                 "count": value,

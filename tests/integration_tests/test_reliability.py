@@ -5,7 +5,7 @@
 * Faults: no server listening, the server killed mid-request (a server of this module's own,
   never the shared fixtures), a response slower than the timeout: each is a typed error.
 * Load: 20 concurrent requests against a server with ``--max-num-seqs 2`` all succeed, also
-  with LangChain's client-side ``max_concurrency`` matching the server's sequence slots.
+  through ``ChatVLLM(max_concurrency=2)``, the client-side limit matching the server's slots.
 * Secrets: the API key never shows in logs, reprs, serialised models or error messages.
 """
 
@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.load import dumpd, dumps
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import SecretStr
 
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.chat_models import ChatVLLM
@@ -35,6 +36,7 @@ from langchain_vllm_budget.errors import (
     VLLMConnectionError,
     VLLMContextOverflowError,
     VLLMError,
+    VLLMServerError,
     VLLMTimeoutError,
 )
 from langchain_vllm_budget.local_models import cache_dir, ensure_local_model
@@ -113,7 +115,7 @@ def test_requests_never_get_a_length_400(
 def test_no_server_listening_is_a_typed_connection_error() -> None:
     port = find_free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    model = ChatVLLM(model="m", base_url=url, api_key=SECRET, max_retries=0, timeout=5.0)
+    model = ChatVLLM(model="m", base_url=url, api_key=SecretStr(SECRET), max_retries=0, timeout=5.0)
     with pytest.raises(VLLMConnectionError) as caught:
         model.invoke("hello")
     assert url in str(caught.value)
@@ -193,7 +195,8 @@ def test_server_killed_mid_request_is_a_typed_error(
     finally:
         started.set()
         killer.join()
-    assert isinstance(caught.value, VLLMConnectionError), repr(caught.value)
+    # Dropped connection, or (when the engine process dies first) vLLM's own error event.
+    assert isinstance(caught.value, (VLLMConnectionError, VLLMServerError)), repr(caught.value)
     # And the next request, with nothing listening, is refused the same typed way.
     with pytest.raises(VLLMConnectionError):
         model.invoke("again?", max_tokens=4)
@@ -221,7 +224,7 @@ def _slots_model(served: ServedModel, **extra: Any) -> ChatVLLM:
     return ChatVLLM(
         model=served.model,
         base_url=served.base_url,
-        api_key=SECRET,
+        api_key=SecretStr(SECRET),
         tokenizer=str(served.model_path),
         max_retries=0,
         timeout=300.0,
@@ -241,12 +244,23 @@ async def test_twenty_concurrent_requests_on_two_slots(two_slot_server: ServedMo
 
 
 async def test_client_side_limit_matching_the_slots(two_slot_server: ServedModel) -> None:
-    model = _slots_model(two_slot_server)
-    replies = await model.abatch(
-        [f"Batch {i}" for i in range(20)], config={"max_concurrency": 2}, max_tokens=8
-    )
+    # ChatVLLM's own limit, shared by its copies: 20 independent calls (half through a
+    # bound copy), at most 2 in flight, the other 18 queued on the client.
+    model = _slots_model(two_slot_server, max_concurrency=2)
+    bound = model.bind(max_tokens=8)
+    calls = [
+        model.ainvoke(f"Request {i}: name one colour.", max_tokens=8)
+        if i % 2
+        else bound.ainvoke(f"Request {i}: name one colour.")
+        for i in range(20)
+    ]
+    replies = await asyncio.gather(*calls)
     assert len(replies) == 20
-    assert all(isinstance(r, AIMessage) and r.usage_metadata for r in replies)
+    for reply in replies:
+        assert isinstance(reply, AIMessage)
+        assert reply.usage_metadata is not None
+        assert reply.usage_metadata["output_tokens"] >= 1
+        assert reply.response_metadata["budget"]["max_tokens"] == 8
 
 
 def test_api_key_never_leaks(
@@ -270,7 +284,7 @@ def test_api_key_never_leaks(
     wrong = ChatVLLM(
         model=two_slot_server.model,
         base_url=two_slot_server.base_url,
-        api_key="sk-wrong-key-0000000000",
+        api_key=SecretStr("sk-wrong-key-0000000000"),
         tokenizer=str(two_slot_server.model_path),
         max_retries=0,
     )
