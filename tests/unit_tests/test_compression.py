@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import BaseModel
 
 from langchain_vllm_budget.compression import (
@@ -23,17 +22,9 @@ from langchain_vllm_budget.compression import (
 )
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
+from ..fakes import RecordingFakeModel
+
 COUNTER = ApproximateTokenCounter()
-
-
-class RecordingFakeModel(FakeListChatModel):
-    """FakeListChatModel that remembers the prompts it was given."""
-
-    prompts: list[list[BaseMessage]] = []  # noqa: RUF012
-
-    def _call(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> str:
-        self.prompts.append(list(messages))
-        return super()._call(messages, *args, **kwargs)
 
 
 def _fake(*responses: str) -> RecordingFakeModel:

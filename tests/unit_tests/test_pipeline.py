@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
@@ -26,17 +24,9 @@ from graphs.pipeline import (
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
+from ..fakes import RecordingFakeModel
+
 COUNTER = ApproximateTokenCounter()
-
-
-class RecordingFakeModel(FakeListChatModel):
-    """FakeListChatModel that remembers its prompts."""
-
-    prompts: list[list[BaseMessage]] = []  # noqa: RUF012
-
-    def _call(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> str:
-        self.prompts.append(list(messages))
-        return super()._call(messages, *args, **kwargs)
 
 
 def _raw_output(stage: str, n: int = 12) -> str:
