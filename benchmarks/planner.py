@@ -1,7 +1,7 @@
 """Benchmark 6: the KV-cache planner against what vLLM logs at startup.
 
 For each configuration a real vLLM server was started with, the planner's prediction
-(:func:`~langchain_vllm_budget.profiles.plan_kv_cache`) is set beside vLLM's own line
+(:func:`~langchain_vllm_budget.serving.planner.plan_kv_cache`) is set beside vLLM's own line
 "CPU KV cache size: N tokens, Maximum concurrency for L tokens per request: Cx". The
 benchmark's main servers count as configurations when this run started them; extra
 configurations are started here and stopped as soon as vLLM has logged the line.
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.servers import QWEN, SMOLLM2, Served, server_spec
-from langchain_vllm_budget.local_models import cache_dir
-from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
-from langchain_vllm_budget.profiles import GIB, load_model_config, plan_kv_cache
+from langchain_vllm_budget.serving.local_models import cache_dir
+from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
+from langchain_vllm_budget.serving.planner import GIB, load_model_config, plan_kv_cache
 
 __all__ = ["CAPACITY_LINE", "EXTRA_CONFIGS", "run_planner"]
 

@@ -1,7 +1,7 @@
 """The vLLM servers a benchmark run measures against.
 
 By default each server is started here with
-:class:`~langchain_vllm_budget.local_server.LocalVLLMServer` (and stopped at the end); a URL
+:class:`~langchain_vllm_budget.serving.local_server.LocalVLLMServer` (and stopped at the end); a URL
 given on the command line or in ``VLLM_BUDGET_BENCH_QWEN_URL`` /
 ``VLLM_BUDGET_BENCH_SMOLLM2_URL`` is used instead.
 """
@@ -16,8 +16,8 @@ from types import TracebackType
 
 import httpx
 
-from langchain_vllm_budget.local_models import cache_dir, ensure_local_model
-from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
+from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
+from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 
 __all__ = ["QWEN", "SMOLLM2", "BenchServers", "Served", "server_spec"]
 

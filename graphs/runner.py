@@ -305,8 +305,8 @@ def run_pipeline(
 
 @contextmanager
 def _local_server(context: Context, out: Console) -> Iterator[Context]:
-    from langchain_vllm_budget.local_models import ensure_local_model
-    from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
+    from langchain_vllm_budget.serving.local_models import ensure_local_model
+    from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 
     folder = ensure_local_model(_LOCAL_MODEL)
     spec = LocalServerSpec(

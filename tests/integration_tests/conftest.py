@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from langchain_vllm_budget.local_models import cache_dir, ensure_local_model
-from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
+from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
+from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 
 SMOLLM2_MAX_MODEL_LEN = 2048
 QWEN_MAX_MODEL_LEN = 12288

@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from langchain_vllm_budget.local_server import ServerState
+from langchain_vllm_budget.serving.local_server import ServerState
 
 NAME = "cli-test-qwen"
 

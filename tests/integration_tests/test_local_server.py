@@ -7,8 +7,8 @@ import socket
 import httpx
 import pytest
 
-from langchain_vllm_budget.local_models import ensure_local_model
-from langchain_vllm_budget.local_server import (
+from langchain_vllm_budget.serving.local_models import ensure_local_model
+from langchain_vllm_budget.serving.local_server import (
     LocalServerError,
     LocalServerSpec,
     LocalVLLMServer,

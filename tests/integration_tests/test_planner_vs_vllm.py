@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from langchain_vllm_budget.local_models import cache_dir, ensure_local_model
-from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
-from langchain_vllm_budget.profiles import GIB, load_model_config, plan_kv_cache
+from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
+from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
+from langchain_vllm_budget.serving.planner import GIB, load_model_config, plan_kv_cache
 
 CAPACITY_LINE = re.compile(
     r"CPU KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per "

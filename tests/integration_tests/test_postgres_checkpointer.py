@@ -13,7 +13,7 @@ import pytest
 
 from graphs import build_graph
 from graphs.pipeline import STAGES, postgres_persistence, raw_output_namespace
-from langchain_vllm_budget.local_server import find_free_port
+from langchain_vllm_budget.serving.local_server import find_free_port
 from tests.integration_tests._pipeline_helpers import REQUEST, fast_context
 from tests.integration_tests.conftest import ServedModel
 

@@ -39,8 +39,12 @@ from langchain_vllm_budget.errors import (
     VLLMServerError,
     VLLMTimeoutError,
 )
-from langchain_vllm_budget.local_models import cache_dir, ensure_local_model
-from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer, find_free_port
+from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
+from langchain_vllm_budget.serving.local_server import (
+    LocalServerSpec,
+    LocalVLLMServer,
+    find_free_port,
+)
 
 from .conftest import ServedModel
 

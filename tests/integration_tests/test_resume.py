@@ -9,8 +9,8 @@ import pytest
 
 from graphs import build_graph
 from graphs.pipeline import STAGES, raw_output_namespace, sqlite_persistence
-from langchain_vllm_budget.local_models import cache_dir
-from langchain_vllm_budget.local_server import LocalServerSpec, LocalVLLMServer
+from langchain_vllm_budget.serving.local_models import cache_dir
+from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 from tests.integration_tests._pipeline_helpers import REQUEST, fast_context
 from tests.integration_tests.conftest import ServedModel
 

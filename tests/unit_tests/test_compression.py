@@ -520,7 +520,7 @@ WEAK_SUMMARIES = [
 
 @pytest.fixture(scope="module")
 def qwen_counter() -> Any:
-    from langchain_vllm_budget.local_models import ensure_local_model
+    from langchain_vllm_budget.serving.local_models import ensure_local_model
     from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 
     return TransformersTokenCounter(ensure_local_model("tiny-qwen"))

@@ -22,13 +22,9 @@ from typer.testing import CliRunner
 
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.cli import app
-from langchain_vllm_budget.profiles import (
-    DOCKER_FILES,
-    PROFILES,
-    VLLM_IMAGE,
-    get_profile,
-    render_docker_files,
-)
+from langchain_vllm_budget.serving.docker import DOCKER_FILES, render_docker_files
+from langchain_vllm_budget.serving.planner import VLLM_IMAGE
+from langchain_vllm_budget.serving.profiles import PROFILES, get_profile
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

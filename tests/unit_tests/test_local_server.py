@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from langchain_vllm_budget.local_models import ModelBuildError, cache_dir, ensure_local_model
-from langchain_vllm_budget.local_server import (
+from langchain_vllm_budget.serving.local_models import (
+    ModelBuildError,
+    cache_dir,
+    ensure_local_model,
+)
+from langchain_vllm_budget.serving.local_server import (
     LocalServerError,
     LocalServerSpec,
     LocalVLLMServer,

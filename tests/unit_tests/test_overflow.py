@@ -10,8 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.errors import VLLMContextOverflowError
-from langchain_vllm_budget.local_models import ensure_local_model
 from langchain_vllm_budget.overflow import SUMMARY_PREFIX, apply_budget
+from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 
 BUDGET = TokenBudget(max_model_len=2048, output_reserve=512, safety_margin=64)

@@ -15,23 +15,21 @@ from typer.testing import CliRunner
 
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.cli import app
-from langchain_vllm_budget.profiles import (
+from langchain_vllm_budget.serving.planner import (
     GIB,
-    PROFILES,
     InvalidSettingError,
     KVCacheTooSmallError,
     ModelConfigError,
     ModelDoesNotFitError,
     ModelShape,
     PlannerError,
-    UnknownProfileError,
     UnsupportedDtypeError,
     checkpoint_size_gib,
-    get_profile,
     kv_cache_bytes_per_token,
     load_model_config,
     plan_kv_cache,
 )
+from langchain_vllm_budget.serving.profiles import PROFILES, UnknownProfileError, get_profile
 
 # The seed's model: Qwen2.5-7B-Instruct(-AWQ) config.json (architecture fields).
 QWEN_7B: dict[str, Any] = {

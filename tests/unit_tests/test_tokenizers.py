@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_vllm_budget.errors import TokenCountError, VLLMConnectionError
-from langchain_vllm_budget.local_models import ensure_local_model
+from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import (
     ApproximateTokenCounter,
     ServerTokenCounter,

@@ -12,7 +12,7 @@ re-imports this module as ``__mp_main__``, and that process needs the patch too.
 
 Usage::
 
-    python -m langchain_vllm_budget._vllm_launcher serve MODEL_DIR --port 8000
+    python -m langchain_vllm_budget.serving._vllm_launcher serve MODEL_DIR --port 8000
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``vllm-budget plan`` and ``vllm-budget profiles`` commands.
 
-They print what :mod:`langchain_vllm_budget.profiles` computes; the arithmetic lives there.
+They print what :mod:`langchain_vllm_budget.serving` computes; the arithmetic lives there.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from langchain_vllm_budget.profiles import (
-    DOCKER_FILES,
+from langchain_vllm_budget.serving.docker import DOCKER_FILES, render_docker_files
+from langchain_vllm_budget.serving.planner import (
     GIB,
-    PROFILES,
     KVCachePlan,
     PlannerError,
-    ServerProfile,
     checkpoint_size_gib,
     load_model_config,
-    render_docker_files,
 )
+from langchain_vllm_budget.serving.profiles import PROFILES, ServerProfile
 
 __all__ = ["plan_command", "profiles_app"]
 

