@@ -13,7 +13,6 @@ whatever it decides, ``input_tokens + max_tokens`` never exceeds the window.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,12 +20,16 @@ from langchain_core.load.serializable import Serializable
 from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import Self
 
+from langchain_vllm_budget import settings
+
 __all__ = ["BudgetPlan", "TokenBudget", "plan_budget"]
 
-_ENV_MAX_MODEL_LEN = "LLM_MAX_MODEL_LEN"
-_ENV_OUTPUT_RESERVE = "LLM_OUTPUT_RESERVE"
-_ENV_SAFETY_MARGIN = "LLM_SAFETY_MARGIN"
-_ENV_MIN_OUTPUT_TOKENS = "LLM_MIN_OUTPUT_TOKENS"
+_BUDGET_SETTINGS = (
+    settings.MAX_MODEL_LEN,
+    settings.OUTPUT_RESERVE,
+    settings.SAFETY_MARGIN,
+    settings.MIN_OUTPUT_TOKENS,
+)
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,10 @@ class TokenBudget(Serializable):
         """The serialisation namespace: ``["langchain_vllm_budget", "budget"]``."""
         return ["langchain_vllm_budget", "budget"]
 
-    max_model_len: int | None = Field(default=None, gt=0)
-    output_reserve: int = Field(default=3000, gt=0)
-    safety_margin: int = Field(default=128, ge=0)
-    min_output_tokens: int = Field(default=256, gt=0)
+    max_model_len: int | None = Field(default=settings.MAX_MODEL_LEN.default, gt=0)
+    output_reserve: int = Field(default=settings.OUTPUT_RESERVE.required_default(), gt=0)
+    safety_margin: int = Field(default=settings.SAFETY_MARGIN.required_default(), ge=0)
+    min_output_tokens: int = Field(default=settings.MIN_OUTPUT_TOKENS.required_default(), gt=0)
 
     @model_validator(mode="after")
     def _check_consistent(self) -> Self:
@@ -127,7 +130,7 @@ class TokenBudget(Serializable):
             if self.output_reserve >= self.max_model_len:
                 msg = (
                     f"output_reserve ({self.output_reserve}) must be smaller than "
-                    f"max_model_len ({self.max_model_len}); lower LLM_OUTPUT_RESERVE / "
+                    f"max_model_len ({self.max_model_len}); lower VLLM_BUDGET_OUTPUT_RESERVE / "
                     "output_reserve or serve a larger window."
                 )
                 raise ValueError(msg)
@@ -143,10 +146,11 @@ class TokenBudget(Serializable):
 
     @classmethod
     def from_env(cls, **overrides: Any) -> TokenBudget:
-        """Read settings from the environment (the seed's variable names).
+        """Read the settings from the environment; explicit ``overrides`` win.
 
-        ``LLM_MAX_MODEL_LEN``, ``LLM_OUTPUT_RESERVE``, ``LLM_SAFETY_MARGIN`` and
-        ``LLM_MIN_OUTPUT_TOKENS``; unset variables keep the defaults.
+        ``VLLM_BUDGET_MAX_MODEL_LEN``, ``VLLM_BUDGET_OUTPUT_RESERVE``,
+        ``VLLM_BUDGET_SAFETY_MARGIN`` and ``VLLM_BUDGET_MIN_OUTPUT_TOKENS`` (see
+        :mod:`langchain_vllm_budget.settings`); unset variables keep the defaults.
 
         Args:
             **overrides: Field values that take precedence over the environment.
@@ -155,25 +159,15 @@ class TokenBudget(Serializable):
             The budget.
 
         Raises:
-            ValueError: A variable is not an integer.
+            SettingError: A variable is not a whole number.
         """
-        values: dict[str, Any] = {}
-        for field, var in (
-            ("max_model_len", _ENV_MAX_MODEL_LEN),
-            ("output_reserve", _ENV_OUTPUT_RESERVE),
-            ("safety_margin", _ENV_SAFETY_MARGIN),
-            ("min_output_tokens", _ENV_MIN_OUTPUT_TOKENS),
-        ):
-            raw = os.environ.get(var, "").strip()
-            if not raw:
-                continue
-            try:
-                values[field] = int(raw)
-            except ValueError:
-                msg = f"{var} must be an integer number of tokens, got {raw!r}"
-                raise ValueError(msg) from None
+        values: dict[str, Any] = {
+            setting.name: setting.from_environment()
+            for setting in _BUDGET_SETTINGS
+            if setting.name not in overrides
+        }
         values.update(overrides)
-        return cls(**values)
+        return cls(**{key: value for key, value in values.items() if value is not None})
 
     def with_max_model_len(self, max_model_len: int) -> TokenBudget:
         """This budget with the window set (e.g. the one discovered from the server).
@@ -208,7 +202,7 @@ class TokenBudget(Serializable):
         if self.max_model_len is None:
             msg = (
                 "max_model_len is unknown: set TokenBudget(max_model_len=...) / "
-                "LLM_MAX_MODEL_LEN, or let ChatVLLM discover it from the server."
+                "VLLM_BUDGET_MAX_MODEL_LEN, or let ChatVLLM discover it from the server."
             )
             raise ValueError(msg)
         if input_tokens < 0:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from langchain_openai.chat_models.base import BaseChatOpenAI
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
+from langchain_vllm_budget import settings
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.concurrency import InFlightLimit
 from langchain_vllm_budget.errors import (
@@ -62,7 +62,7 @@ __all__ = ["DEFAULT_API_BASE", "ChatVLLM", "CounterChoice"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = "http://localhost:8000/v1"
+DEFAULT_API_BASE: str = settings.API_BASE.default  # type: ignore[assignment]
 
 CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 """Which token counter to use; ``"auto"`` prefers a local tokenizer, then the server."""
@@ -70,23 +70,7 @@ CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-_ENV_MAX_CONCURRENCY = "VLLM_MAX_CONCURRENCY"
 _LIMIT_LOCK = threading.Lock()
-
-
-def _max_concurrency_from_env() -> int | None:
-    """``VLLM_MAX_CONCURRENCY`` as an int (unset or empty: no limit)."""
-    raw = os.environ.get(_ENV_MAX_CONCURRENCY, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        msg = (
-            f"{_ENV_MAX_CONCURRENCY} must be a whole number of requests (the server's "
-            f"--max-num-seqs), got {raw!r}"
-        )
-        raise ValueError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -258,7 +242,7 @@ class ChatVLLM(BaseChatOpenAI):
     The window comes from the server's ``/v1/models`` (cached) unless the server does not
     report it. The budget applied is in ``response_metadata["budget"]``.
 
-    ``max_concurrency`` (env ``VLLM_MAX_CONCURRENCY``) caps the requests in flight, e.g. at
+    ``max_concurrency`` (env ``VLLM_BUDGET_MAX_CONCURRENCY``) caps the requests in flight, e.g. at
     the server's ``--max-num-seqs``. Tool calls whose arguments are valid JSON but not an
     object (small models write lists or strings) come back in ``invalid_tool_calls``.
 
@@ -299,17 +283,17 @@ class ChatVLLM(BaseChatOpenAI):
     model_name: str = Field(alias="model")
     """The served model name (vLLM's ``--served-model-name``)."""
     openai_api_key: SecretStr | None = Field(
-        alias="api_key", default_factory=secret_from_env("VLLM_API_KEY", default=None)
+        alias="api_key", default_factory=secret_from_env(settings.API_KEY.env, default=None)
     )
     """The server's API key (``--api-key``); env ``VLLM_API_KEY``. Optional."""
     openai_api_base: str = Field(
-        alias="base_url", default_factory=from_env("VLLM_API_BASE", default=DEFAULT_API_BASE)
+        alias="base_url", default_factory=from_env(settings.API_BASE.env, default=DEFAULT_API_BASE)
     )
     """The server's OpenAI-compatible base URL; env ``VLLM_API_BASE``."""
     stream_usage: bool | None = True
     """Report token usage on streams (vLLM supports ``stream_options.include_usage``)."""
     budget: TokenBudget = Field(default_factory=TokenBudget.from_env)
-    """Window, output reserve, safety margin and minimum output (env ``LLM_*``)."""
+    """Window, output reserve, safety margin and minimum output (env ``VLLM_BUDGET_*``)."""
     tokenizer: str | None = None
     """A local folder or name of the model's tokenizer, for exact local counting."""
     token_counter: CounterChoice | TokenCounter = "auto"
@@ -322,8 +306,8 @@ class ChatVLLM(BaseChatOpenAI):
     """The model that writes summaries for ``on_overflow="summarize"`` (default: this one)."""
     summary_max_tokens: int = Field(default=400, gt=0)
     """Output limit of a summary written by ``on_overflow="summarize"``."""
-    max_concurrency: int | None = Field(default_factory=_max_concurrency_from_env, ge=1)
-    """Most requests this model has in flight at once (env ``VLLM_MAX_CONCURRENCY``);
+    max_concurrency: int | None = Field(default_factory=settings.MAX_CONCURRENCY.factory(), ge=1)
+    """Most requests this model has in flight at once (env ``VLLM_BUDGET_MAX_CONCURRENCY``);
     ``None``: no limit. Set it to the server's ``--max-num-seqs`` so that requests wait
     here instead of in the server's queue. Sync and async calls, ``invoke`` and ``stream``
     share the limit, and so do the model's copies (``bind``, ``bind_tools``,
@@ -473,7 +457,7 @@ class ChatVLLM(BaseChatOpenAI):
                 msg = (
                     f"The server at {self.openai_api_base} does not report max_model_len for "
                     f"{self.model_name!r}; set TokenBudget(max_model_len=...) or "
-                    "LLM_MAX_MODEL_LEN."
+                    "VLLM_BUDGET_MAX_MODEL_LEN."
                 )
                 raise ValueError(msg)
             return self.budget

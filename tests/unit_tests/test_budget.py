@@ -117,9 +117,9 @@ def test_discovered_window_smaller_than_reserve_is_accepted() -> None:
 
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLM_MAX_MODEL_LEN", "12288")
-    monkeypatch.setenv("LLM_OUTPUT_RESERVE", "2000")
-    monkeypatch.setenv("LLM_SAFETY_MARGIN", "64")
+    monkeypatch.setenv("VLLM_BUDGET_MAX_MODEL_LEN", "12288")
+    monkeypatch.setenv("VLLM_BUDGET_OUTPUT_RESERVE", "2000")
+    monkeypatch.setenv("VLLM_BUDGET_SAFETY_MARGIN", "64")
     budget = TokenBudget.from_env()
     assert (budget.max_model_len, budget.output_reserve, budget.safety_margin) == (12288, 2000, 64)
     assert budget.min_output_tokens == 256
@@ -127,14 +127,18 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_from_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("LLM_MAX_MODEL_LEN", "LLM_OUTPUT_RESERVE", "LLM_SAFETY_MARGIN"):
+    for var in (
+        "VLLM_BUDGET_MAX_MODEL_LEN",
+        "VLLM_BUDGET_OUTPUT_RESERVE",
+        "VLLM_BUDGET_SAFETY_MARGIN",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert TokenBudget.from_env() == TokenBudget()
 
 
 def test_from_env_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLM_OUTPUT_RESERVE", "3k")
-    with pytest.raises(ValueError, match="LLM_OUTPUT_RESERVE must be an integer"):
+    monkeypatch.setenv("VLLM_BUDGET_OUTPUT_RESERVE", "3k")
+    with pytest.raises(ValueError, match="VLLM_BUDGET_OUTPUT_RESERVE must be a whole number"):
         TokenBudget.from_env()
 
 

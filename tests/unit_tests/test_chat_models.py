@@ -110,7 +110,12 @@ def _closed_port() -> int:
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("VLLM_API_BASE", "VLLM_API_KEY", "LLM_MAX_MODEL_LEN", "LLM_OUTPUT_RESERVE"):
+    for var in (
+        "VLLM_API_BASE",
+        "VLLM_API_KEY",
+        "VLLM_BUDGET_MAX_MODEL_LEN",
+        "VLLM_BUDGET_OUTPUT_RESERVE",
+    ):
         monkeypatch.delenv(var, raising=False)
     model = ChatVLLM(model="m")
     assert model.openai_api_base == DEFAULT_API_BASE
@@ -130,8 +135,8 @@ def test_api_key_is_secret() -> None:
 
 
 def test_budget_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLM_OUTPUT_RESERVE", "1500")
-    monkeypatch.setenv("LLM_SAFETY_MARGIN", "64")
+    monkeypatch.setenv("VLLM_BUDGET_OUTPUT_RESERVE", "1500")
+    monkeypatch.setenv("VLLM_BUDGET_SAFETY_MARGIN", "64")
     model = ChatVLLM(model="m")
     assert (model.budget.output_reserve, model.budget.safety_margin) == (1500, 64)
 

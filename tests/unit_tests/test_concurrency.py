@@ -159,22 +159,22 @@ def test_deep_copies_share_the_limit() -> None:
 
 
 def test_no_limit_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VLLM_MAX_CONCURRENCY", raising=False)
+    monkeypatch.delenv("VLLM_BUDGET_MAX_CONCURRENCY", raising=False)
     model = ChatVLLM(model="m")
     assert model.max_concurrency is None
     assert model._request_limit() is None
 
 
 def test_limit_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VLLM_MAX_CONCURRENCY", "4")
+    monkeypatch.setenv("VLLM_BUDGET_MAX_CONCURRENCY", "4")
     limit = ChatVLLM(model="m")._request_limit()
     assert limit is not None
     assert limit.limit == 4
 
 
 def test_bad_env_value_says_what_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VLLM_MAX_CONCURRENCY", "four")
-    with pytest.raises(ValueError, match=r"VLLM_MAX_CONCURRENCY.*--max-num-seqs.*'four'"):
+    monkeypatch.setenv("VLLM_BUDGET_MAX_CONCURRENCY", "four")
+    with pytest.raises(ValueError, match=r"VLLM_BUDGET_MAX_CONCURRENCY.*--max-num-seqs.*'four'"):
         ChatVLLM(model="m")
 
 

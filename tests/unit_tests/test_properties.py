@@ -109,10 +109,10 @@ def test_budget_from_env_settings(
     window: str | None, reserve: str | None, margin: str | None, min_output: str | None
 ) -> None:
     env = {
-        "LLM_MAX_MODEL_LEN": window,
-        "LLM_OUTPUT_RESERVE": reserve,
-        "LLM_SAFETY_MARGIN": margin,
-        "LLM_MIN_OUTPUT_TOKENS": min_output,
+        "VLLM_BUDGET_MAX_MODEL_LEN": window,
+        "VLLM_BUDGET_OUTPUT_RESERVE": reserve,
+        "VLLM_BUDGET_SAFETY_MARGIN": margin,
+        "VLLM_BUDGET_MIN_OUTPUT_TOKENS": min_output,
     }
     patched = {k: v for k, v in env.items() if v is not None}
     cleared = [k for k, v in env.items() if v is None]
@@ -126,18 +126,18 @@ def test_budget_from_env_settings(
             # Either a variable that is not an integer, named with its value, or a setting
             # out of range, named.
             assert re.search(
-                r"LLM_\w+ must be an integer|max_model_len|output_reserve|safety_margin|"
-                r"min_output_tokens",
+                r"VLLM_BUDGET_\w+ must be a whole number|max_model_len|output_reserve|"
+                r"safety_margin|min_output_tokens",
                 text,
             ), text
             return
     for var, value in env.items():
         if value is not None and value.strip():
             field = {
-                "LLM_MAX_MODEL_LEN": "max_model_len",
-                "LLM_OUTPUT_RESERVE": "output_reserve",
-                "LLM_SAFETY_MARGIN": "safety_margin",
-                "LLM_MIN_OUTPUT_TOKENS": "min_output_tokens",
+                "VLLM_BUDGET_MAX_MODEL_LEN": "max_model_len",
+                "VLLM_BUDGET_OUTPUT_RESERVE": "output_reserve",
+                "VLLM_BUDGET_SAFETY_MARGIN": "safety_margin",
+                "VLLM_BUDGET_MIN_OUTPUT_TOKENS": "min_output_tokens",
             }[var]
             assert getattr(budget, field) == int(value)
 

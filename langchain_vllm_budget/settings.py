@@ -1,0 +1,234 @@
+"""Every setting of the package, its environment variable and its default, in one place.
+
+One rule everywhere: **an explicit value wins over the environment, which wins over the
+default**. ``ChatVLLM``, :class:`~langchain_vllm_budget.budget.TokenBudget`, the stage
+building block, the pipeline's ``Context`` and the ``vllm-budget`` command line all read
+their defaults from the :class:`Setting` objects below, so a setting has one name, one
+environment variable and one default.
+
+Two prefixes: ``VLLM_API_BASE`` / ``VLLM_API_KEY`` locate the server (the names vLLM and
+OpenAI-compatible clients already use; vLLM's own ``--api-key`` also reads ``VLLM_API_KEY``),
+and ``VLLM_BUDGET_*`` holds everything this package decides.
+
+Example:
+    >>> import os
+    >>> os.environ["VLLM_BUDGET_OUTPUT_RESERVE"] = "2000"
+    >>> OUTPUT_RESERVE.get()
+    2000
+    >>> OUTPUT_RESERVE.get(512)  # an explicit value wins
+    512
+    >>> del os.environ["VLLM_BUDGET_OUTPUT_RESERVE"]
+    >>> OUTPUT_RESERVE.get()
+    3000
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = [
+    "API_BASE",
+    "API_KEY",
+    "MAX_CONCURRENCY",
+    "MAX_MODEL_LEN",
+    "MIN_OUTPUT_TOKENS",
+    "MODEL",
+    "OUTPUT_RESERVE",
+    "SAFETY_MARGIN",
+    "SETTINGS",
+    "SUMMARIZER_API_BASE",
+    "SUMMARIZER_MODEL",
+    "SUMMARY_MAX_TOKENS",
+    "TOKENIZER",
+    "Setting",
+    "SettingError",
+]
+
+T = TypeVar("T", str, int, float)
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting: its name, environment variable, type and default.
+
+    Attributes:
+        name: The field name used by the package's classes.
+        env: The environment variable that sets it.
+        kind: ``str``, ``int`` or ``float``.
+        default: The value when neither an explicit value nor the variable is given
+            (``None``: unset, e.g. discovered from the server).
+        description: One line for the README's settings table and ``--help``.
+        legacy_env: Older names still read (with a ``DeprecationWarning``) when ``env`` is
+            unset: the seed's ``LLM_*`` variables.
+    """
+
+    name: str
+    env: str
+    kind: type[T]
+    default: T | None
+    description: str
+    legacy_env: tuple[str, ...] = ()
+
+    def from_environment(self) -> T | None:
+        """The environment's value (``env``, else a legacy name), else the default.
+
+        Raises:
+            SettingError: The variable is set but is not a valid ``kind``.
+        """
+        for var in (self.env, *self.legacy_env):
+            raw = os.environ.get(var, "").strip()
+            if not raw:
+                continue
+            if var != self.env:
+                warnings.warn(
+                    f"{var} is deprecated: set {self.env} instead.",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+            return self._convert(var, raw)
+        return self.default
+
+    def get(self, explicit: T | None = None) -> T | None:
+        """``explicit`` if given, else :meth:`from_environment`."""
+        return explicit if explicit is not None else self.from_environment()
+
+    def required_default(self) -> T:
+        """The default of a setting that has one (for a field that cannot be unset).
+
+        Raises:
+            TypeError: The setting has no default.
+        """
+        if self.default is None:
+            msg = f"The setting {self.name} has no default."
+            raise TypeError(msg)
+        return self.default
+
+    def factory(self) -> Callable[[], T | None]:
+        """A ``default_factory`` for pydantic fields and dataclasses."""
+        return self.from_environment
+
+    def _convert(self, var: str, raw: str) -> T:
+        try:
+            return self.kind(raw)
+        except ValueError:
+            what = "a whole number" if self.kind is int else "a number"
+            msg = f"{var} must be {what} ({self.description.rstrip('.')}), got {raw!r}."
+            raise SettingError(msg) from None
+
+
+API_BASE: Setting[str] = Setting(
+    "base_url",
+    "VLLM_API_BASE",
+    str,
+    "http://localhost:8000/v1",
+    "The vLLM server's OpenAI-compatible URL (ending in /v1).",
+)
+API_KEY: Setting[str] = Setting(
+    "api_key",
+    "VLLM_API_KEY",
+    str,
+    None,
+    "The server's --api-key, if it was started with one.",
+)
+MODEL: Setting[str] = Setting(
+    "model",
+    "VLLM_BUDGET_MODEL",
+    str,
+    None,
+    "The served model name (vLLM's --served-model-name) for the app and the CLI.",
+    legacy_env=("LLM_MODEL",),
+)
+TOKENIZER: Setting[str] = Setting(
+    "tokenizer",
+    "VLLM_BUDGET_TOKENIZER",
+    str,
+    None,
+    "A local tokenizer folder for exact counting without a server round trip.",
+)
+MAX_MODEL_LEN: Setting[int] = Setting(
+    "max_model_len",
+    "VLLM_BUDGET_MAX_MODEL_LEN",
+    int,
+    None,
+    "The context window in tokens; unset: read from the server's /v1/models.",
+    legacy_env=("LLM_MAX_MODEL_LEN",),
+)
+OUTPUT_RESERVE: Setting[int] = Setting(
+    "output_reserve",
+    "VLLM_BUDGET_OUTPUT_RESERVE",
+    int,
+    3000,
+    "The most output tokens a request is granted.",
+    legacy_env=("LLM_OUTPUT_RESERVE",),
+)
+SAFETY_MARGIN: Setting[int] = Setting(
+    "safety_margin",
+    "VLLM_BUDGET_SAFETY_MARGIN",
+    int,
+    128,
+    "Tokens kept free between input + output and the window.",
+    legacy_env=("LLM_SAFETY_MARGIN",),
+)
+MIN_OUTPUT_TOKENS: Setting[int] = Setting(
+    "min_output_tokens",
+    "VLLM_BUDGET_MIN_OUTPUT_TOKENS",
+    int,
+    256,
+    "The least output room a request needs; below it the overflow policy acts.",
+    legacy_env=("LLM_MIN_OUTPUT_TOKENS",),
+)
+MAX_CONCURRENCY: Setting[int] = Setting(
+    "max_concurrency",
+    "VLLM_BUDGET_MAX_CONCURRENCY",
+    int,
+    None,
+    "Most requests in flight per model (the server's --max-num-seqs); unset: no limit.",
+    legacy_env=("VLLM_MAX_CONCURRENCY",),
+)
+SUMMARIZER_MODEL: Setting[str] = Setting(
+    "summarizer_model",
+    "VLLM_BUDGET_SUMMARIZER_MODEL",
+    str,
+    None,
+    "The served name of a smaller summarizer model; unset: the main model.",
+    legacy_env=("SUMMARIZER_MODEL",),
+)
+SUMMARIZER_API_BASE: Setting[str] = Setting(
+    "summarizer_base_url",
+    "VLLM_BUDGET_SUMMARIZER_API_BASE",
+    str,
+    None,
+    "The summarizer's server URL; unset: the main server.",
+    legacy_env=("SUMMARIZER_API_BASE",),
+)
+SUMMARY_MAX_TOKENS: Setting[int] = Setting(
+    "summary_max_tokens",
+    "VLLM_BUDGET_SUMMARY_MAX_TOKENS",
+    int,
+    250,
+    "The hard cap on a compressed summary, in tokens.",
+)
+
+SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
+    API_BASE,
+    API_KEY,
+    MODEL,
+    TOKENIZER,
+    MAX_MODEL_LEN,
+    OUTPUT_RESERVE,
+    SAFETY_MARGIN,
+    MIN_OUTPUT_TOKENS,
+    MAX_CONCURRENCY,
+    SUMMARIZER_MODEL,
+    SUMMARIZER_API_BASE,
+    SUMMARY_MAX_TOKENS,
+)
+"""The package's settings, in the order of the README's table."""
