@@ -33,11 +33,14 @@ from typing import Generic, TypeVar
 __all__ = [
     "API_BASE",
     "API_KEY",
+    "COMPRESSION",
     "MAX_CONCURRENCY",
     "MAX_MODEL_LEN",
     "MIN_OUTPUT_TOKENS",
     "MODEL",
     "OUTPUT_RESERVE",
+    "ROLLING_SUMMARY_MAX_TOKENS",
+    "ROLLING_SUMMARY_MODE",
     "SAFETY_MARGIN",
     "SETTINGS",
     "SUMMARIZER_API_BASE",
@@ -217,6 +220,29 @@ SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "The hard cap on a compressed summary, in tokens.",
 )
 
+ROLLING_SUMMARY_MAX_TOKENS: Setting[int] = Setting(
+    "rolling_summary_max_tokens",
+    "VLLM_BUDGET_ROLLING_SUMMARY_MAX_TOKENS",
+    int,
+    400,
+    "The hard cap on a staged run's rolling summary, in tokens.",
+)
+ROLLING_SUMMARY_MODE: Setting[str] = Setting(
+    "rolling_summary_mode",
+    "VLLM_BUDGET_ROLLING_SUMMARY_MODE",
+    str,
+    "extractive",
+    "How the rolling summary is merged: extractive (no model call) or llm.",
+)
+COMPRESSION: Setting[str] = Setting(
+    "compression",
+    "VLLM_BUDGET_COMPRESSION",
+    str,
+    "auto",
+    "When a stage's summarizer is called: auto (only if the extractive summary loses "
+    "entities), llm (always) or extractive (never).",
+)
+
 SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     API_BASE,
     API_KEY,
@@ -230,5 +256,8 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     SUMMARIZER_MODEL,
     SUMMARIZER_API_BASE,
     SUMMARY_MAX_TOKENS,
+    ROLLING_SUMMARY_MAX_TOKENS,
+    ROLLING_SUMMARY_MODE,
+    COMPRESSION,
 )
 """The package's settings, in the order of the README's table."""

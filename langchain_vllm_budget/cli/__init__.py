@@ -5,7 +5,7 @@ Commands:
     models                          The local models the package can build and serve.
     plan                            KV-cache plan for a profile, model folder or config.json.
     profiles list|render            The vLLM server profiles; render docker/ from them.
-    run [REQUEST]                   The LangGraph pipeline with compressed stage hand-offs.
+    run [REQUEST]                   A graph of compressed stages (langgraph.json), its ledger.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from langchain_vllm_budget.cli.plan import plan_command, profiles_app
+from langchain_vllm_budget.cli.run import run_command
 from langchain_vllm_budget.serving.local_models import (
     LOCAL_MODELS,
     ModelBuildError,
@@ -43,6 +44,7 @@ serve_local = typer.Typer(help="Start, stop and inspect the embedded local vLLM 
 app.add_typer(serve_local, name="serve-local")
 app.command("plan")(plan_command)
 app.add_typer(profiles_app, name="profiles")
+app.command("run")(run_command)
 
 _console = Console()
 _errors = Console(stderr=True)
@@ -162,68 +164,6 @@ def models(
             model.name, "yes" if model.is_built() else "no", str(model.path()), model.description
         )
     _console.print(table)
-
-
-@app.command("run")
-def run(
-    request: Annotated[
-        str | None, typer.Argument(help="The request; default: the built-in demo request.")
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(help="vLLM server (.../v1); default: start the embedded local server."),
-    ] = None,
-    model: Annotated[str, typer.Option(help="Served reasoning model.")] = DEFAULT_LOCAL_MODEL,
-    summarizer_model: Annotated[
-        str, typer.Option(help="Served summarizer model; default: the reasoning model.")
-    ] = "",
-    tokenizer: Annotated[
-        str, typer.Option(help="Local tokenizer folder for exact counting; default: server.")
-    ] = "",
-    stage_max_tokens: Annotated[int, typer.Option(help="Output reserve per stage.")] = 128,
-    summary_max_tokens: Annotated[int, typer.Option(help="Hard cap per stage summary.")] = 64,
-    rolling_summary_max_tokens: Annotated[
-        int, typer.Option(help="Hard cap on the rolling summary.")
-    ] = 96,
-    rolling_summary_mode: Annotated[
-        str, typer.Option(help="extractive (no model call) or llm (a summarizer call).")
-    ] = "extractive",
-    temperature: Annotated[
-        float, typer.Option(help="Stage sampling temperature (0: greedy).")
-    ] = 0.0,
-    repetition_penalty: Annotated[
-        float, typer.Option(help="vLLM repetition_penalty for the stage calls (1.0: off).")
-    ] = 1.05,
-    thread_id: Annotated[
-        str | None, typer.Option(help="Thread to run or resume; default: a new one.")
-    ] = None,
-    db: Annotated[
-        Path, typer.Option(help="SQLite file for checkpoints and raw stage outputs.")
-    ] = Path(".vllm-budget/pipeline.sqlite"),
-    checkpointer_dsn: Annotated[
-        str, typer.Option(help="PostgreSQL DSN: checkpoints and store in PostgreSQL.")
-    ] = "",
-) -> None:
-    """Run the classify -> select -> plan -> execute pipeline: ledger, budgets, answer."""
-    from graphs.context import Context
-    from graphs.prompts import DEMO_REQUEST
-    from graphs.runner import run_pipeline
-
-    context = Context(
-        base_url=base_url or "",
-        reasoning_model=model,
-        summarizer_model=summarizer_model,
-        tokenizer_path=tokenizer,
-        stage_max_tokens=stage_max_tokens,
-        min_stage_output_tokens=min(64, stage_max_tokens),
-        summary_max_tokens=summary_max_tokens,
-        rolling_summary_max_tokens=rolling_summary_max_tokens,
-        rolling_summary_mode=rolling_summary_mode,
-        temperature=temperature,
-        repetition_penalty=repetition_penalty,
-        checkpointer_dsn=checkpointer_dsn,
-    )
-    run_pipeline(request or DEMO_REQUEST, context, thread_id=thread_id, db_path=db)
 
 
 def main() -> None:

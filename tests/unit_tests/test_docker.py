@@ -211,17 +211,3 @@ def test_profiles_render_one_compose_command_each() -> None:
     }
     assert len({json.dumps(command) for command in commands.values()}) == len(VLLM_SERVICES)
     assert set(VLLM_SERVICES.values()) <= set(PROFILES)
-
-
-def test_app_service_configures_the_pipeline_context() -> None:
-    """Every VLLM_BUDGET_* variable the app gets is a field of the graph's Context."""
-    from dataclasses import fields
-
-    from graphs.context import ENV_PREFIX, Context
-
-    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    app_env = compose["services"]["app"]["environment"]
-    context_vars = {key for key in app_env if key.startswith(ENV_PREFIX)}
-    field_vars = {ENV_PREFIX + f.name.upper() for f in fields(Context)}
-    assert context_vars <= field_vars
-    assert {"VLLM_BUDGET_BASE_URL", "VLLM_BUDGET_REASONING_MODEL"} <= context_vars
