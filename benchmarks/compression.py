@@ -9,6 +9,10 @@ tokenizer. Reported per output: raw and summary tokens, the ratio, the retention
 entities the compressor extracted, the method (the model's summary, the model's summary with
 entities restored, or the extractive fallback) and the median wall time.
 
+Retention is reported twice: against the entities the compressor extracted (its own view) and
+against the hand-labelled must-keep facts of ``benchmarks/data/must_keep.json``
+(:mod:`benchmarks.retention`), which the extractor never saw.
+
 Every repetition changes the request line of the prompt (it comes before the result), so
 vLLM's prefix cache never serves the result's prefill: each compression pays its full cost.
 """
@@ -22,6 +26,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from benchmarks.corpus import build_stage_outputs
+from benchmarks.retention import load_must_keep, must_keep_retention
 from benchmarks.servers import Served
 from langchain_vllm_budget.chat_models import ChatVLLM
 from langchain_vllm_budget.compression import compress_stage_result
@@ -57,6 +62,7 @@ def run_compression(served: Served, *, repeats: int = 3, quick: bool = False) ->
     )
     counter = TransformersTokenCounter(str(served.model_path))
     outputs = build_stage_outputs()
+    must_keep = load_must_keep()["compression"]
     if quick:
         outputs, repeats = outputs[:2], 1
     rows: list[dict[str, Any]] = []
@@ -73,17 +79,20 @@ def run_compression(served: Served, *, repeats: int = 3, quick: bool = False) ->
                 tokenizer=counter,
             )
             seconds = time.perf_counter() - started
+            kept = must_keep_retention(output.text, result.summary, must_keep[output.name])
             runs.append(
                 {
                     "seconds": round(seconds, 2),
                     "summary_tokens": result.summary_tokens,
                     "ratio": result.ratio,
                     "retention": result.retention,
+                    "must_keep": kept.as_dict(),
                     "method": result.method,
                     "missing": list(result.missing),
                     "restored": len(result.restored),
                     "fallback_reason": result.fallback_reason,
                     "chunks": result.chunks,
+                    "model_calls": result.model_calls,
                     "summary": result.summary,
                 }
             )
@@ -97,6 +106,10 @@ def run_compression(served: Served, *, repeats: int = 3, quick: bool = False) ->
                 "summary_tokens_max": max(r["summary_tokens"] for r in runs),
                 "ratio_min": min(r["ratio"] for r in runs),
                 "retention_min": min(r["retention"] for r in runs),
+                "must_keep_total": runs[0]["must_keep"]["total"],
+                "must_keep_min": min(r["must_keep"]["kept"] for r in runs),
+                "must_keep_missing": sorted({m for r in runs for m in r["must_keep"]["missing"]}),
+                "model_calls": sum(r["model_calls"] for r in runs),
                 "methods": sorted({r["method"] for r in runs}),
                 "median_seconds": round(statistics.median(r["seconds"] for r in runs), 2),
                 "example_summary": first["summary"],
@@ -114,6 +127,15 @@ def run_compression(served: Served, *, repeats: int = 3, quick: bool = False) ->
             "under_cap": sum(1 for r in every if r["summary_tokens"] <= CAP),
             "ratio_at_least_goal": sum(1 for r in every if r["ratio"] >= GOAL_RATIO),
             "full_retention": sum(1 for r in every if r["retention"] >= 1.0),
+            "full_must_keep": sum(
+                1 for r in every if r["must_keep"]["kept"] == r["must_keep"]["total"]
+            ),
+            "must_keep_rate": round(
+                sum(r["must_keep"]["kept"] for r in every)
+                / max(sum(r["must_keep"]["total"] for r in every), 1),
+                4,
+            ),
+            "model_calls": sum(r["model_calls"] for r in every),
             "median_ratio": round(statistics.median(r["ratio"] for r in every), 2),
             "median_seconds": round(statistics.median(r["seconds"] for r in every), 2),
             "methods": {m: sum(1 for r in every if r["method"] == m) for m in _methods(every)},

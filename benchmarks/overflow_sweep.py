@@ -6,21 +6,24 @@ The same conversations go to every client, with and without a caller's ``max_tok
 * the seed's client: ``max_tokens`` from the chars/4 estimate, ``256`` when too large;
 * ``ChatVLLM`` with each overflow policy (``raise``, ``trim``, ``summarize``, ``warn``).
 
-Each request is classified: **rejected** (vLLM's length 400 reached the caller),
-**truncated silently** (vLLM clamped ``max_tokens`` to what was left of the window and
-answered ``finish_reason=length``, and the caller was not told), **raised before sending**
-(a typed :class:`~langchain_vllm_budget.errors.VLLMContextOverflowError`, no request sent),
-or **sent** (with the policy's action: none, trimmed, summarized, warned).
+Each request lands in one column (:data:`OUTCOMES`): **served**, **served, adjusted and
+reported** (trimmed, summarized, ``max_tokens`` reduced or retried, said in
+``response_metadata["budget"]``), **refused before sending** (a typed
+:class:`~langchain_vllm_budget.errors.VLLMContextOverflowError`, no request sent), **length
+400** (vLLM's rejection reached the caller) or **silently truncated** (``finish_reason=length``
+with fewer tokens than asked: vLLM clamped ``max_tokens`` to what was left of the window and
+nobody told the caller). A refusal of a request that plain ``ChatOpenAI`` got answered is
+counted apart (``refused_servable``): that is the price of a safety margin, not a save.
 
-Without a caller's ``max_tokens`` only the first streamed token is read (vLLM would
-otherwise generate up to the whole window with a random-weight model); with one, the whole
-answer is read to see ``finish_reason`` and the completion's length.
+An answer is read to the end when at most 512 tokens were granted (or, without any
+``max_tokens``, near the window's edge, where vLLM grants only what is left); otherwise only
+its first streamed token is read (a random-weight model would write up to the whole window).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import openai
@@ -39,10 +42,13 @@ from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 __all__ = [
     "CLIENTS",
     "FRACTIONS",
+    "OUTCOMES",
     "QUICK_FRACTIONS",
+    "classify",
     "conversation_of",
     "run_sweep",
     "seed_max_tokens",
+    "summarize_sweep",
 ]
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.5, 0.99, 1.1, 1.5, 2.0)
@@ -62,11 +68,18 @@ _SEED_RESERVE, _SEED_MARGIN, _SEED_MIN = 3000, 128, 256
 
 
 def seed_max_tokens(
-    messages: Sequence[BaseMessage], max_model_len: int, requested: int | None
+    messages: Sequence[BaseMessage],
+    max_model_len: int,
+    requested: int | None,
+    *,
+    reserve: int = _SEED_RESERVE,
 ) -> int:
-    """The seed's ``_calculate_safe_max_tokens`` (chars/4 input; 256 when it does not fit)."""
+    """The seed's ``_calculate_safe_max_tokens`` (chars/4 input; 256 when it does not fit).
+
+    ``reserve`` replaces the seed's ``LLM_OUTPUT_RESERVE`` (3000) where an app asks for less.
+    """
     available = max_model_len - seed_chars_over_4(messages) - _SEED_MARGIN
-    safe = min(available, _SEED_RESERVE)
+    safe = min(available, reserve)
     if safe < _SEED_MIN:
         safe = _SEED_MIN
     return min(safe, requested) if requested is not None else safe
@@ -88,50 +101,126 @@ def conversation_of(
     return messages, count
 
 
+OUTCOMES: tuple[str, ...] = (
+    "served",
+    "served_adjusted",
+    "refused_before_sending",
+    "length_400",
+    "silently_truncated",
+    "error",
+)
+"""The columns of the sweep, one per outcome of a request:
+
+* ``served``: sent and answered with the output room the caller asked for (or, without a
+  ``max_tokens``, until the model stopped);
+* ``served_adjusted``: sent after the client made it fit and said so in
+  ``response_metadata["budget"]``: input trimmed or summarized, ``max_tokens`` reduced, or
+  a corrected retry after a 400;
+* ``refused_before_sending``: a typed ``VLLMContextOverflowError`` raised before any request;
+* ``length_400``: vLLM's length 400 reached the caller;
+* ``silently_truncated``: ``finish_reason="length"`` with fewer tokens than the caller asked
+  for (vLLM clamped ``max_tokens`` to what was left of the window), and nothing told the
+  caller;
+* ``error``: anything else.
+"""
+_LONG_ANSWER = 512  # answers with at most this many tokens granted are read to the end
+
+
 def _read(
-    model: BaseChatModel, messages: list[BaseMessage], *, read_all: bool, **kwargs: Any
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    *,
+    keep_reading: Callable[[dict[str, Any] | None], bool],
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Stream a reply; return what came back (or what was raised)."""
+    """Stream a reply; return what came back (or what was raised).
+
+    After the first chunk, ``keep_reading(budget)`` decides whether the whole answer is read
+    (to see ``finish_reason`` and its length) or the stream is closed.
+    """
     merged: AIMessageChunk | None = None
     budget: dict[str, Any] | None = None
+    read_all = False
     try:
         for chunk in model.stream(messages, **kwargs):
             assert isinstance(chunk, AIMessageChunk)
-            budget = budget or chunk.response_metadata.get("budget")
+            if merged is None:
+                budget = chunk.response_metadata.get("budget")
+                read_all = keep_reading(budget)
             merged = chunk if merged is None else merged + chunk
             if not read_all:
                 break
     except VLLMContextOverflowError as exc:
-        kind = "rejected_400" if exc.source == "server" else "raised_before_sending"
+        kind = "length_400" if exc.source == "server" else "refused_before_sending"
         return {"outcome": kind, "error": str(exc)[:200]}
     except openai.BadRequestError as exc:
-        return {"outcome": "rejected_400", "error": str(exc.message)[:200]}
+        return {"outcome": "length_400", "error": str(exc.message)[:200]}
     except Exception as exc:  # any other failure is a result too (its type only: raw text
         # can carry host names)
         return {"outcome": "error", "error": type(exc).__name__}
-    result: dict[str, Any] = {"outcome": "sent", "budget": budget}
-    if merged is not None:
+    result: dict[str, Any] = {"outcome": "sent", "budget": budget, "read_all": read_all}
+    if merged is not None and read_all:
         result["finish_reason"] = merged.response_metadata.get("finish_reason")
         usage: dict[str, Any] = dict(merged.usage_metadata or {})
         result["completion_tokens"] = usage.get("output_tokens")
     return result
 
 
-def _classify(result: dict[str, Any], requested: int | None, reported: bool) -> str:
-    """Name the outcome; a clamp the caller was not told about is a silent truncation."""
+def classify(result: dict[str, Any], intended: int | None) -> str:
+    """One of :data:`OUTCOMES` for a request's result.
+
+    Args:
+        result: What :func:`_read` returned: ``outcome`` (``"sent"`` or an outcome), and
+            for a sent request the budget it reported, ``finish_reason`` and
+            ``completion_tokens`` (when the whole answer was read).
+        intended: The output room the caller asked for (its ``max_tokens``; ``None``: no
+            limit, the answer should end when the model stops).
+
+    Example:
+        >>> classify({"outcome": "sent", "finish_reason": "length", "completion_tokens": 121},
+        ...          128)
+        'silently_truncated'
+        >>> budget = {"action": "none", "max_tokens": 121, "retried": False}
+        >>> classify({"outcome": "sent", "budget": budget, "finish_reason": "length",
+        ...           "completion_tokens": 121}, 128)
+        'served_adjusted'
+        >>> classify({"outcome": "refused_before_sending"}, 128)
+        'refused_before_sending'
+    """
     if result["outcome"] != "sent":
         return str(result["outcome"])
     budget = result.get("budget") or {}
-    if budget.get("retried"):
-        return "sent after a 400 (corrected)"
-    action = budget.get("action", "none")
-    if requested is not None and result.get("completion_tokens") is not None:
-        clamped = result["finish_reason"] == "length" and result["completion_tokens"] < requested
-        if clamped and not reported:
-            return "truncated_silently"
-        if clamped:
-            return f"sent ({action}, max_tokens reduced and reported)"
-    return f"sent ({action})" if action != "none" else "sent"
+    granted = budget.get("max_tokens")
+    reported = bool(budget) and (
+        budget.get("retried")
+        or budget.get("action", "none") != "none"
+        or (intended is not None and granted is not None and granted < intended)
+    )
+    completion, finish = result.get("completion_tokens"), result.get("finish_reason")
+    if finish == "length" and completion is not None:
+        # Cut short of what was asked (no max_tokens: any cut at the window's end), and of
+        # what the budget said it granted, if it said anything.
+        expected = intended if intended is not None else None
+        if granted is not None and (expected is None or granted < expected):
+            expected = granted
+        if expected is None or completion < expected:
+            return "silently_truncated"
+    return "served_adjusted" if reported else "served"
+
+
+def _keep_reading(
+    client: str, fraction: float, sent_max_tokens: int | None
+) -> Callable[[dict[str, Any] | None], bool]:
+    """Read the whole answer when it is short enough to be cheap (or a cut is likely)."""
+
+    def decide(budget: dict[str, Any] | None) -> bool:
+        granted = (budget or {}).get("max_tokens", sent_max_tokens)
+        if granted is not None:
+            return int(granted) <= _LONG_ANSWER
+        # No max_tokens sent: vLLM grants the rest of the window; read it near the edge.
+        return client == CLIENTS[0] and fraction >= 0.9
+
+    return decide
 
 
 def run_sweep(served: Served, *, quick: bool = False) -> dict[str, Any]:
@@ -174,19 +263,23 @@ def run_sweep(served: Served, *, quick: bool = False) -> dict[str, Any]:
                     kwargs["max_tokens"] = seed_max_tokens(messages, window, requested)
                 elif requested is not None:
                     kwargs["max_tokens"] = requested
-                result = _read(model, messages, read_all=requested is not None, **kwargs)
-                reported = name.startswith("ChatVLLM")
-                asked = kwargs.get("max_tokens") if name == CLIENTS[1] else requested
+                # What the caller asked for: the seed client asks for its own estimate.
+                intended = kwargs.get("max_tokens") if name == CLIENTS[1] else requested
+                keep_reading = _keep_reading(name, fraction, kwargs.get("max_tokens"))
+                result = _read(model, messages, keep_reading=keep_reading, **kwargs)
                 rows.append(
                     {
                         "fraction": fraction,
                         "input_tokens": tokens,
                         "user_max_tokens": requested,
                         "client": name,
+                        "intended_max_tokens": intended,
                         "sent_max_tokens": (result.get("budget") or {}).get(
                             "max_tokens", kwargs.get("max_tokens")
                         ),
-                        "outcome": _classify(result, asked, reported),
+                        "action": (result.get("budget") or {}).get("action"),
+                        "outcome": classify(result, intended),
+                        "read_all": result.get("read_all", False),
                         "finish_reason": result.get("finish_reason"),
                         "completion_tokens": result.get("completion_tokens"),
                         "error": result.get("error"),
@@ -195,30 +288,55 @@ def run_sweep(served: Served, *, quick: bool = False) -> dict[str, Any]:
     return {
         "max_model_len": window,
         "user_max_tokens": USER_MAX_TOKENS,
+        "fractions": list(fractions),
         "rows": rows,
-        "summary": _summarize(rows),
+        "summary": summarize_sweep(rows),
     }
 
 
-_FAILURES = ("rejected_400", "truncated_silently", "error")
+_FAILURES = ("length_400", "silently_truncated", "error")
 
 
-def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_sweep(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count each client's outcomes per scenario (without and with a caller's ``max_tokens``).
+
+    Besides one count per :data:`OUTCOMES` column, ``refused_servable`` counts the refusals
+    of a request that plain ``ChatOpenAI`` got answered (served or cut short, not a 400):
+    vLLM would have taken it.
+
+    Example:
+        >>> rows = [
+        ...     {"client": CLIENTS[0], "user_max_tokens": None, "fraction": 0.99,
+        ...      "outcome": "silently_truncated"},
+        ...     {"client": "ChatVLLM raise", "user_max_tokens": None, "fraction": 0.99,
+        ...      "outcome": "refused_before_sending"},
+        ... ]
+        >>> entry = summarize_sweep(rows)["no max_tokens"]["ChatVLLM raise"]
+        >>> entry["refused_before_sending"], entry["refused_servable"], entry["failures"]
+        (1, 1, 0)
+    """
     summary: dict[str, Any] = {}
     scenarios = (("no max_tokens", None), (f"max_tokens={USER_MAX_TOKENS}", USER_MAX_TOKENS))
     for scenario, requested in scenarios:
+        mine = [r for r in rows if r["user_max_tokens"] == requested]
+        plain_answered = {
+            r["fraction"]
+            for r in mine
+            if r["client"] == CLIENTS[0] and r["outcome"] in ("served", "silently_truncated")
+        }
         per_client: dict[str, Any] = {}
         for client in CLIENTS:
-            mine = [r for r in rows if r["client"] == client and r["user_max_tokens"] == requested]
-            outcomes: dict[str, int] = {}
-            for row in mine:
-                outcomes[row["outcome"]] = outcomes.get(row["outcome"], 0) + 1
-            per_client[client] = {
-                "requests": len(mine),
-                "failures": sum(1 for r in mine if r["outcome"] in _FAILURES),
-                "rejected_400": outcomes.get("rejected_400", 0),
-                "truncated_silently": outcomes.get("truncated_silently", 0),
-                "outcomes": outcomes,
-            }
+            own = [r for r in mine if r["client"] == client]
+            entry: dict[str, Any] = {"requests": len(own)}
+            for outcome in OUTCOMES:
+                entry[outcome] = sum(1 for r in own if r["outcome"] == outcome)
+            entry["refused_servable"] = sum(
+                1
+                for r in own
+                if r["outcome"] == "refused_before_sending" and r["fraction"] in plain_answered
+            )
+            entry["failures"] = sum(entry[o] for o in _FAILURES)
+            entry["by_fraction"] = {str(r["fraction"]): r["outcome"] for r in own}
+            per_client[client] = entry
         summary[scenario] = per_client
     return summary

@@ -14,6 +14,12 @@ the input fits). It is timed in-process for the local tokenizer and for the serv
 
 Each budgeting time is set against the latency of the request it precedes in that case (a
 plain ``ChatOpenAI`` call with the same prompt and ``max_tokens``).
+
+**Counting** (no server): the local counter alone on one 42-message, ~11,500-token
+conversation, median of many calls, in four cases: the whole prompt tokenized on every call
+(rendered with the chat template and encoded whole: no segment cache), the conversation grown
+by one turn per call, the same conversation again, and a first count of a conversation whose
+every message is new. Every count is checked against the whole-prompt count.
 """
 
 from __future__ import annotations
@@ -23,23 +29,27 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 
+from benchmarks.corpus import filler_conversation
 from benchmarks.overflow_sweep import conversation_of
 from benchmarks.servers import Served
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.chat_models import ChatVLLM
-from langchain_vllm_budget.tokenizers import TransformersTokenCounter
+from langchain_vllm_budget.tokenizers import TransformersTokenCounter, messages_to_openai_dicts
 
-__all__ = ["CASES", "SIZES", "run_overhead"]
+__all__ = ["CASES", "COUNTING_CASES", "SIZES", "run_counting", "run_overhead"]
 
 SIZES: tuple[int, ...] = (1000, 4000, 12000)
 CASES: tuple[str, ...] = ("agent_loop", "cold")
 _MAX_TOKENS = 16
 _TARGET_MS, _TARGET_PCT = 5.0, 1.0
+COUNTING_CASES: tuple[str, ...] = ("whole_prompt", "grown_by_one_turn", "same_again", "first_count")
+_COUNTING_TOKENS, _COUNTING_TURNS = 11_500, 20  # 1 system + 20 pairs + 1 question = 42
 
 
 def _ms(seconds: float) -> float:
@@ -75,7 +85,91 @@ def _medians(samples: dict[str, list[float]], tokens: list[int]) -> dict[str, An
     return medians
 
 
-def run_overhead(served: Served, *, repeats: int = 7, request_repeats: int = 3) -> dict[str, Any]:
+def _whole_prompt_count(counter: TransformersTokenCounter, messages: list[BaseMessage]) -> int:
+    """Render with the chat template and tokenize the whole prompt (what no cache can help)."""
+    tokenizer = counter.tokenizer
+    prompt = tokenizer.apply_chat_template(
+        messages_to_openai_dicts(messages), add_generation_prompt=True, tokenize=False
+    )
+    return len(tokenizer.encode(prompt, add_special_tokens=False))
+
+
+def _conversation(tokens: int, counter: TransformersTokenCounter, nonce: str) -> list[BaseMessage]:
+    chars = tokens * 4
+    for _ in range(4):
+        messages = filler_conversation(chars, nonce=nonce, turns=_COUNTING_TURNS)
+        count = counter.count_messages(messages)
+        if abs(count - tokens) <= tokens // 200:
+            break
+        chars = int(chars * tokens / count)
+    return messages
+
+
+def run_counting(tokenizer: str, *, calls: int = 100) -> dict[str, Any]:
+    """Time the local counter (count + plan) in the four :data:`COUNTING_CASES`.
+
+    Args:
+        tokenizer: The tokenizer folder (tiny-qwen's: the real Qwen tokenizer).
+        calls: Timed calls per case (the median is reported).
+
+    Returns:
+        ``{"messages", "input_tokens", "calls", "cases": {case: {"median_ms", ...}}}``.
+    """
+    counter = TransformersTokenCounter(tokenizer)
+    budget = TokenBudget(
+        max_model_len=12288, output_reserve=16, safety_margin=64, min_output_tokens=8
+    )
+    base = _conversation(_COUNTING_TOKENS, counter, nonce="counting")
+    expected = _whole_prompt_count(counter, base)
+    samples: dict[str, list[float]] = {case: [] for case in COUNTING_CASES}
+
+    def timed(case: str, count: Callable[[], int], check: int | None = None) -> None:
+        seconds, tokens = _timed(lambda: budget.plan(count(), 16).input_tokens)
+        if check is not None and tokens != check:
+            msg = f"{case}: counted {tokens}, the whole prompt has {check} tokens"
+            raise AssertionError(msg)
+        samples[case].append(seconds)
+
+    for _ in range(calls):
+        timed("whole_prompt", functools.partial(_whole_prompt_count, counter, base), expected)
+    counter.count_messages(base)
+    for _ in range(calls):
+        timed("same_again", functools.partial(counter.count_messages, base), expected)
+    grown = list(base[:-1])
+    for step in range(calls):
+        grown = [*grown, *_next_turn(step)]
+        check = _whole_prompt_count(counter, [*grown, base[-1]]) if step % 10 == 0 else None
+        timed(
+            "grown_by_one_turn",
+            functools.partial(counter.count_messages, [*grown, base[-1]]),
+            check,
+        )
+    run = uuid.uuid4().hex[:6]
+    for call in range(calls):
+        fresh = _all_new(base, f"{run}{call}")
+        timed(
+            "first_count",
+            functools.partial(counter.count_messages, fresh),
+            _whole_prompt_count(counter, fresh) if call % 10 == 0 else None,
+        )
+    return {
+        "tokenizer": Path(tokenizer).name,
+        "messages": len(base),
+        "input_tokens": expected,
+        "calls": calls,
+        "cases": {
+            case: {
+                "median_ms": _ms(statistics.median(values)),
+                "p90_ms": _ms(statistics.quantiles(values, n=10)[-1]),
+            }
+            for case, values in samples.items()
+        },
+    }
+
+
+def run_overhead(
+    served: Served, *, repeats: int = 7, request_repeats: int = 3, counting_calls: int = 100
+) -> dict[str, Any]:
     """Measure budgeting time and request latency at each size, in both cases.
 
     Args:
@@ -84,6 +178,7 @@ def run_overhead(served: Served, *, repeats: int = 7, request_repeats: int = 3) 
             loop each one precedes a request.
         request_repeats: Cold requests per size (a 12K-token cold prefill takes tens of
             seconds on a CPU).
+        counting_calls: Calls per case of :func:`run_counting`.
 
     Returns:
         ``{"cases": {case: {tokens: {...medians in ms...}}}, "target": ...}``.
@@ -150,6 +245,7 @@ def run_overhead(served: Served, *, repeats: int = 7, request_repeats: int = 3) 
             "met_pct": entry["budget_local_pct_of_request"] < _TARGET_PCT,
         }
     return {
+        "counting": run_counting(str(served.model_path), calls=counting_calls),
         "repeats": repeats,
         "request_repeats": request_repeats,
         "max_tokens": _MAX_TOKENS,

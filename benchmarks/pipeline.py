@@ -1,167 +1,507 @@
-"""Benchmark 4: the 4-stage pipeline with compression vs passing raw outputs forward.
+"""Benchmark 4: the 4-stage pipeline, compressed hand-offs vs raw outputs forward.
 
-*Compressed* is the real graph (:func:`graphs.graph.build_pipeline`): each stage sees the
-request, the compressed summaries of earlier stages and the rolling summary. *Raw forward*
-is the seed's baseline: the same stage prompts
+*Compressed* is the real graph (:func:`graphs.graph.build_pipeline`, run with
+``graph.ainvoke``: the async nodes): each stage sees the request and the compressed summaries
+of the earlier stages. *Raw forward* is the seed's baseline: the same stage prompts
 (:func:`langchain_vllm_budget.stages.stage_messages`) carrying every earlier stage's raw
-output, no rolling summary, sent through the same budget-aware ``ChatVLLM``
-(``on_overflow="raise"``: a prompt that outgrows the window is reported, not sent). Both run
-on the same server with the same request and output limits; per stage the prompt tokens,
-output tokens and wall time
-are recorded, and for the compressed run the summary's tokens, ratio and entity retention.
+output, sent one after the other through the same budget-aware ``ChatVLLM``. Same server,
+request, sampling and output limits; every model call is recorded (:mod:`benchmarks.calls`:
+stage calls and summarizer calls apart, with their time and tokens) and vLLM's own counters
+are read before and after each run (:mod:`benchmarks.metrics`).
+
+Two scenarios:
+
+* **no window pressure** (:data:`RELAXED`, issue 13 goal 1): outputs up to 192 tokens, raw
+  forwarding stays well inside the 2,048-token window. Raw forwarding, compressed with
+  ``compression="auto"`` (a summarizer call only when the extractive summary would lose an
+  entity) and compressed with ``"llm"`` (always ask the summarizer: the seed's behaviour),
+  alternated (raw, auto, auto, raw, then llm) with vLLM's prefix cache reset before each run
+  when the server allows it (``VLLM_SERVER_DEV_MODE``), so no run reuses another's prefill.
+* **the window under pressure** (:data:`PRESSURE`, goal 2): the demo's settings
+  (``vllm-budget run``'s local defaults: long stage outputs). Raw forwarding outgrows the window
+  by the last stage; at every stage whose raw prompt leaves less than the output reserve, the
+  same prompt is also sent through plain ``ChatOpenAI`` (``max_tokens`` = the reserve) and the
+  seed's chars/4 client, and each answer is classified like the overflow sweep's. The
+  compressed pipeline and raw forwarding run side by side (two sequences on the server).
+
+Retention is scored against the package's extracted entities and against the request's
+hand-labelled must-keep facts (``benchmarks/data/must_keep.json``) that each raw output repeats.
 """
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import time
 import uuid
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import httpx
+import openai
 from langchain_core.runnables import RunnableConfig
+from langchain_openai import ChatOpenAI
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
-from pydantic import SecretStr
 
+from benchmarks.calls import CallRecorder
+from benchmarks.metrics import counter_delta, scrape
+from benchmarks.overflow_sweep import classify, seed_max_tokens
+from benchmarks.requests import PipelineRequest, request_variant
+from benchmarks.retention import Retention, must_keep_retention
 from benchmarks.servers import Served
 from graphs.context import Context
-from graphs.graph import STAGES, build_pipeline
-from graphs.prompts import DEMO_REQUEST, STAGE_SYSTEM_PROMPTS
+from graphs.graph import STAGES, build_pipeline, make_model
+from graphs.prompts import STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget.budget import TokenBudget
-from langchain_vllm_budget.chat_models import ChatVLLM
+from langchain_vllm_budget.cli.run import _LOCAL_DEFAULTS
 from langchain_vllm_budget.errors import VLLMContextOverflowError
 from langchain_vllm_budget.stages import StageInput, stage_messages
 
-__all__ = ["run_pipeline"]
+__all__ = [
+    "PRESSURE",
+    "RELAXED",
+    "Scenario",
+    "run_compressed",
+    "run_pipeline",
+    "run_raw_forward",
+    "warm_up",
+]
 
 
-def _context(served: Served, *, quick: bool) -> Context:
-    return Context(
-        base_url=served.base_url,
-        model=served.model,
-        tokenizer=str(served.model_path),
-        max_model_len=served.max_model_len,
-        output_reserve=64 if quick else 192,
-        min_output_tokens=32 if quick else 64,
-        safety_margin=32,
-        summary_max_tokens=32 if quick else 48,
-        rolling_summary_max_tokens=48 if quick else 64,
-        temperature=0.0,
-    )
+@dataclass(frozen=True)
+class Scenario:
+    """Output and summary limits of a pipeline run.
+
+    Attributes:
+        key: Short name (the results' key).
+        title: What it shows.
+        output_reserve: Most tokens a stage may write (``max_tokens``).
+        min_output_tokens: Least output room a stage call needs.
+        summary_max_tokens: Cap of each stage summary.
+        rolling_summary_max_tokens: Cap of the rolling summary.
+        safety_margin: Tokens kept free in the window.
+    """
+
+    key: str
+    title: str
+    output_reserve: int
+    min_output_tokens: int
+    summary_max_tokens: int
+    rolling_summary_max_tokens: int
+    safety_margin: int = 32
+
+    def context(self, served: Served, compression: str = "auto") -> Context:
+        """The graph's context for this scenario on ``served``."""
+        return Context(
+            base_url=served.base_url,
+            model=served.model,
+            tokenizer=str(served.model_path),
+            max_model_len=served.max_model_len,
+            output_reserve=self.output_reserve,
+            min_output_tokens=self.min_output_tokens,
+            safety_margin=self.safety_margin,
+            summary_max_tokens=self.summary_max_tokens,
+            rolling_summary_max_tokens=self.rolling_summary_max_tokens,
+            compression=compression,
+            temperature=0.0,
+        )
 
 
-def _raw_forward(ctx: Context) -> dict[str, Any]:
-    budget = TokenBudget(
+RELAXED = Scenario("relaxed", "no window pressure", 192, 64, 48, 64)
+"""Goal 1: short outputs; raw forwarding stays far from the window."""
+PRESSURE = Scenario(
+    "pressure",
+    "the window under pressure (make demo's settings)",
+    output_reserve=_LOCAL_DEFAULTS["output_reserve"],
+    min_output_tokens=_LOCAL_DEFAULTS["min_output_tokens"],
+    summary_max_tokens=_LOCAL_DEFAULTS["summary_max_tokens"],
+    rolling_summary_max_tokens=_LOCAL_DEFAULTS["rolling_summary_max_tokens"],
+    safety_margin=_LOCAL_DEFAULTS["safety_margin"],
+)
+"""Goal 2: the demo's settings (``vllm-budget run`` on the embedded server)."""
+
+
+def _budget(ctx: Context) -> TokenBudget:
+    """The stage budget (used only by a stage model that does not plan its own)."""
+    return TokenBudget(
         max_model_len=ctx.max_model_len,
         output_reserve=ctx.output_reserve,
         safety_margin=ctx.safety_margin,
         min_output_tokens=ctx.min_output_tokens,
     )
-    model = ChatVLLM(
-        model=ctx.model,
-        base_url=ctx.base_url,
-        api_key=SecretStr("x"),
-        tokenizer=ctx.tokenizer,
-        budget=budget,
-        on_overflow="raise",
-        temperature=ctx.temperature,
-    )
-    outputs: list[tuple[str, str]] = []
-    stages: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    for stage in STAGES:
-        build = stage_messages(STAGE_SYSTEM_PROMPTS[stage])
-        messages = build(StageInput(stage, DEMO_REQUEST, tuple(outputs)))
-        tokens = model.get_num_tokens_from_messages(messages)
-        entry: dict[str, Any] = {"stage": stage, "input_tokens": tokens}
-        stage_start = time.perf_counter()
-        try:
-            reply = model.invoke(messages)
-        except VLLMContextOverflowError as exc:
-            entry.update(overflow=True, shortfall=exc.shortfall, seconds=0.0)
-            stages.append(entry)
-            # The stage cannot run: later stages get its (missing) output as empty text.
-            outputs.append((stage, ""))
-            continue
-        usage: dict[str, Any] = dict(reply.usage_metadata or {})
-        entry.update(
-            overflow=False,
-            output_tokens=usage.get("output_tokens"),
-            seconds=round(time.perf_counter() - stage_start, 2),
-        )
-        stages.append(entry)
-        outputs.append((stage, reply.text))
-    return {
-        "stages": stages,
-        "total_prompt_tokens": sum(s["input_tokens"] for s in stages),
-        "overflows": sum(1 for s in stages if s["overflow"]),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
 
 
-def run_pipeline(served: Served, *, quick: bool = False) -> dict[str, Any]:
-    """Run both pipelines once on ``served`` and report per-stage numbers.
+def warm_up(served: Served, scenario: Scenario) -> None:
+    """Resolve the stage and summarizer models' counters once, before any concurrent run.
 
-    Args:
-        served: A real instruct model's server (SmolLM2).
-        quick: Smaller output limits (a smoke run).
+    Loading a tokenizer from several threads at once fails (``from transformers import
+    AutoTokenizer`` is not thread-safe on first import), and concurrent pipelines would each
+    resolve the shared model's counter in a worker thread; this also fetches ``/v1/models``.
+    """
+    for compression in ("auto", "llm"):
+        ctx = scenario.context(served, compression)
+        for role in ("reasoning", "summarizer"):
+            model = make_model(ctx, role)  # type: ignore[arg-type]
+            model.get_max_model_len()
+            _ = model.resolved_token_counter
+
+
+def _config(recorder: CallRecorder, pipeline: str, **metadata: Any) -> RunnableConfig:
+    return {"callbacks": [recorder], "metadata": {"pipeline": pipeline, **metadata}}
+
+
+async def run_compressed(
+    served: Served,
+    scenario: Scenario,
+    request: PipelineRequest,
+    *,
+    compression: str = "auto",
+    recorder: CallRecorder | None = None,
+    pipeline: str = "compressed",
+) -> dict[str, Any]:
+    """One run of the compressed pipeline (``graph.ainvoke``), measured per stage.
 
     Returns:
-        ``{"settings", "compressed": {...}, "raw_forward": {...}}``.
+        ``{"seconds", "stages": [...], "calls", "prompt_tokens", "must_keep", ...}``.
     """
-    ctx = _context(served, quick=quick)
-    from langgraph.checkpoint.memory import InMemorySaver
-
-    graph = build_pipeline().compile(checkpointer=InMemorySaver(), store=InMemoryStore())
-    config: RunnableConfig = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex[:8]}"}}
-    stage_seconds: dict[str, float] = {}
-    started = last = time.perf_counter()
-    for update in graph.stream(
-        {"request": DEMO_REQUEST}, config=config, context=ctx, stream_mode="updates"
-    ):
-        now = time.perf_counter()
-        for stage in update:
-            stage_seconds[stage] = round(now - last, 2)
-        last = now
-    compressed_seconds = round(time.perf_counter() - started, 2)
-    ledger: dict[str, Any] = dict(graph.get_state(config).values.get("ledger") or {})
-    compressed_stages = [
-        {
-            "stage": stage,
-            "input_tokens": ledger[stage]["input_tokens"],
-            "output_tokens": ledger[stage]["output_tokens"],
-            "raw_tokens": ledger[stage]["raw_tokens"],
-            "summary_tokens": ledger[stage]["summary_tokens"],
-            "ratio": ledger[stage]["ratio"],
-            "retention": ledger[stage]["retention"],
-            "entities": ledger[stage]["entities"],
-            "method": ledger[stage]["method"],
-            "rolling_summary_tokens": ledger[stage]["rolling_summary_tokens"],
-            "degraded": ledger[stage]["degraded"],
-            "seconds": stage_seconds.get(stage),
-        }
-        for stage in STAGES
-        if stage in ledger
-    ]
-    raw = _raw_forward(ctx)
-    first = compressed_stages[0]["input_tokens"] if compressed_stages else 0
-    raw_first = raw["stages"][0]["input_tokens"]
+    recorder = recorder or CallRecorder()
+    ctx = scenario.context(served, compression)
+    store = InMemoryStore()
+    graph = build_pipeline(budget=_budget(ctx)).compile(checkpointer=InMemorySaver(), store=store)
+    config = _config(recorder, pipeline)
+    config["configurable"] = {"thread_id": f"bench-{uuid.uuid4().hex[:8]}"}
+    started = time.perf_counter()
+    final = await graph.ainvoke({"request": request.text}, config=config, context=ctx)
+    seconds = time.perf_counter() - started
+    ledger: dict[str, Any] = final["ledger"]
+    summaries: dict[str, str] = final["summaries"]
+    stages: list[dict[str, Any]] = []
+    kept_total = Retention(0, 0)
+    for stage in STAGES:
+        if stage not in ledger:
+            continue
+        entry = ledger[stage]
+        *namespace, key = entry["raw_output"]
+        item = store.get(tuple(namespace), key)
+        raw = str(item.value.get("content", "")) if item is not None else ""
+        kept = must_keep_retention(raw, summaries[stage], request.must_keep)
+        kept_total = kept_total + kept
+        stages.append(
+            {
+                "stage": stage,
+                "input_tokens": entry.get("input_tokens"),
+                "output_tokens": entry.get("output_tokens"),
+                "granted": entry.get("max_tokens"),
+                "raw_tokens": entry["raw_tokens"],
+                "summary_tokens": entry["summary_tokens"],
+                "ratio": entry["ratio"],
+                "retention": entry["retention"],
+                "entities": entry["entities"],
+                "method": entry["method"],
+                "summarizer_calls": entry["summarizer_calls"],
+                "degraded": entry.get("degraded", []),
+                "seconds": entry.get("seconds"),
+                "must_keep": kept.as_dict(),
+            }
+        )
+    mine = [r for r in recorder.records if r.pipeline == pipeline]
     return {
+        "variant": f"compressed ({compression})",
+        "seconds": round(seconds, 2),
+        "stages": stages,
+        "calls": recorder.totals(mine),
+        "prompt_tokens": sum(int(s["input_tokens"] or 0) for s in stages),
+        "output_tokens": sum(int(s["output_tokens"] or 0) for s in stages),
+        "summarizer_calls": sum(s["summarizer_calls"] for s in stages),
+        "every_stage_full_reserve": all(s["granted"] == ctx.output_reserve for s in stages),
+        "extracted_retention_min": min((s["retention"] for s in stages), default=1.0),
+        "must_keep": kept_total.as_dict(),
+    }
+
+
+async def _probe(
+    served: Served, ctx: Context, messages: list[Any], stage: str
+) -> dict[str, dict[str, Any]]:
+    """What plain ChatOpenAI and the seed's client do with a raw prompt that does not fit."""
+    common: dict[str, Any] = {
         "model": served.model,
+        "base_url": served.base_url,
+        "api_key": "x",
+        "temperature": ctx.temperature,
+        "max_retries": 0,
+        "extra_body": {"repetition_penalty": ctx.repetition_penalty},
+    }
+    asks = {
+        "ChatOpenAI (plain)": ctx.output_reserve,
+        "seed client (chars/4)": seed_max_tokens(
+            messages, int(ctx.max_model_len or 0), None, reserve=ctx.output_reserve
+        ),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for client, max_tokens in asks.items():
+        model = ChatOpenAI(**common, max_tokens=max_tokens)
+        try:
+            reply = await model.ainvoke(messages, config={"metadata": {"stage": stage}})
+        except openai.BadRequestError as exc:
+            out[client] = {
+                "outcome": "length_400",
+                "sent_max_tokens": max_tokens,
+                "error": str(exc.message)[:160],
+            }
+            continue
+        usage: dict[str, Any] = dict(reply.usage_metadata or {})
+        result = {
+            "outcome": "sent",
+            "finish_reason": reply.response_metadata.get("finish_reason"),
+            "completion_tokens": usage.get("output_tokens"),
+        }
+        out[client] = {
+            "outcome": classify(result, max_tokens),
+            "sent_max_tokens": max_tokens,
+            "finish_reason": result["finish_reason"],
+            "completion_tokens": result["completion_tokens"],
+        }
+    return out
+
+
+async def run_raw_forward(
+    served: Served,
+    scenario: Scenario,
+    request: PipelineRequest,
+    *,
+    recorder: CallRecorder | None = None,
+    pipeline: str = "raw",
+    probe: bool = False,
+) -> dict[str, Any]:
+    """One run of raw forwarding: every earlier raw output in every stage prompt.
+
+    Stages go through the budget-aware ``ChatVLLM`` (``on_overflow="raise"``): a stage whose
+    prompt leaves less than the output reserve gets what is left, reported; one that leaves
+    less than ``min_output_tokens`` is refused before sending and the pipeline stops there.
+
+    Args:
+        served: The server.
+        scenario: Output limits.
+        request: The request.
+        recorder: Records the calls.
+        pipeline: The run's name in the recorder.
+        probe: Also send each stage prompt that leaves less than the reserve through plain
+            ``ChatOpenAI`` and the seed's client (:func:`_probe`).
+
+    Returns:
+        ``{"seconds", "stages": [...], "completed", "stopped_at", ...}``.
+    """
+    recorder = recorder or CallRecorder()
+    ctx = scenario.context(served)
+    model = make_model(ctx, "reasoning")
+    counter = await asyncio.to_thread(lambda: model.resolved_token_counter)
+    window = int(ctx.max_model_len or 0)
+    outputs: list[tuple[str, str]] = []
+    stages: list[dict[str, Any]] = []
+    kept_total = Retention(0, 0)
+    stopped_at: str | None = None
+    started = time.perf_counter()
+    for stage in STAGES:
+        messages = stage_messages(STAGE_SYSTEM_PROMPTS[stage])(
+            StageInput(stage, request.text, tuple(outputs))
+        )
+        tokens = counter.count_messages(messages)
+        room = window - tokens - ctx.safety_margin
+        entry: dict[str, Any] = {
+            "stage": stage,
+            "input_tokens": tokens,
+            "room": room,
+            "fits_reserve": room >= ctx.output_reserve,
+            "needed": tokens + ctx.output_reserve + ctx.safety_margin,
+        }
+        if probe and room < ctx.output_reserve:
+            entry["probes"] = await _probe(served, ctx, messages, stage)
+        stage_start = time.perf_counter()
+        try:
+            reply = await model.ainvoke(messages, config=_config(recorder, pipeline, stage=stage))
+        except VLLMContextOverflowError as exc:
+            entry.update(outcome="refused_before_sending", shortfall=exc.shortfall, seconds=0.0)
+            stages.append(entry)
+            stopped_at = stage
+            break
+        budget: dict[str, Any] = dict(reply.response_metadata.get("budget") or {})
+        usage: dict[str, Any] = dict(reply.usage_metadata or {})
+        finish = reply.response_metadata.get("finish_reason")
+        entry.update(
+            outcome=classify(
+                {
+                    "outcome": "sent",
+                    "budget": budget,
+                    "finish_reason": finish,
+                    "completion_tokens": usage.get("output_tokens"),
+                },
+                ctx.output_reserve,
+            ),
+            granted=budget.get("max_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            finish_reason=finish,
+            seconds=round(time.perf_counter() - stage_start, 2),
+        )
+        # What the next stage gets is the raw output itself: score it as the "summary".
+        kept_total = kept_total + must_keep_retention(reply.text, reply.text, request.must_keep)
+        stages.append(entry)
+        outputs.append((stage, reply.text))
+    seconds = time.perf_counter() - started
+    mine = [r for r in recorder.records if r.pipeline == pipeline]
+    return {
+        "variant": "raw forward",
+        "seconds": round(seconds, 2),
+        "stages": stages,
+        "calls": recorder.totals(mine),
+        "prompt_tokens": sum(s["input_tokens"] for s in stages if "granted" in s),
+        "output_tokens": sum(int(s.get("output_tokens") or 0) for s in stages),
+        "completed": stopped_at is None,
+        "stopped_at": stopped_at,
+        "every_stage_full_reserve": all(s.get("granted") == ctx.output_reserve for s in stages),
+        "must_keep": kept_total.as_dict(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The two scenarios
+
+
+def _reset_prefix_cache(served: Served) -> bool:
+    """Empty vLLM's prefix cache (dev-mode endpoint); ``False`` when the server refuses."""
+    try:
+        response = httpx.post(f"{served.server_root}/reset_prefix_cache", timeout=30.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+async def _measured(served: Served, run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Await ``run`` (it starts only then) between two reads of vLLM's counters."""
+    before = await asyncio.to_thread(scrape, served.server_root)
+    result = await run
+    after = await asyncio.to_thread(scrape, served.server_root)
+    result["server"] = counter_delta(before, after)
+    return result
+
+
+async def _relaxed(
+    served: Served, request: PipelineRequest, *, repeats: int, scenario: Scenario = RELAXED
+) -> dict[str, Any]:
+    plan: list[str] = []
+    for rep in range(repeats):
+        plan += ["raw", "auto"] if rep % 2 == 0 else ["auto", "raw"]
+    plan.append("llm")
+    await asyncio.to_thread(warm_up, served, scenario)
+    runs: list[dict[str, Any]] = []
+    reset_ok = True
+    for index, variant in enumerate(plan):
+        reset_ok = await asyncio.to_thread(_reset_prefix_cache, served) and reset_ok
+        recorder = CallRecorder()
+        run = (
+            run_raw_forward(served, scenario, request, recorder=recorder)
+            if variant == "raw"
+            else run_compressed(served, scenario, request, compression=variant, recorder=recorder)
+        )
+        result = await _measured(served, run)
+        result["order"] = index
+        runs.append(result)
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_variant.setdefault(run["variant"], []).append(run)
+    summary = {
+        variant: {
+            "runs": len(mine),
+            "median_seconds": round(statistics.median(r["seconds"] for r in mine), 2),
+            "seconds": [r["seconds"] for r in mine],
+            "prompt_tokens": mine[0]["prompt_tokens"],
+            "output_tokens": mine[0]["output_tokens"],
+            "engine_tokens": mine[0]["calls"]["engine_tokens"],
+            "summarizer_calls": mine[0]["calls"]["summarizer"]["calls"],
+            "summarizer_seconds": round(
+                statistics.median(r["calls"]["summarizer"]["seconds"] for r in mine), 2
+            ),
+            "stage_call_seconds": round(
+                statistics.median(r["calls"]["stage"]["seconds"] for r in mine), 2
+            ),
+            "must_keep": mine[0]["must_keep"],
+            "prefix_cache_hits": mine[0].get("server", {}).get("vllm:prefix_cache_hits"),
+        }
+        for variant, mine in by_variant.items()
+    }
+    raw = summary["raw forward"]
+    auto = summary["compressed (auto)"]
+    goal = {
+        "wall_time_ratio": round(auto["median_seconds"] / raw["median_seconds"], 3),
+        "wall_time_ratio_max": 1.05,
+        "prompt_token_ratio": round(auto["prompt_tokens"] / raw["prompt_tokens"], 3),
+        "prompt_token_ratio_max": 0.6,
+        "must_keep_rate": auto["must_keep"]["rate"],
+    }
+    goal["met"] = (
+        goal["wall_time_ratio"] <= 1.05
+        and goal["prompt_token_ratio"] <= 0.6
+        and goal["must_keep_rate"] >= 1.0
+    )
+    return {
+        "settings": asdict(scenario),
+        "request": request.index,
+        "prefix_cache_reset": reset_ok,
+        "order": plan,
+        "runs": runs,
+        "summary": summary,
+        "goal": goal,
+    }
+
+
+async def _pressure(
+    served: Served, request: PipelineRequest, scenario: Scenario = PRESSURE
+) -> dict[str, Any]:
+    await asyncio.to_thread(warm_up, served, scenario)
+    recorder = CallRecorder()
+    compressed, raw = await asyncio.gather(
+        run_compressed(served, scenario, request, recorder=recorder, pipeline="compressed"),
+        run_raw_forward(served, scenario, request, recorder=recorder, pipeline="raw", probe=True),
+    )
+    first_c, last_c = compressed["stages"][0], compressed["stages"][-1]
+    first_r, last_r = raw["stages"][0], raw["stages"][-1]
+    return {
+        "settings": asdict(scenario),
+        "request": request.index,
         "max_model_len": served.max_model_len,
-        "settings": {
-            "stage_max_tokens": ctx.output_reserve,
-            "summary_max_tokens": ctx.summary_max_tokens,
-            "rolling_summary_max_tokens": ctx.rolling_summary_max_tokens,
-        },
-        "compressed": {
-            "stages": compressed_stages,
-            "total_prompt_tokens": sum(s["input_tokens"] for s in compressed_stages),
-            "context_growth": round(compressed_stages[-1]["input_tokens"] / first, 2)
-            if first
-            else None,
-            "seconds": compressed_seconds,
-        },
-        "raw_forward": {
-            **raw,
-            "context_growth": round(raw["stages"][-1]["input_tokens"] / raw_first, 2),
+        "compressed": compressed,
+        "raw_forward": raw,
+        "growth": {
+            "compressed": round(last_c["input_tokens"] / first_c["input_tokens"], 2),
+            "raw_forward": round(last_r["input_tokens"] / first_r["input_tokens"], 2),
+            "raw_forward_last_stage": last_r["stage"],
         },
     }
+
+
+def run_pipeline(served: Served, *, quick: bool = False, repeats: int = 2) -> dict[str, Any]:
+    """Both scenarios on ``served`` (SmolLM2).
+
+    Args:
+        served: A real instruct model's server.
+        quick: The no-pressure scenario only, one run of each variant.
+        repeats: Runs of raw forwarding and of the compressed pipeline (``"auto"``) without
+            window pressure (alternated); the ``"llm"`` variant runs once.
+
+    Returns:
+        ``{"model", "max_model_len", "relaxed": {...}, "pressure": {...}}``.
+    """
+    request = request_variant(0)
+
+    async def both() -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": served.model,
+            "max_model_len": served.max_model_len,
+            "relaxed": await _relaxed(served, request, repeats=1 if quick else repeats),
+        }
+        if not quick:
+            out["pressure"] = await _pressure(served, request)
+        return out
+
+    return asyncio.run(both())

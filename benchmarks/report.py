@@ -11,7 +11,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.overflow_sweep import CLIENTS
+from benchmarks.overflow_sweep import CLIENTS, OUTCOMES
+from benchmarks.report_pipeline import (
+    concurrency_md,
+    pipeline_md,
+    plot_concurrency,
+    plot_pipeline,
+)
 from benchmarks.token_accuracy import COUNTERS
 
 __all__ = ["write_results"]
@@ -47,30 +53,87 @@ def _accuracy_md(acc: dict[str, Any]) -> list[str]:
     return lines
 
 
+_OUTCOME_TITLES = {
+    "served": "served",
+    "served_adjusted": "served, adjusted + reported",
+    "refused_before_sending": "refused before sending",
+    "length_400": "length 400",
+    "silently_truncated": "silently truncated",
+    "error": "other error",
+}
+_OUTCOME_CODES = {
+    "served": "ok",
+    "served_adjusted": "adj",
+    "refused_before_sending": "REF",
+    "length_400": "400",
+    "silently_truncated": "TRUNC",
+    "error": "ERR",
+}
+
+
 def _sweep_md(sweep: dict[str, Any]) -> list[str]:
     lines = [
         f"### 2. Overflow sweep ({sweep['max_model_len']}-token window, input 10%..200%)",
         "",
-        "Failures = length 400s reaching the caller + silently truncated answers.",
-        "",
-        "| client | " + " | ".join(sweep["summary"]) + " |",
-        "|---|" + "---|" * len(sweep["summary"]),
+        "Each request in one column. *Adjusted + reported*: trimmed, summarized or "
+        "`max_tokens` reduced, said in `response_metadata['budget']`. *Silently truncated*: "
+        "`finish_reason=length` with fewer tokens than asked (vLLM clamped `max_tokens`), "
+        "nobody told. *Refused before sending* counts in brackets the requests that plain "
+        "ChatOpenAI got answered (vLLM would have served them).",
     ]
-    for client in CLIENTS:
-        cells = []
-        for scenario in sweep["summary"].values():
-            e = scenario[client]
-            cells.append(
-                f"{e['failures']}/{e['requests']} ({e['rejected_400']} x 400, "
-                f"{e['truncated_silently']} truncated)"
-            )
-        lines.append(f"| {client} | " + " | ".join(cells) + " |")
+    for scenario, clients in sweep["summary"].items():
+        lines += [
+            "",
+            f"**{scenario}**",
+            "",
+            "| client | " + " | ".join(_OUTCOME_TITLES[o] for o in OUTCOMES) + " |",
+            "|---|" + "---|" * len(OUTCOMES),
+        ]
+        for client in CLIENTS:
+            e = clients[client]
+            cells = [
+                f"{e[o]}/{e['requests']}"
+                + (f" ({e['refused_servable']})" if o == "refused_before_sending" else "")
+                for o in OUTCOMES
+            ]
+            lines.append(f"| {client} | " + " | ".join(cells) + " |")
+    fractions = [str(f) for f in sweep.get("fractions", [])]
+    if fractions:
+        lines += [
+            "",
+            "Per input size (" + ", ".join(f"{c} = {t}" for t, c in _codes()) + "):",
+        ]
+        for scenario, clients in sweep["summary"].items():
+            lines += [
+                "",
+                f"| {scenario} | " + " | ".join(f"{float(f):.0%}" for f in fractions) + " |",
+                "|---|" + "---|" * len(fractions),
+            ]
+            for client in CLIENTS:
+                by = clients[client].get("by_fraction", {})
+                lines.append(
+                    f"| {client} | "
+                    + " | ".join(_OUTCOME_CODES.get(by.get(f, ""), "-") for f in fractions)
+                    + " |"
+                )
     return lines
+
+
+def _codes() -> list[tuple[str, str]]:
+    return [(_OUTCOME_TITLES[o], _OUTCOME_CODES[o]) for o in OUTCOMES]
 
 
 _CASE_TITLES = {
     "agent_loop": "agent loop (the conversation grows by one turn per call)",
     "cold": "cold (every message new: nothing cached)",
+}
+
+
+_COUNTING_TITLES = {
+    "whole_prompt": "whole prompt tokenized on every call (no segment cache)",
+    "grown_by_one_turn": "conversation grown by one turn per call",
+    "same_again": "same conversation again",
+    "first_count": "first count of a conversation (nothing cached)",
 }
 
 
@@ -94,6 +157,22 @@ def _overhead_md(over: dict[str, Any]) -> list[str]:
                 f"{e['budget_local_pct_of_request']:.2f}% | {e['budget_tokenize_ms']:.1f} ms | "
                 f"{e['budget_tokenize_pct_of_request']:.2f}% | {e['request_ms']:.0f} ms |"
             )
+    counting = over.get("counting")
+    if counting:
+        lines += [
+            "",
+            f"**counting alone** (local {counting['tokenizer']} tokenizer, count + plan, "
+            f"{counting['messages']} messages, {counting['input_tokens']} tokens, median of "
+            f"{counting['calls']} calls; every count checked against the whole prompt's)",
+            "",
+            "| case | median | p90 |",
+            "|---|---|---|",
+        ]
+        for case, entry in counting["cases"].items():
+            lines.append(
+                f"| {_COUNTING_TITLES.get(case, case)} | {entry['median_ms']:.1f} ms | "
+                f"{entry['p90_ms']:.1f} ms |"
+            )
     t = over["target"]
     lines.append("")
     for case in over["cases"]:
@@ -113,48 +192,27 @@ def _compression_md(comp: dict[str, Any]) -> list[str]:
         f"tokens, {comp['repeats']} run(s) per output)",
         "",
         "| output | raw tokens | entities | summary tokens (max) | ratio (min) | "
-        "retention (min) | method | median s |",
-        "|---|---|---|---|---|---|---|---|",
+        "extracted kept (min) | must-keep kept (min) | method | model calls | median s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in comp["rows"]:
+        must = f"{r['must_keep_min']}/{r['must_keep_total']}"
+        if r["must_keep_missing"]:
+            must += " (lost: " + ", ".join(f"`{m}`" for m in r["must_keep_missing"]) + ")"
         lines.append(
             f"| {r['output']} | {r['raw_tokens']} | {r['entities']} | "
             f"{r['summary_tokens_max']} | {r['ratio_min']:.2f}x | {r['retention_min']:.0%} | "
-            f"{', '.join(r['methods'])} | {r['median_seconds']} |"
+            f"{must} | {', '.join(r['methods'])} | {r['model_calls']} | "
+            f"{r['median_seconds']} |"
         )
     n = total["compressions"]
     lines += [
         "",
         f"Under the cap: {total['under_cap']}/{n}; ratio >= 4x: {total['ratio_at_least_goal']}/"
-        f"{n}; 100% entity retention: {total['full_retention']}/{n}; methods "
-        f"{total['methods']}; median {total['median_seconds']} s per compression.",
-    ]
-    return lines
-
-
-def _pipeline_md(pipe: dict[str, Any]) -> list[str]:
-    comp, raw = pipe["compressed"], pipe["raw_forward"]
-    lines = [
-        f"### 4. Pipeline: compressed hand-offs vs raw outputs forward ({pipe['model']}, "
-        f"{pipe['max_model_len']}-token window, settings {pipe['settings']})",
-        "",
-        "| stage | prompt (compressed) | prompt (raw forward) | raw output | summary | ratio | "
-        "retention | method | s (compressed) | s (raw) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c, r in zip(comp["stages"], raw["stages"], strict=False):
-        raw_prompt = f"{r['input_tokens']}" + (" (overflow)" if r["overflow"] else "")
-        lines.append(
-            f"| {c['stage']} | {c['input_tokens']} | {raw_prompt} | {c['raw_tokens']} | "
-            f"{c['summary_tokens']} | {c['ratio']:.2f}x | {c['retention']:.0%} | {c['method']} | "
-            f"{c['seconds']} | {r['seconds']} |"
-        )
-    lines += [
-        "",
-        f"Total prompt tokens: compressed {comp['total_prompt_tokens']}, raw forward "
-        f"{raw['total_prompt_tokens']}; context growth stage 1 -> 4: compressed "
-        f"{comp['context_growth']}x, raw {raw['context_growth']}x; wall time: compressed "
-        f"{comp['seconds']} s, raw {raw['seconds']} s.",
+        f"{n}; every extracted entity kept: {total['full_retention']}/{n}; every hand-labelled "
+        f"must-keep fact kept: {total['full_must_keep']}/{n} ({total['must_keep_rate']:.1%} of "
+        f"the facts); methods {total['methods']}; {total['model_calls']} summarizer calls; "
+        f"median {total['median_seconds']} s per compression.",
     ]
     return lines
 
@@ -194,30 +252,6 @@ def _plot_accuracy(acc: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("median error vs usage.prompt_tokens (%)")
     ax.set_title(f"Token-count error by content ({acc['model']}); below 0 = undercount")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_pipeline(pipe: dict[str, Any], path: Path) -> None:
-    comp, raw = pipe["compressed"]["stages"], pipe["raw_forward"]["stages"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(
-        [s["stage"] for s in comp],
-        [s["input_tokens"] for s in comp],
-        "o-",
-        label="compressed summaries",
-    )
-    ax.plot(
-        [s["stage"] for s in raw],
-        [s["input_tokens"] for s in raw],
-        "s--",
-        label="raw outputs forward",
-    )
-    ax.axhline(pipe["max_model_len"], color="red", linewidth=0.8, label="max_model_len")
-    ax.set_ylabel("stage prompt tokens")
-    ax.set_title("Context growth per stage")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -267,9 +301,10 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ("accuracy", _accuracy_md, _plot_accuracy, "accuracy.png"),
         ("overflow", _sweep_md, None, None),
         ("overhead", _overhead_md, _plot_overhead, "overhead.png"),
-        ("pipeline", _pipeline_md, _plot_pipeline, "pipeline.png"),
+        ("pipeline", pipeline_md, plot_pipeline, "pipeline.png"),
         ("compression", _compression_md, None, None),
         ("planner", _planner_md, None, None),
+        ("concurrency", concurrency_md, plot_concurrency, "concurrency.png"),
     )
     for key, to_md, plot, png in sections:
         section = results.get(key)

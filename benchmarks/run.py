@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compression import run_compression
+from benchmarks.concurrency import run_concurrency
 from benchmarks.corpus import build_corpus
 from benchmarks.overflow_sweep import run_sweep
 from benchmarks.overhead import run_overhead
@@ -41,6 +42,7 @@ BENCHMARKS: tuple[str, ...] = (
     "pipeline",
     "compression",
     "planner",
+    "concurrency",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -55,6 +57,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="a running tiny-qwen-like server (12288 window), .../v1",
     )
     parser.add_argument("--smollm2-url", help="a running SmolLM2 server, .../v1")
+    parser.add_argument(
+        "--kv-url",
+        help="a running small-KV SmolLM2 server for the concurrency benchmark, .../v1 "
+        "(default: started with benchmarks.concurrency.kv_server_spec())",
+    )
     parser.add_argument(
         "--only",
         default=",".join(BENCHMARKS),
@@ -140,13 +147,20 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
         started_here = servers.started_here()
-    # After the benchmark servers stopped (their logs stay): the planner starts two more, and
-    # four vLLM servers at once can exhaust the memory of a small machine.
+    # After the benchmark servers stopped (their logs stay): the planner starts two more and
+    # the concurrency benchmark one, and four vLLM servers at once can exhaust the memory of
+    # a small machine (and their start-up would slow the timed benchmarks).
     if "planner" in selected:
         _timed(
             "planner",
             results,
             lambda: run_planner(started_here, extra=not args.quick or not started_here),
+        )
+    if "concurrency" in selected:
+        _timed(
+            "concurrency",
+            results,
+            lambda: run_concurrency(quick=args.quick, url=args.kv_url),
         )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()

@@ -30,6 +30,9 @@ _WINDOWS = {QWEN: 12288, SMOLLM2: 2048}
 _ENV_URLS = {QWEN: "VLLM_BUDGET_BENCH_QWEN_URL", SMOLLM2: "VLLM_BUDGET_BENCH_SMOLLM2_URL"}
 # Tool calls need vLLM's auto tool choice; hermes is Qwen2's tool-call format.
 _EXTRA_ARGS = {QWEN: ("--enable-auto-tool-choice", "--tool-call-parser", "hermes"), SMOLLM2: ()}
+# The pipeline benchmark empties vLLM's prefix cache between runs (POST /reset_prefix_cache,
+# one of vLLM's development endpoints), so that no run reuses another's prefill.
+_ENV: dict[str, dict[str, str]] = {QWEN: {}, SMOLLM2: {"VLLM_SERVER_DEV_MODE": "1"}}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ def server_spec(name: str, **changes: object) -> LocalServerSpec:
         "served_model_name": name,
         "max_model_len": _WINDOWS[name],
         "extra_args": _EXTRA_ARGS[name],
+        "env": _ENV[name],
     }
     values.update(changes)
     return LocalServerSpec(**values)  # type: ignore[arg-type]

@@ -42,6 +42,10 @@ DEMO_REQUEST = (
     "/srv/checkout/config/app.yaml has max_connections=64, pool_timeout=30s, retries=2, "
     "worker_threads=8. Logs in /var/log/checkout/error.log show 'upstream timeout' from host "
     "db-replica-03. Available tools: update_config, restart_service, run_load_test. "
-    "Classify the incident, select the tools, plan the fix and execute it."
+    "Classify the incident, select the tools, plan the fix and execute it. Be thorough: "
+    "explain every finding, tool and step in detail."
 )
-"""The built-in demo request: its stage outputs carry IDs, paths and parameters."""
+"""The built-in demo request: its stage outputs carry IDs, paths and parameters, and it asks for
+detail, so that each stage writes up to its output reserve. Forwarding those raw outputs
+would outgrow SmolLM2's 2,048-token window by the last stage (``make demo`` shows the count);
+the compressed hand-offs keep every stage prompt near its first size."""
