@@ -44,7 +44,7 @@ __all__ = ["KV_BLOCKS", "PIPELINES", "kv_demand", "kv_server_spec", "run_concurr
 
 PIPELINES = 8
 """Concurrent pipelines (and the server's ``--max-num-seqs``)."""
-KV_BLOCKS = 44
+KV_BLOCKS = 50
 """KV-cache blocks the server gets: 8 compressed pipelines fit at once, raw forwarding not."""
 _MAX_MODEL_LEN = 2048
 _SERVED_NAME = "bench-kv-pressure"
@@ -187,7 +187,20 @@ async def _run_mode(
             for s in sampler.samples
         ],
         "prediction": _prediction(recorder.records, plan, t0, pipelines),
+        "per_pipeline": [_pipeline_brief(r) for r in results if isinstance(r, dict)],
         "stage_starts_s": _stage_starts(recorder.records, t0),
+    }
+
+
+def _pipeline_brief(result: dict[str, Any]) -> dict[str, Any]:
+    """One pipeline's run in a line: time, prompt tokens, hand-off methods and calls."""
+    return {
+        "seconds": result["seconds"],
+        "prompt_tokens": result["prompt_tokens"],
+        "completed": result.get("completed", True),
+        "summarizer_calls": result["calls"]["summarizer"]["calls"],
+        "methods": [s.get("method", s.get("outcome")) for s in result["stages"]],
+        "summary_tokens": [s.get("summary_tokens") for s in result["stages"]],
     }
 
 
@@ -206,11 +219,21 @@ def _stage_starts(records: Sequence[CallRecord], t0: float) -> dict[str, float]:
     return starts
 
 
+async def _both_modes(
+    served: Served, pipelines: int, plan: KVCachePlan, scenario: Scenario = RELAXED
+) -> dict[str, Any]:
+    """Compressed, then raw, on one event loop (the models' async clients belong to it)."""
+    return {
+        mode: await _run_mode(served, mode, pipelines, plan, scenario)
+        for mode in ("compressed", "raw")
+    }
+
+
 def run_concurrency(*, quick: bool = False, url: str | None = None) -> dict[str, Any]:
     """Start the small-KV server, run both modes, stop it.
 
     Args:
-        quick: 4 pipelines (and 22 blocks) instead of 8 (and 44).
+        quick: 4 pipelines (and 25 blocks) instead of 8 (and 50).
         url: An already running server started with :func:`kv_server_spec`'s settings
             (its KV plan is computed from the spec, not read from the server).
 
@@ -218,7 +241,7 @@ def run_concurrency(*, quick: bool = False, url: str | None = None) -> dict[str,
         ``{"settings", "plan", "logged", "modes": {"compressed": {...}, "raw": {...}},
         "throughput_ratio", "goal"}``.
     """
-    pipelines, blocks = (4, 22) if quick else (PIPELINES, KV_BLOCKS)
+    pipelines, blocks = (4, 25) if quick else (PIPELINES, KV_BLOCKS)
     spec, memory = kv_server_spec(pipelines, blocks)
     plan = _plan(spec, memory)
     server: LocalVLLMServer | None = None
@@ -235,9 +258,7 @@ def run_concurrency(*, quick: bool = False, url: str | None = None) -> dict[str,
         served = Served(
             SMOLLM2, url.rstrip("/"), _SERVED_NAME, Path(spec.model), spec.max_model_len
         )
-        modes: dict[str, Any] = {}
-        for mode in ("compressed", "raw"):
-            modes[mode] = asyncio.run(_run_mode(served, mode, pipelines, plan))
+        modes = asyncio.run(_both_modes(served, pipelines, plan))
     finally:
         if server is not None:
             server.stop()

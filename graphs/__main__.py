@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -128,14 +127,10 @@ def main(argv: list[str]) -> int:
         thread_id = f"thread-{uuid.uuid4().hex[:12]}"
         args += ["--thread-id", thread_id]
     try:
-        code = app(["run", *args], prog_name="python -m graphs", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return 1
-    if isinstance(code, int) and code:
-        return code
+        app(["run", *args], prog_name="python -m graphs")
+    except SystemExit as done:  # the command line's own exit: errors are already printed
+        if done.code not in (0, None):
+            return done.code if isinstance(done.code, int) else 1
     _show_raw_forwarding(args, thread_id, Console() if sys.stdout.isatty() else Console(width=120))
     return 0
 
