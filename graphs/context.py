@@ -54,6 +54,8 @@ class Context:
     model: str | None = _from(settings.MODEL)
     summarizer_model: str | None = _from(settings.SUMMARIZER_MODEL)
     summarizer_base_url: str | None = _from(settings.SUMMARIZER_API_BASE)
+    summarizer_tokenizer: str | None = _from(settings.SUMMARIZER_TOKENIZER)
+    summarizer_max_model_len: int | None = _from(settings.SUMMARIZER_MAX_MODEL_LEN)
     tokenizer: str | None = _from(settings.TOKENIZER)
     max_model_len: int | None = _from(settings.MAX_MODEL_LEN)
     output_reserve: int = _from(settings.OUTPUT_RESERVE)

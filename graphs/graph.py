@@ -64,7 +64,8 @@ def make_model(ctx: Context, role: Role) -> ChatVLLM:
 
     Returns:
         The stage model: its budget is the context's (window, output reserve, margin,
-        minimum output); the summarizer's output is the summary cap.
+        minimum output); the summarizer (a smaller model on its own server in the two-model
+        layout) has its own window and tokenizer, and its output is the summary cap.
     """
     if role == "reasoning":
         return ChatVLLM(
@@ -84,13 +85,15 @@ def make_model(ctx: Context, role: Role) -> ChatVLLM:
                 else None
             ),
         )
-    same_server = ctx.summarizer_url == ctx.base_url
+    main_model = ctx.summarizer_url == ctx.base_url and not ctx.summarizer_model
     reserve = max(ctx.summary_max_tokens, ctx.rolling_summary_max_tokens)
     return ChatVLLM(
         model=ctx.summarizer or _served_model(ctx.summarizer_url),
         base_url=ctx.summarizer_url,
-        tokenizer=ctx.tokenizer if same_server and not ctx.summarizer_model else None,
+        tokenizer=ctx.summarizer_tokenizer or (ctx.tokenizer if main_model else None),
         budget=TokenBudget(
+            max_model_len=ctx.summarizer_max_model_len
+            or (ctx.max_model_len if main_model else None),
             output_reserve=reserve,
             safety_margin=ctx.safety_margin,
             min_output_tokens=min(16, reserve),

@@ -44,7 +44,9 @@ __all__ = [
     "SAFETY_MARGIN",
     "SETTINGS",
     "SUMMARIZER_API_BASE",
+    "SUMMARIZER_MAX_MODEL_LEN",
     "SUMMARIZER_MODEL",
+    "SUMMARIZER_TOKENIZER",
     "SUMMARY_MAX_TOKENS",
     "TOKENIZER",
     "Setting",
@@ -154,7 +156,8 @@ TOKENIZER: Setting[str] = Setting(
     "VLLM_BUDGET_TOKENIZER",
     str,
     None,
-    "A local tokenizer folder for exact counting without a server round trip.",
+    "The tokenizer for exact local counting without a /tokenize round trip: a folder, or a "
+    "hub id already in the Hugging Face cache (with HF_HUB_OFFLINE=1 nothing is downloaded).",
 )
 MAX_MODEL_LEN: Setting[int] = Setting(
     "max_model_len",
@@ -212,6 +215,22 @@ SUMMARIZER_API_BASE: Setting[str] = Setting(
     "The summarizer's server URL; unset: the main server.",
     legacy_env=("SUMMARIZER_API_BASE",),
 )
+SUMMARIZER_MAX_MODEL_LEN: Setting[int] = Setting(
+    "summarizer_max_model_len",
+    "VLLM_BUDGET_SUMMARIZER_MAX_MODEL_LEN",
+    int,
+    None,
+    "The summarizer's context window in tokens (its server's --max-model-len); unset: read "
+    "from the summarizer's server, never the main model's window.",
+)
+SUMMARIZER_TOKENIZER: Setting[str] = Setting(
+    "summarizer_tokenizer",
+    "VLLM_BUDGET_SUMMARIZER_TOKENIZER",
+    str,
+    None,
+    "The summarizer's tokenizer (a folder or a cached hub id); unset: the summarizer's "
+    "server counts, or the main tokenizer when the summarizer is the main model.",
+)
 SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "summary_max_tokens",
     "VLLM_BUDGET_SUMMARY_MAX_TOKENS",
@@ -255,6 +274,8 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     MAX_CONCURRENCY,
     SUMMARIZER_MODEL,
     SUMMARIZER_API_BASE,
+    SUMMARIZER_MAX_MODEL_LEN,
+    SUMMARIZER_TOKENIZER,
     SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MODE,

@@ -333,3 +333,28 @@ def test_bad_handoff_settings_from_the_context_say_what_to_change() -> None:
         _run(Models(), _ctx(rolling_summary_mode="abstractive"))
     with pytest.raises(ValueError, match=r"summary_max_tokens .* must be at least 1"):
         _run(Models(), _ctx(summary_max_tokens=0))
+
+
+def test_every_setting_the_app_container_gets_reaches_the_app() -> None:
+    """The compose app's VLLM_* variables are Context fields or read by ChatVLLM itself."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    from langchain_vllm_budget import settings
+
+    compose = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "docker" / "compose.yaml").read_text()
+    )
+    by_env = {s.env: s for s in settings.SETTINGS}
+    context_fields = {f.name for f in fields(Context)}
+    read_by_chat_model = {settings.API_KEY.env, settings.MAX_CONCURRENCY.env}
+    apps = [s for name, s in compose["services"].items() if name.startswith("app")]
+    assert apps
+    for app in apps:
+        for var in app["environment"]:
+            if not var.startswith("VLLM_"):
+                continue
+            assert var in by_env, var
+            assert by_env[var].name in context_fields or var in read_by_chat_model, var
