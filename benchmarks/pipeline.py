@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import traceback
 import uuid
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
@@ -510,13 +511,18 @@ def run_pipeline(served: Served, *, quick: bool = False, repeats: int = 2) -> di
     request = request_variant(0)
 
     async def both() -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": served.model,
-            "max_model_len": served.max_model_len,
-            "relaxed": await _relaxed(served, request, repeats=1 if quick else repeats),
-        }
+        out: dict[str, Any] = {"model": served.model, "max_model_len": served.max_model_len}
+        scenarios: list[tuple[str, Coroutine[Any, Any, dict[str, Any]]]] = [
+            ("relaxed", _relaxed(served, request, repeats=1 if quick else repeats))
+        ]
         if not quick:
-            out["pressure"] = await _pressure(served, request)
+            scenarios.append(("pressure", _pressure(served, request)))
+        for key, scenario in scenarios:
+            try:
+                out[key] = await scenario
+            except Exception as exc:  # keep the other scenario's results
+                traceback.print_exc()
+                out[key] = {"error": f"{type(exc).__name__} (traceback in the run's output)"}
         return out
 
     return asyncio.run(both())

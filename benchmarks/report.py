@@ -315,9 +315,11 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
             continue
         lines += to_md(section)
         if plot is not None and png is not None:
+            (out_dir / png).unlink(missing_ok=True)  # a plot left from an earlier run
             plot(section, out_dir / png)
-            written.append(out_dir / png)
-            lines += ["", f"![{key}]({png})"]
+            if (out_dir / png).is_file():  # nothing to plot: no image
+                written.append(out_dir / png)
+                lines += ["", f"![{key}]({png})"]
         lines.append("")
     summary = out_dir / "summary.md"
     summary.write_text("\n".join(lines) + "\n")

@@ -155,17 +155,30 @@ def _pressure_md(pressure: dict[str, Any], model: str) -> list[str]:
 
 
 def pipeline_md(pipe: dict[str, Any]) -> list[str]:
-    """Sections 4a and 4b."""
-    lines = _relaxed_md(pipe["relaxed"], pipe["model"], pipe["max_model_len"])
-    if "pressure" in pipe:
-        lines += ["", *_pressure_md(pipe["pressure"], pipe["model"])]
+    """Sections 4a and 4b (a scenario that failed says so)."""
+    lines: list[str] = []
+    for key, title, render in (
+        ("relaxed", "4a. Pipeline without window pressure", _relaxed_md),
+        ("pressure", "4b. Pipeline with the window under pressure", _pressure_md),
+    ):
+        section = pipe.get(key)
+        if section is None:
+            continue
+        if lines:
+            lines.append("")
+        if "error" in section:
+            lines += [f"### {title}: FAILED", "", f"`{section['error']}`"]
+        elif key == "relaxed":
+            lines += render(section, pipe["model"], pipe["max_model_len"])
+        else:
+            lines += render(section, pipe["model"])
     return lines
 
 
 def plot_pipeline(pipe: dict[str, Any], path: Path) -> None:
     """Prompt tokens per stage, compressed vs raw, in both scenarios."""
     panels: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]] = []
-    relaxed = {r["variant"]: r for r in reversed(pipe["relaxed"]["runs"])}
+    relaxed = {r["variant"]: r for r in reversed(pipe["relaxed"].get("runs", []))}
     if "compressed (auto)" in relaxed and "raw forward" in relaxed:
         panels.append(
             (
@@ -174,11 +187,13 @@ def plot_pipeline(pipe: dict[str, Any], path: Path) -> None:
                 relaxed["raw forward"]["stages"],
             )
         )
-    if "pressure" in pipe:
+    if "compressed" in pipe.get("pressure", {}):
         p = pipe["pressure"]
         panels.append(
             ("window under pressure", p["compressed"]["stages"], p["raw_forward"]["stages"])
         )
+    if not panels:
+        return
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, comp, raw) in zip(axes[0], panels, strict=True):
         ax.plot(
@@ -296,6 +311,7 @@ def plot_concurrency(conc: dict[str, Any], path: Path) -> None:
             label="preemptions (cumulative)",
         )
         twin.set_ylabel("requests")
+        twin.set_ylim(bottom=0, top=max(1.0, twin.get_ylim()[1]))
         onset = m["prediction"]["predicted_onset_s"]
         if onset is not None:
             ax.axvline(onset, color="purple", linewidth=0.8, label="planner: demand > cache")
