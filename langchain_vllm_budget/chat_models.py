@@ -24,10 +24,11 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, InvalidToolCall
 from langchain_core.messages.tool import invalid_tool_call
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_openai.chat_models._client_utils import (
@@ -35,7 +36,7 @@ from langchain_openai.chat_models._client_utils import (
     _get_default_httpx_client,
 )
 from langchain_openai.chat_models.base import BaseChatOpenAI
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from langchain_vllm_budget import settings
@@ -552,6 +553,28 @@ class ChatVLLM(BaseChatOpenAI):
     def get_num_tokens(self, text: str) -> int:
         """Count plain text with the model's tokenizer (no chat template)."""
         return self.resolved_token_counter.count_text(text)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        tools: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Return a runnable whose output follows ``schema``; ``json_schema`` by default.
+
+        As in ``ChatOpenAI``, the default method is ``json_schema``: the schema goes to vLLM
+        as ``response_format`` and vLLM decodes the answer under it, so even a small model
+        returns schema-valid JSON. ``function_calling`` (a forced tool call) needs a server
+        with a tool parser; ``json_mode`` only asks for some JSON object. Every argument is
+        ``BaseChatOpenAI.with_structured_output``'s.
+        """
+        return super().with_structured_output(
+            schema, method=method, include_raw=include_raw, strict=strict, tools=tools, **kwargs
+        )
 
     # ------------------------------------------------------------------ budgeting
 
