@@ -314,3 +314,50 @@ def test_unknown_model_is_a_typed_error(tiny_qwen) -> None:
     with pytest.raises(VLLMModelNotFoundError) as info:
         model.invoke("hi")
     assert tiny_qwen.model in info.value.available
+
+
+async def test_a_budget_plan_is_sent_as_planned(tiny_qwen) -> None:
+    """get_budget_plan counts once with the bound tools; budget_plan= sends that plan."""
+    model = _model(tiny_qwen, budget=TokenBudget(output_reserve=6, min_output_tokens=4))
+    model.max_tokens = None
+    bound = model.bind_tools([WEATHER_TOOL], tool_choice="none")
+    messages, _ = CASES["tool_results"]
+    plan = model.get_budget_plan(messages, **bound.kwargs)
+    assert plan == await model.aget_budget_plan(messages, **bound.kwargs)
+    assert (plan.fits, plan.max_tokens, plan.max_model_len) == (True, 6, tiny_qwen.max_model_len)
+    replies = [
+        bound.invoke(messages, budget_plan=plan),
+        await bound.ainvoke(messages, budget_plan=plan),
+        model.bind(budget_plan=plan, **bound.kwargs).invoke(messages),
+    ]
+    chunks = list(bound.stream(messages, budget_plan=plan))
+    streamed = chunks[0]
+    for chunk in chunks[1:]:
+        streamed += chunk
+    for reply in (*replies, streamed):
+        assert reply.usage_metadata is not None
+        assert reply.usage_metadata["input_tokens"] == plan.input_tokens
+        assert reply.usage_metadata["output_tokens"] <= plan.max_tokens
+        budget = reply.response_metadata["budget"]
+        assert budget["plan_source"] == "given"
+        assert (budget["input_tokens"], budget["max_tokens"]) == (plan.input_tokens, 6)
+
+
+def test_a_plan_made_with_a_wrong_count_is_corrected_once(tiny_qwen) -> None:
+    """vLLM rejects the prompt; it is counted by /tokenize, re-planned and trimmed, once."""
+    window = tiny_qwen.max_model_len
+    messages = _long_conversation(turns=16, words=150)
+    real = TransformersTokenCounter(tiny_qwen.model_path).count_messages(messages)
+    assert real > window
+    budget = TokenBudget(output_reserve=8, min_output_tokens=8)
+    model = _model(tiny_qwen, on_overflow="trim", budget=budget, max_retries=0)
+    wrong = budget.with_max_model_len(window).plan(real // 2)
+    assert wrong.fits
+    reply = model.invoke(messages, budget_plan=wrong)
+    usage = reply.usage_metadata
+    assert usage is not None
+    report = reply.response_metadata["budget"]
+    assert (report["retried"], report["counter"], report["action"]) == (True, "server", "trimmed")
+    assert report["original_input_tokens"] == real
+    assert report["input_tokens"] == usage["input_tokens"]
+    assert report["input_tokens"] + report["max_tokens"] <= window
