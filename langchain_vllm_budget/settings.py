@@ -48,6 +48,7 @@ __all__ = [
     "SUMMARIZER_MODEL",
     "SUMMARIZER_TOKENIZER",
     "SUMMARY_MAX_TOKENS",
+    "THINKING_BUDGET",
     "TOKENIZER",
     "Setting",
     "SettingError",
@@ -191,6 +192,14 @@ MIN_OUTPUT_TOKENS: Setting[int] = Setting(
     "The least output room a request needs; below it the overflow policy acts.",
     legacy_env=("LLM_MIN_OUTPUT_TOKENS",),
 )
+THINKING_BUDGET: Setting[int] = Setting(
+    "thinking_budget",
+    "VLLM_BUDGET_THINKING_BUDGET",
+    int,
+    None,
+    "Most thinking tokens per request of a reasoning model (vLLM's thinking_token_budget; "
+    "needs --reasoning-parser); unset: no limit.",
+)
 MAX_CONCURRENCY: Setting[int] = Setting(
     "max_concurrency",
     "VLLM_BUDGET_MAX_CONCURRENCY",
@@ -271,6 +280,7 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     OUTPUT_RESERVE,
     SAFETY_MARGIN,
     MIN_OUTPUT_TOKENS,
+    THINKING_BUDGET,
     MAX_CONCURRENCY,
     SUMMARIZER_MODEL,
     SUMMARIZER_API_BASE,
