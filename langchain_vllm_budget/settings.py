@@ -33,6 +33,7 @@ from typing import Generic, TypeVar
 __all__ = [
     "API_BASE",
     "API_KEY",
+    "COMPACTION_TARGET",
     "MAX_CONCURRENCY",
     "MAX_MODEL_LEN",
     "MIN_OUTPUT_TOKENS",
@@ -114,6 +115,20 @@ class Setting(Generic[T]):
     def factory(self) -> Callable[[], T | None]:
         """A ``default_factory`` for pydantic fields and dataclasses."""
         return self.from_environment
+
+    def required_factory(self) -> Callable[[], T]:
+        """A ``default_factory`` for a field that cannot be unset (the setting has a default).
+
+        Raises:
+            TypeError: The setting has no default.
+        """
+        default = self.required_default()
+
+        def read() -> T:
+            value = self.from_environment()
+            return default if value is None else value
+
+        return read
 
     def _convert(self, var: str, raw: str) -> T:
         try:
@@ -217,6 +232,15 @@ SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "The hard cap on a compressed summary, in tokens.",
 )
 
+COMPACTION_TARGET: Setting[float] = Setting(
+    "compaction_target",
+    "VLLM_BUDGET_COMPACTION_TARGET",
+    float,
+    0.6,
+    "After a compaction (on_overflow trim/summarize) the input fills at most this share of "
+    "the input limit, leaving room for the next turns.",
+)
+
 SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     API_BASE,
     API_KEY,
@@ -230,5 +254,6 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     SUMMARIZER_MODEL,
     SUMMARIZER_API_BASE,
     SUMMARY_MAX_TOKENS,
+    COMPACTION_TARGET,
 )
 """The package's settings, in the order of the README's table."""
