@@ -8,7 +8,6 @@ reported in ``response_metadata["budget"]``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -40,6 +39,7 @@ from typing_extensions import Self
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.compaction import CompactionMemory, Compactor
 from langchain_vllm_budget.concurrency import InFlightLimit
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
@@ -49,7 +49,12 @@ from langchain_vllm_budget.errors import (
     VLLMTimeoutError,
     parse_length_error,
 )
-from langchain_vllm_budget.overflow import BudgetOutcome, OverflowPolicy, apply_budget
+from langchain_vllm_budget.overflow import (
+    BudgetOutcome,
+    OverflowPolicy,
+    aapply_budget,
+    apply_budget,
+)
 from langchain_vllm_budget.tokenizers import (
     ApproximateTokenCounter,
     ServerTokenCounter,
@@ -108,6 +113,7 @@ class _Prepared:
             "action": self.outcome.action,
             "dropped_messages": self.outcome.dropped_messages,
             "retried": self.retried,
+            "compaction": (self.outcome.compaction.as_dict() if self.outcome.compaction else None),
         }
 
 
@@ -306,6 +312,16 @@ class ChatVLLM(BaseChatOpenAI):
     """The model that writes summaries for ``on_overflow="summarize"`` (default: this one)."""
     summary_max_tokens: int = Field(default=400, gt=0)
     """Output limit of a summary written by ``on_overflow="summarize"``."""
+    compaction_target: float = Field(
+        default_factory=settings.COMPACTION_TARGET.required_factory(),
+        gt=0,
+        le=1,
+    )
+    """After ``on_overflow="trim"``/``"summarize"`` compacts, the input fills at most this
+    share of the input limit (env ``VLLM_BUDGET_COMPACTION_TARGET``, default 0.6), so the
+    following calls only append and hit vLLM's prefix cache. The compaction is remembered
+    (shared with the model's copies) and reapplied unchanged until the limit is reached
+    again."""
     max_concurrency: int | None = Field(default_factory=settings.MAX_CONCURRENCY.factory(), ge=1)
     """Most requests this model has in flight at once (env ``VLLM_BUDGET_MAX_CONCURRENCY``);
     ``None``: no limit. Set it to the server's ``--max-num-seqs`` so that requests wait
@@ -320,6 +336,8 @@ class ChatVLLM(BaseChatOpenAI):
     _counter: TokenCounter | None = PrivateAttr(default=None)
     _window_warned: bool = PrivateAttr(default=False)
     _in_flight_limit: InFlightLimit | None = PrivateAttr(default=None)
+    # Shared by the model's copies (model_copy copies private attributes by reference).
+    _compaction_memory: CompactionMemory = PrivateAttr(default_factory=CompactionMemory)
 
     @property
     def _llm_type(self) -> str:
@@ -562,10 +580,22 @@ class ChatVLLM(BaseChatOpenAI):
                 return int(kwargs[key])
         return default
 
-    def _summarize_call(self, prompt: list[BaseMessage], max_tokens: int) -> str:
-        model = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
-        reply = model.invoke(prompt, max_tokens=max_tokens)
-        return reply.text if isinstance(reply, AIMessage) else str(reply.content)
+    def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
+        """The compaction for ``trim``/``summarize``: this model's memory and settings."""
+        summarizer = None
+        window = None
+        if self.on_overflow == "summarize":
+            summarizer = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
+            if self.summarizer is None and budget.max_model_len is not None:
+                window = budget.max_model_len - budget.safety_margin
+        return Compactor(
+            target=self.compaction_target,
+            memory=self._compaction_memory,
+            summarizer=summarizer,
+            summary_max_tokens=self.summary_max_tokens,
+            text_counter=counter if self.summarizer is None else None,
+            summarizer_window=window,
+        )
 
     def _prepare(
         self,
@@ -578,19 +608,26 @@ class ChatVLLM(BaseChatOpenAI):
         info = self._get_server_info()
         budget = budget or self._effective_budget(info)
         counter = counter or self._get_counter(info)
+        outcome = apply_budget(messages, **self._budget_args(kwargs, counter, budget))
+        return self._prepared(outcome, kwargs, counter, budget)
+
+    def _budget_args(
+        self, kwargs: dict[str, Any], counter: TokenCounter, budget: TokenBudget
+    ) -> dict[str, Any]:
+        """What ``apply_budget`` / ``aapply_budget`` need besides the messages."""
         tools = kwargs.get("tools")
-        requested = self._requested_max_tokens(kwargs, self.max_tokens)
-        active_counter = counter
-        outcome = apply_budget(
-            messages,
-            budget=budget,
-            count=lambda msgs: active_counter.count_messages(msgs, tools),
-            count_text=active_counter.count_text,
-            policy=self.on_overflow,
-            requested_max_tokens=requested,
-            summarize=self._summarize_call,
-            summary_max_tokens=self.summary_max_tokens,
-        )
+        return {
+            "budget": budget,
+            "count": lambda msgs: counter.count_messages(msgs, tools),
+            "policy": self.on_overflow,
+            "requested_max_tokens": self._requested_max_tokens(kwargs, self.max_tokens),
+            "compactor": self._compactor(counter, budget),
+        }
+
+    @staticmethod
+    def _prepared(
+        outcome: BudgetOutcome, kwargs: dict[str, Any], counter: TokenCounter, budget: TokenBudget
+    ) -> _Prepared:
         send_kwargs = {k: v for k, v in kwargs.items() if k != "max_completion_tokens"}
         send_kwargs["max_tokens"] = outcome.plan.max_tokens
         return _Prepared(outcome.messages, send_kwargs, outcome, counter, budget)
@@ -603,12 +640,16 @@ class ChatVLLM(BaseChatOpenAI):
                 raise self._translate(exc) from exc
             self._server_info = self._read_models([m.model_dump() for m in page.data])
         info = self._server_info
+        budget = self._effective_budget(info)
         counter = self._get_counter(info)
-        if isinstance(counter, TransformersTokenCounter) and self.on_overflow != "summarize":
-            # Local counting takes milliseconds: a thread hop would cost more than it saves.
-            return self._prepare(messages, kwargs, counter=counter)
-        # Server counting and summaries block; keep them off the event loop.
-        return await asyncio.to_thread(self._prepare, messages, kwargs, counter=counter)
+        outcome = await aapply_budget(
+            messages,
+            **self._budget_args(kwargs, counter, budget),
+            # Local counting takes milliseconds: a thread hop would cost more than it saves;
+            # a server's /tokenize blocks, so it runs off the event loop.
+            offload=not isinstance(counter, TransformersTokenCounter),
+        )
+        return self._prepared(outcome, kwargs, counter, budget)
 
     def _after_rejection(
         self,
