@@ -414,10 +414,12 @@ def _tool_results(count: int, counter: TransformersTokenCounter) -> list[str]:
     return results
 
 
-def _run_tools(served: Served, *, compress: bool, steps: int) -> dict[str, Any]:
+def _run_tools(served: Served, *, cap: int | None, steps: int) -> dict[str, Any]:
+    """One agent run; ``cap`` is the tool-output middleware's summary cap (``None``: off)."""
     counter = TransformersTokenCounter(served.model_path)
     results = _tool_results(steps, counter)
     calls = _Requests()
+    summaries = _Requests()
     model = _chat_model(served, [calls], max_tokens=4)
 
     @tool
@@ -439,10 +441,13 @@ def _run_tools(served: Served, *, compress: bool, steps: int) -> dict[str, Any]:
         return next(script, AIMessage("done"))
 
     middleware: list[Any] = [scripted]
-    if compress:
+    if cap is not None:
         middleware.append(
             ToolOutputCompressionMiddleware(
-                model, threshold_tokens=1000, summary_max_tokens=SUMMARY_CAP
+                model,
+                threshold_tokens=1000,
+                summary_max_tokens=cap,
+                summarizer=_summarizer(served, summaries),
             )
         )
     agent = create_agent(
@@ -473,7 +478,9 @@ def _run_tools(served: Served, *, compress: bool, steps: int) -> dict[str, Any]:
             continue
         retention.append(sum(is_entity_present(e, shown) for e in entities) / len(entities))
     return {
-        "middleware": compress,
+        "middleware": cap is not None,
+        "summary_cap": cap,
+        "summarizer_calls": len(summaries.prompt_tokens),
         "tool_result_tokens": [counter.count_text(r) for r in results],
         "prompt_tokens_per_call": calls.prompt_tokens,
         "calls": len(calls.prompt_tokens),
@@ -531,7 +538,7 @@ def run_agent_loop(
             chat.append(_run_chat(served, name, calls).summary())
         chat_window = served.max_model_len
     with _server(TOOL_WINDOW, tools_url) as served:
-        tools = [_run_tools(served, compress=c, steps=steps) for c in (False, True)]
+        tools = [_run_tools(served, cap=cap, steps=steps) for cap in (None, SUMMARY_CAP, 500)]
         tool_window = served.max_model_len
     return {
         "chat": {"window": chat_window, "calls": calls, "turn_tokens": TURN_TOKENS, "runs": chat},
@@ -574,16 +581,19 @@ def summary_markdown(results: dict[str, Any], command: str) -> list[str]:
         f"({tools['steps']} tool calls)",
         "",
         "| tool-output middleware | model calls made | window hit at call | prompt tokens per "
-        "call (mean / max) | results the agent saw | entity retention (mean / min) |",
-        "|---|---|---|---|---|---|",
+        "call (mean / max) | results the agent saw | entity retention (mean / min) "
+        "| summarizer calls |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in tools["runs"]:
         tokens = run["prompt_tokens_per_call"] or [0]
+        setting = f"on, summary cap {run['summary_cap']}" if run["middleware"] else "off"
         lines.append(
-            f"| {'on' if run['middleware'] else 'off'} | {run['calls']} "
+            f"| {setting} | {run['calls']} "
             f"| {run['window_hit_at_call'] or 'never'} "
             f"| {statistics.mean(tokens):,.0f} / {max(tokens):,} | {run['results_seen']} "
-            f"| {_pct(run['entity_retention_mean'])} / {_pct(run['entity_retention_min'])} |"
+            f"| {_pct(run['entity_retention_mean'])} / {_pct(run['entity_retention_min'])} "
+            f"| {run['summarizer_calls']} |"
         )
     return lines
 
@@ -612,7 +622,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     left.set_title(f"Chat to ~3x a {results['chat']['window']}-token window")
     left.legend(fontsize=7)
     for run in results["tools"]["runs"]:
-        label = "tool-output middleware" if run["middleware"] else "no middleware"
+        label = f"middleware, cap {run['summary_cap']}" if run["middleware"] else "no middleware"
         right.plot(
             range(1, run["calls"] + 1), run["prompt_tokens_per_call"], marker="o", label=label
         )

@@ -20,6 +20,7 @@ numbers kept; at most ``summary_max_tokens`` tokens), and nothing is lost:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -293,14 +294,14 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        """Async :meth:`wrap_tool_call`."""
+        """Async :meth:`wrap_tool_call` (counting and the extractive summary in a thread)."""
         result = await handler(request)
-        job = self._job(request, result)
+        job = await asyncio.to_thread(self._job, request, result)
         if job is None:
             return result
         await job.store.aput(job.namespace, job.message.tool_call_id, job.value)
         if self.summarizer is None:
-            compressed = self._extractive(job)
+            compressed = await asyncio.to_thread(self._extractive, job)
         else:
             compressed = await acompress_stage_result(job.text, **self._compress_kwargs(job))
         return self._replace(job, compressed)
@@ -349,7 +350,8 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 if store is not None
                 else None
             )
-            return self._slice(dict(item.value) if item else None, tool_call_id, offset, limit)
+            value = dict(item.value) if item else None
+            return await asyncio.to_thread(self._slice, value, tool_call_id, offset, limit)
 
         return StructuredTool.from_function(
             func=read_tool_output,
