@@ -41,12 +41,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -518,8 +520,21 @@ def _server(window: int, url: str | None) -> Iterator[Served]:
         ),
     )
     log = cache_dir() / "logs" / f"bench-agent-loop-{window}.log"
-    with LocalVLLMServer(spec, log_path=log) as server:
+    # A loaded machine can take many minutes to start vLLM.
+    with LocalVLLMServer(spec, log_path=log, startup_timeout=1800) as server:
         yield Served(QWEN, server.base_url, spec.name, Path(spec.model), window, server.log_path)
+
+
+PARTS: tuple[str, ...] = ("chat", "tools")
+
+
+def _run_info(started: float) -> dict[str, Any]:
+    """When and how long a part ran, and the machine's load (slows timings, not counts)."""
+    return {
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "load_average_end": [round(x, 1) for x in os.getloadavg()],
+    }
 
 
 def run_agent_loop(
@@ -528,22 +543,42 @@ def run_agent_loop(
     chat_url: str | None = None,
     tools_url: str | None = None,
     variants: tuple[str, ...] = CHAT_VARIANTS,
+    parts: tuple[str, ...] = PARTS,
+    done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run both parts; return the results (see the module docstring)."""
+    """Run the parts; return the results (see the module docstring).
+
+    ``done`` is called with the results after each part (to save them as they come).
+    """
     calls = 24 if quick else 42
     steps = 6 if quick else 12
-    chat: list[dict[str, Any]] = []
-    with _server(CHAT_WINDOW, chat_url) as served:
-        for name in variants:
-            chat.append(_run_chat(served, name, calls).summary())
-        chat_window = served.max_model_len
-    with _server(TOOL_WINDOW, tools_url) as served:
-        tools = [_run_tools(served, cap=cap, steps=steps) for cap in (None, SUMMARY_CAP, 500)]
-        tool_window = served.max_model_len
-    return {
-        "chat": {"window": chat_window, "calls": calls, "turn_tokens": TURN_TOKENS, "runs": chat},
-        "tools": {"window": tool_window, "steps": steps, "runs": tools},
-    }
+    results: dict[str, Any] = {}
+    if "chat" in parts:
+        started = time.perf_counter()
+        with _server(CHAT_WINDOW, chat_url) as served:
+            chat = [_run_chat(served, name, calls).summary() for name in variants]
+            results["chat"] = {
+                "window": served.max_model_len,
+                "calls": calls,
+                "turn_tokens": TURN_TOKENS,
+                "runs": chat,
+                **_run_info(started),
+            }
+        if done is not None:
+            done(results)
+    if "tools" in parts:
+        started = time.perf_counter()
+        with _server(TOOL_WINDOW, tools_url) as served:
+            tools = [_run_tools(served, cap=cap, steps=steps) for cap in (None, SUMMARY_CAP, 500)]
+            results["tools"] = {
+                "window": served.max_model_len,
+                "steps": steps,
+                "runs": tools,
+                **_run_info(started),
+            }
+        if done is not None:
+            done(results)
+    return results
 
 
 def _pct(value: float | None) -> str:
@@ -551,14 +586,26 @@ def _pct(value: float | None) -> str:
 
 
 def summary_markdown(results: dict[str, Any], command: str) -> list[str]:
-    chat = results["chat"]
     lines = [
         "# Agent loop: compaction and tool outputs",
         "",
-        f"Command: `{command}`. {results.get('meta', '')}",
+        f"Command: `{command}` (vLLM CPU build; timings depend on the machine's load, the "
+        "token counts do not).",
         "",
+    ]
+    if "chat" in results:
+        lines += _chat_markdown(results["chat"])
+    if "tools" in results:
+        lines += _tools_markdown(results["tools"])
+    return lines
+
+
+def _chat_markdown(chat: dict[str, Any]) -> list[str]:
+    lines = [
         f"## Compaction: a chat to ~3x a {chat['window']}-token window "
         f"({chat['calls']} calls, one ~{chat['turn_tokens'] + 30}-token turn per call)",
+        "",
+        _info(chat),
         "",
         "| policy | hit rate under the window | hit rate over the window (all requests) "
         "| over the window, agent calls only | tokens prefilled over the window "
@@ -574,11 +621,23 @@ def summary_markdown(results: dict[str, Any], command: str) -> list[str]:
             f"| {run['summarizer_calls']} | {run['seconds_per_call_median']} / "
             f"{run['seconds_per_call_max']} | {run['errors']} |"
         )
-    tools = results["tools"]
-    lines += [
+    return lines
+
+
+def _info(part: dict[str, Any]) -> str:
+    return (
+        f"Finished {part['finished']} after {part['seconds']:.0f} s; load average (1/5/15 min) "
+        f"at the end {part['load_average_end']}."
+    )
+
+
+def _tools_markdown(tools: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         f"## Tool outputs: 2-5K-token results on a {tools['window']}-token window "
         f"({tools['steps']} tool calls)",
+        "",
+        _info(tools),
         "",
         "| tool-output middleware | model calls made | window hit at call | prompt tokens per "
         "call (mean / max) | results the agent saw | entity retention (mean / min) "
@@ -605,35 +664,39 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for run in results["chat"]["runs"]:
-        left.plot(
-            range(len(run["per_call_hit_rate"])), run["per_call_hit_rate"], label=run["policy"]
-        )
-    first_over = next(
-        (i for i, over in enumerate(results["chat"]["runs"][0]["per_call_over_window"]) if over),
-        None,
-    )
-    if first_over is not None:
-        left.axvline(
-            first_over, color="grey", linestyle=":", label="conversation passes the window"
-        )
-    left.set_xlabel("call")
-    left.set_ylabel("prefix-cache hit rate of the call")
-    left.set_title(f"Chat to ~3x a {results['chat']['window']}-token window")
-    left.legend(fontsize=7)
-    for run in results["tools"]["runs"]:
-        label = f"middleware, cap {run['summary_cap']}" if run["middleware"] else "no middleware"
-        right.plot(
-            range(1, run["calls"] + 1), run["prompt_tokens_per_call"], marker="o", label=label
-        )
-    right.axhline(results["tools"]["window"], color="grey", linestyle=":", label="window")
-    right.set_xlabel("model call")
-    right.set_ylabel("prompt tokens")
-    right.set_title("Tools returning 2-5K tokens")
-    right.legend(fontsize=7)
+    if "chat" in results:
+        _plot_chat(left, results["chat"])
+    if "tools" in results:
+        _plot_tools(right, results["tools"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_chat(axes: Any, chat: dict[str, Any]) -> None:
+    for run in chat["runs"]:
+        rates = run["per_call_hit_rate"]
+        axes.plot(range(len(rates)), rates, label=run["policy"])
+    over = chat["runs"][0]["per_call_over_window"]
+    first_over = next((i for i, flag in enumerate(over) if flag), None)
+    if first_over is not None:
+        axes.axvline(first_over, color="grey", linestyle=":", label="chat passes the window")
+    axes.set_xlabel("call")
+    axes.set_ylabel("prefix-cache hit rate of the call")
+    axes.set_title(f"Chat to ~3x a {chat['window']}-token window")
+    axes.legend(fontsize=7)
+
+
+def _plot_tools(axes: Any, tools: dict[str, Any]) -> None:
+    for run in tools["runs"]:
+        label = f"middleware, cap {run['summary_cap']}" if run["middleware"] else "no middleware"
+        tokens = run["prompt_tokens_per_call"]
+        axes.plot(range(1, len(tokens) + 1), tokens, marker="o", label=label)
+    axes.axhline(tools["window"], color="grey", linestyle=":", label="window")
+    axes.set_xlabel("model call")
+    axes.set_ylabel("prompt tokens")
+    axes.set_title("Tools returning 2-5K tokens")
+    axes.legend(fontsize=7)
 
 
 def write(results: dict[str, Any], out: Path, command: str) -> list[Path]:
@@ -658,17 +721,35 @@ def main(argv: list[str] | None = None) -> int:
         "--tools-url", help=f"a running tiny-qwen server with a {TOOL_WINDOW} window"
     )
     parser.add_argument("--only", help="comma-separated chat variants", default=None)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="chat, tools or both; a part not run keeps its results already in --out",
+    )
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT)
     args = parser.parse_args(argv)
     variants = tuple(args.only.split(",")) if args.only else CHAT_VARIANTS
-    started = time.perf_counter()
-    results = run_agent_loop(
-        quick=args.quick, chat_url=args.chat_url, tools_url=args.tools_url, variants=variants
-    )
-    results["meta"] = f"{time.perf_counter() - started:.0f} s."
+    parts = tuple(args.parts.split(","))
+    if set(parts) - set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}")
+    previous = args.out / "results.json"
+    kept = json.loads(previous.read_text()) if previous.is_file() else {}
     command = "python -m benchmarks.agent_loop" + (" --quick" if args.quick else "")
-    for path in write(results, args.out, command):
-        print(f"[agent_loop] wrote {path}")
+
+    def save(results: dict[str, Any]) -> None:
+        merged = {k: v for k, v in kept.items() if k in PARTS and k not in parts}
+        merged.update(results)
+        for path in write(merged, args.out, command):
+            print(f"[agent_loop] wrote {path}", flush=True)
+
+    run_agent_loop(
+        quick=args.quick,
+        chat_url=args.chat_url,
+        tools_url=args.tools_url,
+        variants=variants,
+        parts=parts,
+        done=save,
+    )
     return 0
 
 

@@ -127,8 +127,8 @@ def _chat_loop(model: ChatVLLM, counter, window: int, calls: int) -> list[AIMess
 def test_prefix_is_stable_between_compactions_and_nothing_overflows(tiny_qwen, policy) -> None:
     recorder = Recorder()
     counter = TransformersTokenCounter(tiny_qwen.model_path)
-    model = _model(tiny_qwen, recorder, on_overflow=policy, summary_max_tokens=120)
-    replies = _chat_loop(model, counter, tiny_qwen.max_model_len, calls=24)
+    model = _model(tiny_qwen, recorder, on_overflow=policy, summary_max_tokens=48)
+    replies = _chat_loop(model, counter, tiny_qwen.max_model_len, calls=22)
     budgets = [r.response_metadata["budget"] for r in replies]
     # nothing over the window: our count is vLLM's, and leaves the output room
     for reply, budget in zip(replies, budgets, strict=True):
@@ -159,7 +159,7 @@ def test_prefix_is_stable_between_compactions_and_nothing_overflows(tiny_qwen, p
 async def test_async_summarize_compacts_the_same_way(tiny_qwen) -> None:
     recorder = Recorder()
     counter = TransformersTokenCounter(tiny_qwen.model_path)
-    model = _model(tiny_qwen, recorder, on_overflow="summarize", summary_max_tokens=120)
+    model = _model(tiny_qwen, recorder, on_overflow="summarize", summary_max_tokens=48)
     history: list[BaseMessage] = [SYSTEM]
     budgets = []
     for i in range(18):
@@ -184,17 +184,17 @@ def test_tool_calls_stay_with_their_results(tiny_qwen) -> None:
     model = _model(tiny_qwen, recorder, on_overflow="trim")
     request = HumanMessage("Check every shard of cluster EU-7 and report the slowest one.")
     history: list[BaseMessage] = [SYSTEM, request]
-    for i in range(22):
+    for i in range(16):
         call_id = f"call_{i}"
         history.append(
             AIMessage("", tool_calls=[{"name": "read_shard", "args": {"shard": i}, "id": call_id}])
         )
         history.append(
-            ToolMessage(_turn_text(i, tiny_qwen.max_model_len // 10, counter), tool_call_id=call_id)
+            ToolMessage(_turn_text(i, tiny_qwen.max_model_len // 8, counter), tool_call_id=call_id)
         )
         model.invoke(history)
     _assert_inside_the_window(recorder.calls, tiny_qwen.max_model_len)
-    trimmed = [c for c in recorder.main_calls() if len(c[0]["messages"]) < 2 + 2 * 22]
+    trimmed = [c for c in recorder.main_calls() if len(c[0]["messages"]) < 2 + 2 * 16]
     assert trimmed, "the loop passed the window"
     for request_json, _ in recorder.main_calls():
         sent = request_json["messages"]
@@ -215,7 +215,7 @@ def test_compaction_middleware_in_a_checkpointed_agent(tiny_qwen) -> None:
         """Look up a host's status."""
         return f"{host}: ok"
 
-    middleware = ContextCompactionMiddleware(model, policy="summarize", summary_max_tokens=120)
+    middleware = ContextCompactionMiddleware(model, policy="summarize", summary_max_tokens=48)
     agent = create_agent(
         model,
         tools=[lookup],
@@ -224,7 +224,7 @@ def test_compaction_middleware_in_a_checkpointed_agent(tiny_qwen) -> None:
         checkpointer=InMemorySaver(),
     )
     config = {"configurable": {"thread_id": "ops"}}
-    for i in range(22):
+    for i in range(20):
         text = _turn_text(i, tiny_qwen.max_model_len // 10, counter)
         agent.invoke({"messages": [HumanMessage(text)]}, config)
     _assert_inside_the_window(recorder.calls, tiny_qwen.max_model_len)
@@ -236,7 +236,7 @@ def test_compaction_middleware_in_a_checkpointed_agent(tiny_qwen) -> None:
     assert len(recorder.summarizer_calls()) == len(changes)
     state = agent.get_state(config).values["messages"]
     assert is_summary_message(state[0])
-    assert len(state) < 2 * 22
+    assert len(state) < 2 * 20
     for request_json, _ in main:
         assert request_json["messages"][0]["content"] == SYSTEM.content
         assert [t["function"]["name"] for t in request_json["tools"]] == ["lookup"]
