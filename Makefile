@@ -21,7 +21,7 @@ services: install
 	@bash scripts/postgres.sh install
 
 demo: install
-	@bash scripts/with-run-dir.sh $(PY) -m langchain_vllm_budget.cli run
+	@bash scripts/with-run-dir.sh $(PY) -m graphs
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,12 +1,13 @@
 """Benchmark 4: the 4-stage pipeline with compression vs passing raw outputs forward.
 
-*Compressed* is the real graph (:func:`graphs.pipeline.build_graph`): each stage sees the
+*Compressed* is the real graph (:func:`graphs.graph.build_pipeline`): each stage sees the
 request, the compressed summaries of earlier stages and the rolling summary. *Raw forward*
 is the seed's baseline: the same stage prompts
-(:func:`graphs.pipeline.build_stage_messages`) carrying every earlier stage's raw output, no
-rolling summary, sent through the same budget-aware ``ChatVLLM`` (``on_overflow="raise"``:
-a prompt that outgrows the window is reported, not sent). Both run on the same server with
-the same request and output limits; per stage the prompt tokens, output tokens and wall time
+(:func:`langchain_vllm_budget.stages.stage_messages`) carrying every earlier stage's raw
+output, no rolling summary, sent through the same budget-aware ``ChatVLLM``
+(``on_overflow="raise"``: a prompt that outgrows the window is reported, not sent). Both run
+on the same server with the same request and output limits; per stage the prompt tokens,
+output tokens and wall time
 are recorded, and for the compressed run the summary's tokens, ratio and entity retention.
 """
 
@@ -22,12 +23,12 @@ from pydantic import SecretStr
 
 from benchmarks.servers import Served
 from graphs.context import Context
-from graphs.pipeline import STAGES, build_graph, build_stage_messages
-from graphs.prompts import DEMO_REQUEST
-from graphs.state import InputState
+from graphs.graph import STAGES, build_pipeline
+from graphs.prompts import DEMO_REQUEST, STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.chat_models import ChatVLLM
 from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.stages import StageInput, stage_messages
 
 __all__ = ["run_pipeline"]
 
@@ -35,11 +36,12 @@ __all__ = ["run_pipeline"]
 def _context(served: Served, *, quick: bool) -> Context:
     return Context(
         base_url=served.base_url,
-        reasoning_model=served.model,
-        tokenizer_path=str(served.model_path),
+        model=served.model,
+        tokenizer=str(served.model_path),
         max_model_len=served.max_model_len,
-        stage_max_tokens=64 if quick else 192,
-        min_stage_output_tokens=32 if quick else 64,
+        output_reserve=64 if quick else 192,
+        min_output_tokens=32 if quick else 64,
+        safety_margin=32,
         summary_max_tokens=32 if quick else 48,
         rolling_summary_max_tokens=48 if quick else 64,
         temperature=0.0,
@@ -49,15 +51,15 @@ def _context(served: Served, *, quick: bool) -> Context:
 def _raw_forward(ctx: Context) -> dict[str, Any]:
     budget = TokenBudget(
         max_model_len=ctx.max_model_len,
-        output_reserve=ctx.stage_max_tokens,
+        output_reserve=ctx.output_reserve,
         safety_margin=ctx.safety_margin,
-        min_output_tokens=ctx.min_stage_output_tokens,
+        min_output_tokens=ctx.min_output_tokens,
     )
     model = ChatVLLM(
-        model=ctx.reasoning_model,
+        model=ctx.model,
         base_url=ctx.base_url,
         api_key=SecretStr("x"),
-        tokenizer=ctx.tokenizer_path,
+        tokenizer=ctx.tokenizer,
         budget=budget,
         on_overflow="raise",
         temperature=ctx.temperature,
@@ -66,7 +68,8 @@ def _raw_forward(ctx: Context) -> dict[str, Any]:
     stages: list[dict[str, Any]] = []
     started = time.perf_counter()
     for stage in STAGES:
-        messages = build_stage_messages(stage, DEMO_REQUEST, outputs, "")
+        build = stage_messages(STAGE_SYSTEM_PROMPTS[stage])
+        messages = build(StageInput(stage, DEMO_REQUEST, tuple(outputs)))
         tokens = model.get_num_tokens_from_messages(messages)
         entry: dict[str, Any] = {"stage": stage, "input_tokens": tokens}
         stage_start = time.perf_counter()
@@ -107,12 +110,12 @@ def run_pipeline(served: Served, *, quick: bool = False) -> dict[str, Any]:
     ctx = _context(served, quick=quick)
     from langgraph.checkpoint.memory import InMemorySaver
 
-    graph = build_graph(checkpointer=InMemorySaver(), store=InMemoryStore())
+    graph = build_pipeline().compile(checkpointer=InMemorySaver(), store=InMemoryStore())
     config: RunnableConfig = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex[:8]}"}}
     stage_seconds: dict[str, float] = {}
     started = last = time.perf_counter()
     for update in graph.stream(
-        InputState(request=DEMO_REQUEST), config=config, context=ctx, stream_mode="updates"
+        {"request": DEMO_REQUEST}, config=config, context=ctx, stream_mode="updates"
     ):
         now = time.perf_counter()
         for stage in update:
@@ -145,7 +148,7 @@ def run_pipeline(served: Served, *, quick: bool = False) -> dict[str, Any]:
         "model": served.model,
         "max_model_len": served.max_model_len,
         "settings": {
-            "stage_max_tokens": ctx.stage_max_tokens,
+            "stage_max_tokens": ctx.output_reserve,
             "summary_max_tokens": ctx.summary_max_tokens,
             "rolling_summary_max_tokens": ctx.rolling_summary_max_tokens,
         },

@@ -1,11 +1,14 @@
 # The LangGraph app: the pipeline graph behind the LangGraph CLI's in-memory API server.
-# Build from the repository root: docker compose -f docker/compose.yaml build app
+# Built by each layout's app service: docker compose -f docker/compose.yaml --profile solo build
+# Offline Hugging Face: tokenizers load from the vLLM servers' cache (mounted read-only by
+# compose, VLLM_BUDGET_TOKENIZER names the model); nothing is downloaded at run time.
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=0
+    HF_HOME=/root/.cache/huggingface \
+    HF_HUB_OFFLINE=1
 
 WORKDIR /app
 COPY pyproject.toml README.md langgraph.json ./

@@ -1,4 +1,4 @@
-"""Prompts of the pipeline stages and of the rolling summary.
+"""System prompts of the pipeline's stages, and the demo request.
 
 The stage prompts ask for short, structured bullet lists that name IDs, paths, parameters and
 tools explicitly: small models write weak prose, and structured output is what the later stages
@@ -7,14 +7,7 @@ tools explicitly: small models write weak prose, and structured output is what t
 
 from __future__ import annotations
 
-__all__ = [
-    "DEMO_REQUEST",
-    "EARLIER_STAGES_HEADER",
-    "ROLLING_SUMMARY_HEADER",
-    "ROLLING_SUMMARY_PROMPT",
-    "STAGE_SYSTEM_PROMPTS",
-    "STAGE_USER_PROMPT",
-]
+__all__ = ["DEMO_REQUEST", "STAGE_SYSTEM_PROMPTS"]
 
 _COMMON = (
     "Answer with short bullet points only. Copy every ticket ID, order ID, host, file path, "
@@ -42,33 +35,6 @@ STAGE_SYSTEM_PROMPTS: dict[str, str] = {
     ),
 }
 """System prompt of each stage, by stage name."""
-
-STAGE_USER_PROMPT = """Request:
-{request}
-{context}
-Write the {stage} result now."""
-"""User prompt of a stage: the request, then the compressed context (may be empty)."""
-
-ROLLING_SUMMARY_HEADER = "Folded earlier stages (rolling summary):"
-"""Header of the rolling summary of the stages folded out of a prompt."""
-EARLIER_STAGES_HEADER = "Earlier stages (compressed summaries):"
-"""Header of the compressed summaries of the earlier stages still in the prompt."""
-
-ROLLING_SUMMARY_PROMPT = """Merge the following {stage_name} into one running summary of the \
-pipeline (≤ {max_tokens} tokens).
-
-**User Request:** {user_request}
-
-**Stage summaries so far:**
-{result}
-
-**Instructions:**
-- Keep: decisions, IDs, file paths, URLs, parameters (key=value) and tool names
-- Drop: repetition and narrative
-- Format: Bullet points, each ≤ 25 tokens
-
-Summary:"""
-"""Compression prompt for the rolling summary (``compress_stage_result`` placeholders)."""
 
 DEMO_REQUEST = (
     "Incident INC-4821: the checkout service times out under load. Orders ORD-99812 and "

@@ -11,8 +11,9 @@ byte-identical prefix until the limit is reached again:
 * ``"trim"`` drops the oldest turns; the same cut point is applied until the next compaction.
 * ``"summarize"`` replaces them with one summary written by the package's loss-checked
   compressor (:func:`~langchain_vllm_budget.compression.compress_stage_result`: entities
-  kept, hard token cap; :func:`~langchain_vllm_budget.compression.extractive_summary` when
-  no summarizer model is given): one summarizer call per compaction, not per request.
+  kept, hard token cap; with the default ``strategy="auto"`` the summarizer model is called
+  only when the extractive summary would lose entities, and never without a summarizer
+  model): at most one compressor run per compaction, none on the calls that reuse it.
 
 What was done is remembered in a :class:`CompactionMemory`, keyed by a hash of the messages
 it replaced (what is sent of them, as langchain-openai sends it), bounded (least recently
@@ -58,25 +59,22 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.tracers.context import register_configure_hook
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.compression import (
     CompressionResult,
+    CompressionStrategy,
     acompress_stage_result,
     compress_stage_result,
-    extractive_summary,
     truncate_to_tokens,
 )
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, messages_to_openai_dicts
@@ -117,6 +115,7 @@ _SUMMARY_SLACK = 8
 # The user's request, as context for the summarizer, is cut to this many tokens.
 _REQUEST_TOKENS = 200
 _STAGE_NAME = "earlier conversation"
+_STRATEGIES = ("auto", "llm", "extractive")
 
 T = TypeVar("T")
 
@@ -159,11 +158,13 @@ class _Entry:
         cut: How many of the conversation's first messages it replaces.
         pinned: The index (below ``cut``) of the human message kept in front of the rest.
         summary: The summary that replaces them (``"summarize"``).
+        summary_tokens: Its length in tokens of the text counter.
     """
 
     cut: int
     pinned: int | None
     summary: str | None
+    summary_tokens: int | None = None
 
 
 def _fingerprint(message: BaseMessage) -> bytes:
@@ -355,23 +356,6 @@ class _Pending:
         return ""
 
 
-class _CallCounter(BaseCallbackHandler):
-    """Counts chat model calls made while it is active (the summarizer's)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-
-    def on_llm_start(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-
-
-_CALLS: ContextVar[_CallCounter | None] = ContextVar("compaction_summarizer_calls", default=None)
-register_configure_hook(_CALLS, inheritable=True)
-
-
 def _first(candidates: Sequence[int], ok: Callable[[int], bool]) -> int | None:
     """The first candidate for which ``ok`` holds, when ``ok`` is monotone (binary search)."""
     low, high = 0, len(candidates)
@@ -406,9 +390,14 @@ class Compactor:
             counter (a ChatVLLM's), else the approximate one.
         summarizer_window: The summarizer's input room in tokens (larger spans are
             summarized in chunks); default: its window less its safety margin, if known.
+        strategy: When the compressor calls the summarizer (default
+            ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
+            lose entities; ``"llm"``: on every compaction; ``"extractive"``: never). Without
+            a summarizer the summary is always extractive.
 
     Raises:
-        ValueError: ``target`` is not in (0, 1], or ``summary_max_tokens`` < 1.
+        ValueError: ``target`` is not in (0, 1], ``summary_max_tokens`` < 1, or an unknown
+            ``strategy``.
     """
 
     target: float = field(default_factory=settings.COMPACTION_TARGET.required_factory())
@@ -417,6 +406,9 @@ class Compactor:
     summary_max_tokens: int = field(default_factory=settings.SUMMARY_MAX_TOKENS.required_factory())
     text_counter: TokenCounter | None = None
     summarizer_window: int | None = None
+    strategy: CompressionStrategy = field(
+        default_factory=lambda: cast("CompressionStrategy", settings.COMPRESSION.get())
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target <= 1.0:
@@ -427,6 +419,12 @@ class Compactor:
             raise ValueError(msg)
         if self.summary_max_tokens < 1:
             msg = f"summary_max_tokens must be at least 1, got {self.summary_max_tokens}"
+            raise ValueError(msg)
+        if self.strategy not in _STRATEGIES:
+            msg = (
+                f"compression strategy must be 'auto', 'llm' or 'extractive', got "
+                f"{self.strategy!r}; set VLLM_BUDGET_COMPRESSION or strategy=."
+            )
             raise ValueError(msg)
 
     # ------------------------------------------------------------------------ public API
@@ -455,8 +453,10 @@ class Compactor:
         step = self._begin(messages, policy, count, limit)
         if isinstance(step, CompactionResult):
             return step
-        summary, calls = self._summarize(step) if step.policy == "summarize" else (None, 0)
-        return self._complete(step, summary, calls)
+        summary = None
+        if step.policy == "summarize":
+            summary = compress_stage_result(step.span(), **self._compress_kwargs(step))
+        return self._complete(step, summary)
 
     async def acompact(
         self,
@@ -468,6 +468,9 @@ class Compactor:
         offload: bool = True,
     ) -> CompactionResult:
         """Async :meth:`compact`: the same steps; the summarizer is awaited.
+
+        The event loop is never blocked by counting: with ``offload`` every step that counts
+        runs in a worker thread, and the compressor runs its own counting in one.
 
         Args:
             messages: The conversation, system message first if any.
@@ -483,13 +486,11 @@ class Compactor:
         step = await _call(offload, self._begin, messages, policy, count, limit)
         if isinstance(step, CompactionResult):
             return step
-        summary: CompressionResult | None = None
-        calls = 0
-        if step.policy == "summarize" and self.summarizer is None:
-            summary, calls = await _call(offload, self._summarize, step)
-        elif step.policy == "summarize":
-            summary, calls = await self._asummarize(step)
-        return await _call(offload, self._complete, step, summary, calls)
+        summary = None
+        if step.policy == "summarize":
+            kwargs = await _call(offload, self._compress_kwargs, step)
+            summary = await acompress_stage_result(step.span(), **kwargs)
+        return await _call(offload, self._complete, step, summary)
 
     # ------------------------------------------------------------------------ steps
 
@@ -513,7 +514,7 @@ class Compactor:
             reused = [*system, *view.messages]
             tokens = count(reused)
             if tokens <= limit:
-                report = self._report(policy, view, entry, limit, target_tokens, reused=True)
+                report = _report(policy, entry, limit, target_tokens, reused=True)
                 return CompactionResult(reused, tokens, True, report)
         pending = _Pending(policy, system, view, keys, 0, None, count, limit, target_tokens)
         choice = self._choose(pending)
@@ -559,49 +560,26 @@ class Compactor:
             fallbacks.append((last_turn, None))
         return next((choice for choice in fallbacks if size(*choice) <= step.limit), None)
 
-    def _summarize(self, step: _Pending) -> tuple[CompressionResult, int]:
-        """Write the summary (one compressor run), counting the summarizer's model calls."""
-        counter = _CallCounter()
-        token = _CALLS.set(counter)
-        try:
-            if self.summarizer is None:
-                result = extractive_summary(
-                    step.span(), max_tokens=self.summary_max_tokens, tokenizer=self._counter()
-                )
-            else:
-                result = compress_stage_result(step.span(), **self._compress_kwargs(step))
-        finally:
-            _CALLS.reset(token)
-        return result, counter.calls
-
-    async def _asummarize(self, step: _Pending) -> tuple[CompressionResult, int]:
-        """Async :meth:`_summarize` with a summarizer model."""
-        counter = _CallCounter()
-        token = _CALLS.set(counter)
-        try:
-            result = await acompress_stage_result(step.span(), **self._compress_kwargs(step))
-        finally:
-            _CALLS.reset(token)
-        return result, counter.calls
-
     def _compress_kwargs(self, step: _Pending) -> dict[str, Any]:
+        """The compressor's arguments for the summary of ``step`` (one compressor run)."""
         counter = self._counter()
-        assert self.summarizer is not None
+        summarizer = self.summarizer
         return {
-            "model": self.summarizer,
+            "model": summarizer,
             "stage_name": _STAGE_NAME,
             "user_request": truncate_to_tokens(step.request(), _REQUEST_TOKENS, counter),
             "max_tokens": self.summary_max_tokens,
             "tokenizer": counter,
-            "chunk_tokens": self.summarizer_window or _input_room(self.summarizer),
+            "chunk_tokens": (
+                (self.summarizer_window or _input_room(summarizer)) if summarizer else None
+            ),
+            "strategy": self.strategy if summarizer is not None else "extractive",
         }
 
     def _counter(self) -> TokenCounter:
         return self.text_counter or text_counter_for(self.summarizer)
 
-    def _complete(
-        self, step: _Pending, summary: CompressionResult | None, calls: int
-    ) -> CompactionResult:
+    def _complete(self, step: _Pending, summary: CompressionResult | None) -> CompactionResult:
         """Build the compacted messages, check them against the limit, and remember them."""
         view = step.view.messages
         text = summary.summary if summary is not None else None
@@ -624,54 +602,44 @@ class Compactor:
             cut=original_cut,
             pinned=step.view.original(step.pin) if step.pin is not None else None,
             summary=text,
+            summary_tokens=_tokens(self._counter(), text) if text is not None else None,
         )
         fits = tokens <= step.limit
         if fits and self.memory is not None:
             self.memory._remember(step.policy, step.keys[original_cut], entry)
-        report = self._report(
-            step.policy,
-            step.view,
-            entry,
-            step.limit,
-            step.target_tokens,
-            reused=False,
-            calls=calls,
-            compression=summary,
+        report = _report(
+            step.policy, entry, step.limit, step.target_tokens, reused=False, compression=summary
         )
         return CompactionResult(messages, tokens, fits, report)
 
-    def _report(
-        self,
-        policy: CompactionPolicy,
-        view: _View,
-        entry: _Entry,
-        limit: int,
-        target_tokens: int,
-        *,
-        reused: bool,
-        calls: int = 0,
-        compression: CompressionResult | None = None,
-    ) -> CompactionReport:
-        summary_tokens = (
-            _tokens(self._counter(), entry.summary) if entry.summary is not None else None
-        )
-        details = None
-        if compression is not None:
-            details = compression.to_dict()
-            details.pop("summary")
-            details.pop("entities")
-        return CompactionReport(
-            policy=policy,
-            compacted=not reused,
-            reused=reused,
-            replaced=entry.cut - (1 if entry.pinned is not None else 0),
-            pinned=entry.pinned is not None,
-            input_limit=limit,
-            target_tokens=target_tokens,
-            summary_tokens=summary_tokens,
-            summarizer_calls=calls,
-            compression=details,
-        )
+
+def _report(
+    policy: CompactionPolicy,
+    entry: _Entry,
+    limit: int,
+    target_tokens: int,
+    *,
+    reused: bool,
+    compression: CompressionResult | None = None,
+) -> CompactionReport:
+    """What a compaction did, made now (``compression``) or reused."""
+    details = None
+    if compression is not None:
+        details = compression.to_dict()
+        details.pop("summary")
+        details.pop("entities")
+    return CompactionReport(
+        policy=policy,
+        compacted=not reused,
+        reused=reused,
+        replaced=entry.cut - (1 if entry.pinned is not None else 0),
+        pinned=entry.pinned is not None,
+        input_limit=limit,
+        target_tokens=target_tokens,
+        summary_tokens=entry.summary_tokens,
+        summarizer_calls=compression.model_calls if compression is not None else 0,
+        compression=details,
+    )
 
 
 def _tokens(counter: TokenCounter, text: str) -> int:

@@ -4,23 +4,26 @@ Every error carries the numbers needed to act on it and says what to change. The
 error subclasses langchain-core's :class:`~langchain_core.exceptions.ContextOverflowError`,
 so LangChain's recovery paths (fallbacks, middleware) recognise it.
 
-vLLM reports a request that does not fit its window with HTTP 400 in several wordings;
-:func:`parse_length_error` turns each of them into a :class:`LengthErrorDetails`.
+vLLM reports a request that does not fit its window with HTTP 400 in a wording that changed
+from release to release; :func:`parse_length_error` turns every one of them (vLLM 0.4.1 to
+0.33.0, the table is in ``_length_errors``) into a :class:`LengthErrorDetails`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from langchain_core.exceptions import (
     ContextOverflowError,
     ModelConnectionError,
     ModelError,
+    ModelInvalidRequestError,
     ModelNotFoundError,
     ModelTimeoutError,
 )
+
+from langchain_vllm_budget._length_errors import read_length_error
 
 __all__ = [
     "LengthErrorDetails",
@@ -28,11 +31,15 @@ __all__ = [
     "VLLMConnectionError",
     "VLLMContextOverflowError",
     "VLLMError",
+    "VLLMInvalidRequestError",
     "VLLMModelNotFoundError",
     "VLLMServerError",
     "VLLMTimeoutError",
     "parse_length_error",
 ]
+
+if TYPE_CHECKING:
+    from langchain_vllm_budget.budget import BudgetPlan
 
 OverflowSource = Literal["budget", "server"]
 
@@ -90,6 +97,36 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         needed = input_tokens + safety_margin + min_output_tokens - max_model_len
         self.shortfall = max(needed, 0) if shortfall is None else shortfall
         super().__init__(self._describe())
+
+    @classmethod
+    def from_plan(cls, plan: BudgetPlan) -> VLLMContextOverflowError:
+        """The error for a budget plan that does not fit (``plan.fits`` is false).
+
+        Args:
+            plan: The plan, e.g. from ``TokenBudget.plan`` or ``ChatVLLM.get_budget_plan``.
+
+        Returns:
+            The error, with the plan's numbers (``source="budget"``).
+
+        Example:
+            >>> from langchain_vllm_budget.budget import TokenBudget
+            >>> plan = TokenBudget(max_model_len=2048, output_reserve=512).plan(2000)
+            >>> VLLMContextOverflowError.from_plan(plan).shortfall
+            336
+        """
+        needed = (
+            plan.min_output_tokens
+            if plan.requested_max_tokens is None
+            else min(plan.min_output_tokens, plan.requested_max_tokens)
+        )
+        return cls(
+            input_tokens=plan.input_tokens,
+            max_model_len=plan.max_model_len,
+            safety_margin=plan.safety_margin,
+            min_output_tokens=needed,
+            shortfall=plan.shortfall,
+            requested_max_tokens=plan.requested_max_tokens,
+        )
 
     def _describe(self) -> str:
         where = "vLLM rejected the request" if self.source == "server" else "Input too large"
@@ -185,6 +222,28 @@ class VLLMServerError(VLLMError):
         )
 
 
+class VLLMInvalidRequestError(VLLMError, ModelInvalidRequestError):
+    """A request option vLLM does not accept, or that this server was not started for.
+
+    Raised before sending when an option has the wrong shape (e.g. ``chat_template_kwargs``
+    that is not a dict, an unknown ``reasoning_effort``), and when vLLM rejects an option its
+    launch flags do not enable (e.g. a thinking budget without ``--reasoning-parser``). The
+    message says what to change.
+
+    Attributes:
+        option: The request option at fault.
+        server_message: vLLM's own message, when the server rejected the request.
+    """
+
+    def __init__(self, option: str, advice: str, server_message: str | None = None) -> None:
+        self.option = option
+        self.server_message = server_message
+        text = f"{option}: {advice}"
+        if server_message:
+            text += f" Server said: {server_message}"
+        super().__init__(text)
+
+
 class TokenCountError(VLLMError):
     """Counting tokens failed (the tokenizer or the server's ``/tokenize`` refused)."""
 
@@ -194,51 +253,32 @@ class LengthErrorDetails:
     """The numbers in one of vLLM's length errors.
 
     Attributes:
-        max_model_len: The window the server enforces.
-        input_tokens: The server's count of the prompt, when the message states it.
+        max_model_len: The window the server enforces, when the message states it.
+        input_tokens: The server's count of the prompt, when the message states or bounds it.
         requested_max_tokens: The ``max_tokens`` the server saw, when stated.
-        wording: Which wording matched (``"prompt_tokens"``, ``"prompt_chars"``,
-            ``"requested_total"``, ``"input_length"``, ``"max_tokens_zero"``,
-            ``"max_tokens_over_window"``).
+        wording: Which wording matched: a name from the wording table
+            (``langchain_vllm_budget._length_errors.WORDINGS``), e.g. ``"prompt_tokens"``
+            (vLLM 0.32), ``"output_and_prompt_tokens"`` (0.18-0.31), ``"requested_total"``
+            (0.4-0.10), ``"max_tokens_over_window"``, ``"max_tokens_zero"``.
+        input_tokens_is_lower_bound: ``True`` when ``input_tokens`` is only a lower bound: vLLM
+            wrote "at least" (its tokenizer stopped one token past the limit), cut the count
+            there without saying so (0.16-0.17), or counted characters instead of tokens.
+            ``False`` when it is the server's exact count.
     """
 
     max_model_len: int | None
     input_tokens: int | None
     requested_max_tokens: int | None
     wording: str
-
-
-_PROMPT_TOKENS = re.compile(
-    r"maximum context length is (?P<window>\d+) tokens\. However, your prompt contains "
-    r"(?:at least )?(?P<input>\d+) input tokens"
-)
-_PROMPT_CHARS = re.compile(
-    r"maximum context length is (?P<window>\d+) tokens\. However, your prompt contains "
-    r"\d+ characters"
-)
-_REQUESTED_TOTAL = re.compile(
-    r"maximum context length is (?P<window>\d+) tokens\. However, you requested "
-    r"\d+ tokens \((?P<input>\d+) in the messages, (?P<output>\d+) in the completion\)"
-)
-_INPUT_LENGTH = re.compile(
-    r"Input length \((?P<input>\d+)\) exceeds model's maximum context length \((?P<window>\d+)\)"
-)
-_MAX_TOKENS_ZERO = re.compile(r"max_tokens must be at least 1, got (?P<output>-?\d+)")
-_MAX_TOKENS_OVER = re.compile(
-    r"max_tokens=(?P<output>\d+) cannot be greater than max_model_len=(?P<window>\d+)"
-)
-
-
-def _int(match: re.Match[str], group: str) -> int | None:
-    value = match.groupdict().get(group)
-    return int(value) if value is not None else None
+    input_tokens_is_lower_bound: bool = False
 
 
 def parse_length_error(message: str) -> LengthErrorDetails | None:
-    """Parse one of vLLM's length-error messages.
+    """Parse one of vLLM's length-error messages (every wording from vLLM 0.4.1 to 0.33.0).
 
     Args:
-        message: The error text from the server (the 400 body's message).
+        message: The error text from the server (the 400 body's message, or the client's
+            whole ``Error code: 400 - {...}`` text).
 
     Returns:
         The numbers found, or ``None`` if the message is not a length error.
@@ -250,28 +290,20 @@ def parse_length_error(message: str) -> LengthErrorDetails | None:
         ...     "any output tokens. Please reduce the length of the input prompt."
         ... )
         LengthErrorDetails(max_model_len=2048, input_tokens=2049, requested_max_tokens=None, \
-wording='prompt_tokens')
+wording='prompt_tokens', input_tokens_is_lower_bound=True)
         >>> parse_length_error("max_tokens=4096 cannot be greater than max_model_len=2048.")
         LengthErrorDetails(max_model_len=2048, input_tokens=None, requested_max_tokens=4096, \
-wording='max_tokens_over_window')
+wording='max_tokens_over_window', input_tokens_is_lower_bound=False)
         >>> parse_length_error("temperature must be non-negative") is None
         True
     """
-    patterns: tuple[tuple[str, re.Pattern[str]], ...] = (
-        ("prompt_tokens", _PROMPT_TOKENS),
-        ("requested_total", _REQUESTED_TOTAL),
-        ("prompt_chars", _PROMPT_CHARS),
-        ("input_length", _INPUT_LENGTH),
-        ("max_tokens_over_window", _MAX_TOKENS_OVER),
-        ("max_tokens_zero", _MAX_TOKENS_ZERO),
+    reading = read_length_error(message)
+    if reading is None:
+        return None
+    return LengthErrorDetails(
+        max_model_len=reading.window,
+        input_tokens=reading.input_tokens,
+        requested_max_tokens=reading.output_tokens,
+        wording=reading.wording.name,
+        input_tokens_is_lower_bound=reading.input_is_lower_bound,
     )
-    for wording, pattern in patterns:
-        match = pattern.search(message)
-        if match:
-            return LengthErrorDetails(
-                max_model_len=_int(match, "window"),
-                input_tokens=_int(match, "input"),
-                requested_max_tokens=_int(match, "output"),
-                wording=wording,
-            )
-    return None

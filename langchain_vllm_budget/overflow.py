@@ -76,18 +76,7 @@ class BudgetOutcome:
 
 
 def _overflow(plan: BudgetPlan) -> VLLMContextOverflowError:
-    return VLLMContextOverflowError(
-        input_tokens=plan.input_tokens,
-        max_model_len=plan.max_model_len,
-        safety_margin=plan.safety_margin,
-        min_output_tokens=(
-            plan.min_output_tokens
-            if plan.requested_max_tokens is None
-            else min(plan.min_output_tokens, plan.requested_max_tokens)
-        ),
-        shortfall=plan.shortfall,
-        requested_max_tokens=plan.requested_max_tokens,
-    )
+    return VLLMContextOverflowError.from_plan(plan)
 
 
 def _needed_output(budget: TokenBudget, requested_max_tokens: int | None) -> int:

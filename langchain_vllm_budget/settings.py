@@ -34,16 +34,22 @@ __all__ = [
     "API_BASE",
     "API_KEY",
     "COMPACTION_TARGET",
+    "COMPRESSION",
     "MAX_CONCURRENCY",
     "MAX_MODEL_LEN",
     "MIN_OUTPUT_TOKENS",
     "MODEL",
     "OUTPUT_RESERVE",
+    "ROLLING_SUMMARY_MAX_TOKENS",
+    "ROLLING_SUMMARY_MODE",
     "SAFETY_MARGIN",
     "SETTINGS",
     "SUMMARIZER_API_BASE",
+    "SUMMARIZER_MAX_MODEL_LEN",
     "SUMMARIZER_MODEL",
+    "SUMMARIZER_TOKENIZER",
     "SUMMARY_MAX_TOKENS",
+    "THINKING_BUDGET",
     "TOKENIZER",
     "Setting",
     "SettingError",
@@ -166,7 +172,8 @@ TOKENIZER: Setting[str] = Setting(
     "VLLM_BUDGET_TOKENIZER",
     str,
     None,
-    "A local tokenizer folder for exact counting without a server round trip.",
+    "The tokenizer for exact local counting without a /tokenize round trip: a folder, or a "
+    "hub id already in the Hugging Face cache (with HF_HUB_OFFLINE=1 nothing is downloaded).",
 )
 MAX_MODEL_LEN: Setting[int] = Setting(
     "max_model_len",
@@ -200,6 +207,14 @@ MIN_OUTPUT_TOKENS: Setting[int] = Setting(
     "The least output room a request needs; below it the overflow policy acts.",
     legacy_env=("LLM_MIN_OUTPUT_TOKENS",),
 )
+THINKING_BUDGET: Setting[int] = Setting(
+    "thinking_budget",
+    "VLLM_BUDGET_THINKING_BUDGET",
+    int,
+    None,
+    "Most thinking tokens per request of a reasoning model (vLLM's thinking_token_budget; "
+    "needs --reasoning-parser); unset: no limit.",
+)
 MAX_CONCURRENCY: Setting[int] = Setting(
     "max_concurrency",
     "VLLM_BUDGET_MAX_CONCURRENCY",
@@ -224,6 +239,22 @@ SUMMARIZER_API_BASE: Setting[str] = Setting(
     "The summarizer's server URL; unset: the main server.",
     legacy_env=("SUMMARIZER_API_BASE",),
 )
+SUMMARIZER_MAX_MODEL_LEN: Setting[int] = Setting(
+    "summarizer_max_model_len",
+    "VLLM_BUDGET_SUMMARIZER_MAX_MODEL_LEN",
+    int,
+    None,
+    "The summarizer's context window in tokens (its server's --max-model-len); unset: read "
+    "from the summarizer's server, never the main model's window.",
+)
+SUMMARIZER_TOKENIZER: Setting[str] = Setting(
+    "summarizer_tokenizer",
+    "VLLM_BUDGET_SUMMARIZER_TOKENIZER",
+    str,
+    None,
+    "The summarizer's tokenizer (a folder or a cached hub id); unset: the summarizer's "
+    "server counts, or the main tokenizer when the summarizer is the main model.",
+)
 SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "summary_max_tokens",
     "VLLM_BUDGET_SUMMARY_MAX_TOKENS",
@@ -240,6 +271,28 @@ COMPACTION_TARGET: Setting[float] = Setting(
     "After a compaction (on_overflow trim/summarize) the input fills at most this share of "
     "the input limit, leaving room for the next turns.",
 )
+ROLLING_SUMMARY_MAX_TOKENS: Setting[int] = Setting(
+    "rolling_summary_max_tokens",
+    "VLLM_BUDGET_ROLLING_SUMMARY_MAX_TOKENS",
+    int,
+    400,
+    "The hard cap on a staged run's rolling summary, in tokens.",
+)
+ROLLING_SUMMARY_MODE: Setting[str] = Setting(
+    "rolling_summary_mode",
+    "VLLM_BUDGET_ROLLING_SUMMARY_MODE",
+    str,
+    "extractive",
+    "How the rolling summary is merged: extractive (no model call) or llm.",
+)
+COMPRESSION: Setting[str] = Setting(
+    "compression",
+    "VLLM_BUDGET_COMPRESSION",
+    str,
+    "auto",
+    "When a stage's summarizer is called: auto (only if the extractive summary loses "
+    "entities), llm (always) or extractive (never).",
+)
 
 SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     API_BASE,
@@ -250,10 +303,16 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     OUTPUT_RESERVE,
     SAFETY_MARGIN,
     MIN_OUTPUT_TOKENS,
+    THINKING_BUDGET,
     MAX_CONCURRENCY,
     SUMMARIZER_MODEL,
     SUMMARIZER_API_BASE,
+    SUMMARIZER_MAX_MODEL_LEN,
+    SUMMARIZER_TOKENIZER,
     SUMMARY_MAX_TOKENS,
     COMPACTION_TARGET,
+    ROLLING_SUMMARY_MAX_TOKENS,
+    ROLLING_SUMMARY_MODE,
+    COMPRESSION,
 )
 """The package's settings, in the order of the README's table."""

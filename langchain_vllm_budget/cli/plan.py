@@ -13,7 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from langchain_vllm_budget.serving.docker import DOCKER_FILES, render_docker_files
+from langchain_vllm_budget.serving.docker import (
+    DOCKER_FILES,
+    compose_up_command,
+    render_docker_files,
+)
 from langchain_vllm_budget.serving.planner import (
     GIB,
     KVCachePlan,
@@ -21,11 +25,19 @@ from langchain_vllm_budget.serving.planner import (
     checkpoint_size_gib,
     load_model_config,
 )
-from langchain_vllm_budget.serving.profiles import PROFILES, ServerProfile
+from langchain_vllm_budget.serving.profiles import (
+    LAYOUTS,
+    PROFILES,
+    ServerProfile,
+    choose_layout,
+)
 
 __all__ = ["plan_command", "profiles_app"]
 
 profiles_app = typer.Typer(help="The built-in vLLM server profiles and the docker/ files.")
+
+DEFAULT_GPU_MEMORY_GIB = PROFILES["long-window"].gpu_memory_gib
+"""The GPU the built-in profiles are tuned for (the seed's 12 GB RTX 3060), in GiB."""
 
 _console = Console()
 _errors = Console(stderr=True)
@@ -115,14 +127,21 @@ def _source_profile(source: str, model_dtype: str | None) -> tuple[ServerProfile
 
 def plan_command(
     source: Annotated[
-        str, typer.Argument(help="A profile name, a model folder, or a config.json path.")
-    ] = "long-window",
+        str | None,
+        typer.Argument(
+            help="A profile name, a model folder, or a config.json path; none: choose the "
+            "layout (compose profile) for --gpu-memory-gib."
+        ),
+    ] = None,
     kv_cache_dtype: Annotated[
         str | None, typer.Option(help="--kv-cache-dtype: auto, fp16, bf16, fp8, fp32.")
     ] = None,
     max_model_len: Annotated[int | None, typer.Option(help="--max-model-len.")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="--max-num-seqs.")] = None,
-    gpu_memory_gib: Annotated[float | None, typer.Option(help="Memory of each GPU, GiB.")] = None,
+    gpu_memory_gib: Annotated[
+        float | None,
+        typer.Option(help="Memory of each GPU, GiB (layout choice: default 12, the profiles')."),
+    ] = None,
     gpu_memory_utilization: Annotated[
         float | None, typer.Option(help="--gpu-memory-utilization, in (0, 1].")
     ] = None,
@@ -142,9 +161,51 @@ def plan_command(
     overhead_gib: Annotated[
         float | None, typer.Option(help="Activations + CUDA context per GPU, GiB (estimate).")
     ] = None,
-    serve: Annotated[bool, typer.Option(help="Also print the matching `vllm serve` line.")] = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Layout choice: requests the app runs at once (default 1).", min=1),
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option(help="Also print the matching `vllm serve` line(s).")
+    ] = False,
 ) -> None:
-    """Plan a vLLM KV cache: bytes per token, capacity, concurrency, what fits."""
+    """Plan a vLLM KV cache, or (no SOURCE) choose the layout that fits a GPU.
+
+    With no SOURCE it plans every layout (docker compose profile) on one GPU of
+    --gpu-memory-gib and says which to run. With a SOURCE it plans that profile or model:
+    bytes per token, capacity, concurrency, what fits.
+    """
+    if source is None:
+        single = {
+            "--kv-cache-dtype": kv_cache_dtype,
+            "--max-model-len": max_model_len,
+            "--max-num-seqs": max_num_seqs,
+            "--gpu-memory-utilization": gpu_memory_utilization,
+            "--weights-gib": weights_gib,
+            "--tensor-parallel-size": tensor_parallel_size,
+            "--kv-cache-gib": kv_cache_gib,
+            "--dtype": dtype,
+            "--block-size": block_size,
+            "--device": None if device == "cuda" else device,
+        }
+        given = [name for name, value in single.items() if value is not None]
+        if given:
+            raise typer.BadParameter(
+                f"{', '.join(given)}: for one profile or model, given as SOURCE (e.g. "
+                "`vllm-budget plan long-window --max-model-len 8192`), or leave "
+                f"{'it' if len(given) == 1 else 'them'} out to choose a layout."
+            )
+        _choose_layout(
+            DEFAULT_GPU_MEMORY_GIB if gpu_memory_gib is None else gpu_memory_gib,
+            concurrency=concurrency or 1,
+            overhead_gib=overhead_gib,
+            serve=serve,
+        )
+        return
+    if concurrency is not None:
+        raise typer.BadParameter(
+            "--concurrency chooses a layout (no SOURCE); for one profile use --max-num-seqs."
+        )
     try:
         profile, builtin = _source_profile(source, dtype)
         changes: dict[str, Any] = {
@@ -176,6 +237,66 @@ def plan_command(
         _console.print(profile.shell_command(), markup=False, highlight=False, soft_wrap=True)
 
 
+def _kv_verdict(plan: KVCachePlan) -> str:
+    need = (plan.seqs_bytes or 0) / GIB
+    have = plan.kv_cache_memory_bytes / GIB
+    return f"{plan.max_num_seqs} x {plan.max_model_len:,} need {need:.2f} of {have:.2f} GiB"
+
+
+def _choose_layout(
+    gpu_memory_gib: float, *, concurrency: int, overhead_gib: float | None, serve: bool
+) -> None:
+    """Print every layout planned on the GPU, and the one to run (exit 2 if none fits)."""
+    try:
+        choice = choose_layout(gpu_memory_gib, concurrency=concurrency, overhead_gib=overhead_gib)
+    except PlannerError as exc:
+        _errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    table = Table(
+        "layout",
+        "server (start order)",
+        "window x seqs",
+        "GPU share",
+        "KV cache",
+        "verdict",
+        title=f"Layouts on one {gpu_memory_gib:g} GiB GPU, {concurrency} request(s) at once "
+        "(planner estimates: weights + overhead per profile)",
+    )
+    for fit in choice.fits:
+        planned = {profile.name: plan for profile, plan in fit.plans}
+        for index, profile in enumerate(fit.layout.servers):
+            plan = planned.get(profile.name)
+            if plan is None:
+                verdict = "does not start"
+            elif plan.fits_max_num_seqs:
+                verdict = "fits: " + _kv_verdict(plan)
+            else:
+                verdict = f"{plan.recommended_max_num_seqs} of {plan.max_num_seqs} fit"
+            table.add_row(
+                fit.layout.name if index == 0 else "",
+                profile.name,
+                f"{profile.max_model_len:,} x {profile.max_num_seqs}",
+                f"{profile.gpu_memory_utilization:g}",
+                "-" if plan is None else f"{plan.capacity_tokens:,} tokens",
+                verdict,
+            )
+        table.rows[-1].end_section = True
+    _console.print(table)
+    chosen = choice.chosen
+    for fit in choice.fits:
+        if not fit.fits:
+            _console.print(
+                f"{fit.layout.name} does not fit: {'; '.join(fit.problems)}", highlight=False
+            )
+    reasons = "; ".join(f"{profile.name} {_kv_verdict(plan)}" for profile, plan in chosen.plans)
+    why = "the first layout that fits" if choice.fits[0] is not chosen else "it fits"
+    _console.print(f"run {chosen.layout.name!r} ({why}; KV cache: {reasons}):", highlight=False)
+    _console.print(compose_up_command(chosen.layout), markup=False, highlight=False, soft_wrap=True)
+    if serve:
+        for profile, _ in chosen.plans:
+            _console.print(profile.shell_command(), markup=False, highlight=False, soft_wrap=True)
+
+
 @profiles_app.command("list")
 def profiles_list() -> None:
     """List the built-in profiles."""
@@ -190,6 +311,11 @@ def profiles_list() -> None:
             profile.description,
         )
     _console.print(table)
+    layouts = Table("layout", "servers (start order)", "what", title="layouts (compose profiles)")
+    for layout in LAYOUTS.values():
+        names = " then ".join(profile.name for profile in layout.servers)
+        layouts.add_row(layout.name, names, layout.description)
+    _console.print(layouts)
 
 
 @profiles_app.command("render")

@@ -49,7 +49,7 @@ from langchain_vllm_budget.compaction import (
     MessageCounter,
     text_counter_for,
 )
-from langchain_vllm_budget.settings import SUMMARY_MAX_TOKENS
+from langchain_vllm_budget.compression import CompressionStrategy
 
 __all__ = ["ContextCompactionMiddleware"]
 
@@ -107,9 +107,13 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
         memory: Where compactions are remembered (bridges a compaction made inside a
             model call to the state); default: a new one.
+        strategy: When the compressor calls the summarizer (default
+            ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
+            lose entities; ``"llm"``: on every compaction; ``"extractive"``: never).
 
     Raises:
-        ValueError: Bad ``policy``/``target``, or no way to know the input limit.
+        ValueError: Bad ``policy``/``target``/``strategy``, or no way to know the input
+            limit.
 
     Example:
         ```python
@@ -139,6 +143,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         summarizer: BaseChatModel | Literal["extractive"] | None = None,
         summary_max_tokens: int | None = None,
         memory: CompactionMemory | None = None,
+        strategy: CompressionStrategy | None = None,
     ) -> None:
         super().__init__()
         if policy not in ("trim", "summarize"):
@@ -162,10 +167,13 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         self.summarizer = writer if isinstance(writer, BaseChatModel) else None
         self.memory = memory if memory is not None else CompactionMemory()
         # Validated now; built on first use (the model's counter may ask the server).
-        self._settings: dict[str, Any] = {
-            **({} if target is None else {"target": target}),
-            "summary_max_tokens": summary_max_tokens or SUMMARY_MAX_TOKENS.required_default(),
+        given = {
+            "target": target,
+            "summary_max_tokens": summary_max_tokens,
+            "strategy": strategy,
         }
+        # Unset ones: the Compactor's defaults (the VLLM_BUDGET_* settings).
+        self._settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         Compactor(**self._settings)
         self._compactor: Compactor | None = None
         self._shape: _Shape | None = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain.agents.middleware.types import AgentMiddleware, AgentState, ContextT, ResponseT
 from langchain.tools import ToolRuntime
@@ -38,12 +38,12 @@ from langgraph.types import Command
 from langchain_vllm_budget.compaction import text_counter_for
 from langchain_vllm_budget.compression import (
     CompressionResult,
+    CompressionStrategy,
     acompress_stage_result,
     compress_stage_result,
-    extractive_summary,
     truncate_to_tokens,
 )
-from langchain_vllm_budget.settings import SUMMARY_MAX_TOKENS
+from langchain_vllm_budget.settings import COMPRESSION, SUMMARY_MAX_TOKENS
 from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
@@ -137,9 +137,13 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``); must be below ``threshold_tokens``.
         summarizer: A chat model, ``"extractive"`` (model-free), or ``None`` for ``model``.
         namespace: The store namespace prefix (the thread id is appended).
+        strategy: When the compressor calls the summarizer (default
+            ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
+            lose entities; ``"llm"``: for every large result; ``"extractive"``: never).
 
     Raises:
-        ValueError: ``threshold_tokens`` not above ``summary_max_tokens``.
+        ValueError: ``threshold_tokens`` not above ``summary_max_tokens``, or an unknown
+            ``strategy``.
 
     Example:
         ```python
@@ -165,9 +169,14 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         summary_max_tokens: int | None = None,
         summarizer: BaseChatModel | Literal["extractive"] | None = None,
         namespace: tuple[str, ...] = DEFAULT_NAMESPACE,
+        strategy: CompressionStrategy | None = None,
     ) -> None:
         super().__init__()
-        cap = summary_max_tokens or SUMMARY_MAX_TOKENS.required_default()
+        cap = (
+            summary_max_tokens
+            if summary_max_tokens is not None
+            else SUMMARY_MAX_TOKENS.required_factory()()
+        )
         if cap < 1 or threshold_tokens <= cap:
             msg = (
                 f"threshold_tokens ({threshold_tokens}) must be above summary_max_tokens "
@@ -178,6 +187,14 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         self.threshold_tokens = threshold_tokens
         self.summary_max_tokens = cap
         self.summarizer = None if summarizer == "extractive" else (summarizer or model)
+        chosen = strategy if strategy is not None else COMPRESSION.get()
+        if chosen not in ("auto", "llm", "extractive"):
+            msg = (
+                f"strategy must be 'auto', 'llm' or 'extractive', got {chosen!r}; set "
+                "strategy= or VLLM_BUDGET_COMPRESSION."
+            )
+            raise ValueError(msg)
+        self.strategy = cast("CompressionStrategy", chosen)
         self.namespace = tuple(namespace)
         self._text_counter: TokenCounter | None = None
         self.tools = [self._read_tool()]
@@ -238,12 +255,8 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             "user_request": truncate_to_tokens(job.request, _REQUEST_TOKENS, self.counter),
             "max_tokens": self.summary_max_tokens,
             "tokenizer": self.counter,
+            "strategy": self.strategy if self.summarizer is not None else "extractive",
         }
-
-    def _extractive(self, job: _Job) -> CompressionResult:
-        return extractive_summary(
-            job.text, max_tokens=self.summary_max_tokens, tokenizer=self.counter
-        )
 
     def _replace(self, job: _Job, compressed: CompressionResult) -> ToolMessage:
         """The ToolMessage with the summary, a note on where the raw output is, and savings."""
@@ -283,10 +296,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         if job is None:
             return result
         job.store.put(job.namespace, job.message.tool_call_id, job.value)
-        if self.summarizer is None:
-            compressed = self._extractive(job)
-        else:
-            compressed = compress_stage_result(job.text, **self._compress_kwargs(job))
+        compressed = compress_stage_result(job.text, **self._compress_kwargs(job))
         return self._replace(job, compressed)
 
     async def awrap_tool_call(
@@ -294,16 +304,14 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        """Async :meth:`wrap_tool_call` (counting and the extractive summary in a thread)."""
+        """Async :meth:`wrap_tool_call` (counting in worker threads, the summarizer awaited)."""
         result = await handler(request)
         job = await asyncio.to_thread(self._job, request, result)
         if job is None:
             return result
         await job.store.aput(job.namespace, job.message.tool_call_id, job.value)
-        if self.summarizer is None:
-            compressed = await asyncio.to_thread(self._extractive, job)
-        else:
-            compressed = await acompress_stage_result(job.text, **self._compress_kwargs(job))
+        kwargs = await asyncio.to_thread(self._compress_kwargs, job)
+        compressed = await acompress_stage_result(job.text, **kwargs)
         return self._replace(job, compressed)
 
     # ------------------------------------------------------------------------ read-back tool

@@ -26,18 +26,39 @@ Example:
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from langchain_vllm_budget.serving.planner import KVCachePlan, PlannerError, plan_kv_cache
+from langchain_vllm_budget import settings
+from langchain_vllm_budget.serving.planner import (
+    GIB,
+    InvalidSettingError,
+    KVCachePlan,
+    KVCacheTooSmallError,
+    ModelDoesNotFitError,
+    PlannerError,
+    plan_kv_cache,
+)
 
 if TYPE_CHECKING:
     from langchain_vllm_budget.budget import TokenBudget
 
-__all__ = ["PROFILES", "ServerProfile", "UnknownProfileError", "get_profile"]
+__all__ = [
+    "LAYOUTS",
+    "PROFILES",
+    "Layout",
+    "LayoutChoice",
+    "LayoutFit",
+    "NoLayoutFitsError",
+    "ServerProfile",
+    "UnknownProfileError",
+    "choose_layout",
+    "get_profile",
+]
 
 
 class UnknownProfileError(PlannerError, KeyError):
@@ -148,14 +169,77 @@ class ServerProfile:
             safety_margin=self.safety_margin,
         )
 
-    def client_env(self) -> dict[str, str]:
-        """The client's environment variables for this server (the seed's names)."""
-        return {
-            "LLM_MODEL": self.model,
-            "LLM_MAX_MODEL_LEN": str(self.max_model_len),
-            "LLM_OUTPUT_RESERVE": str(self.output_reserve),
-            "LLM_SAFETY_MARGIN": str(self.safety_margin),
+    def client_env(self, *, base_url: str | None = None) -> dict[str, str]:
+        """The client's settings for this server, by environment variable.
+
+        The names are those of :mod:`langchain_vllm_budget.settings`. The tokenizer is the
+        model's hub id, which loads from a Hugging Face cache that holds the model (the
+        docker layouts share the vLLM servers' cache with the app, read-only).
+
+        Args:
+            base_url: The server's URL as the client reaches it, if known.
+
+        Example:
+            >>> env = PROFILES["balanced"].client_env(base_url="http://vllm:8000/v1")
+            >>> env["VLLM_API_BASE"], env["VLLM_BUDGET_MAX_MODEL_LEN"]
+            ('http://vllm:8000/v1', '8192')
+        """
+        env = {settings.API_BASE.env: base_url} if base_url else {}
+        env |= {
+            settings.MODEL.env: self.model,
+            settings.TOKENIZER.env: self.model,
+            settings.MAX_MODEL_LEN.env: str(self.max_model_len),
+            settings.MAX_CONCURRENCY.env: str(self.max_num_seqs),
+            settings.OUTPUT_RESERVE.env: str(self.output_reserve),
+            settings.SAFETY_MARGIN.env: str(self.safety_margin),
         }
+        return env
+
+    def summarizer_env(self, *, base_url: str) -> dict[str, str]:
+        """The client's settings for this server used as the summarizer, by variable.
+
+        Its own window and tokenizer: the main model's are never forced onto it.
+
+        Args:
+            base_url: The summarizer server's URL as the client reaches it.
+
+        Example:
+            >>> env = PROFILES["summarizer"].summarizer_env(base_url="http://s:8000/v1")
+            >>> env["VLLM_BUDGET_SUMMARIZER_MODEL"], env["VLLM_BUDGET_SUMMARIZER_MAX_MODEL_LEN"]
+            ('Qwen/Qwen2.5-3B-Instruct-AWQ', '8192')
+        """
+        return {
+            settings.SUMMARIZER_API_BASE.env: base_url,
+            settings.SUMMARIZER_MODEL.env: self.model,
+            settings.SUMMARIZER_TOKENIZER.env: self.model,
+            settings.SUMMARIZER_MAX_MODEL_LEN.env: str(self.max_model_len),
+        }
+
+    def min_gpu_memory_gib(self) -> float:
+        """The least GPU memory on which ``max_num_seqs`` full-length requests fit.
+
+        Per GPU, in GiB, rounded up to 0.1: the planner's estimate (its weights and
+        overhead figures), at this profile's ``--gpu-memory-utilization``.
+
+        Raises:
+            PlannerError: The profile cannot be planned (e.g. its weights are unknown).
+
+        Example:
+            >>> PROFILES["long-window"].min_gpu_memory_gib()  # (5.2 + 1 + 0.66 GiB) / 0.88
+            7.8
+        """
+        if self.weights_gib is None:
+            raise InvalidSettingError(
+                "weights_gib", None, f"give the weights' size of profile {self.name!r}"
+            )
+        # The block geometry does not depend on the memory: plan against any cache size.
+        geometry = self.plan(kv_cache_memory_bytes=_GEOMETRY_PROBE_BYTES)
+        blocks = self.max_num_seqs * geometry.blocks_per_request + 1  # + the held-back block
+        kv_gib = blocks * geometry.bytes_per_block / GIB
+        fixed_gib = self.weights_gib / self.tensor_parallel_size + self.overhead_gib
+        # +1 byte per term absorbs the planner's truncation of each term to whole bytes.
+        needed = (kv_gib + fixed_gib + 2 / GIB) / self.gpu_memory_utilization
+        return math.ceil(needed * 10) / 10
 
     def plan(self, **overrides: Any) -> KVCachePlan:
         """Plan this profile's KV cache on its GPU; keyword arguments override settings.
@@ -183,6 +267,9 @@ class ServerProfile:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+
+# Any cache size does to read the block geometry (bytes per block, blocks per request).
+_GEOMETRY_PROBE_BYTES = 1 << 40
 
 # Architecture fields of the models' config.json files (Qwen2.5 family).
 _QWEN25_7B_CONFIG: Mapping[str, Any] = MappingProxyType(
@@ -278,3 +365,265 @@ def get_profile(name: str) -> ServerProfile:
         return PROFILES[name]
     except KeyError:
         raise UnknownProfileError(name) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts: the servers that share one GPU (the docker compose profiles)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A GPU layout: the vLLM servers that share one GPU, in their start order.
+
+    Each layout is a docker compose profile of ``docker/compose.yaml`` (its name), with its own
+    app service configured for exactly these servers.
+
+    Attributes:
+        name: The layout's (and compose profile's) name.
+        description: One line on what it is for.
+        reasoner: The profile name of the main model's server (started first).
+        summarizer: The profile name of a separate summarizer server on the same GPU
+            (started once the reasoner is healthy: vLLM checks the free GPU memory at
+            start-up), if any.
+    """
+
+    name: str
+    description: str
+    reasoner: str
+    summarizer: str | None = None
+
+    @property
+    def servers(self) -> tuple[ServerProfile, ...]:
+        """The server profiles, in start order."""
+        names = (self.reasoner,) if self.summarizer is None else (self.reasoner, self.summarizer)
+        return tuple(get_profile(name) for name in names)
+
+    def min_gpu_memory_gib(self, *, overhead_gib: float | None = None) -> float:
+        """The least GPU memory on which every server of the layout fits (GiB, estimate).
+
+        Args:
+            overhead_gib: Runtime memory per server; default: each profile's estimate.
+        """
+        servers = self.servers
+        if overhead_gib is not None:
+            servers = tuple(p.with_settings(overhead_gib=overhead_gib) for p in servers)
+        return max(profile.min_gpu_memory_gib() for profile in servers)
+
+    def fit(
+        self, gpu_memory_gib: float, *, concurrency: int = 1, overhead_gib: float | None = None
+    ) -> LayoutFit:
+        """Plan every server of the layout on one GPU of ``gpu_memory_gib``.
+
+        Args:
+            gpu_memory_gib: The GPU's memory in GiB.
+            concurrency: Requests the app must have served at once (the reasoner's
+                ``--max-num-seqs`` must allow them).
+            overhead_gib: Runtime memory per server beside weights and KV cache; default:
+                each profile's estimate.
+
+        Returns:
+            The plans and, when it does not fit, every reason why.
+
+        Raises:
+            InvalidSettingError: ``concurrency`` below 1 or a bad ``gpu_memory_gib``.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidSettingError("concurrency", concurrency, "use a whole number >= 1")
+        problems: list[str] = []
+        plans: list[tuple[ServerProfile, KVCachePlan]] = []
+        reasoner = self.servers[0]
+        if concurrency > reasoner.max_num_seqs:
+            problems.append(
+                f"{reasoner.name} serves {reasoner.max_num_seqs} requests at once "
+                f"(--max-num-seqs), not {concurrency}"
+            )
+        shared = sum(profile.gpu_memory_utilization for profile in self.servers)
+        if shared > 1:
+            problems.append(
+                f"the servers' --gpu-memory-utilization add up to {shared:g} > 1: the later "
+                "one would find too little free memory at start-up"
+            )
+        for profile in self.servers:
+            changes = {} if overhead_gib is None else {"overhead_gib": overhead_gib}
+            try:
+                plan = profile.plan(gpu_memory_gib=gpu_memory_gib, **changes)
+            except ModelDoesNotFitError as exc:
+                problems.append(
+                    f"{profile.name}: weights + overhead need {exc.needed_gib:.2f} GiB of the "
+                    f"{exc.usable_gib:.2f} GiB it may use ({profile.gpu_memory_utilization:g} x "
+                    f"{gpu_memory_gib:g} GiB)"
+                )
+                continue
+            except KVCacheTooSmallError as exc:
+                problems.append(
+                    f"{profile.name}: one {exc.max_model_len:,}-token request needs "
+                    f"{exc.needed_bytes / GIB:.2f} GiB of KV cache, "
+                    f"{exc.available_bytes / GIB:.2f} GiB is left"
+                )
+                continue
+            plans.append((profile, plan))
+            if not plan.fits_max_num_seqs:
+                problems.append(
+                    f"{profile.name}: {plan.max_num_seqs} x {plan.max_model_len:,} tokens need "
+                    f"{(plan.seqs_bytes or 0) / GIB:.2f} GiB of KV cache but only "
+                    f"{plan.kv_cache_memory_bytes / GIB:.2f} GiB is left "
+                    f"({plan.recommended_max_num_seqs} fit)"
+                )
+        return LayoutFit(self, gpu_memory_gib, tuple(plans), tuple(problems))
+
+
+@dataclass(frozen=True)
+class LayoutFit:
+    """A layout planned on one GPU.
+
+    Attributes:
+        layout: The layout.
+        gpu_memory_gib: The GPU's memory in GiB.
+        plans: Each server that could be planned, with its KV-cache plan.
+        problems: Why the layout does not fit (empty: it fits).
+    """
+
+    layout: Layout
+    gpu_memory_gib: float
+    plans: tuple[tuple[ServerProfile, KVCachePlan], ...]
+    problems: tuple[str, ...]
+
+    @property
+    def fits(self) -> bool:
+        """Every server starts and holds its ``max_num_seqs`` full-length requests."""
+        return not self.problems
+
+
+class NoLayoutFitsError(PlannerError):
+    """No layout fits the GPU (or serves the concurrency asked for).
+
+    Attributes:
+        gpu_memory_gib: The GPU's memory in GiB.
+        concurrency: Requests asked to be served at once.
+        fits: Every layout's plan, with its reasons.
+        smallest_gpu: ``(GiB, layout name)``: the least GPU memory on which a layout
+            that serves ``concurrency`` fits, if any layout serves it.
+    """
+
+    def __init__(
+        self,
+        *,
+        gpu_memory_gib: float,
+        concurrency: int,
+        fits: tuple[LayoutFit, ...],
+        smallest_gpu: tuple[float, str] | None,
+    ) -> None:
+        self.gpu_memory_gib = gpu_memory_gib
+        self.concurrency = concurrency
+        self.fits = fits
+        self.smallest_gpu = smallest_gpu
+        reasons = "; ".join(f"{fit.layout.name} layout: {', '.join(fit.problems)}" for fit in fits)
+        if smallest_gpu is None:
+            most = max(LAYOUTS.values(), key=lambda layout: layout.servers[0].max_num_seqs)
+            advice = (
+                f"no layout serves {concurrency} requests at once (at most "
+                f"{most.servers[0].max_num_seqs}, {most.name}): lower the concurrency or add a "
+                "profile with a larger --max-num-seqs."
+            )
+        else:
+            gib, name = smallest_gpu
+            advice = (
+                f"the smallest GPU that fits one is {gib:g} GiB ({name}); on this GPU use a "
+                "smaller or more quantized model, or shorter windows (a profile of your own)."
+            )
+        super().__init__(
+            f"No layout fits a {gpu_memory_gib:g} GiB GPU for {concurrency} request(s) at once "
+            f"({reasons}): {advice}"
+        )
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The layout to run on a GPU, and how every layout fared.
+
+    Attributes:
+        chosen: The first layout, in :data:`LAYOUTS` order, that fits.
+        fits: Every layout's plan, in :data:`LAYOUTS` order.
+    """
+
+    chosen: LayoutFit
+    fits: tuple[LayoutFit, ...]
+
+
+LAYOUTS: Mapping[str, Layout] = MappingProxyType(
+    {
+        layout.name: layout
+        for layout in (
+            Layout(
+                name="summarizer",
+                description="The 7B reasoner (12K x 2) and a 3B summarizer for stage "
+                "compression on one GPU.",
+                reasoner="long-window-shared",
+                summarizer="summarizer",
+            ),
+            Layout(
+                name="solo",
+                description="Profile A: the 7B alone, one long conversation at a time (12K x 2).",
+                reasoner="long-window",
+            ),
+            Layout(
+                name="balanced",
+                description="Profile B: the 7B alone, more requests at once (8K x 6).",
+                reasoner="balanced",
+            ),
+        )
+    }
+)
+"""The GPU layouts by name, in the order :func:`choose_layout` prefers them.
+
+``summarizer`` first: its reasoner has the window and sequences of ``solo``, and the 3B takes
+compression off it, in memory that ``solo`` leaves idle at two sequences. ``balanced`` is
+chosen when more requests must run at once than the others allow.
+"""
+
+
+def choose_layout(
+    gpu_memory_gib: float, *, concurrency: int = 1, overhead_gib: float | None = None
+) -> LayoutChoice:
+    """The layout to run on one GPU of ``gpu_memory_gib``: the first in :data:`LAYOUTS` that fits.
+
+    Args:
+        gpu_memory_gib: The GPU's memory in GiB.
+        concurrency: Requests the app must have served at once.
+        overhead_gib: Runtime memory per server beside weights and KV cache (estimate);
+            default: each profile's.
+
+    Returns:
+        The chosen layout and every layout's plan.
+
+    Raises:
+        NoLayoutFitsError: None fits (the message gives each layout's reasons and the
+            smallest GPU that would do).
+        InvalidSettingError: A bad ``gpu_memory_gib`` or ``concurrency``.
+
+    Example:
+        >>> choose_layout(12).chosen.layout.name
+        'summarizer'
+        >>> choose_layout(8).chosen.layout.name  # the 3B does not fit beside the 7B
+        'solo'
+        >>> choose_layout(12, concurrency=4).chosen.layout.name
+        'balanced'
+    """
+    fits = tuple(
+        layout.fit(gpu_memory_gib, concurrency=concurrency, overhead_gib=overhead_gib)
+        for layout in LAYOUTS.values()
+    )
+    for fit in fits:
+        if fit.fits:
+            return LayoutChoice(fit, fits)
+    candidates = [
+        (layout.min_gpu_memory_gib(overhead_gib=overhead_gib), layout.name)
+        for layout in LAYOUTS.values()
+        if layout.servers[0].max_num_seqs >= concurrency
+    ]
+    raise NoLayoutFitsError(
+        gpu_memory_gib=gpu_memory_gib,
+        concurrency=concurrency,
+        fits=fits,
+        smallest_gpu=min(candidates) if candidates else None,
+    )

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphs import Context
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+
+from graphs.context import Context
+from graphs.graph import build_pipeline
 from tests.integration_tests.conftest import ServedModel
 
 FAST = {
     # stage outputs within the summary cap are kept verbatim and the rolling summary just
     # appends: four short model calls per run, for the tests about persistence and serving
-    "stage_max_tokens": 24,
-    "min_stage_output_tokens": 16,
+    "output_reserve": 24,
+    "min_output_tokens": 16,
+    "safety_margin": 32,
     "summary_max_tokens": 64,
     "rolling_summary_max_tokens": 400,
     "temperature": 0.0,
@@ -23,9 +29,14 @@ REQUEST = "Fix INC-4821: /srv/checkout/app.yaml has pool_timeout=30s and retries
 def fast_context(served: ServedModel, **overrides: Any) -> Context:
     values: dict[str, Any] = {
         "base_url": served.base_url,
-        "reasoning_model": served.model,
-        "tokenizer_path": str(served.model_path),
+        "model": served.model,
+        "tokenizer": str(served.model_path),
         **FAST,
     }
     values.update(overrides)
     return Context(**values)
+
+
+def pipeline(checkpointer: BaseCheckpointSaver[Any], store: BaseStore) -> CompiledStateGraph[Any]:
+    """The app's pipeline, compiled with the given persistence."""
+    return build_pipeline().compile(checkpointer=checkpointer, store=store)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from langgraph_sdk import get_sync_client
 
-from graphs.pipeline import STAGES
+from graphs.graph import STAGES
 from langchain_vllm_budget.serving.local_server import find_free_port, stop_process_group
 from tests.integration_tests._pipeline_helpers import FAST, REQUEST
 from tests.integration_tests.conftest import ServedModel
@@ -71,7 +71,7 @@ def test_langgraph_dev_round_trip(langgraph_dev: str, smollm2: ServedModel) -> N
     assistants = client.assistants.search(graph_id="pipeline")
     assert assistants, "langgraph.json must register the 'pipeline' graph"
     thread = client.threads.create()
-    context = {"base_url": smollm2.base_url, "reasoning_model": smollm2.model, **FAST}
+    context = {"base_url": smollm2.base_url, "model": smollm2.model, **FAST}
     result = client.runs.wait(
         thread["thread_id"], "pipeline", input={"request": REQUEST}, context=context
     )
@@ -87,12 +87,31 @@ def test_langgraph_dev_round_trip(langgraph_dev: str, smollm2: ServedModel) -> N
         entry = values["ledger"][stage]
         assert entry["summary_tokens"] <= FAST["summary_max_tokens"]
         assert entry["input_tokens"] > 0
-        assert entry["budget"]["max_tokens"] == entry["max_tokens_granted"]
+        assert entry["budget"]["max_tokens"] == entry["max_tokens"]
         assert entry["budget"]["max_model_len"] == smollm2.max_model_len
     assert list(values["rolling_summaries"]) == list(STAGES)
 
-    # raw outputs are in the server's store, keyed by (thread, stage)
-    items = client.store.search_items(("stage_outputs", thread["thread_id"]))["items"]
+    # raw outputs are in the server's store, keyed by (thread, run, stage)
+    namespace = ["stage_outputs", thread["thread_id"], values["run_id"]]
+    items = client.store.search_items(namespace)["items"]
     assert sorted(item["key"] for item in items) == sorted(STAGES)
     for item in items:
         assert item["value"]["tokens"] == values["ledger"][item["key"]]["raw_tokens"]
+        assert values["ledger"][item["key"]]["raw_output"] == [*namespace, item["key"]]
+
+    # a second request on the same thread is a new run: nothing of the first is carried over
+    second = client.runs.wait(
+        thread["thread_id"],
+        "pipeline",
+        input={"request": "Restart db-replica-03."},
+        context=context,
+    )
+    assert second["run_id"] != values["run_id"]
+    assert all(e["run_id"] == second["run_id"] for e in second["ledger"].values())
+    runs = {
+        tuple(item["namespace"])[2]
+        for item in client.store.search_items(["stage_outputs", thread["thread_id"]], limit=50)[
+            "items"
+        ]
+    }
+    assert runs == {values["run_id"], second["run_id"]}

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from graphs import build_graph
-from graphs.pipeline import STAGES, postgres_persistence, raw_output_namespace
+from graphs.graph import STAGES
+from langchain_vllm_budget.persistence import postgres_persistence
 from langchain_vllm_budget.serving.local_server import find_free_port
-from tests.integration_tests._pipeline_helpers import REQUEST, fast_context
+from langchain_vllm_budget.stages import raw_output_namespace
+from tests.integration_tests._pipeline_helpers import REQUEST, fast_context, pipeline
 from tests.integration_tests.conftest import ServedModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -97,10 +98,10 @@ def postgres_dsn() -> Iterator[str]:
 def test_postgres_checkpointer_persists_and_resumes(
     postgres_dsn: str, smollm2: ServedModel
 ) -> None:
-    ctx = fast_context(smollm2, checkpointer_dsn=postgres_dsn)
+    ctx = fast_context(smollm2)
     config = {"configurable": {"thread_id": "pg-thread"}}
     with postgres_persistence(postgres_dsn) as (saver, store):
-        app = build_graph(saver, store)
+        app = pipeline(saver, store)
         for update in app.stream(
             {"request": REQUEST}, config, context=ctx, stream_mode="updates", durability="sync"
         ):
@@ -108,7 +109,7 @@ def test_postgres_checkpointer_persists_and_resumes(
                 break
     # a new connection (as a new process would have) sees the checkpoint and resumes it
     with postgres_persistence(postgres_dsn) as (saver, store):
-        app = build_graph(saver, store)
+        app = pipeline(saver, store)
         state = app.get_state(config)
         assert state.next == ("plan",)
         assert set(state.values["summaries"]) == {"classify", "select"}
@@ -120,7 +121,8 @@ def test_postgres_checkpointer_persists_and_resumes(
         assert resumed == ["plan", "execute"]
         final = app.get_state(config).values
         assert list(final["ledger"]) == list(STAGES)
-        stored = [store.get(raw_output_namespace("pg-thread"), s) for s in STAGES]
+        namespace = raw_output_namespace("pg-thread", final["run_id"])
+        stored = [store.get(namespace, s) for s in STAGES]
         assert all(item is not None and item.value["content"] for item in stored)
         history = list(app.get_state_history(config))
         assert len(history) >= 5

@@ -23,7 +23,7 @@ from langchain_vllm_budget.compaction import (
 )
 from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
-from tests.fakes import RecordingFakeModel
+from tests.fakes import RecordingFakeModel, ThreadRecordingCounter
 
 COUNTER = ApproximateTokenCounter()
 LIMIT = 1200
@@ -125,7 +125,11 @@ def test_one_summarizer_call_per_compaction() -> None:
     )
     loop = _Loop(
         Compactor(
-            target=0.6, memory=CompactionMemory(), summarizer=summarizer, text_counter=COUNTER
+            target=0.6,
+            memory=CompactionMemory(),
+            summarizer=summarizer,
+            text_counter=COUNTER,
+            strategy="llm",
         ),
         "summarize",
     )
@@ -144,6 +148,47 @@ def test_one_summarizer_call_per_compaction() -> None:
         summary = result.messages[1].text
         assert summary.startswith(SUMMARY_PREFIX)
         assert result.report.summary_tokens <= 250
+
+
+def test_auto_calls_the_summarizer_only_when_the_extract_loses_entities() -> None:
+    summarizer = RecordingFakeModel(responses=["- INC tickets reviewed"], prompts=[])
+    compactor = Compactor(
+        target=0.6,
+        memory=CompactionMemory(),
+        summarizer=summarizer,
+        text_counter=COUNTER,
+        strategy="auto",
+    )
+    loop = _Loop(compactor, "summarize")
+    for i in range(40):
+        loop.step(i)
+    compactions = [r for r in loop.results if r is not None and r.report.compacted]
+    calls = [r.report.summarizer_calls for r in compactions]
+    assert len(summarizer.prompts) == sum(calls)
+    # at most one call per compaction; none where the extractive summary kept everything
+    assert 0 < sum(calls) < len(compactions)
+    for result in compactions:
+        details = result.report.compression
+        assert details is not None
+        if result.report.summarizer_calls == 0:
+            assert details["method"] == "extractive"
+            assert details["missing"] == []
+        else:
+            assert result.report.summarizer_calls == 1
+
+
+def test_strategy_reads_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    summarizer = RecordingFakeModel(responses=["- reviewed"], prompts=[])
+    monkeypatch.setenv("VLLM_BUDGET_COMPRESSION", "extractive")
+    compactor = Compactor(summarizer=summarizer, text_counter=COUNTER)
+    assert compactor.strategy == "extractive"
+    history = [SYSTEM, *[m for i in range(14) for m in _turn(i)]]
+    result = compactor.compact(history, policy="summarize", count=count, limit=LIMIT)
+    assert result.fits
+    assert summarizer.prompts == []
+    assert result.report.summarizer_calls == 0
+    with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
+        Compactor(strategy="always")  # type: ignore[arg-type]
 
 
 def test_entities_survive_rolling_summaries() -> None:
@@ -297,6 +342,23 @@ async def test_async_counting_runs_off_the_event_loop() -> None:
     assert loop_thread not in threads
 
 
+async def test_async_summarize_never_counts_on_the_event_loop() -> None:
+    # the compressor counts the span and its summary too: with a server's /tokenize that
+    # would block the loop, so everything that counts runs in worker threads
+    loop_thread = threading.get_ident()
+    counter = ThreadRecordingCounter()
+    summarizer = RecordingFakeModel(responses=["- INC tickets reviewed"], prompts=[])
+    compactor = Compactor(summarizer=summarizer, text_counter=counter, strategy="llm")
+    history = [SYSTEM, *[m for i in range(14) for m in _turn(i)]]
+    result = await compactor.acompact(
+        history, policy="summarize", count=counter.count_messages, limit=LIMIT, offload=True
+    )
+    assert result.fits
+    assert result.report.summarizer_calls == len(summarizer.prompts) == 1
+    assert counter.threads
+    assert loop_thread not in counter.threads
+
+
 def test_bad_settings_are_typed_errors() -> None:
     with pytest.raises(ValueError, match="compaction target"):
         Compactor(target=0.0)
@@ -314,3 +376,59 @@ def test_target_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_BUDGET_COMPACTION_TARGET", "0.4")
     assert Compactor().target == 0.4
     assert Compactor(target=0.7).target == 0.7
+
+
+# ChatVLLM's wiring: its settings, and one memory shared by its copies (no server needed: the
+# window is configured and counting is approximate).
+
+
+def _chat_vllm(**kwargs: Any) -> Any:
+    from langchain_vllm_budget import ChatVLLM, TokenBudget
+
+    return ChatVLLM(
+        model="m",
+        base_url="http://127.0.0.1:9/v1",
+        token_counter=COUNTER,
+        budget=TokenBudget(max_model_len=1600, output_reserve=256, min_output_tokens=64),
+        **kwargs,
+    )
+
+
+def _report(model: Any, history: list[BaseMessage]) -> dict[str, Any]:
+    from langchain_vllm_budget._discovery import UNKNOWN_SERVER
+
+    prepared = model._prepare(model._request(history, {}), info=UNKNOWN_SERVER)
+    report = prepared.report()
+    assert report["input_tokens"] + report["max_tokens"] <= 1600 - report["safety_margin"]
+    return report
+
+
+def test_chat_vllm_compacts_to_its_target_and_its_copies_reuse_it() -> None:
+    model = _chat_vllm(on_overflow="trim", compaction_target=0.5)
+    history: list[BaseMessage] = [SYSTEM]
+    reports = []
+    for i in range(30):
+        history += _turn(i)
+        reports.append(_report(model, history))
+    compacted = [r for r in reports if r["compaction"] and r["compaction"]["compacted"]]
+    assert compacted, "the chat passed the window"
+    first = compacted[0]
+    assert first["action"] == "trimmed"
+    assert first["input_tokens"] <= first["compaction"]["target_tokens"]
+    assert first["compaction"]["target_tokens"] == int(first["compaction"]["input_limit"] * 0.5)
+    # a copy (bind, with_config and model_copy share the memory) reuses the compaction
+    copy = model.model_copy(update={"temperature": 0.2})
+    assert copy._compaction_memory is model._compaction_memory
+    again = _report(copy, [*history, *_turn(30)])
+    assert again["compaction"]["reused"]
+    assert again["dropped_messages"] == reports[-1]["dropped_messages"]
+
+
+def test_chat_vllm_compaction_target_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("VLLM_BUDGET_COMPACTION_TARGET", "0.45")
+    assert _chat_vllm().compaction_target == 0.45
+    assert _chat_vllm(compaction_target=0.8).compaction_target == 0.8
+    with pytest.raises(ValidationError, match="compaction_target"):
+        _chat_vllm(compaction_target=1.5)

@@ -174,7 +174,13 @@ def test_good_llm_summary_is_kept_and_measured() -> None:
     )
     model = _fake(good)
     result = compress_stage_result(
-        raw, model=model, stage_name="Stage C", user_request="fix", tokenizer=COUNTER, max_tokens=80
+        raw,
+        strategy="llm",
+        model=model,
+        stage_name="Stage C",
+        user_request="fix",
+        tokenizer=COUNTER,
+        max_tokens=80,
     )
     assert result.method == "llm"
     assert not result.summary.startswith("Summary")
@@ -183,7 +189,7 @@ def test_good_llm_summary_is_kept_and_measured() -> None:
     assert result.summary_tokens == COUNTER.count_text(result.summary) <= 80
     assert result.ratio == pytest.approx(result.raw_tokens / result.summary_tokens, rel=1e-3)
     prompt = model.prompts[0][1].text
-    assert "Compress the following Stage C result" in prompt
+    assert "**Stage C Result:**" in prompt
     assert "Preserve: numeric settings, file paths, API params, tool names, entity IDs" in prompt
 
 
@@ -195,6 +201,7 @@ def test_missing_entities_are_restored_as_bullets() -> None:
     )
     result = compress_stage_result(
         raw,
+        strategy="llm",
         model=_fake(partial),
         stage_name="B",
         user_request="r",
@@ -221,7 +228,13 @@ def test_missing_entities_are_restored_as_bullets() -> None:
 def test_degenerate_summaries_fall_back_to_extractive(reply: str, reason: str) -> None:
     raw = _stage_output(4)
     result = compress_stage_result(
-        raw, model=_fake(reply), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=150
+        raw,
+        strategy="llm",
+        model=_fake(reply),
+        stage_name="A",
+        user_request="r",
+        tokenizer=COUNTER,
+        max_tokens=150,
     )
     assert result.method == "extractive"
     assert result.fallback_reason is not None
@@ -242,7 +255,13 @@ def test_restoration_over_the_cap_falls_back_to_extractive() -> None:
         + " ".join(f"note{i}" for i in range(50))
     )
     result = compress_stage_result(
-        raw, model=_fake(wordy), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=140
+        raw,
+        strategy="llm",
+        model=_fake(wordy),
+        stage_name="A",
+        user_request="r",
+        tokenizer=COUNTER,
+        max_tokens=140,
     )
     assert result.method == "extractive"
     assert "exceed the cap" in (result.fallback_reason or "")
@@ -325,6 +344,7 @@ def test_results_larger_than_the_window_are_chunked_and_merged() -> None:
     model = _fake(*replies)
     result = compress_stage_result(
         raw,
+        strategy="llm",
         model=model,
         stage_name="execute",
         user_request="r",
@@ -346,6 +366,7 @@ def test_custom_prompt_template() -> None:
     template = "Squeeze {stage_name} for {user_request} into {max_tokens}: {result}"
     compress_stage_result(
         _stage_output(2),
+        strategy="llm",
         model=model,
         stage_name="plan",
         user_request="ship",
@@ -361,10 +382,22 @@ async def test_async_twin_matches_sync() -> None:
     raw = _stage_output(3)
     reply = "- INC-4800 edits /srv/app/module_0.py"
     sync = compress_stage_result(
-        raw, model=_fake(reply), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=120
+        raw,
+        strategy="llm",
+        model=_fake(reply),
+        stage_name="A",
+        user_request="r",
+        tokenizer=COUNTER,
+        max_tokens=120,
     )
     asyn = await acompress_stage_result(
-        raw, model=_fake(reply), stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=120
+        raw,
+        strategy="llm",
+        model=_fake(reply),
+        stage_name="A",
+        user_request="r",
+        tokenizer=COUNTER,
+        max_tokens=120,
     )
     assert isinstance(asyn, CompressionResult)
     assert asyn == sync
@@ -627,3 +660,66 @@ def test_extractive_summary_needs_no_model(qwen_counter: Any) -> None:
     assert (short.method, short.summary) == ("verbatim", "- INC-7 done")
     with pytest.raises(ValueError, match="max_tokens must be at least 1"):
         extractive_summary("x", max_tokens=0)
+
+
+# ------------------------------------------------------------------ strategies
+
+
+def test_auto_uses_no_model_when_the_extractive_summary_keeps_every_entity() -> None:
+    model = _fake("should not be used")
+    raw = _stage_output(2)
+    result = compress_stage_result(
+        raw, model=model, stage_name="A", user_request="r", tokenizer=COUNTER, max_tokens=120
+    )
+    assert (result.method, result.missing, result.model_calls) == ("extractive", (), 0)
+    assert model.prompts == []
+    assert result == compress_stage_result(
+        raw, stage_name="A", tokenizer=COUNTER, max_tokens=120, strategy="extractive"
+    )
+
+
+def test_auto_asks_the_model_only_when_the_extractive_summary_loses_entities() -> None:
+    raw = _stage_output(30)
+    extractive = extractive_summary(raw, max_tokens=250, tokenizer=COUNTER)
+    assert extractive.missing
+    model = _fake("- nothing useful")
+    result = compress_stage_result(
+        raw, model=model, stage_name="A", user_request="r", tokenizer=COUNTER
+    )
+    assert len(model.prompts) == 1
+    assert result.model_calls == 1
+    assert result.retention >= extractive.retention
+    assert result.summary_tokens <= 250
+
+
+def test_extractive_strategy_never_calls_the_model() -> None:
+    model = _fake("should not be used")
+    result = compress_stage_result(
+        _stage_output(30), model=model, tokenizer=COUNTER, strategy="extractive"
+    )
+    assert model.prompts == []
+    assert (result.method, result.model_calls) == ("extractive", 0)
+
+
+def test_strategy_errors_say_what_to_change() -> None:
+    with pytest.raises(ValueError, match="strategy='llm' needs a summarizer model"):
+        compress_stage_result(_stage_output(3), tokenizer=COUNTER, strategy="llm")
+    with pytest.raises(ValueError, match="strategy must be 'auto', 'llm' or 'extractive'"):
+        compress_stage_result(_stage_output(3), tokenizer=COUNTER, strategy="fast")  # type: ignore[arg-type]
+
+
+async def test_async_chunking_matches_sync_and_counts_every_call() -> None:
+    raw = _stage_output(20)
+    replies = [f"- part {i}: INC-48{i:02d}" for i in range(40)]
+    kwargs: dict[str, Any] = {
+        "stage_name": "execute",
+        "user_request": "r",
+        "tokenizer": COUNTER,
+        "chunk_tokens": 900,
+        "strategy": "llm",
+    }
+    sync_model, async_model = _fake(*replies), _fake(*replies)
+    sync = compress_stage_result(raw, model=sync_model, **kwargs)
+    asyn = await acompress_stage_result(raw, model=async_model, **kwargs)
+    assert asyn == sync
+    assert sync.model_calls == len(sync_model.prompts) == len(async_model.prompts) >= 3

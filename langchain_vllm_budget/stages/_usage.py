@@ -1,7 +1,7 @@
 """Counting the chat-model calls made inside a block: how many, and their tokens.
 
-The pipeline compresses every stage output with a summarizer model; those calls are a cost the
-raw-forward pipeline does not have, so the ledger records them next to the stage's own call.
+A compressed stage may call a summarizer model; those calls are a cost that forwarding raw
+outputs does not have, so the stage's ledger entry records them.
 :func:`track_model_calls` attaches a callback handler to every chat-model call made inside its
 block, the way ``langchain_core.callbacks.get_usage_metadata_callback`` does (a context
 variable registered as a configure hook), and also counts calls whose model reports no usage.

@@ -1,0 +1,432 @@
+"""Compression with a summarizer model: the prompt, map-reduce over chunks, the strategy.
+
+:func:`compress_stage_result` and :func:`acompress_stage_result` share every step: the job
+(render, entities, count), the strategy's extractive shortcut, the map-reduce plan (written
+once, as a generator of summarizer requests that a sync and an async driver both run; the
+async driver sends a round's requests concurrently), and the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from langchain_vllm_budget.compression.extractive import truncate_to_tokens
+from langchain_vllm_budget.compression.guard import (
+    DEFAULT_MIN_RETENTION,
+    CompressionJob,
+    CompressionResult,
+    clean_llm_summary,
+)
+
+if TYPE_CHECKING:
+    from langchain_vllm_budget.tokenizers import TokenCounter
+
+__all__ = [
+    "COMPRESSION_PROMPT",
+    "COMPRESSION_SYSTEM_PROMPT",
+    "CompressionStrategy",
+    "acompress_stage_result",
+    "compress_stage_result",
+]
+
+COMPRESSION_SYSTEM_PROMPT = (
+    "You are a compression agent. Summarize technical data into compact, loss-aware summaries."
+)
+"""System prompt of the compression call (the seed's)."""
+
+COMPRESSION_PROMPT = """Compress the result below into a compact summary (≤ {max_tokens} tokens).
+
+**Instructions:**
+- Preserve: numeric settings, file paths, API params, tool names, entity IDs, and key decisions
+- Omit: narrative text, boilerplate, and redundant details
+- Format: Bullet points, each ≤ 25 tokens
+- Output under "Summary:" heading
+
+**User Request:** {user_request}
+
+**{stage_name} Result:**
+{result}
+
+Summary:"""
+"""User prompt of the compression call: the seed's instructions, with ``str.format``
+placeholders ``{stage_name}``, ``{user_request}``, ``{result}`` and ``{max_tokens}``. What stays
+the same between calls (instructions, then the request) comes first and the result last, so
+consecutive calls share a prompt prefix that vLLM's prefix cache reuses."""
+
+CompressionStrategy = Literal["auto", "llm", "extractive"]
+"""When to call the summarizer model:
+
+* ``"auto"``: only when it can add something. The extractive summary is built first (no model
+  call); if it keeps every entity within the cap it is the result. Otherwise the model is
+  asked, its summary guarded, and the one that keeps more entities wins.
+* ``"llm"``: always ask the model for results over the cap (the seed's behaviour), guarded.
+* ``"extractive"``: never call a model.
+"""
+
+_MAX_MERGE_ROUNDS = 3
+_PROMPT_MARGIN_TOKENS = 32
+
+Request = tuple[str, str]
+"""One summarizer request: ``(text, stage name for the prompt)``."""
+Plan = Generator[list[Request], list[str], tuple[str, int]]
+"""A map-reduce plan: yields a round of requests, receives their replies, returns
+``(summary, chunks)``."""
+
+
+@dataclass(frozen=True)
+class _Prompting:
+    """How the summarizer is asked: prompt, stage, request, output limit, its window."""
+
+    template: str
+    stage_name: str
+    user_request: str
+    cap: int
+    window: int | None
+    counter: TokenCounter
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens asked of the model: the cap itself.
+
+        The seed asked for 400 tokens for a 250-token summary; with the cap enforced, every
+        token past it would be thrown away (and on a CPU each one costs time). A reply cut
+        at the limit loses its unfinished last line (:func:`_reply_text`).
+        """
+        return max(16, self.cap)
+
+    def messages(self, text: str, stage_name: str) -> list[BaseMessage]:
+        """The compression prompt for one piece of text."""
+        prompt = self.template.format(
+            stage_name=stage_name,
+            user_request=self.user_request,
+            result=text,
+            max_tokens=self.cap,
+        )
+        return [SystemMessage(COMPRESSION_SYSTEM_PROMPT), HumanMessage(prompt)]
+
+    def chunk_budget(self) -> int | None:
+        """Largest piece of the result that fits one summarizer call, if the window is known."""
+        if self.window is None:
+            return None
+        overhead = self.counter.count_text(
+            "\n".join(m.text for m in self.messages("", self.stage_name))
+        )
+        return max(16, self.window - overhead - self.max_tokens - _PROMPT_MARGIN_TOKENS)
+
+    def split(self, text: str, budget: int) -> list[str]:
+        """Split ``text`` into pieces of at most ``budget`` tokens, on line boundaries."""
+        pieces: list[str] = []
+        current: list[str] = []
+        for line in text.splitlines():
+            while self.counter.count_text(line) > budget:
+                head = truncate_to_tokens(line, budget, self.counter) or line[:1]
+                if current:
+                    pieces.append("\n".join(current))
+                    current = []
+                pieces.append(head)
+                line = line[len(head) :].lstrip()
+            candidate = [*current, line]
+            if current and self.counter.count_text("\n".join(candidate)) > budget:
+                pieces.append("\n".join(current))
+                current = [line]
+            else:
+                current = candidate
+        if current and any(part.strip() for part in current):
+            pieces.append("\n".join(current))
+        return pieces
+
+
+def _merged(partials: Sequence[str]) -> str:
+    return "\n".join(clean_llm_summary(p) for p in partials if p.strip())
+
+
+def _map_reduce(job: CompressionJob, prompting: _Prompting) -> Plan:
+    """One request if the result fits the summarizer's window; else chunk, compress, merge."""
+    name = prompting.stage_name
+    budget = prompting.chunk_budget()
+    if budget is None or job.raw_tokens <= budget:
+        (summary,) = yield [(job.text, name)]
+        return summary, 1
+    pieces = prompting.split(job.text, budget)
+    partials = yield [
+        (piece, f"{name} (part {i}/{len(pieces)})") for i, piece in enumerate(pieces, 1)
+    ]
+    merged = _merged(partials)
+    for _ in range(_MAX_MERGE_ROUNDS):
+        if job.counter.count_text(merged) <= job.cap:
+            break
+        if job.counter.count_text(merged) <= budget:
+            (reply,) = yield [(merged, f"{name} (merged parts)")]
+            merged = clean_llm_summary(reply)
+            break
+        parts = prompting.split(merged, budget)
+        merged = _merged((yield [(part, f"{name} (merged parts)") for part in parts]))
+    return merged, len(pieces)
+
+
+def _reply_text(reply: BaseMessage) -> str:
+    r"""The reply's text; when it was cut at ``max_tokens``, without its unfinished last line.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> meta = {"finish_reason": "length"}
+        >>> _reply_text(AIMessage("- INC-7 fixed\n- then restar", response_metadata=meta))
+        '- INC-7 fixed'
+    """
+    text = reply.text
+    if reply.response_metadata.get("finish_reason") == "length" and "\n" in text.strip():
+        return text.strip().rsplit("\n", 1)[0]
+    return text
+
+
+def _default_counter(model: BaseChatModel | None) -> TokenCounter:
+    """The model's own counter for a ChatVLLM, else the approximate one."""
+    counter = getattr(model, "resolved_token_counter", None)
+    if counter is not None and hasattr(counter, "count_text"):
+        return counter  # type: ignore[no-any-return]
+    from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+
+    return ApproximateTokenCounter()
+
+
+def _model_window(model: BaseChatModel) -> int | None:
+    """The summarizer's context window when the model knows it (a ChatVLLM)."""
+    get_window = getattr(model, "get_max_model_len", None)
+    if callable(get_window):
+        window = get_window()
+        if isinstance(window, int) and window > 0:
+            return window
+    return None
+
+
+@dataclass(frozen=True)
+class _Compression:
+    """A compression decided up to the model call: the job and the prompt, or a result."""
+
+    job: CompressionJob
+    prompting: _Prompting | None
+    done: CompressionResult | None
+
+    def finish(self, summary: str, chunks: int, calls: int) -> CompressionResult:
+        """Guard the model's summary; under ``"auto"``, keep the extractive one if it is better."""
+        guarded = self.job.guard(summary, chunks=chunks, model_calls=calls)
+        if self.done is not None and self.done.retention > guarded.retention:
+            return CompressionResult(**{**self.done.__dict__, "model_calls": calls})
+        return guarded
+
+
+def _start(
+    raw: Any,
+    *,
+    model: BaseChatModel | None,
+    stage_name: str,
+    user_request: str,
+    max_tokens: int,
+    tokenizer: TokenCounter | None,
+    prompt_template: str | None,
+    min_retention: float,
+    chunk_tokens: int | None,
+    strategy: CompressionStrategy,
+) -> _Compression:
+    if strategy not in ("auto", "llm", "extractive"):
+        msg = f"strategy must be 'auto', 'llm' or 'extractive', got {strategy!r}."
+        raise ValueError(msg)
+    if model is None and strategy == "llm":
+        msg = "strategy='llm' needs a summarizer model: pass model=, or use strategy='auto'."
+        raise ValueError(msg)
+    counter = tokenizer if tokenizer is not None else _default_counter(model)
+    job = CompressionJob.create(
+        raw, max_tokens=max_tokens, counter=counter, min_retention=min_retention
+    )
+    if (early := job.early()) is not None:
+        return _Compression(job, None, early)
+    extractive = job.extractive() if strategy != "llm" else None
+    if model is None or strategy == "extractive":
+        return _Compression(job, None, extractive)
+    if extractive is not None and not extractive.missing:
+        return _Compression(job, None, extractive)
+    prompting = _Prompting(
+        template=prompt_template or COMPRESSION_PROMPT,
+        stage_name=stage_name,
+        user_request=user_request,
+        cap=max_tokens,
+        window=chunk_tokens if chunk_tokens is not None else _model_window(model),
+        counter=counter,
+    )
+    return _Compression(job, prompting, extractive)
+
+
+def compress_stage_result(
+    raw: Any,
+    *,
+    model: BaseChatModel | None = None,
+    stage_name: str = "stage",
+    user_request: str = "",
+    max_tokens: int = 250,
+    tokenizer: TokenCounter | None = None,
+    prompt_template: str | None = None,
+    min_retention: float = DEFAULT_MIN_RETENTION,
+    chunk_tokens: int | None = None,
+    strategy: CompressionStrategy = "auto",
+) -> CompressionResult:
+    """Compress a stage result into a summary of at most ``max_tokens`` tokens, keeping entities.
+
+    Args:
+        raw: The stage result: a string, a LangChain message or list of messages (tool
+            messages included), a pydantic model, a dataclass, or any JSON-able value.
+        model: The summarizer: any LangChain chat model (a smaller one is fine); ``None``:
+            extractive only.
+        stage_name: Name of the stage, for the prompt ("Stage A", "plan").
+        user_request: The user's request, for the prompt.
+        max_tokens: The hard cap on the summary, counted with ``tokenizer``.
+        tokenizer: Token counter; default: the model's own counter if it has one (ChatVLLM),
+            else :class:`~langchain_vllm_budget.tokenizers.ApproximateTokenCounter`.
+        prompt_template: Replaces :data:`COMPRESSION_PROMPT` (same placeholders).
+        min_retention: Below this share of entities kept, the model's summary is rejected.
+        chunk_tokens: The summarizer's context window in tokens; results larger than one
+            call can hold are chunked. Default: the model's window if it knows it.
+        strategy: When to call the model (see :data:`CompressionStrategy`); ``"auto"`` calls
+            it only when the extractive summary would lose entities.
+
+    Returns:
+        The summary and its measurements. A result that already fits the cap is returned
+        verbatim without calling the model.
+
+    Raises:
+        ValueError: If ``max_tokens`` < 1, ``min_retention`` is outside [0, 1], or the
+            strategy is unknown or needs a model that was not given.
+        TypeError: If ``raw`` cannot be rendered as text.
+
+    Example:
+        >>> from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+        >>> text = "Deploy job-7f3a with replicas=4 to /srv/app. " + "It went fine. " * 40
+        >>> result = compress_stage_result(text, max_tokens=40,
+        ...                                tokenizer=ApproximateTokenCounter())
+        >>> result.method, result.missing, result.model_calls
+        ('extractive', (), 0)
+    """
+    compression = _start(
+        raw,
+        model=model,
+        stage_name=stage_name,
+        user_request=user_request,
+        max_tokens=max_tokens,
+        tokenizer=tokenizer,
+        prompt_template=prompt_template,
+        min_retention=min_retention,
+        chunk_tokens=chunk_tokens,
+        strategy=strategy,
+    )
+    prompting = compression.prompting
+    if prompting is None or model is None:
+        assert compression.done is not None
+        return compression.done
+
+    def call(request: Request) -> str:
+        reply = model.invoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
+        return _reply_text(reply)
+
+    summary, chunks, calls = _run(_map_reduce(compression.job, prompting), call)
+    return compression.finish(summary, chunks, calls)
+
+
+async def acompress_stage_result(
+    raw: Any,
+    *,
+    model: BaseChatModel | None = None,
+    stage_name: str = "stage",
+    user_request: str = "",
+    max_tokens: int = 250,
+    tokenizer: TokenCounter | None = None,
+    prompt_template: str | None = None,
+    min_retention: float = DEFAULT_MIN_RETENTION,
+    chunk_tokens: int | None = None,
+    strategy: CompressionStrategy = "auto",
+) -> CompressionResult:
+    """Async twin of :func:`compress_stage_result` (same arguments and guarantees).
+
+    The chunks of a result larger than the summarizer's window are compressed concurrently.
+    Counting and the extractive summary run in a worker thread (a counter may ask a
+    server's ``/tokenize``): the event loop only awaits the model.
+
+    Args:
+        raw: The stage result (see :func:`compress_stage_result`).
+        model: The summarizer chat model; ``None``: extractive only.
+        stage_name: Name of the stage, for the prompt.
+        user_request: The user's request, for the prompt.
+        max_tokens: The hard cap on the summary.
+        tokenizer: Token counter (default as in :func:`compress_stage_result`).
+        prompt_template: Replaces :data:`COMPRESSION_PROMPT`.
+        min_retention: Below this share of entities kept, the model's summary is rejected.
+        chunk_tokens: The summarizer's context window in tokens.
+        strategy: When to call the model (see :data:`CompressionStrategy`).
+
+    Returns:
+        The summary and its measurements.
+    """
+    compression = await asyncio.to_thread(
+        _start,
+        raw,
+        model=model,
+        stage_name=stage_name,
+        user_request=user_request,
+        max_tokens=max_tokens,
+        tokenizer=tokenizer,
+        prompt_template=prompt_template,
+        min_retention=min_retention,
+        chunk_tokens=chunk_tokens,
+        strategy=strategy,
+    )
+    prompting = compression.prompting
+    if prompting is None or model is None:
+        assert compression.done is not None
+        return compression.done
+
+    async def call(request: Request) -> str:
+        reply = await model.ainvoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
+        return _reply_text(reply)
+
+    summary, chunks, calls = await _arun(_map_reduce(compression.job, prompting), call)
+    return await asyncio.to_thread(compression.finish, summary, chunks, calls)
+
+
+def _run(plan: Plan, call: Callable[[Request], str]) -> tuple[str, int, int]:
+    """Drive a map-reduce plan with a sync call; returns ``(summary, chunks, calls)``."""
+    calls = 0
+    try:
+        requests = next(plan)
+        while True:
+            calls += len(requests)
+            requests = plan.send([call(request) for request in requests])
+    except StopIteration as done:
+        summary, chunks = done.value
+        return summary, chunks, calls
+
+
+def _advance(plan: Plan, replies: list[str] | None) -> list[Request] | tuple[str, int]:
+    """The plan's next round of requests, or its ``(summary, chunks)`` when it is done."""
+    try:
+        return next(plan) if replies is None else plan.send(replies)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def _arun(plan: Plan, call: Callable[[Request], Awaitable[str]]) -> tuple[str, int, int]:
+    """Drive a map-reduce plan with an async call, each round's requests concurrently.
+
+    The plan's own steps (splitting and counting) run in a worker thread.
+    """
+    calls = 0
+    step = await asyncio.to_thread(_advance, plan, None)
+    while isinstance(step, list):
+        calls += len(step)
+        replies = await asyncio.gather(*(call(request) for request in step))
+        step = await asyncio.to_thread(_advance, plan, list(replies))
+    summary, chunks = step
+    return summary, chunks, calls

@@ -1,0 +1,66 @@
+"""Checkpointer and store pairs for staged graphs: SQLite in one file, or PostgreSQL.
+
+A compressed stage keeps summaries in the checkpointed state and raw outputs in the store,
+so a run needs both; these context managers open, set up and close them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.store.base import BaseStore
+
+__all__ = ["postgres_persistence", "sqlite_persistence"]
+
+
+@contextmanager
+def sqlite_persistence(path: str | Path) -> Iterator[tuple[BaseCheckpointSaver[Any], BaseStore]]:
+    """A SQLite checkpointer and store in one database file (created if missing).
+
+    Args:
+        path: The database file.
+
+    Yields:
+        ``(checkpointer, store)`` for ``graph.compile(checkpointer=..., store=...)``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with sqlite_persistence(pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite") as pair:
+        ...     type(pair[0]).__name__, type(pair[1]).__name__
+        ('SqliteSaver', 'SqliteStore')
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.store.sqlite import SqliteStore
+
+    db = Path(path)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        SqliteSaver.from_conn_string(str(db)) as saver,
+        SqliteStore.from_conn_string(str(db)) as store,
+    ):
+        saver.setup()
+        store.setup()
+        yield saver, store
+
+
+@contextmanager
+def postgres_persistence(dsn: str) -> Iterator[tuple[BaseCheckpointSaver[Any], BaseStore]]:
+    """A PostgreSQL checkpointer and store (needs the ``postgres`` extra).
+
+    Args:
+        dsn: A libpq connection string, e.g. ``postgresql://user@host:5432/db``.
+
+    Yields:
+        ``(checkpointer, store)``; tables are created if missing.
+    """
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.store.postgres import PostgresStore
+
+    with PostgresSaver.from_conn_string(dsn) as saver, PostgresStore.from_conn_string(dsn) as store:
+        saver.setup()
+        store.setup()
+        yield saver, store

@@ -1,0 +1,141 @@
+"""`vllm-budget run` offline: loading graphs, context values, tables, the answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from langgraph.store.memory import InMemoryStore
+from rich.console import Console
+
+from graphs.context import Context
+from langchain_vllm_budget.cli.run import (
+    _context,
+    _parse_sets,
+    budget_table,
+    final_answer,
+    ledger_table,
+    load_graph,
+    run_graph,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+LEDGER: dict[str, dict[str, Any]] = {
+    "classify": {
+        "input_tokens": 300,
+        "output_tokens": 90,
+        "max_tokens": 200,
+        "max_model_len": 2048,
+        "raw_tokens": 90,
+        "summary_tokens": 60,
+        "summary_cap": 64,
+        "ratio": 1.5,
+        "retention": 1.0,
+        "method": "extractive",
+        "summarizer_calls": 0,
+        "counter": "transformers",
+        "degraded": [],
+        "budget": {"safety_margin": 32, "counter": "transformers", "counter_exact": True},
+        "raw_output": ["stage_outputs", "t", "r", "classify"],
+    },
+    "lookup": {
+        "raw_tokens": 400,
+        "summary_tokens": 64,
+        "summary_cap": 64,
+        "ratio": 6.25,
+        "retention": 0.9,
+        "method": "llm+restored",
+        "summarizer_calls": 1,
+        "counter": "transformers",
+        "raw_output": ["stage_outputs", "t", "r", "lookup"],
+    },
+}
+
+
+def _text(table: Any) -> str:
+    console = Console(record=True, width=200)
+    console.print(table)
+    return console.export_text()
+
+
+def test_ledger_table_lists_every_stage_and_the_totals() -> None:
+    rows = {r.split()[0]: r.split() for r in _text(ledger_table(LEDGER)).splitlines() if r.strip()}
+    assert rows["classify"][1:] == [
+        "300",
+        "90",
+        "200",
+        "90",
+        "60/64",
+        "1.50x",
+        "100%",
+        "extractive",
+        "0",
+    ]
+    assert rows["lookup"][1:4] == ["-", "-", "-"]  # not a model stage
+    assert rows["total"][1:] == ["300", "490", "124", "3.95x", "1"]
+
+
+def test_budget_table_shows_the_plan_of_model_stages_only() -> None:
+    rows = {r.split()[0]: r.split() for r in _text(budget_table(LEDGER)).splitlines() if r.strip()}
+    assert rows["classify"][1:8] == ["300", "200", "2048", "32", "1548", "transformers", "(exact)"]
+    assert "lookup" not in rows
+
+
+def test_final_answer_is_the_last_stage_output_shortened() -> None:
+    store = InMemoryStore()
+    text = "\n".join(f"{i}. step with /srv/{i}.yaml" for i in range(100))
+    store.put(("stage_outputs", "t", "r"), "lookup", {"content": text})
+    assert final_answer(store, LEDGER, max_chars=100_000) == text
+    short = final_answer(store, LEDGER, max_chars=300)
+    assert short is not None
+    assert short.endswith("more characters in the store)")
+    assert text.startswith(short.split("\n…")[0])
+    assert final_answer(store, {}) is None
+
+
+def test_load_graph_from_langgraph_json_and_from_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    by_id = load_graph("pipeline")
+    assert by_id.name == "pipeline"
+    assert load_graph("") is by_id  # the first graph of langgraph.json
+    assert load_graph("graphs/graph.py:graph") is by_id
+    with pytest.raises(typer.BadParameter, match=r"no graph 'nope' \(graphs: pipeline\)"):
+        load_graph("nope")
+    with pytest.raises(typer.BadParameter, match="is not a compiled LangGraph graph"):
+        load_graph("graphs/graph.py:STAGES")
+
+
+def test_load_graph_without_langgraph_json_says_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(typer.BadParameter, match=r"pass --graph path/to/file.py:attribute"):
+        load_graph("", config_file=tmp_path / "langgraph.json")
+
+
+def test_context_values_are_typed_by_the_schema_and_checked() -> None:
+    ctx = _context(Context, {"output_reserve": "256", "temperature": "0.5", "model": "m"})
+    assert (ctx.output_reserve, ctx.temperature, ctx.model) == (256, 0.5, "m")
+    with pytest.raises(typer.BadParameter, match=r"has no field reasoning_model; its fields:"):
+        _context(Context, {"reasoning_model": "m"})
+    with pytest.raises(typer.BadParameter, match="output_reserve must be a int"):
+        _context(Context, {"output_reserve": "lots"})
+    assert _parse_sets(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(typer.BadParameter, match="--set takes KEY=VALUE"):
+        _parse_sets(["oops"])
+
+
+def test_no_request_and_nothing_to_resume_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    compiled = load_graph("pipeline")
+    with pytest.raises(typer.BadParameter, match="has no interrupted run to resume"):
+        run_graph(
+            compiled,
+            None,
+            {"base_url": "http://127.0.0.1:9/v1", "model": "m"},
+            thread_id="fresh",
+            db=tmp_path / "runs.sqlite",
+            console=Console(file=(tmp_path / "out.txt").open("w")),
+        )

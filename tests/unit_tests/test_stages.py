@@ -1,0 +1,298 @@
+"""The compressed-stage building block, offline: prompt fitting, any stage, runs, errors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.runnables import RunnableLambda
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.store.memory import InMemoryStore
+from typing_extensions import TypedDict
+
+from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.stages import (
+    StageInput,
+    StageInputTooLargeError,
+    StageLedger,
+    build_stage_graph,
+    compressed_stage,
+    fit_stage_prompt,
+    get_raw_output,
+    merge_run_dicts,
+    stage_messages,
+    start_run,
+)
+from langchain_vllm_budget.stages.prompt import ROLLING_SUMMARY_HEADER
+from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+
+from ..fakes import RecordingFakeModel
+
+COUNTER = ApproximateTokenCounter()
+SMALL = TokenBudget(max_model_len=2048, output_reserve=64, safety_margin=8, min_output_tokens=16)
+
+# ------------------------------------------------------------------ the degrade order
+
+
+def _budget(window: int) -> TokenBudget:
+    return TokenBudget(
+        max_model_len=window, output_reserve=64, safety_margin=8, min_output_tokens=32
+    )
+
+
+SUMMARIES = tuple((s, f"- {s} " + "detail " * 40) for s in ("classify", "select", "plan"))
+# the rolling summary after each stage: it covers that stage and every one before it
+DIGESTS = {
+    "classify": "[classify] digest " + "word " * 12,
+    "select": "[classify+select] digest " + "word " * 20,
+    "plan": "[classify+select+plan] digest " + "word " * 30,
+}
+BUILD = stage_messages("You execute.")
+
+
+def _size(request: str, summaries: tuple[tuple[str, str], ...], rolling: str) -> int:
+    return COUNTER.count_messages(BUILD(StageInput("execute", request, summaries, rolling)))
+
+
+def _fit(request: str, window: int, digests: dict[str, str] | None = None) -> Any:
+    budget = _budget(window)
+    return fit_stage_prompt(
+        StageInput("execute", request, SUMMARIES),
+        BUILD,
+        plan=lambda messages: budget.plan(COUNTER.count_messages(messages)),
+        counter=COUNTER,
+        rolling_summaries=DIGESTS if digests is None else digests,
+    )
+
+
+def test_fits_without_degrading_and_without_a_rolling_summary() -> None:
+    full = _size("req", SUMMARIES, "")
+    fitted = _fit("req", full + 8 + 64)
+    assert fitted.degraded == []
+    assert fitted.plan.input_tokens == full
+    assert fitted.plan.max_tokens == 64
+    assert fitted.stage_input.rolling_summary == ""
+    assert ROLLING_SUMMARY_HEADER not in fitted.messages[1].text
+
+
+def test_degrade_folds_oldest_summaries_first_into_the_rolling_summary() -> None:
+    without_first = _size("req", SUMMARIES[1:], DIGESTS["classify"])
+    fitted = _fit("req", without_first + 8 + 32)
+    assert fitted.folded == ["classify"]
+    assert len(fitted.degraded) == 1
+    assert fitted.degraded[0].startswith("folded the classify summary")
+    text = fitted.messages[1].text
+    assert "[select]" in text
+    assert "- classify detail" not in text  # the summary itself is out
+    assert DIGESTS["classify"].strip() in text  # the digest covering it is in
+    assert fitted.stage_input.rolling_summary == DIGESTS["classify"]
+
+
+def test_folding_more_stages_replaces_their_digest_not_adds_to_it() -> None:
+    only_plan = _size("req", SUMMARIES[2:], DIGESTS["select"])
+    fitted = _fit("req", only_plan + 8 + 32)
+    assert fitted.folded == ["classify", "select"]
+    text = fitted.messages[1].text
+    assert DIGESTS["select"].strip() in text
+    assert DIGESTS["classify"].strip() not in text
+    assert text.count(ROLLING_SUMMARY_HEADER) == 1
+
+
+def test_degrade_then_trims_rolling_summary_keeping_the_newest() -> None:
+    no_summaries = _size("req", (), DIGESTS["plan"])
+    fitted = _fit("req", no_summaries - 20 + 8 + 32)
+    assert fitted.folded == ["classify", "select", "plan"]
+    assert [d.split(" ")[0] for d in fitted.degraded] == ["folded"] * 3 + ["trimmed"]
+    assert "rolling summary" in fitted.degraded[-1]
+    assert fitted.stage_input.rolling_summary
+    assert DIGESTS["plan"].endswith(fitted.stage_input.rolling_summary)
+    assert fitted.plan.fits
+
+
+def test_degrade_finally_trims_the_request() -> None:
+    request = "Fix INC-1 " + "context " * 200
+    bare = _size("Fix INC-1", (), "")
+    fitted = _fit(request, bare + 20 + 8 + 32)
+    assert fitted.degraded[-1].startswith("trimmed the request")
+    assert fitted.degraded[-2].startswith("trimmed the rolling summary")
+    assert "Fix INC-1" in fitted.messages[1].text
+    assert fitted.plan.fits
+
+
+def test_folding_without_digests_carries_the_summary_into_the_rolling_summary() -> None:
+    full = _size("req", SUMMARIES, "")
+    fitted = _fit("req", full + 8 + 32 - 1, digests={})
+    assert fitted.folded == ["classify", "select", "plan"]
+    assert [d.split(" ")[0] for d in fitted.degraded] == ["folded"] * 3 + ["trimmed"]
+    assert "[plan]\n- plan detail" in fitted.stage_input.rolling_summary
+    assert fitted.plan.fits
+
+
+def test_degrade_gives_up_with_numbers() -> None:
+    budget = TokenBudget(max_model_len=60, output_reserve=40, safety_margin=8, min_output_tokens=40)
+    with pytest.raises(StageInputTooLargeError, match=r"max_model_len 60") as info:
+        fit_stage_prompt(
+            StageInput("execute", "req", SUMMARIES),
+            BUILD,
+            plan=lambda messages: budget.plan(COUNTER.count_messages(messages)),
+            counter=COUNTER,
+            rolling_summaries=DIGESTS,
+        )
+    assert info.value.max_model_len == 60
+    assert info.value.input_tokens > 60 - 8 - 40
+
+
+def test_each_candidate_is_planned_once() -> None:
+    budget = _budget(_size("req", SUMMARIES[2:], DIGESTS["select"]) + 8 + 32)
+    planned: list[int] = []
+
+    def plan(messages: Any) -> Any:
+        planned.append(COUNTER.count_messages(messages))
+        return budget.plan(planned[-1])
+
+    fitted = fit_stage_prompt(
+        StageInput("execute", "req", SUMMARIES),
+        BUILD,
+        plan=plan,
+        counter=COUNTER,
+        rolling_summaries=DIGESTS,
+    )
+    assert len(planned) == 3  # the full prompt, then one candidate per folded stage
+    assert fitted.plan.input_tokens == planned[-1]
+
+
+# ------------------------------------------------------------------ any stage, any state
+
+
+def _graph(*stages: Any) -> Any:
+    return build_stage_graph(list(stages)).compile(
+        checkpointer=InMemorySaver(), store=InMemoryStore()
+    )
+
+
+def test_a_plain_function_and_a_runnable_are_stages_too() -> None:
+    seen: list[str] = []
+
+    def lookup(text: str) -> dict[str, Any]:
+        seen.append(text)
+        return {"ticket_id": "INC-7", "owner": "team-payments", "runbook": "/wiki/inc-7.md"}
+
+    search = RunnableLambda(
+        lambda text: [f"hit {i}: /logs/app-{i}.log latency=9{i}ms" for i in range(40)]
+    )
+    app = _graph(
+        compressed_stage("lookup", lookup),
+        compressed_stage("search", search, summary_max_tokens=60),
+    )
+    config = {"configurable": {"thread_id": "t"}}
+    final = app.invoke({"request": "INC-7: checkout is down"}, config)
+    assert seen == ["INC-7: checkout is down"]
+    assert final["summaries"]["lookup"] == (
+        "ticket_id=INC-7\nowner=team-payments\nrunbook=/wiki/inc-7.md"
+    )
+    search_entry: StageLedger = final["ledger"]["search"]
+    assert search_entry["summary_tokens"] <= 60 < search_entry["raw_tokens"]
+    assert "input_tokens" not in search_entry  # no model call of ours to account for
+    raw = get_raw_output(app.store, "t", final["run_id"], "search")
+    assert raw is not None
+    assert raw.count("hit ") == 40
+
+
+def test_a_custom_input_and_a_typed_dict_state() -> None:
+    class MyState(TypedDict, total=False):
+        question: str
+        run_id: str
+        summaries: Annotated[dict[str, str], merge_run_dicts]
+        ledger: Annotated[dict[str, Any], merge_run_dicts]
+        folded: Annotated[dict[str, str], merge_run_dicts]
+        rolling_summaries: Annotated[dict[str, str], merge_run_dicts]
+        rolling_summary: str
+
+    stage = compressed_stage(
+        "answer",
+        lambda inputs: f"asked: {inputs['q']}; earlier: {inputs['context'] or 'none'}",
+        stage_input=lambda s: {"q": s.request, "context": s.context},
+        request_key="question",
+    )
+    builder = StateGraph(MyState)
+    builder.add_node("start_run", start_run)
+    builder.add_node(stage)
+    builder.add_edge(START, "start_run")
+    builder.add_edge("start_run", "answer")
+    final = builder.compile(store=InMemoryStore()).invoke({"question": "why INC-9?"})
+    assert final["summaries"]["answer"] == "asked: why INC-9?; earlier: none"
+
+
+def test_explicit_handoff_settings_win_over_the_context() -> None:
+    @dataclass
+    class Ctx:
+        summary_max_tokens: int = 20
+
+    long_output = "\n".join(f"- step {i}: INC-{i:03d} /srv/{i}.yaml" for i in range(30))
+    fixed = compressed_stage("a", lambda _: long_output, summary_max_tokens=80)
+    from_context = compressed_stage("b", lambda _: long_output)
+    builder = build_stage_graph([fixed, from_context], context_schema=Ctx)
+    final = builder.compile(store=InMemoryStore()).invoke({"request": "r"}, context=Ctx())
+    assert final["ledger"]["a"]["summary_cap"] == 80
+    assert final["ledger"]["b"]["summary_cap"] == 20
+    assert final["ledger"]["b"]["summary_tokens"] <= 20
+
+
+def test_compression_ratio_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="langchain_vllm_budget.stages.node")
+    output = "\n".join(f"- step {i}: INC-{i:03d} /srv/{i}.yaml" for i in range(30))
+    _graph(compressed_stage("a", lambda _: output, summary_max_tokens=50)).invoke(
+        {"request": "r"}, {"configurable": {"thread_id": "t"}}
+    )
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("stage a:")]
+    assert "entities kept" in record.getMessage()
+    assert "x)" in record.getMessage()
+
+
+# ------------------------------------------------------------------ errors say what to change
+
+
+def test_stage_needs_exactly_one_of_stage_and_model() -> None:
+    with pytest.raises(ValueError, match="exactly one of `stage`"):
+        compressed_stage("a")
+    with pytest.raises(ValueError, match="exactly one of `stage`"):
+        compressed_stage("a", lambda x: x, model=FakeListChatModel(responses=["x"]))
+
+
+def test_a_model_that_plans_no_budget_needs_one() -> None:
+    app = _graph(compressed_stage("a", FakeListChatModel(responses=["x"])))
+    with pytest.raises(ValueError, match=r"pass budget=TokenBudget\(max_model_len=...\)"):
+        app.invoke({"request": "r"}, {"configurable": {"thread_id": "t"}})
+
+
+def test_empty_request_missing_store_and_missing_start_run_are_clear_errors() -> None:
+    model = RecordingFakeModel(responses=["- ok"], prompts=[])
+    stage = compressed_stage("a", model, budget=SMALL)
+    with pytest.raises(ValueError, match="non-empty 'request'"):
+        _graph(stage).invoke({"request": "  "}, {"configurable": {"thread_id": "t"}})
+    with pytest.raises(RuntimeError, match="needs a store"):
+        build_stage_graph([stage]).compile().invoke({"request": "x"})
+    builder = StateGraph(build_stage_graph([stage]).state_schema)
+    builder.add_node(stage)
+    builder.add_edge(START, "a")
+    with pytest.raises(ValueError, match="make start_run the first node"):
+        builder.compile(store=InMemoryStore()).invoke({"request": "x"})
+
+
+def test_stage_names_must_be_distinct() -> None:
+    stage = compressed_stage("a", lambda x: x)
+    with pytest.raises(ValueError, match="distinct names"):
+        build_stage_graph([stage, stage])
+
+
+def test_a_stage_prompt_too_large_for_the_window_is_a_typed_error() -> None:
+    model = RecordingFakeModel(responses=["- ok"], prompts=[])
+    tiny = TokenBudget(max_model_len=80, output_reserve=32, safety_margin=8, min_output_tokens=32)
+    app = _graph(compressed_stage("a", model, system_prompt="S " * 60, budget=tiny))
+    with pytest.raises(StageInputTooLargeError, match="Stage 'a'"):
+        app.invoke({"request": "r"}, {"configurable": {"thread_id": "t"}})
+    assert model.prompts == []  # nothing was sent
