@@ -145,9 +145,12 @@ def test_prefix_is_stable_between_compactions_and_nothing_overflows(tiny_qwen, p
         # vLLM's own tokens: only a compaction changes what was sent before
         assert prefix_kept == (i not in compacted), f"call {i}"
     if policy == "summarize":
-        # one summarizer call per compaction (the package's compressor), none per request
-        assert len(recorder.summarizer_calls()) == len(compacted)
-        assert all(budgets[i]["compaction"]["summarizer_calls"] == 1 for i in compacted)
+        # the package's compressor: at most one summarizer call per compaction (none where
+        # its extractive summary keeps every entity), none on the calls that reuse it
+        calls = {i: b["compaction"]["summarizer_calls"] for i, b in enumerate(budgets)}
+        assert len(recorder.summarizer_calls()) == sum(calls.values()) >= 1
+        assert all(calls[i] <= 1 for i in compacted)
+        assert all(n == 0 for i, n in calls.items() if i not in compacted)
         sent = recorder.main_calls()[compacted[-1]][0]["messages"]
         assert sent[0]["content"] == SYSTEM.content
         assert sent[1]["content"].startswith("Summary of the earlier conversation:")
@@ -172,7 +175,10 @@ async def test_async_summarize_compacts_the_same_way(tiny_qwen) -> None:
         i for i, b in enumerate(budgets) if b["compaction"] and b["compaction"]["compacted"]
     ]
     assert compacted
-    assert len(recorder.summarizer_calls()) == len(compacted)
+    assert 1 <= len(recorder.summarizer_calls()) <= len(compacted)
+    assert len(recorder.summarizer_calls()) == sum(
+        budgets[i]["compaction"]["summarizer_calls"] for i in compacted
+    )
     stable = _prompt_prefix_stable(recorder.main_calls())
     assert all(kept == (i not in compacted) for i, kept in enumerate(stable, start=1))
 
@@ -232,8 +238,8 @@ def test_compaction_middleware_in_a_checkpointed_agent(tiny_qwen) -> None:
     stable = _prompt_prefix_stable(main)
     changes = [i for i, kept in enumerate(stable, start=1) if not kept]
     assert 2 <= len(changes) <= len(main) // 3
-    # one summarizer call per compaction, and the compaction is in the checkpoint
-    assert len(recorder.summarizer_calls()) == len(changes)
+    # at most one summarizer call per compaction, and the compaction is in the checkpoint
+    assert 1 <= len(recorder.summarizer_calls()) <= len(changes)
     state = agent.get_state(config).values["messages"]
     assert is_summary_message(state[0])
     assert len(state) < 2 * 20
