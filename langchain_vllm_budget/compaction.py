@@ -259,7 +259,10 @@ class CompactionReport:
         target_tokens: What a new compaction aims at (``target`` of the input limit).
         summary_tokens: Tokens of the summary in the prompt, if any.
         summarizer_calls: Model calls made to write the summary on this call.
-        compression: The compressor's report of a summary written on this call.
+        compression: The compressor's report of a summary written on this call
+            (:meth:`~langchain_vllm_budget.compression.CompressionResult.to_dict` without the
+            summary and entity texts; ``missing`` is the number of entities that did not
+            fit).
     """
 
     policy: CompactionPolicy
@@ -626,8 +629,10 @@ def _report(
     details = None
     if compression is not None:
         details = compression.to_dict()
+        # the texts stay out of budget metadata (a span can hold thousands of entities)
         details.pop("summary")
         details.pop("entities")
+        details["missing"] = len(details["missing"])
     return CompactionReport(
         policy=policy,
         compacted=not reused,
