@@ -54,6 +54,7 @@ from langchain_vllm_budget._profile import ServerProfileAttribute, check_profile
 from langchain_vllm_budget._reasoning import REASONING_KEY, reasoning_in, with_reasoning
 from langchain_vllm_budget._tool_calls import set_aside_non_object_tool_calls
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.compaction import CompactionMemory, Compactor
 from langchain_vllm_budget.concurrency import InFlightLimit
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
@@ -61,7 +62,12 @@ from langchain_vllm_budget.errors import (
     VLLMInvalidRequestError,
     parse_length_error,
 )
-from langchain_vllm_budget.overflow import BudgetOutcome, OverflowPolicy, apply_budget
+from langchain_vllm_budget.overflow import (
+    BudgetOutcome,
+    OverflowPolicy,
+    aapply_budget,
+    apply_budget,
+)
 from langchain_vllm_budget.tokenizers import (
     ApproximateTokenCounter,
     PromptOptions,
@@ -199,6 +205,7 @@ class _Prepared:
             "action": self.outcome.action,
             "dropped_messages": self.outcome.dropped_messages,
             "retried": self.retried,
+            "compaction": (self.outcome.compaction.as_dict() if self.outcome.compaction else None),
         }
 
 
@@ -340,6 +347,16 @@ class ChatVLLM(BaseChatOpenAI):
     answer after the thinking keeps its room (thinking tokens count against ``max_tokens``).
     Needs a server started with ``--reasoning-parser``. A call's
     ``extra_body={"thinking_token_budget": n}`` wins."""
+    compaction_target: float = Field(
+        default_factory=settings.COMPACTION_TARGET.required_factory(),
+        gt=0,
+        le=1,
+    )
+    """After ``on_overflow="trim"``/``"summarize"`` compacts, the input fills at most this
+    share of the input limit (env ``VLLM_BUDGET_COMPACTION_TARGET``, default 0.6), so the
+    following calls only append and hit vLLM's prefix cache. The compaction is remembered
+    (shared with the model's copies) and reapplied unchanged until the limit is reached
+    again."""
     max_concurrency: int | None = Field(default_factory=settings.MAX_CONCURRENCY.factory(), ge=1)
     """Most requests this model has in flight at once (env ``VLLM_BUDGET_MAX_CONCURRENCY``);
     ``None``: no limit. Set it to the server's ``--max-num-seqs`` so that requests wait
@@ -356,6 +373,8 @@ class ChatVLLM(BaseChatOpenAI):
     _window_warned: bool = PrivateAttr(default=False)
     _in_flight_limit: InFlightLimit | None = PrivateAttr(default=None)
     _profile_ready: bool = PrivateAttr(default=False)
+    # Shared by the model's copies (model_copy copies private attributes by reference).
+    _compaction_memory: CompactionMemory = PrivateAttr(default_factory=CompactionMemory)
 
     @property
     def _llm_type(self) -> str:
@@ -732,22 +751,54 @@ class ChatVLLM(BaseChatOpenAI):
             count = await asyncio.to_thread(request.count, counter, request.messages)
         return budget.plan(count, request.requested_max_tokens)
 
-    def _summarize_call(self, prompt: list[BaseMessage], max_tokens: int) -> str:
-        model = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
-        reply = model.invoke(prompt, max_tokens=max_tokens)
-        return reply.text if isinstance(reply, AIMessage) else str(reply.content)
+    def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
+        """The compaction for ``trim``/``summarize``: this model's memory and settings."""
+        summarizer = None
+        window = None
+        if self.on_overflow == "summarize":
+            summarizer = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
+            if self.summarizer is None and budget.max_model_len is not None:
+                window = budget.max_model_len - budget.safety_margin
+        return Compactor(
+            target=self.compaction_target,
+            memory=self._compaction_memory,
+            summarizer=summarizer,
+            summary_max_tokens=self.summary_max_tokens,
+            text_counter=counter if self.summarizer is None else None,
+            summarizer_window=window,
+        )
+
+    def _budget_args(
+        self, request: _Request, counter: TokenCounter, budget: TokenBudget
+    ) -> dict[str, Any]:
+        """What ``apply_budget`` and ``aapply_budget`` take besides the messages."""
+        return {
+            "budget": budget,
+            "count": lambda msgs: request.count(counter, msgs),
+            "policy": self.on_overflow,
+            "requested_max_tokens": request.requested_max_tokens,
+            "compactor": (
+                self._compactor(counter, budget)
+                if self.on_overflow in ("trim", "summarize")
+                else None
+            ),
+        }
 
     def _fit(self, request: _Request, counter: TokenCounter, budget: TokenBudget) -> BudgetOutcome:
         """Count, plan, and apply the overflow policy: the one call into the policies."""
-        return apply_budget(
+        return apply_budget(request.messages, **self._budget_args(request, counter, budget))
+
+    async def _afit(
+        self, request: _Request, counter: TokenCounter, budget: TokenBudget
+    ) -> BudgetOutcome:
+        """Async :meth:`_fit`: the summarizer is awaited, counting stays off the event loop."""
+        return await aapply_budget(
             request.messages,
-            budget=budget,
-            count=lambda msgs: request.count(counter, msgs),
-            count_text=counter.count_text,
-            policy=self.on_overflow,
-            requested_max_tokens=request.requested_max_tokens,
-            summarize=self._summarize_call,
-            summary_max_tokens=self.summary_max_tokens,
+            **self._budget_args(request, counter, budget),
+            # Local counting takes milliseconds: a thread hop would cost more than it saves.
+            # The server's /tokenize blocks: off the event loop. A compaction, which counts
+            # many times, always counts in a worker thread.
+            offload=not isinstance(counter, TransformersTokenCounter),
         )
 
     @staticmethod
@@ -780,11 +831,8 @@ class ChatVLLM(BaseChatOpenAI):
             return self._given(request)
         info = await self._aserver_info()
         counter = await self._aget_counter(info)
-        if isinstance(counter, TransformersTokenCounter) and self.on_overflow != "summarize":
-            # Local counting takes milliseconds: a thread hop would cost more than it saves.
-            return self._prepare(request, info=info, counter=counter)
-        # The server's /tokenize and summaries block: off the event loop.
-        return await asyncio.to_thread(self._prepare, request, info=info, counter=counter)
+        budget = self._effective_budget(info)
+        return _Prepared(request, await self._afit(request, counter, budget), counter)
 
     def _after_rejection(self, exc: openai.BadRequestError, prepared: _Prepared) -> _Prepared:
         """The corrected request after vLLM rejected one for length, or the typed error.

@@ -33,6 +33,7 @@ from typing import Generic, TypeVar
 __all__ = [
     "API_BASE",
     "API_KEY",
+    "COMPACTION_TARGET",
     "COMPRESSION",
     "MAX_CONCURRENCY",
     "MAX_MODEL_LEN",
@@ -120,6 +121,20 @@ class Setting(Generic[T]):
     def factory(self) -> Callable[[], T | None]:
         """A ``default_factory`` for pydantic fields and dataclasses."""
         return self.from_environment
+
+    def required_factory(self) -> Callable[[], T]:
+        """A ``default_factory`` for a field that cannot be unset (the setting has a default).
+
+        Raises:
+            TypeError: The setting has no default.
+        """
+        default = self.required_default()
+
+        def read() -> T:
+            value = self.from_environment()
+            return default if value is None else value
+
+        return read
 
     def _convert(self, var: str, raw: str) -> T:
         try:
@@ -248,6 +263,14 @@ SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "The hard cap on a compressed summary, in tokens.",
 )
 
+COMPACTION_TARGET: Setting[float] = Setting(
+    "compaction_target",
+    "VLLM_BUDGET_COMPACTION_TARGET",
+    float,
+    0.6,
+    "After a compaction (on_overflow trim/summarize) the input fills at most this share of "
+    "the input limit, leaving room for the next turns.",
+)
 ROLLING_SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "rolling_summary_max_tokens",
     "VLLM_BUDGET_ROLLING_SUMMARY_MAX_TOKENS",
@@ -287,6 +310,7 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     SUMMARIZER_MAX_MODEL_LEN,
     SUMMARIZER_TOKENIZER,
     SUMMARY_MAX_TOKENS,
+    COMPACTION_TARGET,
     ROLLING_SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MODE,
     COMPRESSION,
