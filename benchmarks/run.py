@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.agent_loop import run_agent_loop
+from benchmarks.agent_loop import write as write_agent_loop
 from benchmarks.compression import run_compression
 from benchmarks.concurrency import run_concurrency
 from benchmarks.corpus import build_corpus
@@ -43,6 +45,7 @@ BENCHMARKS: tuple[str, ...] = (
     "compression",
     "planner",
     "concurrency",
+    "agent_loop",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -162,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             results,
             lambda: run_concurrency(quick=args.quick, url=args.kv_url),
         )
+    if "agent_loop" in selected:  # starts its own 4K and 12K servers, one at a time
+        _timed("agent_loop", results, lambda: run_agent_loop(quick=args.quick))
+        if "error" not in results["agent_loop"]:
+            write_agent_loop(
+                results["agent_loop"], args.out / "agent_loop", results["meta"]["command"]
+            )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()
     for path in write_results(results, args.out):

@@ -1,33 +1,42 @@
 """ChatVLLM: a LangChain chat model for vLLM that never overflows the context window.
 
-Before each request the prompt is counted exactly (chat template and tool definitions
-included), the output room is planned with :class:`~langchain_vllm_budget.budget.TokenBudget`,
-and input that does not fit is handled by the ``on_overflow`` policy. The budget applied is
-reported in ``response_metadata["budget"]``.
+Before each request the prompt is counted exactly (chat template, tool definitions and every
+request parameter that changes the rendered prompt), the output room is planned once with
+:class:`~langchain_vllm_budget.budget.TokenBudget`, and input that does not fit is handled by
+the ``on_overflow`` policy. The plan applied is reported in ``response_metadata["budget"]``.
+:meth:`ChatVLLM.get_budget_plan` makes the same plan without sending, and a call given
+``budget_plan=`` sends with that plan without counting again.
+
+The pieces live in private modules: server discovery (``_discovery``), the profile
+(``_profile``), error mapping (``_error_mapping``), reasoning text (``_reasoning``) and the
+repair of tool calls with non-object arguments (``_tool_calls``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, TypeVar
 
 import openai
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage, InvalidToolCall
-from langchain_core.messages.tool import invalid_tool_call
+from langchain_core.language_models import (
+    BaseChatModel,
+    LangSmithParams,
+    LanguageModelInput,
+    ModelProfile,
+)
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from langchain_openai.chat_models._client_utils import (
@@ -35,23 +44,33 @@ from langchain_openai.chat_models._client_utils import (
     _get_default_httpx_client,
 )
 from langchain_openai.chat_models.base import BaseChatOpenAI
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from langchain_vllm_budget import settings
-from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget._discovery import UNKNOWN_SERVER, ServerDiscovery, ServerInfo
+from langchain_vllm_budget._error_mapping import ServerTarget, mapped_openai_errors
+from langchain_vllm_budget._profile import ServerProfileAttribute, check_profile, server_profile
+from langchain_vllm_budget._reasoning import REASONING_KEY, reasoning_in, with_reasoning
+from langchain_vllm_budget._tool_calls import set_aside_non_object_tool_calls
+from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.compaction import CompactionMemory, Compactor
 from langchain_vllm_budget.concurrency import InFlightLimit
 from langchain_vllm_budget.errors import (
-    VLLMConnectionError,
     VLLMContextOverflowError,
-    VLLMModelNotFoundError,
-    VLLMServerError,
-    VLLMTimeoutError,
+    VLLMError,
+    VLLMInvalidRequestError,
     parse_length_error,
 )
-from langchain_vllm_budget.overflow import BudgetOutcome, OverflowPolicy, apply_budget
+from langchain_vllm_budget.overflow import (
+    BudgetOutcome,
+    OverflowPolicy,
+    aapply_budget,
+    apply_budget,
+)
 from langchain_vllm_budget.tokenizers import (
     ApproximateTokenCounter,
+    PromptOptions,
     ServerTokenCounter,
     TokenCounter,
     TransformersTokenCounter,
@@ -67,188 +86,194 @@ DEFAULT_API_BASE: str = settings.API_BASE.default  # type: ignore[assignment]
 CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 """Which token counter to use; ``"auto"`` prefers a local tokenizer, then the server."""
 
+_PROVIDER = "vllm"
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _LIMIT_LOCK = threading.Lock()
+_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens")
+_END: Any = object()
+"""Stands for "no first item": a request whose answer yields nothing."""
+
+# A conversation and a tool to probe what the chat template renders (for the profile).
+_PROBE = [HumanMessage("Hi")]
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {"name": "probe", "description": "", "parameters": {"type": "object"}},
+}
+
+_Item = TypeVar("_Item", ChatResult, ChatGenerationChunk)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class _ServerInfo:
-    """What ``/v1/models`` says about the served model."""
+class _Request:
+    """One call as vLLM will receive it: what shapes the prompt, and the output it asks for.
 
-    max_model_len: int | None
-    root: str | None
-    served: tuple[str, ...]
+    Attributes:
+        messages: The conversation.
+        kwargs: The call's keyword arguments, ``budget_plan`` taken out.
+        extra_body: The vLLM fields sent beside the OpenAI ones (the call's or the model's).
+        tools: The tool definitions sent.
+        options: The other request fields that change the rendered prompt.
+        requested_max_tokens: The output limit asked for, if any.
+        thinking_budget: The most thinking tokens wanted, if limited.
+        plan: A plan made earlier (``budget_plan=``), sent without counting again.
+    """
+
+    messages: list[BaseMessage]
+    kwargs: dict[str, Any]
+    extra_body: dict[str, Any] | None
+    tools: list[dict[str, Any]] | None
+    options: PromptOptions
+    requested_max_tokens: int | None
+    thinking_budget: int | None
+    plan: BudgetPlan | None
+
+    def count(self, counter: TokenCounter, messages: Sequence[BaseMessage]) -> int:
+        """The prompt of ``messages`` with this request's tools and options, by ``counter``."""
+        return counter.count_messages(messages, self.tools, self.options)
 
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A request after budgeting: the messages and kwargs to send, and the budget report."""
+    """A request after budgeting: what to send, and the plan to report."""
 
-    messages: list[BaseMessage]
-    kwargs: dict[str, Any]
+    request: _Request
     outcome: BudgetOutcome
-    counter: TokenCounter
-    budget: TokenBudget
+    counter: TokenCounter | None
+    """The counter that counted the prompt; ``None`` when the plan was given."""
     retried: bool = False
 
-    def metadata(self) -> dict[str, Any]:
-        plan = self.outcome.plan
+    @property
+    def messages(self) -> list[BaseMessage]:
+        return self.outcome.messages
+
+    @property
+    def plan(self) -> BudgetPlan:
+        return self.outcome.plan
+
+    @property
+    def thinking_token_budget(self) -> int | None:
+        """The cap on thinking tokens sent to vLLM: the budget, leaving room for the answer.
+
+        Thinking tokens come out of ``max_tokens``; the cap leaves the output a fitting
+        request needs (``min_output_tokens``, or the smaller ``max_tokens`` asked for) to the
+        answer after the thinking.
+        """
+        wanted = self.request.thinking_budget
+        if wanted is None or wanted < 0:  # -1 is vLLM's "no limit"
+            return wanted
+        plan = self.plan
+        answer = plan.min_output_tokens
+        if plan.requested_max_tokens is not None:
+            answer = min(answer, plan.requested_max_tokens)
+        return max(0, min(wanted, plan.max_tokens - answer))
+
+    def send_kwargs(self) -> dict[str, Any]:
+        """The call's keyword arguments with the planned output limit (and thinking cap)."""
+        kwargs = {k: v for k, v in self.request.kwargs.items() if k not in _MAX_TOKENS_KEYS}
+        kwargs["max_tokens"] = self.plan.max_tokens
+        given = self.request.extra_body
+        extra = {
+            k: v
+            for k, v in (given or {}).items()
+            if k not in (*_MAX_TOKENS_KEYS, "thinking_token_budget")
+        }
+        thinking = self.thinking_token_budget
+        if thinking is not None:
+            extra["thinking_token_budget"] = thinking
+        if extra or given is not None:
+            kwargs["extra_body"] = extra
+        return kwargs
+
+    def report(self) -> dict[str, Any]:
+        """The plan applied, for ``response_metadata["budget"]`` and logs."""
+        plan = self.plan
         return {
             "input_tokens": plan.input_tokens,
             "original_input_tokens": self.outcome.original_input_tokens,
-            "counter": self.counter.name,
-            "counter_exact": self.counter.exact,
+            "plan_source": "counted" if self.counter is not None else "given",
+            "counter": self.counter.name if self.counter is not None else None,
+            "counter_exact": self.counter.exact if self.counter is not None else None,
             "max_model_len": plan.max_model_len,
             "safety_margin": plan.safety_margin,
             "output_reserve": plan.output_reserve,
             "requested_max_tokens": plan.requested_max_tokens,
             "max_tokens": plan.max_tokens,
+            "thinking_token_budget": self.thinking_token_budget,
             "action": self.outcome.action,
             "dropped_messages": self.outcome.dropped_messages,
             "retried": self.retried,
+            "compaction": (self.outcome.compaction.as_dict() if self.outcome.compaction else None),
         }
 
 
-class _ScaledCounter:
-    """A counter corrected by the ratio between the server's count and ours."""
-
-    def __init__(self, inner: TokenCounter, ratio: float) -> None:
-        self.inner = inner
-        self.ratio = ratio
-        self.name = inner.name
-        self.exact = False
-
-    def count_text(self, text: str) -> int:
-        return math.ceil(self.inner.count_text(text) * self.ratio)
-
-    def count_messages(
-        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] | None = None
-    ) -> int:
-        return math.ceil(self.inner.count_messages(messages, tools) * self.ratio)
-
-    async def acount_messages(
-        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] | None = None
-    ) -> int:
-        return math.ceil((await self.inner.acount_messages(messages, tools)) * self.ratio)
+def _requested_max_tokens(body: Mapping[str, Any]) -> int | None:
+    """The output limit vLLM would read from ``body`` (``max_completion_tokens`` first)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                msg = f"must be a whole number of tokens, got {value!r}."
+                raise VLLMInvalidRequestError(key, msg)
+            return value
+    return None
 
 
-_JSON_KINDS: dict[type, str] = {
-    list: "array",
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    type(None): "null",
-}
+def _thinking_budget(body: Mapping[str, Any], default: int | None) -> int | None:
+    """The thinking budget: vLLM's ``thinking_token_budget`` if the call sets it, else ours."""
+    value = body.get("thinking_token_budget", default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+        msg = f"must be a whole number of tokens (or -1 for no limit), got {value!r}."
+        raise VLLMInvalidRequestError("thinking_token_budget", msg)
+    return value
 
 
-def _non_object_arguments_error(name: str, arguments: str | None) -> str | None:
-    """Why ``arguments`` cannot be a tool call's args, if they are valid JSON but not an object.
-
-    Empty arguments (a tool without parameters) and invalid JSON return ``None``:
-    langchain-openai already handles both.
-    """
-    if not arguments:
-        return None
-    try:
-        parsed = json.loads(arguments, strict=False)
-    except json.JSONDecodeError:
-        return None
-    if isinstance(parsed, dict):
-        return None
-    kind = _JSON_KINDS.get(type(parsed), type(parsed).__name__)
-    return (
-        f"Function {name} arguments must be a JSON object (the tool's parameters by name), "
-        f"got a JSON {kind}: {arguments}"
-    )
+async def _once(awaitable: Awaitable[_T]) -> AsyncIterator[_T]:
+    yield await awaitable
 
 
-def _set_aside_non_object_tool_calls(
-    response: dict[str, Any] | openai.BaseModel,
-) -> tuple[dict[str, Any] | openai.BaseModel, dict[int, list[InvalidToolCall]]]:
-    """Remove the tool calls whose arguments are not a JSON object from ``response``.
-
-    langchain-openai turns each tool call's arguments into ``AIMessage.tool_calls[i]["args"]``,
-    which must be a dict: a model that writes a list or a string there would make the whole
-    response fail validation. Those calls are taken out (on a copy; the response is returned
-    unchanged when there are none) and returned by choice index as invalid tool calls.
-    """
-    if isinstance(response, openai.BaseModel):
-        choices_data = [
-            # `parsed` may hold any pydantic model (structured output): not needed here.
-            choice.model_dump(exclude={"message": {"parsed"}}, warnings=False)
-            for choice in getattr(response, "choices", None) or []
-        ]
-    elif isinstance(response, dict):
-        choices_data = response.get("choices") or []
-    else:
-        return response, {}
-    set_aside: dict[int, list[InvalidToolCall]] = {}
-    kept_by_choice: dict[int, list[int]] = {}
-    for index, choice in enumerate(choices_data):
-        raw_calls = ((choice or {}).get("message") or {}).get("tool_calls") or []
-        invalid: list[InvalidToolCall] = []
-        kept: list[int] = []
-        for position, raw in enumerate(raw_calls):
-            function = raw.get("function") or {}
-            name = function.get("name") or ""
-            arguments = function.get("arguments")
-            error = _non_object_arguments_error(name, arguments)
-            if error is None:
-                kept.append(position)
-            else:
-                invalid.append(
-                    invalid_tool_call(name=name, args=arguments, id=raw.get("id"), error=error)
-                )
-        if invalid:
-            set_aside[index] = invalid
-            kept_by_choice[index] = kept
-    if not set_aside:
-        return response, {}
-    cleaned: dict[str, Any] | openai.BaseModel
-    if isinstance(response, openai.BaseModel):
-        cleaned = response.model_copy(deep=True)
-        choices = cleaned.choices  # type: ignore[attr-defined]
-        for index, kept in kept_by_choice.items():
-            message = choices[index].message
-            message.tool_calls = [message.tool_calls[i] for i in kept] or None
-    else:
-        cleaned = {**response, "choices": list(choices_data)}
-        for index, kept in kept_by_choice.items():
-            choice = dict(choices_data[index])
-            message = dict(choice["message"])
-            message["tool_calls"] = [message["tool_calls"][i] for i in kept] or None
-            choice["message"] = message
-            cleaned["choices"][index] = choice
-    return cleaned, set_aside
+def _once_sync(call: Callable[[], _T]) -> Iterator[_T]:
+    yield call()
 
 
 class ChatVLLM(BaseChatOpenAI):
     """Chat model for a vLLM server, with exact token budgeting.
 
     Works wherever ``ChatOpenAI`` does (invoke, stream, batch, async, ``bind_tools``,
-    ``with_structured_output``, callbacks, serialisation). On top of that, each request:
+    ``with_structured_output``, callbacks, serialisation) and with LangChain's agents and
+    their middleware. On top of that, each request:
 
     1. counts its prompt exactly (``token_counter``: a local transformers tokenizer, the
-       server's ``/tokenize``, or, if chosen, a chars/4 approximation);
+       server's ``/tokenize``, or, if chosen, a chars/4 approximation), with everything the
+       request sends that changes the rendered prompt: tools, ``chat_template_kwargs`` (e.g.
+       Qwen3's ``enable_thinking``), ``chat_template``, ``add_generation_prompt`` /
+       ``continue_final_message``, ``documents``, ``reasoning_effort``;
     2. gets ``max_tokens = min(window - input - safety_margin, output_reserve)`` (a caller's
        ``max_tokens`` is kept, capped to what fits);
     3. if less than ``min_output_tokens`` fits, applies ``on_overflow``: ``"raise"`` a
        :class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` before sending,
        ``"trim"`` the oldest turns, ``"summarize"`` them, or ``"warn"`` and send what fits.
 
-    The window comes from the server's ``/v1/models`` (cached) unless the server does not
-    report it. The budget applied is in ``response_metadata["budget"]``.
+    The window comes from the server's ``/v1/models`` (asked once) unless the server does
+    not report it. The plan applied is in ``response_metadata["budget"]``;
+    :meth:`get_budget_plan` returns the same plan without sending, and ``budget_plan=``
+    (on ``invoke``/``stream``/``ainvoke``/``astream`` or ``bind``) sends with it.
 
-    ``max_concurrency`` (env ``VLLM_BUDGET_MAX_CONCURRENCY``) caps the requests in flight, e.g. at
-    the server's ``--max-num-seqs``. Tool calls whose arguments are valid JSON but not an
+    ``profile`` is read from the server too (``max_input_tokens`` is the largest prompt sent
+    without the overflow policy acting, so LangChain's fractional triggers fire first).
+    Reasoning models served with ``--reasoning-parser`` keep their thinking text in
+    ``additional_kwargs["reasoning_content"]`` (and the standard ``reasoning`` content
+    block); ``thinking_budget`` caps it so that the answer keeps its room in ``max_tokens``.
+
+    ``max_concurrency`` (env ``VLLM_BUDGET_MAX_CONCURRENCY``) caps the requests in flight, e.g.
+    at the server's ``--max-num-seqs``. Tool calls whose arguments are valid JSON but not an
     object (small models write lists or strings) come back in ``invalid_tool_calls``.
 
     Setup:
         ```bash
-        vllm serve Qwen/Qwen2.5-7B-Instruct --max-model-len 12288
+        vllm serve Qwen/Qwen3-8B --max-model-len 12288 --reasoning-parser qwen3
         export VLLM_API_BASE=http://localhost:8000/v1   # the default
         ```
 
@@ -257,10 +282,11 @@ class ChatVLLM(BaseChatOpenAI):
         from langchain_vllm_budget import ChatVLLM, TokenBudget
 
         model = ChatVLLM(
-            model="Qwen/Qwen2.5-7B-Instruct",
+            model="Qwen/Qwen3-8B",
             budget=TokenBudget(output_reserve=2000),
             on_overflow="trim",
             max_concurrency=8,  # the server's --max-num-seqs
+            thinking_budget=1200,  # the answer keeps the rest of max_tokens
         )
         ```
 
@@ -268,9 +294,17 @@ class ChatVLLM(BaseChatOpenAI):
         ```python
         msg = model.invoke([("system", "Be brief."), ("human", "Hi!")])
         msg.usage_metadata  # {"input_tokens": 21, "output_tokens": 9, ...}
+        msg.additional_kwargs["reasoning_content"]  # the thinking text
         msg.response_metadata["budget"]
         # {"input_tokens": 21, "counter": "transformers", "max_model_len": 12288,
-        #  "max_tokens": 2000, "action": "none", ...}
+        #  "max_tokens": 2000, "thinking_token_budget": 1200, "action": "none", ...}
+        ```
+
+    Plan first, send later:
+        ```python
+        plan = model.get_budget_plan(messages)  # counts once; nothing is sent
+        if plan.fits:
+            msg = model.invoke(messages, budget_plan=plan)  # no second count
         ```
 
     Stream:
@@ -306,6 +340,23 @@ class ChatVLLM(BaseChatOpenAI):
     """The model that writes summaries for ``on_overflow="summarize"`` (default: this one)."""
     summary_max_tokens: int = Field(default=400, gt=0)
     """Output limit of a summary written by ``on_overflow="summarize"``."""
+    thinking_budget: int | None = Field(default_factory=settings.THINKING_BUDGET.factory(), ge=0)
+    """Most thinking tokens per request of a reasoning model (env
+    ``VLLM_BUDGET_THINKING_BUDGET``); ``None``: no limit. Sent as vLLM's
+    ``thinking_token_budget``, capped to ``max_tokens - min_output_tokens`` so that the
+    answer after the thinking keeps its room (thinking tokens count against ``max_tokens``).
+    Needs a server started with ``--reasoning-parser``. A call's
+    ``extra_body={"thinking_token_budget": n}`` wins."""
+    compaction_target: float = Field(
+        default_factory=settings.COMPACTION_TARGET.required_factory(),
+        gt=0,
+        le=1,
+    )
+    """After ``on_overflow="trim"``/``"summarize"`` compacts, the input fills at most this
+    share of the input limit (env ``VLLM_BUDGET_COMPACTION_TARGET``, default 0.6), so the
+    following calls only append and hit vLLM's prefix cache. The compaction is remembered
+    (shared with the model's copies) and reapplied unchanged until the limit is reached
+    again."""
     max_concurrency: int | None = Field(default_factory=settings.MAX_CONCURRENCY.factory(), ge=1)
     """Most requests this model has in flight at once (env ``VLLM_BUDGET_MAX_CONCURRENCY``);
     ``None``: no limit. Set it to the server's ``--max-num-seqs`` so that requests wait
@@ -316,10 +367,14 @@ class ChatVLLM(BaseChatOpenAI):
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
-    _server_info: _ServerInfo | None = PrivateAttr(default=None)
+    _discovery: ServerDiscovery = PrivateAttr(default_factory=ServerDiscovery)
     _counter: TokenCounter | None = PrivateAttr(default=None)
+    _capabilities: tuple[bool | None, bool | None] | None = PrivateAttr(default=None)
     _window_warned: bool = PrivateAttr(default=False)
     _in_flight_limit: InFlightLimit | None = PrivateAttr(default=None)
+    _profile_ready: bool = PrivateAttr(default=False)
+    # Shared by the model's copies (model_copy copies private attributes by reference).
+    _compaction_memory: CompactionMemory = PrivateAttr(default_factory=CompactionMemory)
 
     @property
     def _llm_type(self) -> str:
@@ -342,26 +397,36 @@ class ChatVLLM(BaseChatOpenAI):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "vllm"
+        params["ls_provider"] = _PROVIDER
         return params
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        # OpenAI's model data does not describe a vLLM server: the profile is read from the
+        # server on first use (see ServerProfileAttribute).
+        return None
+
+    def _use_responses_api(self, payload: dict[str, Any]) -> bool:
+        # vLLM serves chat completions; the budget is planned for them.
+        return False
 
     @model_validator(mode="after")
     def validate_environment(self) -> Self:
-        """Build the OpenAI clients for the vLLM server."""
+        """Check the settings and build the OpenAI clients for the vLLM server."""
         if self.n is not None and self.n < 1:
             msg = "n must be at least 1."
             raise ValueError(msg)
         if self.n is not None and self.n > 1 and self.streaming:
             msg = "n must be 1 when streaming."
             raise ValueError(msg)
-        if isinstance(self.token_counter, str) and self.token_counter not in (
-            "auto",
-            "server",
-            "transformers",
-            "approximate",
-        ):  # pragma: no cover - pydantic's Literal check runs first
-            msg = f"Unknown token_counter {self.token_counter!r}"
-            raise ValueError(msg)
+        if self.use_responses_api:
+            msg = (
+                "ChatVLLM budgets vLLM's chat completions; leave use_responses_api unset (or "
+                "use ChatOpenAI for vLLM's /v1/responses)."
+            )
+            raise VLLMInvalidRequestError("use_responses_api", msg)
+        check_profile(self.__dict__.get("profile"))
+        # The model's own request fields are checked once here, as each call checks its own.
+        self._request([], {})
         api_key = self.openai_api_key.get_secret_value() if self.openai_api_key else _NO_KEY
         client_params: dict[str, Any] = {
             k: v
@@ -393,6 +458,8 @@ class ChatVLLM(BaseChatOpenAI):
             self.async_client = self.root_async_client.chat.completions
         if self.max_concurrency is not None:
             self._in_flight_limit = InFlightLimit(self.max_concurrency)
+        # From now on, reading `profile` may ask the server (never while building the model).
+        self._profile_ready = True
         return self
 
     def _request_limit(self) -> InFlightLimit | None:
@@ -408,48 +475,37 @@ class ChatVLLM(BaseChatOpenAI):
                     limit = self._in_flight_limit = InFlightLimit(self.max_concurrency)
         return limit
 
-    # ----------------------------------------------------------------- discovery
+    def _slot(self) -> contextlib.AbstractContextManager[None]:
+        limit = self._request_limit()
+        return limit.slot() if limit is not None else contextlib.nullcontext()
 
-    def _translate(self, exc: Exception) -> Exception:
-        """Map OpenAI client errors to this package's typed errors."""
-        if isinstance(exc, openai.NotFoundError):
-            served = list(self._server_info.served) if self._server_info else None
-            return VLLMModelNotFoundError(self.model_name, self.openai_api_base, served)
-        if isinstance(exc, openai.APITimeoutError):
-            timeout = self.request_timeout if isinstance(self.request_timeout, float) else None
-            return VLLMTimeoutError(self.openai_api_base, timeout)
-        if isinstance(exc, openai.APIConnectionError):
-            return VLLMConnectionError(self.openai_api_base, str(exc.__cause__ or exc))
-        if isinstance(exc, openai.InternalServerError):
-            return VLLMServerError(self.openai_api_base, exc.message, exc.status_code)
-        if type(exc) is openai.APIError:
-            # A bare APIError is an error event inside a stream: the server failed mid-answer.
-            return VLLMServerError(self.openai_api_base, exc.message)
-        return exc
+    def _aslot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        limit = self._request_limit()
+        return limit.aslot() if limit is not None else contextlib.nullcontext()
 
-    def _read_models(self, data: list[dict[str, Any]]) -> _ServerInfo:
-        served = tuple(str(entry.get("id")) for entry in data)
-        entry = next((e for e in data if e.get("id") == self.model_name), None)
-        if entry is None:
-            raise VLLMModelNotFoundError(self.model_name, self.openai_api_base, list(served))
-        window = entry.get("max_model_len")
-        root = entry.get("root")
-        return _ServerInfo(
-            max_model_len=int(window) if window else None,
-            root=str(root) if root else None,
-            served=served,
+    # ----------------------------------------------------------------- the server
+
+    def _mapped_errors(self) -> contextlib.AbstractContextManager[None]:
+        """OpenAI client errors in the block become this package's typed errors."""
+        info = self._discovery.cached(self.root_client, self.model_name)
+        timeout = self.request_timeout if isinstance(self.request_timeout, float | int) else None
+        target = ServerTarget(
+            base_url=self.openai_api_base,
+            model=self.model_name,
+            timeout=float(timeout) if timeout is not None else None,
+            served=info.served if info is not None else None,
         )
+        return mapped_openai_errors(target)
 
-    def _get_server_info(self) -> _ServerInfo:
-        if self._server_info is None:
-            try:
-                page = self.root_client.models.list()
-            except openai.APIError as exc:
-                raise self._translate(exc) from exc
-            self._server_info = self._read_models([m.model_dump() for m in page.data])
-        return self._server_info
+    def _server_info(self) -> ServerInfo:
+        with self._mapped_errors():
+            return self._discovery.get(self.root_client, self.model_name)
 
-    def _effective_budget(self, info: _ServerInfo) -> TokenBudget:
+    async def _aserver_info(self) -> ServerInfo:
+        with self._mapped_errors():
+            return await self._discovery.aget(self.root_async_client, self.model_name)
+
+    def _effective_budget(self, info: ServerInfo) -> TokenBudget:
         configured = self.budget.max_model_len
         served = info.max_model_len
         if served is None:
@@ -472,7 +528,51 @@ class ChatVLLM(BaseChatOpenAI):
             )
         return self.budget.with_max_model_len(served)
 
-    def _local_tokenizer_path(self, info: _ServerInfo) -> str | None:
+    def get_max_model_len(self) -> int:
+        """The context window in use: the server's, or the configured one if not reported."""
+        window = self._effective_budget(self._server_info()).max_model_len
+        assert window is not None
+        return window
+
+    def _server_profile(self) -> ModelProfile:
+        """The profile from the server's window and what the chat template renders."""
+        info = self._server_info()
+        budget = self._effective_budget(info)
+        assert budget.max_model_len is not None
+        if self._capabilities is None:
+            self._capabilities = self._probe_capabilities(self._get_counter(info))
+        tool_calling, reasoning_output = self._capabilities
+        return server_profile(
+            max_model_len=budget.max_model_len,
+            budget=budget,
+            tool_calling=tool_calling,
+            reasoning_output=reasoning_output,
+        )
+
+    @staticmethod
+    def _probe_capabilities(counter: TokenCounter) -> tuple[bool | None, bool | None]:
+        """Whether the chat template renders tools, and has a thinking switch (exact counters).
+
+        A template that ignores tool definitions gives the model no way to call tools; one
+        whose prompt changes with ``enable_thinking`` belongs to a model that thinks (vLLM
+        sets that variable for ``reasoning_effort``). Unknown: ``None``.
+        """
+        if not counter.exact:
+            return None, None
+        try:
+            plain = counter.count_messages(_PROBE)
+            tools = counter.count_messages(_PROBE, [_PROBE_TOOL]) != plain
+            off, on = (
+                counter.count_messages(
+                    _PROBE, None, PromptOptions(chat_template_kwargs={"enable_thinking": flag})
+                )
+                for flag in (False, True)
+            )
+        except VLLMError:
+            return None, None
+        return tools, (True if off != on else None)
+
+    def _local_tokenizer_path(self, info: ServerInfo) -> str | None:
         if self.tokenizer:
             return self.tokenizer
         if info.root and Path(info.root).is_dir():
@@ -481,7 +581,7 @@ class ChatVLLM(BaseChatOpenAI):
                 return str(root)
         return None
 
-    def _get_counter(self, info: _ServerInfo) -> TokenCounter:
+    def _get_counter(self, info: ServerInfo) -> TokenCounter:
         if self._counter is not None:
             return self._counter
         choice = self.token_counter
@@ -507,6 +607,12 @@ class ChatVLLM(BaseChatOpenAI):
         self._counter = counter
         return counter
 
+    async def _aget_counter(self, info: ServerInfo) -> TokenCounter:
+        if self._counter is not None:
+            return self._counter
+        # Loading a tokenizer reads files: off the event loop.
+        return await asyncio.to_thread(self._get_counter, info)
+
     def _server_counter(self) -> ServerTokenCounter:
         timeout = self.request_timeout if isinstance(self.request_timeout, float | int) else 30.0
         return ServerTokenCounter(
@@ -518,17 +624,46 @@ class ChatVLLM(BaseChatOpenAI):
         """The counter in use (resolving ``"auto"`` may ask the server for its model root)."""
         if self._counter is None:
             needs_server = self.token_counter in ("auto", "transformers") and not self.tokenizer
-            info = self._get_server_info() if needs_server else _ServerInfo(None, None, ())
-            return self._get_counter(info)
+            return self._get_counter(self._server_info() if needs_server else UNKNOWN_SERVER)
         return self._counter
 
-    def get_max_model_len(self) -> int:
-        """The context window in use: the server's, or the configured one if not reported."""
-        window = self._effective_budget(self._get_server_info()).max_model_len
-        assert window is not None
-        return window
-
     # ------------------------------------------------------------------ counting
+
+    def _request(self, messages: Sequence[BaseMessage], kwargs: Mapping[str, Any]) -> _Request:
+        """The call as vLLM will receive it: the model's request fields, then the call's.
+
+        Raises:
+            VLLMInvalidRequestError: A field vLLM would reject, or ChatVLLM cannot budget.
+        """
+        call = dict(kwargs)
+        plan = call.pop("budget_plan", None)
+        if plan is not None and not isinstance(plan, BudgetPlan):
+            msg = f"must be the BudgetPlan that get_budget_plan returned, got {plan!r}."
+            raise VLLMInvalidRequestError("budget_plan", msg)
+        params = {**self._default_params, **call}
+        if params.get("reasoning") is not None:
+            msg = (
+                "is the Responses API's setting, which vLLM's chat completions do not take; "
+                "use reasoning_effort, extra_body={'chat_template_kwargs': {'enable_thinking': "
+                "...}} or thinking_budget."
+            )
+            raise VLLMInvalidRequestError("reasoning", msg)
+        extra = params.get("extra_body")
+        if extra is not None and not isinstance(extra, Mapping):
+            msg = f"must be a dict of vLLM request fields, got {extra!r}."
+            raise VLLMInvalidRequestError("extra_body", msg)
+        # What the OpenAI client sends: extra_body's fields beside (and over) the others.
+        body = {**{k: v for k, v in params.items() if k != "extra_body"}, **(extra or {})}
+        return _Request(
+            messages=list(messages),
+            kwargs=call,
+            extra_body=dict(extra) if extra is not None else None,
+            tools=tools_to_openai_dicts(body.get("tools")),
+            options=PromptOptions.from_request(body),
+            requested_max_tokens=_requested_max_tokens(body),
+            thinking_budget=_thinking_budget(body, self.thinking_budget),
+            plan=plan,
+        )
 
     def get_num_tokens_from_messages(
         self,
@@ -541,87 +676,181 @@ class ChatVLLM(BaseChatOpenAI):
         Args:
             messages: The conversation.
             tools: Tool definitions (any form ``bind_tools`` accepts).
-            **kwargs: Ignored (kept for signature compatibility).
+            **kwargs: Request fields as a call would pass them (e.g. ``extra_body``); the
+                model's own fields (its ``extra_body``, ``reasoning_effort``) apply too.
 
         Returns:
             The prompt's token count: equals the server's ``usage.prompt_tokens`` with an
             exact counter.
         """
-        return self.resolved_token_counter.count_messages(messages, tools_to_openai_dicts(tools))
+        openai_tools = tools_to_openai_dicts(tools)
+        call = {**kwargs, "tools": openai_tools} if openai_tools else kwargs
+        request = self._request(messages, call)
+        return request.count(self.resolved_token_counter, request.messages)
 
     def get_num_tokens(self, text: str) -> int:
         """Count plain text with the model's tokenizer (no chat template)."""
         return self.resolved_token_counter.count_text(text)
 
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        tools: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Return a runnable whose output follows ``schema``; ``json_schema`` by default.
+
+        As in ``ChatOpenAI``, the default method is ``json_schema``: the schema goes to vLLM
+        as ``response_format`` and vLLM decodes the answer under it, so even a small model
+        returns schema-valid JSON. ``function_calling`` (a forced tool call) needs a server
+        with a tool parser; ``json_mode`` only asks for some JSON object. Every argument is
+        ``BaseChatOpenAI.with_structured_output``'s.
+        """
+        return super().with_structured_output(
+            schema, method=method, include_raw=include_raw, strict=strict, tools=tools, **kwargs
+        )
+
     # ------------------------------------------------------------------ budgeting
 
-    @staticmethod
-    def _requested_max_tokens(kwargs: dict[str, Any], default: int | None) -> int | None:
-        for key in ("max_tokens", "max_completion_tokens"):
-            if kwargs.get(key) is not None:
-                return int(kwargs[key])
-        return default
+    def get_budget_plan(self, messages: LanguageModelInput, **kwargs: Any) -> BudgetPlan:
+        """Plan the budget of a call without sending it: one exact count, no overflow policy.
 
-    def _summarize_call(self, prompt: list[BaseMessage], max_tokens: int) -> str:
-        model = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
-        reply = model.invoke(prompt, max_tokens=max_tokens)
-        return reply.text if isinstance(reply, AIMessage) else str(reply.content)
+        Counts the prompt once, with everything the call would send that changes it (the
+        model's bound tools and request fields, and ``kwargs``), and plans its output room
+        with the model's budget and the server's window. Send with the plan by passing it
+        back: ``model.invoke(messages, budget_plan=plan)`` counts nothing again.
+
+        Args:
+            messages: The call's input (messages, a string, or anything ``invoke`` takes).
+            **kwargs: The keyword arguments the call will be made with (``tools``,
+                ``max_tokens``, ``extra_body``, ...); for a bound model, its ``kwargs``.
+
+        Returns:
+            The plan; ``plan.fits`` says whether the prompt leaves the output room needed,
+            ``plan.shortfall`` how many input tokens to remove otherwise.
+        """
+        request = self._request(self._convert_input(messages).to_messages(), kwargs)
+        info = self._server_info()
+        budget = self._effective_budget(info)
+        counter = self._get_counter(info)
+        return budget.plan(request.count(counter, request.messages), request.requested_max_tokens)
+
+    async def aget_budget_plan(self, messages: LanguageModelInput, **kwargs: Any) -> BudgetPlan:
+        """Async :meth:`get_budget_plan`: the server is asked without blocking the event loop."""
+        request = self._request(self._convert_input(messages).to_messages(), kwargs)
+        info = await self._aserver_info()
+        budget = self._effective_budget(info)
+        counter = await self._aget_counter(info)
+        if isinstance(counter, TransformersTokenCounter):
+            count = request.count(counter, request.messages)
+        else:
+            count = await asyncio.to_thread(request.count, counter, request.messages)
+        return budget.plan(count, request.requested_max_tokens)
+
+    def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
+        """The compaction for ``trim``/``summarize``: this model's memory and settings."""
+        summarizer = None
+        window = None
+        if self.on_overflow == "summarize":
+            summarizer = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
+            if self.summarizer is None and budget.max_model_len is not None:
+                window = budget.max_model_len - budget.safety_margin
+        return Compactor(
+            target=self.compaction_target,
+            memory=self._compaction_memory,
+            summarizer=summarizer,
+            summary_max_tokens=self.summary_max_tokens,
+            text_counter=counter if self.summarizer is None else None,
+            summarizer_window=window,
+        )
+
+    def _budget_args(
+        self, request: _Request, counter: TokenCounter, budget: TokenBudget
+    ) -> dict[str, Any]:
+        """What ``apply_budget`` and ``aapply_budget`` take besides the messages."""
+        return {
+            "budget": budget,
+            "count": lambda msgs: request.count(counter, msgs),
+            "policy": self.on_overflow,
+            "requested_max_tokens": request.requested_max_tokens,
+            "compactor": (
+                self._compactor(counter, budget)
+                if self.on_overflow in ("trim", "summarize")
+                else None
+            ),
+        }
+
+    def _fit(self, request: _Request, counter: TokenCounter, budget: TokenBudget) -> BudgetOutcome:
+        """Count, plan, and apply the overflow policy: the one call into the policies."""
+        return apply_budget(request.messages, **self._budget_args(request, counter, budget))
+
+    async def _afit(
+        self, request: _Request, counter: TokenCounter, budget: TokenBudget
+    ) -> BudgetOutcome:
+        """Async :meth:`_fit`: the summarizer is awaited, counting stays off the event loop."""
+        return await aapply_budget(
+            request.messages,
+            **self._budget_args(request, counter, budget),
+            # Local counting takes milliseconds: a thread hop would cost more than it saves.
+            # The server's /tokenize blocks: off the event loop. A compaction, which counts
+            # many times, always counts in a worker thread.
+            offload=not isinstance(counter, TransformersTokenCounter),
+        )
+
+    @staticmethod
+    def _given(request: _Request) -> _Prepared:
+        """A request sent with the plan it was given: nothing is counted again."""
+        plan = request.plan
+        assert plan is not None
+        if not plan.fits:
+            raise VLLMContextOverflowError.from_plan(plan)
+        outcome = BudgetOutcome(request.messages, plan, "none", plan.input_tokens)
+        return _Prepared(request, outcome, counter=None)
 
     def _prepare(
         self,
-        messages: list[BaseMessage],
-        kwargs: dict[str, Any],
+        request: _Request,
         *,
+        info: ServerInfo | None = None,
         counter: TokenCounter | None = None,
         budget: TokenBudget | None = None,
     ) -> _Prepared:
-        info = self._get_server_info()
+        if request.plan is not None:
+            return self._given(request)
+        info = info or self._server_info()
         budget = budget or self._effective_budget(info)
         counter = counter or self._get_counter(info)
-        tools = kwargs.get("tools")
-        requested = self._requested_max_tokens(kwargs, self.max_tokens)
-        active_counter = counter
-        outcome = apply_budget(
-            messages,
-            budget=budget,
-            count=lambda msgs: active_counter.count_messages(msgs, tools),
-            count_text=active_counter.count_text,
-            policy=self.on_overflow,
-            requested_max_tokens=requested,
-            summarize=self._summarize_call,
-            summary_max_tokens=self.summary_max_tokens,
-        )
-        send_kwargs = {k: v for k, v in kwargs.items() if k != "max_completion_tokens"}
-        send_kwargs["max_tokens"] = outcome.plan.max_tokens
-        return _Prepared(outcome.messages, send_kwargs, outcome, counter, budget)
+        return _Prepared(request, self._fit(request, counter, budget), counter)
 
-    async def _aprepare(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _Prepared:
-        if self._server_info is None:
-            try:
-                page = await self.root_async_client.models.list()
-            except openai.APIError as exc:
-                raise self._translate(exc) from exc
-            self._server_info = self._read_models([m.model_dump() for m in page.data])
-        info = self._server_info
-        counter = self._get_counter(info)
-        if isinstance(counter, TransformersTokenCounter) and self.on_overflow != "summarize":
-            # Local counting takes milliseconds: a thread hop would cost more than it saves.
-            return self._prepare(messages, kwargs, counter=counter)
-        # Server counting and summaries block; keep them off the event loop.
-        return await asyncio.to_thread(self._prepare, messages, kwargs, counter=counter)
+    async def _aprepare(self, request: _Request) -> _Prepared:
+        if request.plan is not None:
+            return self._given(request)
+        info = await self._aserver_info()
+        counter = await self._aget_counter(info)
+        budget = self._effective_budget(info)
+        return _Prepared(request, await self._afit(request, counter, budget), counter)
 
-    def _after_rejection(
-        self,
-        exc: openai.BadRequestError,
-        prepared: _Prepared,
-        messages: list[BaseMessage],
-        kwargs: dict[str, Any],
-    ) -> _Prepared:
-        """Turn vLLM's length 400 into a typed error, or a corrected request to retry once."""
+    def _after_rejection(self, exc: openai.BadRequestError, prepared: _Prepared) -> _Prepared:
+        """The corrected request after vLLM rejected one for length, or the typed error.
+
+        The one retry rule of every path (sync and async, invoke and stream). vLLM's own
+        count in the message can be a lower bound ("at least N input tokens": it stops
+        tokenizing past the window), so it is never planned with: the prompt is counted
+        again by the server's ``/tokenize`` (exact) and planned anew, or, if the server's
+        window is not the one planned with, the window is asked again. One retry at most.
+
+        Raises:
+            VLLMContextOverflowError: The request does not fit, or was already retried.
+            openai.BadRequestError: ``exc``, when it is not a length error.
+        """
         details = parse_length_error(str(exc.message))
         if details is None:
-            raise self._translate(exc) from exc
-        plan = prepared.outcome.plan
+            raise exc
+        plan = prepared.plan
         window = details.max_model_len or plan.max_model_len
         server_input = details.input_tokens
         if server_input is None and details.wording == "max_tokens_zero":
@@ -637,93 +866,127 @@ class ChatVLLM(BaseChatOpenAI):
         )
         if prepared.retried:
             raise error from exc
-        budget = prepared.budget
-        counter: TokenCounter = prepared.counter
+        request = replace(prepared.request, plan=None)
         if window != plan.max_model_len:
-            budget = budget.with_max_model_len(window)
+            # Not the window planned with (the server restarted with another one, or a
+            # given plan was made for another): ask the server again.
+            self._discovery.forget(self.root_client, self.model_name)
+            info = self._server_info()
+            budget = self._effective_budget(info).with_max_model_len(window)
+            corrected = self._prepare(request, info=info, budget=budget)
         elif not isinstance(prepared.counter, ServerTokenCounter):
-            # The server's count in the message is cut at window + 1 ("at least"): ask its
-            # /tokenize for the exact count of what was sent, and budget with it from now on.
-            counter = self._server_counter()
-            tools = prepared.kwargs.get("tools")
+            server = self._server_counter()
             try:
-                server_input = counter.count_messages(prepared.messages, tools)
-            except Exception:  # the server cannot tokenize: scale by its lower bound
-                if server_input is None or plan.input_tokens <= 0:
-                    raise error from exc
-                counter = _ScaledCounter(prepared.counter, server_input / plan.input_tokens)
-            if server_input is not None and server_input <= plan.input_tokens:
+                exact = request.count(server, prepared.messages)
+            except VLLMError:
                 raise error from exc
+            if exact <= plan.input_tokens:  # the count was right: nothing to correct
+                raise error from exc
+            corrected = self._prepare(request, counter=server)
         else:
             raise error from exc
         logger.warning(
-            "vLLM rejected the request for length (our count %d, server %s, window %d); "
-            "correcting and retrying once.",
+            "vLLM rejected the request for length (planned %d input tokens, server %s%s, "
+            "window %d); correcting and retrying once.",
             plan.input_tokens,
+            "at least " if details.wording == "prompt_tokens" else "",
             server_input,
             window,
         )
-        corrected = self._prepare(messages, kwargs, counter=counter, budget=budget)
         return replace(corrected, retried=True)
-
-    def _annotate(self, result: ChatResult, prepared: _Prepared) -> ChatResult:
-        budget = prepared.metadata()
-        for generation in result.generations:
-            generation.message.response_metadata["budget"] = budget
-            if isinstance(generation.message, AIMessage):
-                self._log_usage(generation.message, budget)
-        return result
-
-    def _log_usage(self, message: AIMessage, budget: dict[str, Any]) -> None:
-        usage: dict[str, Any] = dict(message.usage_metadata or {})
-        logger.info(
-            "vLLM %s: input_tokens=%s (counted %d by %s) output_tokens=%s max_tokens=%d "
-            "window=%d action=%s",
-            self.model_name,
-            usage.get("input_tokens"),
-            budget["input_tokens"],
-            budget["counter"],
-            usage.get("output_tokens"),
-            budget["max_tokens"],
-            budget["max_model_len"],
-            budget["action"],
-        )
 
     # ------------------------------------------------------------------ requests
 
-    def _create_chat_result(
+    def _mark(
+        self, item: ChatResult | ChatGenerationChunk, report: dict[str, Any], *, first: bool
+    ) -> None:
+        """Put the plan on the first item's message(s); log the usage where it arrives."""
+        if isinstance(item, ChatResult):
+            messages = [generation.message for generation in item.generations]
+        else:
+            messages = [item.message]
+        for message in messages:
+            if first:
+                message.response_metadata["budget"] = report
+            if isinstance(message, AIMessage) and message.usage_metadata:
+                self._log_usage(message, report)
+
+    def _log_usage(self, message: AIMessage, report: dict[str, Any]) -> None:
+        usage: dict[str, Any] = dict(message.usage_metadata or {})
+        logger.info(
+            "vLLM %s: input_tokens=%s (planned %d, %s) output_tokens=%s max_tokens=%d "
+            "window=%d action=%s",
+            self.model_name,
+            usage.get("input_tokens"),
+            report["input_tokens"],
+            report["counter"] or "given plan",
+            usage.get("output_tokens"),
+            report["max_tokens"],
+            report["max_model_len"],
+            report["action"],
+        )
+
+    def _budgeted(
         self,
-        response: dict[str, Any] | openai.BaseModel,
-        generation_info: dict[str, Any] | None = None,
-    ) -> ChatResult:
-        """Build the result; tool calls whose arguments are not a JSON object become invalid.
+        messages: list[BaseMessage],
+        kwargs: dict[str, Any],
+        send: Callable[[_Prepared], Iterator[_Item]],
+    ) -> Iterator[_Item]:
+        """Plan, send within a slot, and after a length rejection send the corrected request.
 
-        A small model can write tool-call arguments that are valid JSON but not an object
-        (a list, a string). They are reported in ``AIMessage.invalid_tool_calls`` (name, the
-        arguments as written, id, and why) instead of failing the whole response, as
-        langchain-core already does for streamed tool calls.
+        ``send`` makes the request (``_generate`` yields one result, ``_stream`` its
+        chunks); vLLM accepts or rejects it when the first item is asked for. A stream keeps
+        its slot until it ends. :meth:`_abudgeted` is the async twin; the retry rule itself
+        is :meth:`_after_rejection`, shared by both.
         """
-        cleaned, set_aside = _set_aside_non_object_tool_calls(response)
-        result = super()._create_chat_result(cleaned, generation_info)
-        for index, invalid in set_aside.items():
-            message = result.generations[index].message
-            if isinstance(message, AIMessage):
-                message.invalid_tool_calls = [*message.invalid_tool_calls, *invalid]
-        return result
+        with self._mapped_errors():
+            prepared = self._prepare(self._request(messages, kwargs))
+            while True:
+                with self._slot():
+                    items = send(prepared)
+                    try:
+                        first = next(items, _END)
+                    except openai.BadRequestError as exc:
+                        rejection = exc
+                    else:
+                        report = prepared.report()
+                        if first is not _END:
+                            self._mark(first, report, first=True)
+                            yield first
+                            for item in items:
+                                self._mark(item, report, first=False)
+                                yield item
+                        return
+                # Re-counting or summarizing may call the model: outside the slot.
+                prepared = self._after_rejection(rejection, prepared)
 
-    def _slot(self) -> contextlib.AbstractContextManager[None]:
-        limit = self._request_limit()
-        return limit.slot() if limit is not None else contextlib.nullcontext()
-
-    def _aslot(self) -> contextlib.AbstractAsyncContextManager[None]:
-        limit = self._request_limit()
-        return limit.aslot() if limit is not None else contextlib.nullcontext()
-
-    def _raise_mapped(self, exc: openai.APIError) -> NoReturn:
-        mapped = self._translate(exc)
-        if mapped is exc:
-            raise exc
-        raise mapped from exc
+    async def _abudgeted(
+        self,
+        messages: list[BaseMessage],
+        kwargs: dict[str, Any],
+        send: Callable[[_Prepared], AsyncIterator[_Item]],
+    ) -> AsyncIterator[_Item]:
+        """Async :meth:`_budgeted`: discovery and counting never block the event loop."""
+        with self._mapped_errors():
+            prepared = await self._aprepare(self._request(messages, kwargs))
+            while True:
+                async with self._aslot():
+                    items = send(prepared)
+                    try:
+                        first = await anext(items, _END)
+                    except openai.BadRequestError as exc:
+                        rejection = exc
+                    else:
+                        report = prepared.report()
+                        if first is not _END:
+                            self._mark(first, report, first=True)
+                            yield first
+                            async for item in items:
+                                self._mark(item, report, first=False)
+                                yield item
+                        return
+                # Counting with the server's /tokenize (and re-planning) blocks: in a thread.
+                prepared = await asyncio.to_thread(self._after_rejection, rejection, prepared)
 
     def _generate(
         self,
@@ -732,25 +995,15 @@ class ChatVLLM(BaseChatOpenAI):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        prepared = self._prepare(messages, kwargs)
-        try:
-            # The slot covers the request only: re-counting or summarizing after a
-            # rejection may itself call the model.
-            for attempt in range(2):
-                try:
-                    with self._slot():
-                        result = super()._generate(
-                            prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                        )
-                    return self._annotate(result, prepared)
-                except openai.BadRequestError as exc:
-                    retry = self._after_rejection(exc, prepared, messages, kwargs)
-                    if attempt:
-                        raise
-                    prepared = retry
-        except openai.APIError as exc:
-            self._raise_mapped(exc)
-        raise AssertionError("unreachable")  # pragma: no cover
+        generate = super()._generate
+        (result,) = self._budgeted(
+            messages,
+            kwargs,
+            lambda p: _once_sync(
+                lambda: generate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs())
+            ),
+        )
+        return result
 
     async def _agenerate(
         self,
@@ -759,23 +1012,16 @@ class ChatVLLM(BaseChatOpenAI):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        prepared = await self._aprepare(messages, kwargs)
-        try:
-            for attempt in range(2):
-                try:
-                    async with self._aslot():
-                        result = await super()._agenerate(
-                            prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                        )
-                    return self._annotate(result, prepared)
-                except openai.BadRequestError as exc:
-                    retry = self._after_rejection(exc, prepared, messages, kwargs)
-                    if attempt:
-                        raise
-                    prepared = retry
-        except openai.APIError as exc:
-            self._raise_mapped(exc)
-        raise AssertionError("unreachable")  # pragma: no cover
+        agenerate = super()._agenerate
+        results = self._abudgeted(
+            messages,
+            kwargs,
+            lambda p: _once(
+                agenerate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs())
+            ),
+        )
+        (result,) = [r async for r in results]
+        return result
 
     def _stream(
         self,
@@ -784,29 +1030,12 @@ class ChatVLLM(BaseChatOpenAI):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        prepared = self._prepare(messages, kwargs)
-        try:
-            for attempt in range(2):
-                rejection: openai.BadRequestError | None = None
-                with self._slot():
-                    chunks = super()._stream(
-                        prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                    )
-                    try:
-                        first = next(chunks, None)
-                    except openai.BadRequestError as exc:
-                        rejection = exc
-                    else:
-                        # The slot is held until the stream ends (or is closed).
-                        yield from self._budgeted_chunks(first, chunks, prepared)
-                        return
-                assert rejection is not None
-                retry = self._after_rejection(rejection, prepared, messages, kwargs)
-                if attempt:
-                    raise rejection
-                prepared = retry
-        except openai.APIError as exc:
-            self._raise_mapped(exc)
+        stream = super()._stream
+        yield from self._budgeted(
+            messages,
+            kwargs,
+            lambda p: stream(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs()),
+        )
 
     async def _astream(
         self,
@@ -815,53 +1044,82 @@ class ChatVLLM(BaseChatOpenAI):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        prepared = await self._aprepare(messages, kwargs)
-        try:
-            for attempt in range(2):
-                rejection: openai.BadRequestError | None = None
-                async with self._aslot():
-                    chunks = super()._astream(
-                        prepared.messages, stop=stop, run_manager=run_manager, **prepared.kwargs
-                    )
-                    try:
-                        first = await anext(chunks, None)
-                    except openai.BadRequestError as exc:
-                        rejection = exc
-                    else:
-                        budget = prepared.metadata()
-                        if first is not None:
-                            first.message.response_metadata["budget"] = budget
-                            yield first
-                            self._log_stream_chunk(first, budget)
-                        async for chunk in chunks:
-                            yield chunk
-                            self._log_stream_chunk(chunk, budget)
-                        return
-                assert rejection is not None
-                retry = self._after_rejection(rejection, prepared, messages, kwargs)
-                if attempt:
-                    raise rejection
-                prepared = retry
-        except openai.APIError as exc:
-            self._raise_mapped(exc)
-
-    def _budgeted_chunks(
-        self,
-        first: ChatGenerationChunk | None,
-        chunks: Iterator[ChatGenerationChunk],
-        prepared: _Prepared,
-    ) -> Iterator[ChatGenerationChunk]:
-        """The stream with the budget on its first chunk, and usage logged."""
-        budget = prepared.metadata()
-        if first is not None:
-            first.message.response_metadata["budget"] = budget
-            yield first
-            self._log_stream_chunk(first, budget)
-        for chunk in chunks:
+        astream = super()._astream
+        async for chunk in self._abudgeted(
+            messages,
+            kwargs,
+            lambda p: astream(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs()),
+        ):
             yield chunk
-            self._log_stream_chunk(chunk, budget)
 
-    def _log_stream_chunk(self, chunk: ChatGenerationChunk, budget: dict[str, Any]) -> None:
-        message = chunk.message
-        if isinstance(message, AIMessage) and message.usage_metadata:
-            self._log_usage(message, budget)
+    # ------------------------------------------------------- request and response format
+
+    def _get_request_payload(
+        self,
+        input_: LanguageModelInput,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The payload, with each assistant turn's thinking in vLLM's ``reasoning`` field."""
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if "messages" in payload:
+            messages = self._convert_input(input_).to_messages()
+            payload["messages"] = with_reasoning(payload["messages"], messages)
+        return payload
+
+    def _create_chat_result(
+        self,
+        response: dict[str, Any] | openai.BaseModel,
+        generation_info: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        """Build the result: provider ``vllm``, thinking text kept, non-object tool calls invalid.
+
+        A small model can write tool-call arguments that are valid JSON but not an object
+        (a list, a string). They are reported in ``AIMessage.invalid_tool_calls`` (name, the
+        arguments as written, id, and why) instead of failing the whole response, as
+        langchain-core already does for streamed tool calls.
+        """
+        cleaned, set_aside = set_aside_non_object_tool_calls(response)
+        result = super()._create_chat_result(cleaned, generation_info)
+        if result.llm_output is not None:
+            result.llm_output["model_provider"] = _PROVIDER
+        raw = response if isinstance(response, dict) else response.model_dump(warnings=False)
+        choices = raw.get("choices") or []
+        for index, generation in enumerate(result.generations):
+            message = generation.message
+            message.response_metadata["model_provider"] = _PROVIDER
+            if not isinstance(message, AIMessage):
+                continue
+            choice = choices[index] if index < len(choices) else {}
+            thinking = reasoning_in((choice or {}).get("message"))
+            if thinking is not None:
+                message.additional_kwargs[REASONING_KEY] = thinking
+            if index in set_aside:
+                message.invalid_tool_calls = [*message.invalid_tool_calls, *set_aside[index]]
+        return result
+
+    def _convert_chunk_to_generation_chunk(
+        self,
+        chunk: dict[str, Any],
+        default_chunk_class: type,
+        base_generation_info: dict[str, Any] | None,
+    ) -> ChatGenerationChunk | None:
+        """A stream chunk: provider ``vllm``, and the thinking text of its delta kept."""
+        generation = super()._convert_chunk_to_generation_chunk(
+            chunk, default_chunk_class, base_generation_info
+        )
+        if generation is None:
+            return None
+        message = generation.message
+        message.response_metadata["model_provider"] = _PROVIDER
+        choices = chunk.get("choices") or chunk.get("chunk", {}).get("choices") or []
+        thinking = reasoning_in(choices[0].get("delta")) if choices else None
+        if thinking is not None and isinstance(message, AIMessage):
+            message.additional_kwargs[REASONING_KEY] = thinking
+        return generation
+
+
+# `profile` is a pydantic field of BaseChatModel; this descriptor (installed after pydantic
+# built the class) makes reading it ask the server once when no profile was given.
+ChatVLLM.profile = ServerProfileAttribute()  # type: ignore[assignment]

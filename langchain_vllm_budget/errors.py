@@ -12,12 +12,13 @@ from release to release; :func:`parse_length_error` turns every one of them (vLL
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from langchain_core.exceptions import (
     ContextOverflowError,
     ModelConnectionError,
     ModelError,
+    ModelInvalidRequestError,
     ModelNotFoundError,
     ModelTimeoutError,
 )
@@ -30,11 +31,15 @@ __all__ = [
     "VLLMConnectionError",
     "VLLMContextOverflowError",
     "VLLMError",
+    "VLLMInvalidRequestError",
     "VLLMModelNotFoundError",
     "VLLMServerError",
     "VLLMTimeoutError",
     "parse_length_error",
 ]
+
+if TYPE_CHECKING:
+    from langchain_vllm_budget.budget import BudgetPlan
 
 OverflowSource = Literal["budget", "server"]
 
@@ -92,6 +97,36 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         needed = input_tokens + safety_margin + min_output_tokens - max_model_len
         self.shortfall = max(needed, 0) if shortfall is None else shortfall
         super().__init__(self._describe())
+
+    @classmethod
+    def from_plan(cls, plan: BudgetPlan) -> VLLMContextOverflowError:
+        """The error for a budget plan that does not fit (``plan.fits`` is false).
+
+        Args:
+            plan: The plan, e.g. from ``TokenBudget.plan`` or ``ChatVLLM.get_budget_plan``.
+
+        Returns:
+            The error, with the plan's numbers (``source="budget"``).
+
+        Example:
+            >>> from langchain_vllm_budget.budget import TokenBudget
+            >>> plan = TokenBudget(max_model_len=2048, output_reserve=512).plan(2000)
+            >>> VLLMContextOverflowError.from_plan(plan).shortfall
+            336
+        """
+        needed = (
+            plan.min_output_tokens
+            if plan.requested_max_tokens is None
+            else min(plan.min_output_tokens, plan.requested_max_tokens)
+        )
+        return cls(
+            input_tokens=plan.input_tokens,
+            max_model_len=plan.max_model_len,
+            safety_margin=plan.safety_margin,
+            min_output_tokens=needed,
+            shortfall=plan.shortfall,
+            requested_max_tokens=plan.requested_max_tokens,
+        )
 
     def _describe(self) -> str:
         where = "vLLM rejected the request" if self.source == "server" else "Input too large"
@@ -185,6 +220,28 @@ class VLLMServerError(VLLMError):
             f"The vLLM server at {base_url} failed while answering{status}: {server_message}. "
             "Check the server's log; the request can be retried once the server is healthy."
         )
+
+
+class VLLMInvalidRequestError(VLLMError, ModelInvalidRequestError):
+    """A request option vLLM does not accept, or that this server was not started for.
+
+    Raised before sending when an option has the wrong shape (e.g. ``chat_template_kwargs``
+    that is not a dict, an unknown ``reasoning_effort``), and when vLLM rejects an option its
+    launch flags do not enable (e.g. a thinking budget without ``--reasoning-parser``). The
+    message says what to change.
+
+    Attributes:
+        option: The request option at fault.
+        server_message: vLLM's own message, when the server rejected the request.
+    """
+
+    def __init__(self, option: str, advice: str, server_message: str | None = None) -> None:
+        self.option = option
+        self.server_message = server_message
+        text = f"{option}: {advice}"
+        if server_message:
+            text += f" Server said: {server_message}"
+        super().__init__(text)
 
 
 class TokenCountError(VLLMError):

@@ -2,28 +2,36 @@
 
 :func:`apply_budget` counts the prompt exactly, plans the output room with
 :class:`~langchain_vllm_budget.budget.TokenBudget`, and, when the input leaves less than
-``min_output_tokens``, applies the overflow policy. Whatever the policy, the returned
+``min_output_tokens``, applies the overflow policy. ``"trim"`` and ``"summarize"`` compact
+the conversation with a :class:`~langchain_vllm_budget.compaction.Compactor`: once, down to a
+target below the input limit, remembered so that the following calls send the same prefix
+and only append (vLLM's prefix cache keeps hitting). Whatever the policy, the returned
 request satisfies ``input_tokens + max_tokens <= max_model_len - safety_margin``, or an
 :class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` is raised: no policy
 produces a request vLLM rejects for length.
+
+:func:`aapply_budget` is the async twin: the same steps, with the summarizer awaited and
+the counting of a compaction done in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-from langchain_core.messages import (
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    get_buffer_string,
-    trim_messages,
-)
+from langchain_core.messages import BaseMessage
 
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.compaction import (
+    SUMMARY_PREFIX,
+    CompactionReport,
+    CompactionResult,
+    Compactor,
+    MessageCounter,
+)
 from langchain_vllm_budget.errors import VLLMContextOverflowError
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "BudgetOutcome",
     "OverflowAction",
     "OverflowPolicy",
+    "aapply_budget",
     "apply_budget",
 ]
 
@@ -42,22 +51,7 @@ OverflowPolicy = Literal["raise", "trim", "summarize", "warn"]
 OverflowAction = Literal["none", "trimmed", "summarized", "warned"]
 """What the policy did to the request."""
 
-SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
-
-_SUMMARY_INSTRUCTIONS = (
-    "You compress conversations. Write a concise summary of the conversation below that "
-    "keeps every fact, name, number, identifier, decision and open question a reader needs "
-    "to continue it. Use short bullet points. Output only the summary."
-)
-
-MessageCounter = Callable[[Sequence[BaseMessage]], int]
-"""Counts the prompt of a message list (tools included)."""
-
-TextCounter = Callable[[str], int]
-"""Counts plain text."""
-
-Summarize = Callable[[list[BaseMessage], int], str]
-"""Calls the summarizer model on a prompt with a ``max_tokens`` limit; returns its text."""
+_ACTIONS: dict[str, OverflowAction] = {"trim": "trimmed", "summarize": "summarized"}
 
 
 @dataclass(frozen=True)
@@ -65,11 +59,12 @@ class BudgetOutcome:
     """A request made to fit.
 
     Attributes:
-        messages: The messages to send (the input, or its trimmed/summarized form).
+        messages: The messages to send (the input, or its compacted form).
         plan: The budget plan for ``messages``.
         action: What the policy did.
         original_input_tokens: The count before the policy acted.
         dropped_messages: How many input messages were removed or folded into a summary.
+        compaction: What the compaction did (``"trim"`` and ``"summarize"``), else ``None``.
     """
 
     messages: list[BaseMessage]
@@ -77,22 +72,11 @@ class BudgetOutcome:
     action: OverflowAction
     original_input_tokens: int
     dropped_messages: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
+    compaction: CompactionReport | None = None
 
 
 def _overflow(plan: BudgetPlan) -> VLLMContextOverflowError:
-    return VLLMContextOverflowError(
-        input_tokens=plan.input_tokens,
-        max_model_len=plan.max_model_len,
-        safety_margin=plan.safety_margin,
-        min_output_tokens=(
-            plan.min_output_tokens
-            if plan.requested_max_tokens is None
-            else min(plan.min_output_tokens, plan.requested_max_tokens)
-        ),
-        shortfall=plan.shortfall,
-        requested_max_tokens=plan.requested_max_tokens,
-    )
+    return VLLMContextOverflowError.from_plan(plan)
 
 
 def _needed_output(budget: TokenBudget, requested_max_tokens: int | None) -> int:
@@ -109,44 +93,17 @@ def _input_limit(budget: TokenBudget, requested_max_tokens: int | None) -> int:
     )
 
 
-def apply_budget(
+def _check(
     messages: Sequence[BaseMessage],
-    *,
     budget: TokenBudget,
     count: MessageCounter,
     policy: OverflowPolicy,
-    requested_max_tokens: int | None = None,
-    count_text: TextCounter | None = None,
-    summarize: Summarize | None = None,
-    summary_max_tokens: int = 400,
-) -> BudgetOutcome:
-    """Count, plan, and apply the overflow policy when the input does not fit.
-
-    Args:
-        messages: The conversation to send.
-        budget: Budget settings with ``max_model_len`` resolved.
-        count: Exact prompt counter for a message list (tools bound in).
-        policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
-        requested_max_tokens: The caller's ``max_tokens``, if any.
-        count_text: Plain-text counter (needed by ``"summarize"``).
-        summarize: Summarizer call (needed by ``"summarize"``).
-        summary_max_tokens: Output limit for the summary.
-
-    Returns:
-        The messages to send and their plan (``plan.max_tokens`` >= 1).
-
-    Raises:
-        VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
-
-    Example:
-        >>> from langchain_core.messages import HumanMessage
-        >>> budget = TokenBudget(max_model_len=1000, output_reserve=300, min_output_tokens=100)
-        >>> words = lambda msgs: sum(len(str(m.content).split()) for m in msgs)
-        >>> outcome = apply_budget([HumanMessage("a b c")], budget=budget, count=words,
-        ...                        policy="raise")
-        >>> outcome.plan.max_tokens, outcome.action
-        (300, 'none')
-    """
+    requested_max_tokens: int | None,
+) -> BudgetOutcome | BudgetPlan:
+    """The outcome when no compaction is needed (or an error); else the plan that overflows."""
+    if policy not in ("raise", "trim", "summarize", "warn"):
+        msg = f"on_overflow must be 'raise', 'trim', 'summarize' or 'warn', got {policy!r}"
+        raise ValueError(msg)
     current = list(messages)
     original = count(current)
     plan = budget.plan(original, requested_max_tokens)
@@ -172,151 +129,124 @@ def apply_budget(
         if not plan.sendable:
             raise _overflow(plan)
         return BudgetOutcome(current, plan, "warned", original)
-    if policy == "trim":
-        trimmed = _trim(current, count, _input_limit(budget, requested_max_tokens))
-        return _finish(trimmed, current, budget, count, requested_max_tokens, "trimmed", original)
-    if policy == "summarize":
-        if summarize is None or count_text is None:
-            msg = "on_overflow='summarize' needs a summarizer and a text counter."
-            raise ValueError(msg)
-        summarized = _summarize(
-            current,
-            count=count,
-            count_text=count_text,
-            summarize=summarize,
-            input_limit=_input_limit(budget, requested_max_tokens),
-            summary_max_tokens=summary_max_tokens,
-        )
-        if summarized is None:
-            raise _overflow(plan)
-        return _finish(
-            summarized, current, budget, count, requested_max_tokens, "summarized", original
-        )
-    msg = f"on_overflow must be 'raise', 'trim', 'summarize' or 'warn', got {policy!r}"
-    raise ValueError(msg)
+    return plan
 
 
 def _finish(
-    new_messages: list[BaseMessage],
-    old_messages: list[BaseMessage],
+    result: CompactionResult,
+    original: BudgetPlan,
     budget: TokenBudget,
-    count: MessageCounter,
     requested_max_tokens: int | None,
-    action: OverflowAction,
-    original: int,
 ) -> BudgetOutcome:
-    """Re-count the new messages; raise with the original numbers if they still don't fit."""
-    if not any(isinstance(m, HumanMessage) for m in new_messages):
-        raise _overflow(budget.plan(original, requested_max_tokens))
-    plan = budget.plan(count(new_messages), requested_max_tokens)
-    if not plan.fits:
+    """The compacted request's plan; the original numbers in the error if nothing fits."""
+    if not result.fits:
+        raise _overflow(original)
+    plan = budget.plan(result.tokens, requested_max_tokens)
+    if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit
         raise _overflow(plan)
-    dropped = len(old_messages) - sum(1 for m in new_messages if m in old_messages)
-    return BudgetOutcome(new_messages, plan, action, original, dropped_messages=dropped)
-
-
-def _trim(messages: list[BaseMessage], count: MessageCounter, max_tokens: int) -> list[BaseMessage]:
-    """Keep the system message and the newest turns that fit, starting on a human turn.
-
-    Starting on a human message means an assistant tool call is never kept without the
-    turn that asked for it, and a tool result never without its call.
-    """
-    return trim_messages(
-        messages,
-        max_tokens=max_tokens,
-        token_counter=lambda msgs: count(msgs),
-        strategy="last",
-        start_on="human",
-        include_system=True,
-        allow_partial=False,
+    report = result.report
+    return BudgetOutcome(
+        result.messages,
+        plan,
+        _ACTIONS[report.policy],
+        original.input_tokens,
+        dropped_messages=report.replaced,
+        compaction=report,
     )
 
 
-def _split_system(messages: list[BaseMessage]) -> tuple[SystemMessage | None, list[BaseMessage]]:
-    if messages and isinstance(messages[0], SystemMessage):
-        return messages[0], messages[1:]
-    return None, messages
-
-
-def _with_summary(system: SystemMessage | None, summary: str) -> SystemMessage:
-    """Fold the summary into the system message (templates may allow only one, first)."""
-    text = SUMMARY_PREFIX + summary.strip()
-    if system is None:
-        return SystemMessage(text)
-    if isinstance(system.content, str):
-        return SystemMessage(f"{system.content}\n\n{text}", id=system.id)
-    return SystemMessage([*system.content, {"type": "text", "text": text}], id=system.id)
-
-
-def _summary_prompt(previous_summary: str, transcript: str) -> list[BaseMessage]:
-    earlier = f"Summary so far:\n{previous_summary}\n\n" if previous_summary else ""
-    return [
-        SystemMessage(_SUMMARY_INSTRUCTIONS),
-        HumanMessage(f"{earlier}Conversation:\n{transcript}\n\nWrite the updated summary."),
-    ]
-
-
-def _fit_text(text: str, count_text: TextCounter, limit: int) -> str:
-    """Cut ``text`` (keeping its start) until it counts at most ``limit`` tokens."""
-    tokens = count_text(text)
-    while tokens > limit and text:
-        text = text[: max(int(len(text) * limit / tokens * 0.95), 0)]
-        tokens = count_text(text)
-    return text
-
-
-def _chunks(older: list[BaseMessage], count_text: TextCounter, chunk_limit: int) -> list[str]:
-    """Group the transcript lines of ``older`` into chunks of at most ``chunk_limit`` tokens."""
-    chunks: list[str] = []
-    current: list[str] = []
-    current_tokens = 0
-    for message in older:
-        line = _fit_text(get_buffer_string([message]), count_text, chunk_limit)
-        tokens = count_text(line) + 1
-        if current and current_tokens + tokens > chunk_limit:
-            chunks.append("\n".join(current))
-            current, current_tokens = [], 0
-        current.append(line)
-        current_tokens += tokens
-    if current:
-        chunks.append("\n".join(current))
-    return chunks
-
-
-def _summarize(
-    messages: list[BaseMessage],
+def apply_budget(
+    messages: Sequence[BaseMessage],
     *,
+    budget: TokenBudget,
     count: MessageCounter,
-    count_text: TextCounter,
-    summarize: Summarize,
-    input_limit: int,
-    summary_max_tokens: int,
-) -> list[BaseMessage] | None:
-    """Replace the oldest turns with a summary; ``None`` when the newest turn alone overflows.
+    policy: OverflowPolicy,
+    requested_max_tokens: int | None = None,
+    compactor: Compactor | None = None,
+) -> BudgetOutcome:
+    """Count, plan, and apply the overflow policy when the input does not fit.
 
-    Keeps the newest turns that fit beside a summary of ``summary_max_tokens`` tokens, then
-    summarizes the older turns chunk by chunk (a rolling summary), so that no summarizer
-    request exceeds the window either.
+    Args:
+        messages: The conversation to send.
+        budget: Budget settings with ``max_model_len`` resolved.
+        count: Exact prompt counter for a message list (tools bound in).
+        policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
+        requested_max_tokens: The caller's ``max_tokens``, if any.
+        compactor: Compacts for ``"trim"`` and ``"summarize"`` (its memory keeps the
+            prefix stable between calls); default: one with no memory and, for
+            ``"summarize"``, an extractive (model-free) summary.
+
+    Returns:
+        The messages to send and their plan (``plan.max_tokens`` >= 1).
+
+    Raises:
+        VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
+        ValueError: An unknown policy.
+
+    Example:
+        >>> from langchain_core.messages import HumanMessage
+        >>> budget = TokenBudget(max_model_len=1000, output_reserve=300, min_output_tokens=100)
+        >>> words = lambda msgs: sum(len(str(m.content).split()) for m in msgs)
+        >>> outcome = apply_budget([HumanMessage("a b c")], budget=budget, count=words,
+        ...                        policy="raise")
+        >>> outcome.plan.max_tokens, outcome.action
+        (300, 'none')
     """
-    system, rest = _split_system(messages)
-    wrapper_tokens = count([_with_summary(system, "")]) - (count([system]) if system else 0)
-    keep_limit = input_limit - summary_max_tokens - max(wrapper_tokens, 0)
-    if keep_limit <= 0:
-        return None
-    kept = _trim(messages, count, keep_limit)
-    kept_rest = kept[1:] if kept and system is not None and kept[0] is system else kept
-    if not kept_rest:
-        return None
-    older = rest[: len(rest) - len(kept_rest)]
-    if not older:
-        return None
-    # The prompt's fixed text, plus slack for the "Summary so far" heading and line joins.
-    prompt_overhead = count(_summary_prompt("", "")) + 16
-    chunk_limit = input_limit - prompt_overhead - summary_max_tokens
-    if chunk_limit <= 0:
-        return None
-    summary = ""
-    for chunk in _chunks(older, count_text, chunk_limit):
-        summary = summarize(_summary_prompt(summary, chunk), summary_max_tokens).strip()
-        summary = _fit_text(summary, count_text, summary_max_tokens)
-    return [_with_summary(system, summary), *kept_rest]
+    step = _check(messages, budget, count, policy, requested_max_tokens)
+    if isinstance(step, BudgetOutcome):
+        return step
+    result = (compactor or Compactor()).compact(
+        messages,
+        policy="trim" if policy == "trim" else "summarize",
+        count=count,
+        limit=_input_limit(budget, requested_max_tokens),
+    )
+    return _finish(result, step, budget, requested_max_tokens)
+
+
+async def aapply_budget(
+    messages: Sequence[BaseMessage],
+    *,
+    budget: TokenBudget,
+    count: MessageCounter,
+    policy: OverflowPolicy,
+    requested_max_tokens: int | None = None,
+    compactor: Compactor | None = None,
+    offload: bool = False,
+) -> BudgetOutcome:
+    """Async :func:`apply_budget`: the same steps; the summarizer is awaited.
+
+    Args:
+        messages: The conversation to send.
+        budget: Budget settings with ``max_model_len`` resolved.
+        count: Exact prompt counter for a message list (tools bound in).
+        policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
+        requested_max_tokens: The caller's ``max_tokens``, if any.
+        compactor: As in :func:`apply_budget`.
+        offload: Count the input in a worker thread (a counter that blocks, such as a
+            server's ``/tokenize``). A compaction, which counts many times, always counts
+            in a worker thread: the event loop stays free.
+
+    Returns:
+        The messages to send and their plan.
+
+    Raises:
+        VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
+        ValueError: An unknown policy.
+    """
+    if offload:
+        step = await asyncio.to_thread(
+            _check, messages, budget, count, policy, requested_max_tokens
+        )
+    else:
+        step = _check(messages, budget, count, policy, requested_max_tokens)
+    if isinstance(step, BudgetOutcome):
+        return step
+    result = await (compactor or Compactor()).acompact(
+        messages,
+        policy="trim" if policy == "trim" else "summarize",
+        count=count,
+        limit=_input_limit(budget, requested_max_tokens),
+        offload=True,
+    )
+    return _finish(result, step, budget, requested_max_tokens)

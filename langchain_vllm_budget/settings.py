@@ -33,6 +33,7 @@ from typing import Generic, TypeVar
 __all__ = [
     "API_BASE",
     "API_KEY",
+    "COMPACTION_TARGET",
     "COMPRESSION",
     "MAX_CONCURRENCY",
     "MAX_MODEL_LEN",
@@ -48,6 +49,7 @@ __all__ = [
     "SUMMARIZER_MODEL",
     "SUMMARIZER_TOKENIZER",
     "SUMMARY_MAX_TOKENS",
+    "THINKING_BUDGET",
     "TOKENIZER",
     "Setting",
     "SettingError",
@@ -120,6 +122,20 @@ class Setting(Generic[T]):
         """A ``default_factory`` for pydantic fields and dataclasses."""
         return self.from_environment
 
+    def required_factory(self) -> Callable[[], T]:
+        """A ``default_factory`` for a field that cannot be unset (the setting has a default).
+
+        Raises:
+            TypeError: The setting has no default.
+        """
+        default = self.required_default()
+
+        def read() -> T:
+            value = self.from_environment()
+            return default if value is None else value
+
+        return read
+
     def _convert(self, var: str, raw: str) -> T:
         try:
             return self.kind(raw)
@@ -191,6 +207,14 @@ MIN_OUTPUT_TOKENS: Setting[int] = Setting(
     "The least output room a request needs; below it the overflow policy acts.",
     legacy_env=("LLM_MIN_OUTPUT_TOKENS",),
 )
+THINKING_BUDGET: Setting[int] = Setting(
+    "thinking_budget",
+    "VLLM_BUDGET_THINKING_BUDGET",
+    int,
+    None,
+    "Most thinking tokens per request of a reasoning model (vLLM's thinking_token_budget; "
+    "needs --reasoning-parser); unset: no limit.",
+)
 MAX_CONCURRENCY: Setting[int] = Setting(
     "max_concurrency",
     "VLLM_BUDGET_MAX_CONCURRENCY",
@@ -239,6 +263,14 @@ SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "The hard cap on a compressed summary, in tokens.",
 )
 
+COMPACTION_TARGET: Setting[float] = Setting(
+    "compaction_target",
+    "VLLM_BUDGET_COMPACTION_TARGET",
+    float,
+    0.6,
+    "After a compaction (on_overflow trim/summarize) the input fills at most this share of "
+    "the input limit, leaving room for the next turns.",
+)
 ROLLING_SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     "rolling_summary_max_tokens",
     "VLLM_BUDGET_ROLLING_SUMMARY_MAX_TOKENS",
@@ -271,12 +303,14 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     OUTPUT_RESERVE,
     SAFETY_MARGIN,
     MIN_OUTPUT_TOKENS,
+    THINKING_BUDGET,
     MAX_CONCURRENCY,
     SUMMARIZER_MODEL,
     SUMMARIZER_API_BASE,
     SUMMARIZER_MAX_MODEL_LEN,
     SUMMARIZER_TOKENIZER,
     SUMMARY_MAX_TOKENS,
+    COMPACTION_TARGET,
     ROLLING_SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MODE,
     COMPRESSION,

@@ -3,7 +3,10 @@
 vLLM renders chat messages with the model's chat template (tool definitions included) and
 tokenizes the result; a budget is only right if it counts that same prompt. Every counter here
 takes LangChain messages, converts them to the exact OpenAI dicts langchain-openai sends, and
-counts the prompt the server will build from them:
+counts the prompt the server will build from them, with the same request parameters that
+shape it (:class:`PromptOptions`: ``chat_template_kwargs`` such as ``enable_thinking``,
+``chat_template``, ``add_generation_prompt`` / ``continue_final_message``, ``documents``,
+``reasoning_effort``, ``add_special_tokens``):
 
 * :class:`ServerTokenCounter` asks the server's own ``/tokenize`` endpoint (exact by
   construction; one HTTP round trip).
@@ -22,7 +25,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
@@ -30,15 +34,19 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import SecretStr
 
+from langchain_vllm_budget._reasoning import with_reasoning
 from langchain_vllm_budget.errors import (
     TokenCountError,
     VLLMConnectionError,
+    VLLMInvalidRequestError,
     VLLMModelNotFoundError,
     VLLMTimeoutError,
 )
 
 __all__ = [
+    "REASONING_EFFORTS",
     "ApproximateTokenCounter",
+    "PromptOptions",
     "ServerTokenCounter",
     "TokenCounter",
     "TransformersTokenCounter",
@@ -67,24 +75,179 @@ class TokenCounter(Protocol):
         self,
         messages: Sequence[BaseMessage],
         tools: Sequence[dict[str, Any]] | None = None,
+        options: PromptOptions | None = None,
     ) -> int:
-        """Count the prompt vLLM renders from ``messages`` (and ``tools``)."""
+        """Count the prompt vLLM renders from ``messages``, ``tools`` and ``options``."""
         ...
 
-    async def acount_messages(
-        self,
-        messages: Sequence[BaseMessage],
-        tools: Sequence[dict[str, Any]] | None = None,
-    ) -> int:
-        """Async :meth:`count_messages`."""
-        ...
+
+REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
+"""The ``reasoning_effort`` values vLLM's chat completions accept."""
+
+# Request keys that chat_template_kwargs may not hold: vLLM rejects the first two, and the
+# others steer transformers' apply_chat_template rather than the template.
+_RESERVED_TEMPLATE_KWARGS = frozenset({"chat_template", "tokenize"})
+_APPLY_CONTROL_KWARGS = frozenset(
+    {
+        "conversation",
+        "tools",
+        "return_dict",
+        "return_tensors",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+
+
+def _invalid(option: str, advice: str) -> VLLMInvalidRequestError:
+    return VLLMInvalidRequestError(option, advice)
+
+
+def _flag(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _invalid(key, f"must be true or false, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """The request parameters, besides messages and tools, that change vLLM's prompt.
+
+    vLLM's chat completions hand these to the chat template (see
+    ``ChatCompletionRequest.build_chat_params`` in vLLM); a count that leaves them out can be
+    off by the tokens they add or remove (Qwen3's ``enable_thinking=False`` adds an empty
+    ``<think>`` block to the generation prompt). Build them from a request body with
+    :meth:`from_request`.
+
+    Attributes:
+        chat_template_kwargs: Template variables, e.g. ``{"enable_thinking": False}``.
+        chat_template: A Jinja chat template that replaces the model's own.
+        add_generation_prompt: End the prompt with the assistant's turn header (default).
+        continue_final_message: Leave the last message open for the model to continue.
+        documents: Documents for templates that take them (RAG), ``{"title", "text"}`` dicts.
+        reasoning_effort: Passed to the template; unless ``chat_template_kwargs`` sets
+            ``enable_thinking``, vLLM sets it to ``reasoning_effort != "none"``.
+        add_special_tokens: Add the tokenizer's special tokens (e.g. BOS) on top of the
+            template's.
+
+    Example:
+        >>> options = PromptOptions.from_request(
+        ...     {"chat_template_kwargs": {"enable_thinking": False}, "temperature": 0}
+        ... )
+        >>> options.template_kwargs()
+        {'enable_thinking': False, 'add_generation_prompt': True, 'continue_final_message': False}
+        >>> PromptOptions(reasoning_effort="none").template_kwargs()["enable_thinking"]
+        False
+    """
+
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    documents: Sequence[Mapping[str, Any]] | None = None
+    reasoning_effort: str | None = None
+    add_special_tokens: bool = False
+
+    @classmethod
+    def from_request(cls, body: Mapping[str, Any]) -> PromptOptions:
+        """Read the options from a chat-completions request body (``extra_body`` merged in).
+
+        Args:
+            body: The request's JSON fields.
+
+        Returns:
+            The options; defaults for the fields the body does not set.
+
+        Raises:
+            VLLMInvalidRequestError: A field has a shape vLLM would reject (e.g.
+                ``chat_template_kwargs`` that is not a dict, an unknown ``reasoning_effort``,
+                ``add_generation_prompt`` and ``continue_final_message`` both true).
+        """
+        kwargs = body.get("chat_template_kwargs")
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise _invalid(
+                "chat_template_kwargs",
+                "must be a dict of template variables by name, e.g. "
+                f"extra_body={{'chat_template_kwargs': {{'enable_thinking': False}}}}; "
+                f"got {type(kwargs).__name__} {kwargs!r}.",
+            )
+        if reserved := sorted(_RESERVED_TEMPLATE_KWARGS & kwargs.keys()):
+            raise _invalid(
+                "chat_template_kwargs",
+                f"may not hold {reserved} (vLLM rejects them there); pass chat_template as "
+                "its own request field.",
+            )
+        template = body.get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise _invalid("chat_template", f"must be a Jinja template string, got {template!r}.")
+        documents = body.get("documents")
+        if documents is not None and (
+            isinstance(documents, str | bytes | Mapping)
+            or not isinstance(documents, Sequence)
+            or not all(isinstance(d, Mapping) for d in documents)
+        ):
+            raise _invalid(
+                "documents", "must be a list of dicts such as {'title': ..., 'text': ...}."
+            )
+        effort = body.get("reasoning_effort")
+        if effort is not None and effort not in REASONING_EFFORTS:
+            raise _invalid(
+                "reasoning_effort",
+                f"vLLM accepts one of {sorted(REASONING_EFFORTS)}, got {effort!r}.",
+            )
+        options = cls(
+            chat_template_kwargs=dict(kwargs),
+            chat_template=template,
+            add_generation_prompt=_flag(body, "add_generation_prompt", True),
+            continue_final_message=_flag(body, "continue_final_message", False),
+            documents=list(documents) if documents is not None else None,
+            reasoning_effort=effort,
+            add_special_tokens=_flag(body, "add_special_tokens", False),
+        )
+        if options.add_generation_prompt and options.continue_final_message:
+            raise _invalid(
+                "continue_final_message",
+                "cannot be true while add_generation_prompt is true (vLLM rejects both); "
+                "set add_generation_prompt=False to continue the last message.",
+            )
+        return options
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """The variables the chat template gets, merged as vLLM merges them.
+
+        The request's own fields win over ``chat_template_kwargs``, except where they are
+        unset (vLLM's ``merge_kwargs`` skips ``None`` and ``"auto"``).
+        """
+        extra: dict[str, Any] = {
+            "add_generation_prompt": self.add_generation_prompt,
+            "continue_final_message": self.continue_final_message,
+            "documents": list(self.documents) if self.documents is not None else None,
+            "reasoning_effort": self.reasoning_effort,
+        }
+        if self.reasoning_effort is not None and "enable_thinking" not in self.chat_template_kwargs:
+            extra["enable_thinking"] = self.reasoning_effort != "none"
+        merged = dict(self.chat_template_kwargs)
+        merged.update({k: v for k, v in extra.items() if v is not None and v != "auto"})
+        return merged
+
+
+_DEFAULT_OPTIONS = PromptOptions()
 
 
 def messages_to_openai_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     """Convert messages to the chat-completions dicts langchain-openai sends.
 
     Uses langchain-openai's own converters, so tool calls, tool results and content blocks
-    come out exactly as ``ChatOpenAI`` puts them in the request payload.
+    come out exactly as ``ChatOpenAI`` puts them in the request payload; an assistant turn's
+    thinking text goes in vLLM's ``reasoning`` field, as ``ChatVLLM`` sends it.
 
     Args:
         messages: LangChain messages.
@@ -102,12 +265,13 @@ def messages_to_openai_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, 
     from langchain_openai.chat_models._compat import _convert_from_v1_to_chat_completions
     from langchain_openai.chat_models.base import _convert_message_to_dict
 
-    return [
+    converted = [
         _convert_message_to_dict(_convert_from_v1_to_chat_completions(m))
         if isinstance(m, AIMessage)
         else _convert_message_to_dict(m)
         for m in messages
     ]
+    return with_reasoning(converted, messages)
 
 
 def tools_to_openai_dicts(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
@@ -155,7 +319,8 @@ def _conversation_for_template(payload_messages: list[dict[str, Any]]) -> list[d
 
     Mirrors vLLM's ``parse_chat_messages`` for text-only requests and string-content
     templates: content flattened to a string, tool-call arguments parsed to dicts (vLLM's
-    ``_postprocess_messages``), empty ``tool_calls`` dropped.
+    ``_postprocess_messages``), empty ``tool_calls`` dropped, an assistant turn's thinking
+    under both ``reasoning`` and ``reasoning_content``.
     """
     conversation: list[dict[str, Any]] = []
     for message in payload_messages:
@@ -173,6 +338,8 @@ def _conversation_for_template(payload_messages: list[dict[str, Any]]) -> list[d
                 }
                 for call in message["tool_calls"]
             ]
+        if message["role"] == "assistant" and isinstance(message.get("reasoning"), str):
+            turn["reasoning"] = turn["reasoning_content"] = message["reasoning"]
         if message["role"] == "tool" and "tool_call_id" in message:
             turn["tool_call_id"] = message["tool_call_id"]
         conversation.append(turn)
@@ -333,44 +500,67 @@ class TransformersTokenCounter:
         """
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def count_messages(
+    def render(
         self,
         messages: Sequence[BaseMessage],
         tools: Sequence[dict[str, Any]] | None = None,
-    ) -> int:
-        """Count the prompt vLLM renders from ``messages`` and ``tools``.
+        options: PromptOptions | None = None,
+    ) -> str:
+        """Render the prompt vLLM builds from ``messages``, ``tools`` and ``options``.
 
         Args:
             messages: The conversation.
             tools: Tool definitions sent with the request.
+            options: The request's other prompt-shaping parameters.
 
         Returns:
-            The prompt's token count (generation prompt included).
+            The chat template's output.
 
         Raises:
             TokenCountError: The chat template cannot render the conversation.
         """
+        options = options or _DEFAULT_OPTIONS
         conversation = _conversation_for_template(messages_to_openai_dicts(messages))
+        variables = {
+            k: v for k, v in options.template_kwargs().items() if k not in _APPLY_CONTROL_KWARGS
+        }
         try:
             prompt = self.tokenizer.apply_chat_template(
                 conversation,
                 tools=tools_to_openai_dicts(tools),
-                add_generation_prompt=True,
+                chat_template=options.chat_template,
                 tokenize=False,
+                **variables,
             )
         except Exception as exc:  # jinja2 raises its own types from inside templates
             msg = f"The chat template of {self.source!r} cannot render these messages: {exc}"
             raise TokenCountError(msg) from exc
-        # apply_chat_template(tokenize=True) is encode(prompt, add_special_tokens=False).
-        return self.count_rendered(str(prompt))
+        return str(prompt)
 
-    async def acount_messages(
+    def count_messages(
         self,
         messages: Sequence[BaseMessage],
         tools: Sequence[dict[str, Any]] | None = None,
+        options: PromptOptions | None = None,
     ) -> int:
-        """Async :meth:`count_messages` (CPU-bound; runs inline, it takes milliseconds)."""
-        return self.count_messages(messages, tools)
+        """Count the prompt vLLM renders from ``messages``, ``tools`` and ``options``.
+
+        Args:
+            messages: The conversation.
+            tools: Tool definitions sent with the request.
+            options: The request's other prompt-shaping parameters.
+
+        Returns:
+            The prompt's token count (generation prompt included, unless ``options`` say not).
+
+        Raises:
+            TokenCountError: The chat template cannot render the conversation.
+        """
+        prompt = self.render(messages, tools, options)
+        if options is not None and options.add_special_tokens:
+            return len(self.tokenizer.encode(prompt, add_special_tokens=True))
+        # apply_chat_template(tokenize=True) is encode(prompt, add_special_tokens=False).
+        return self.count_rendered(prompt)
 
     def __repr__(self) -> str:
         return f"TransformersTokenCounter({self.source!r})"
@@ -412,17 +602,6 @@ class ServerTokenCounter:
             raise VLLMConnectionError(self.server_root, str(exc)) from exc
         return self._result(response)
 
-    async def _apost(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.server_root}/tokenize"
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                response = await client.post(url, json=body, headers=self._headers)
-        except httpx.TimeoutException as exc:
-            raise VLLMTimeoutError(url, self.timeout) from exc
-        except httpx.TransportError as exc:
-            raise VLLMConnectionError(self.server_root, str(exc)) from exc
-        return self._result(response)
-
     def _result(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code == 404:
             raise VLLMModelNotFoundError(self.model, self.base_url)
@@ -433,16 +612,32 @@ class ServerTokenCounter:
         return result
 
     def _messages_body(
-        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] | None
+        self,
+        messages: Sequence[BaseMessage],
+        tools: Sequence[dict[str, Any]] | None,
+        options: PromptOptions,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages_to_openai_dicts(messages),
-            "add_generation_prompt": True,
+            "add_generation_prompt": options.add_generation_prompt,
+            "continue_final_message": options.continue_final_message,
+            "add_special_tokens": options.add_special_tokens,
         }
         openai_tools = tools_to_openai_dicts(tools)
         if openai_tools:
             body["tools"] = openai_tools
+        if options.chat_template is not None:
+            body["chat_template"] = options.chat_template
+        # /tokenize has no `documents` or `reasoning_effort` field: the chat endpoint merges
+        # them into the template variables, so they are sent there.
+        variables = {
+            k: v
+            for k, v in options.template_kwargs().items()
+            if k not in ("add_generation_prompt", "continue_final_message")
+        }
+        if variables:
+            body["chat_template_kwargs"] = variables
         return body
 
     def count_text(self, text: str) -> int:
@@ -461,25 +656,20 @@ class ServerTokenCounter:
         self,
         messages: Sequence[BaseMessage],
         tools: Sequence[dict[str, Any]] | None = None,
+        options: PromptOptions | None = None,
     ) -> int:
-        """Count the prompt the server renders from ``messages`` and ``tools``.
+        """Count the prompt the server renders from ``messages``, ``tools`` and ``options``.
 
         Args:
             messages: The conversation.
             tools: Tool definitions sent with the request.
+            options: The request's other prompt-shaping parameters.
 
         Returns:
             The prompt's token count, as the server computes it.
         """
-        return int(self._post(self._messages_body(messages, tools))["count"])
-
-    async def acount_messages(
-        self,
-        messages: Sequence[BaseMessage],
-        tools: Sequence[dict[str, Any]] | None = None,
-    ) -> int:
-        """Async :meth:`count_messages`."""
-        return int((await self._apost(self._messages_body(messages, tools)))["count"])
+        body = self._messages_body(messages, tools, options or _DEFAULT_OPTIONS)
+        return int(self._post(body)["count"])
 
     def __repr__(self) -> str:
         return f"ServerTokenCounter({self.base_url!r}, {self.model!r})"
@@ -522,8 +712,9 @@ class ApproximateTokenCounter:
         self,
         messages: Sequence[BaseMessage],
         tools: Sequence[dict[str, Any]] | None = None,
+        options: PromptOptions | None = None,
     ) -> int:
-        """Estimate the prompt: message text, tool calls and tool definitions, by characters."""
+        """Estimate the prompt: message text, tool calls, tool definitions and documents."""
         total = 0
         for message in _conversation_for_template(messages_to_openai_dicts(messages)):
             text = message["content"]
@@ -533,15 +724,9 @@ class ApproximateTokenCounter:
         openai_tools = tools_to_openai_dicts(tools)
         if openai_tools:
             total += self.count_text(json.dumps(openai_tools, ensure_ascii=False))
+        if options is not None and options.documents:
+            total += self.count_text(json.dumps(list(options.documents), ensure_ascii=False))
         return total
-
-    async def acount_messages(
-        self,
-        messages: Sequence[BaseMessage],
-        tools: Sequence[dict[str, Any]] | None = None,
-    ) -> int:
-        """Async :meth:`count_messages`."""
-        return self.count_messages(messages, tools)
 
     def __repr__(self) -> str:
         return f"ApproximateTokenCounter(chars_per_token={self.chars_per_token})"

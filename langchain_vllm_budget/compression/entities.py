@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ __all__ = [
     "Entity",
     "EntityKind",
     "entity_bullets",
+    "entity_needle",
     "extract_entities",
     "extract_entity_list",
     "is_entity_present",
@@ -261,11 +264,18 @@ def extract_entity_list(text: str) -> list[Entity]:
     # longest first, so nested matches are recognised and dropped
     matches.sort(key=lambda m: (-(m[1] - m[0]), m[0], _KIND_PRIORITY[m[2]]))
     kept: list[tuple[int, int, EntityKind, str]] = []
+    # kept matches by start: one that contains [start, end] starts within `longest` before it
+    by_start: list[tuple[int, int]] = []
+    longest = matches[0][1] - matches[0][0] if matches else 0
     for start, end, kind, value in matches:
-        outer = [
-            i for i, (k_start, k_end, _, _) in enumerate(kept) if k_start <= start <= end <= k_end
+        nearby = by_start[
+            bisect.bisect_left(by_start, (start - longest, -1)) : bisect.bisect_right(
+                by_start, (start, len(kept))
+            )
         ]
+        outer = sorted(i for _, i in nearby if kept[i][1] >= end)
         if not outer:
+            bisect.insort(by_start, (start, len(kept)))
             kept.append((start, end, kind, value))
             continue
         # a container ranks like the most important entity inside it (ticket_id=INC-7: an ID)
@@ -278,14 +288,21 @@ def extract_entity_list(text: str) -> list[Entity]:
     for start, _end, kind, value in sorted(kept, key=lambda m: m[0]):
         first.setdefault(_canonical(value), Entity(text=value, kind=kind, position=start))
     found = list(first.values())
+    # carriers[i]: the entities that carry found[i] (a path in a URL, INC-7 in
+    # ticket_id=INC-7); "inside" is what presence means, so 800 ms is not inside 2800 ms
+    carriers = [
+        [j for j in maybe if _carries(found[j].text, found[i].text)]
+        for i, maybe in enumerate(_possible_carriers(found))
+    ]
+    inner: list[list[Entity]] = [[] for _ in found]
+    for i, outers in enumerate(carriers):
+        for j in outers:
+            inner[j].append(found[i])
     unique: list[Entity] = []
-    for entity in found:
-        # an entity another one carries (a path in a URL, INC-7 in ticket_id=INC-7) is
-        # dropped; "inside" is what presence means, so 800 ms is not inside 2800 ms
-        if any(other is not entity and _carries(other.text, entity.text) for other in found):
+    for i, entity in enumerate(found):
+        if carriers[i]:  # the longer one carries it: dropped
             continue
-        inner = [e for e in found if e is not entity and _carries(entity.text, e.text)]
-        best = min([entity, *inner], key=lambda e: e.priority)
+        best = min([entity, *inner[i]], key=lambda e: e.priority)
         unique.append(
             entity if entity.kind != "param" else dataclasses.replace(entity, kind=best.kind)
         )
@@ -336,6 +353,49 @@ def _canonical(entity: str) -> str:
     if key_value is not None:
         entity = f"{key_value[0]}={key_value[1]}"
     return re.sub(r"\s+", "", entity)
+
+
+def entity_needle(entity: str) -> str:
+    """What ``entity`` being in a text implies is in that text with its whitespace removed.
+
+    A fast first test before :func:`is_entity_present`: when the needle is not in the
+    whitespace-free text, the entity is not present.
+
+    Example:
+        >>> entity_needle("500 ms"), entity_needle("max_tokens: 250")
+        ('500ms', 'max_tokens')
+    """
+    key_value = _split_key_value(entity)
+    pieces = [key_value[0], re.sub(r"\s+", "", key_value[1])] if key_value else [entity]
+    return re.sub(r"\s+", "", max(pieces, key=len))
+
+
+def _possible_carriers(found: Sequence[Entity]) -> list[list[int]]:
+    """For each entity, the other entities that may carry it (a superset, found fast).
+
+    An entity present in another's text has its :func:`entity_needle` inside the other's
+    whitespace-free text. One search through all the entities' texts joined finds those
+    others, instead of a regex per pair: a conversation's thousands of IDs stay linear, not
+    quadratic.
+    """
+    squashed = [re.sub(r"\s+", "", entity.text) for entity in found]
+    joined = "\n".join(squashed)
+    starts = list(itertools.accumulate((len(text) + 1 for text in squashed), initial=0))
+    possible: list[list[int]] = []
+    for i, entity in enumerate(found):
+        needle = entity_needle(entity.text)
+        if not needle:
+            possible.append([j for j in range(len(found)) if j != i])
+            continue
+        hits: list[int] = []
+        at = joined.find(needle)
+        while at != -1:
+            j = bisect.bisect_right(starts, at) - 1
+            if j != i:
+                hits.append(j)
+            at = joined.find(needle, starts[j + 1])
+        possible.append(hits)
+    return possible
 
 
 def _carries(outer: str, inner: str) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from langchain_vllm_budget.compression.entities import (
     Entity,
     entity_bullets,
+    entity_needle,
     extract_entity_list,
     is_entity_present,
     strip_entities,
@@ -164,10 +165,15 @@ def extractive_text(
     entity_lines = entity_bullets(kept)
     # a sentence that is only a list of kept entities ("IDs: INC-1, INC-2") repeats a bullet
     sentences = [s for s in _sentences(text) if not _only_entities(s[1], kept)]
-    scored = sorted(
-        sentences,
-        key=lambda s: (-sum(1 for e in entities if is_entity_present(e.text, s[1])), s[0]),
-    )
+    needles = [(entity_needle(e.text), e.text) for e in entities]
+
+    def carried(sentence: str) -> int:
+        squashed = re.sub(r"\s+", "", sentence)
+        return sum(
+            1 for needle, e in needles if needle in squashed and is_entity_present(e, sentence)
+        )
+
+    scored = sorted(sentences, key=lambda s: (-carried(s[1]), s[0]))
     chosen: list[tuple[int, str]] = []
     for position, sentence in scored:
         candidate = sorted([*chosen, (position, _short(sentence))])

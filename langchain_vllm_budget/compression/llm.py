@@ -352,6 +352,8 @@ async def acompress_stage_result(
     """Async twin of :func:`compress_stage_result` (same arguments and guarantees).
 
     The chunks of a result larger than the summarizer's window are compressed concurrently.
+    Counting and the extractive summary run in a worker thread (a counter may ask a
+    server's ``/tokenize``): the event loop only awaits the model.
 
     Args:
         raw: The stage result (see :func:`compress_stage_result`).
@@ -368,7 +370,8 @@ async def acompress_stage_result(
     Returns:
         The summary and its measurements.
     """
-    compression = _start(
+    compression = await asyncio.to_thread(
+        _start,
         raw,
         model=model,
         stage_name=stage_name,
@@ -390,7 +393,7 @@ async def acompress_stage_result(
         return _reply_text(reply)
 
     summary, chunks, calls = await _arun(_map_reduce(compression.job, prompting), call)
-    return compression.finish(summary, chunks, calls)
+    return await asyncio.to_thread(compression.finish, summary, chunks, calls)
 
 
 def _run(plan: Plan, call: Callable[[Request], str]) -> tuple[str, int, int]:
@@ -406,15 +409,24 @@ def _run(plan: Plan, call: Callable[[Request], str]) -> tuple[str, int, int]:
         return summary, chunks, calls
 
 
-async def _arun(plan: Plan, call: Callable[[Request], Awaitable[str]]) -> tuple[str, int, int]:
-    """Drive a map-reduce plan with an async call, each round's requests concurrently."""
-    calls = 0
+def _advance(plan: Plan, replies: list[str] | None) -> list[Request] | tuple[str, int]:
+    """The plan's next round of requests, or its ``(summary, chunks)`` when it is done."""
     try:
-        requests = next(plan)
-        while True:
-            calls += len(requests)
-            replies = await asyncio.gather(*(call(request) for request in requests))
-            requests = plan.send(list(replies))
+        return next(plan) if replies is None else plan.send(replies)
     except StopIteration as done:
-        summary, chunks = done.value
-        return summary, chunks, calls
+        return done.value  # type: ignore[no-any-return]
+
+
+async def _arun(plan: Plan, call: Callable[[Request], Awaitable[str]]) -> tuple[str, int, int]:
+    """Drive a map-reduce plan with an async call, each round's requests concurrently.
+
+    The plan's own steps (splitting and counting) run in a worker thread.
+    """
+    calls = 0
+    step = await asyncio.to_thread(_advance, plan, None)
+    while isinstance(step, list):
+        calls += len(step)
+        replies = await asyncio.gather(*(call(request) for request in step))
+        step = await asyncio.to_thread(_advance, plan, list(replies))
+    summary, chunks = step
+    return summary, chunks, calls

@@ -6,11 +6,17 @@ This is the server behind ``make demo`` and the integration tests, and what
 port of 127.0.0.1, waits for ``/health``, keeps the server's log in a file and shows its tail
 when anything goes wrong, and stops the whole process group it started, by its own PID.
 
+A server is started with one of the named :data:`SERVER_SETUPS` (``plain``, ``tool-parser``,
+``tools``): the ``vllm serve`` flags and environment for a purpose, defined once here and used
+by ``vllm-budget serve-local start --setup NAME`` and the integration tests' fixtures.
+
 Example:
     >>> from langchain_vllm_budget.serving.local_server import LocalServerSpec
-    >>> spec = LocalServerSpec(model="/models/tiny-qwen", max_model_len=4096)
+    >>> spec = LocalServerSpec(model="/models/tiny-qwen", max_model_len=4096, setup="tools")
     >>> spec.vllm_args(port=8000)[:4]
     ['serve', '/models/tiny-qwen', '--host', '127.0.0.1']
+    >>> spec.vllm_args(port=8000)[-6:-2]
+    ['--tool-call-parser', 'hermes', '--tool-strict-level', 'parameter']
 """
 
 from __future__ import annotations
@@ -35,9 +41,12 @@ import httpx
 from langchain_vllm_budget.serving.local_models import cache_dir
 
 __all__ = [
+    "MANAGED_FLAGS",
+    "SERVER_SETUPS",
     "LocalServerError",
     "LocalServerSpec",
     "LocalVLLMServer",
+    "ServerSetup",
     "ServerState",
     "find_free_port",
     "stop_process_group",
@@ -109,6 +118,69 @@ class LocalServerError(RuntimeError):
         super().__init__(message)
 
 
+@dataclass(frozen=True)
+class ServerSetup:
+    """A named set of ``vllm serve`` flags and environment variables for one purpose.
+
+    Attributes:
+        name: The name ``--setup`` takes.
+        description: One line for ``vllm-budget serve-local setups``.
+        args: ``vllm serve`` flags, rendered after the spec's own flags.
+        env: Environment variables for the server process.
+    """
+
+    name: str
+    description: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+_HERMES_TOOL_PARSER = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+
+SERVER_SETUPS: dict[str, ServerSetup] = {
+    setup.name: setup
+    for setup in (
+        ServerSetup("plain", "no tool parser, no structured-output settings"),
+        ServerSetup(
+            "tool-parser",
+            "hermes <tool_call> parsing only; tool arguments and JSON are not constrained",
+            _HERMES_TOOL_PARSER,
+        ),
+        ServerSetup(
+            "tools",
+            "tool-ready: hermes tool calls whose arguments follow the tool's schema, compact "
+            "JSON for response_format",
+            (
+                *_HERMES_TOOL_PARSER,
+                # Named and "required" tool_choice (and "auto" once the model opens a
+                # <tool_call>) are decoded under a structural tag; "parameter" pins the
+                # arguments to each tool's JSON schema, as if every tool were strict: true.
+                "--tool-strict-level",
+                "parameter",
+                # response_format json_schema / json_object: no whitespace between JSON
+                # tokens, so a small model cannot pad the object until max_tokens.
+                "--structured-outputs-config",
+                json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+            ),
+            # The structural tags above are vLLM's default; pinned so that an inherited
+            # VLLM_ENFORCE_STRICT_TOOL_CALLING=0 cannot turn them off.
+            {"VLLM_ENFORCE_STRICT_TOOL_CALLING": "1"},
+        ),
+    )
+}
+"""The named server setups, by name."""
+
+MANAGED_FLAGS: dict[str, str] = {
+    "--host": "the server binds loopback; its address is part of the recorded state",
+    "--port": "use --port",
+    "--served-model-name": "use --name",
+    "--max-model-len": "use --max-model-len",
+    "--max-num-seqs": "use --max-num-seqs",
+    "--dtype": "use --dtype",
+}
+"""``vllm serve`` flags that :class:`LocalServerSpec` sets itself, with what to use instead."""
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -139,8 +211,14 @@ class LocalServerSpec:
         kv_cache_space_gib: ``VLLM_CPU_KVCACHE_SPACE``, whole GiB of KV cache on the CPU.
         enforce_eager: ``--enforce-eager`` (starts faster).
         host: Interface to bind; loopback by default.
-        extra_args: More ``vllm serve`` arguments, passed through unchanged.
+        setup: A name from :data:`SERVER_SETUPS`; its flags and environment are added.
+        extra_args: More ``vllm serve`` arguments, passed through unchanged (after the
+            setup's, so a repeated flag overrides the setup's value).
         env: More environment variables for the server process.
+
+    Raises:
+        ValueError: ``setup`` is not a known setup, or ``extra_args`` repeats a flag the
+            spec sets itself (:data:`MANAGED_FLAGS`).
     """
 
     model: str
@@ -152,8 +230,27 @@ class LocalServerSpec:
     kv_cache_space_gib: int = 1
     enforce_eager: bool = True
     host: str = "127.0.0.1"
+    setup: str = "plain"
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.setup not in SERVER_SETUPS:
+            known = ", ".join(SERVER_SETUPS)
+            raise ValueError(f"Unknown server setup {self.setup!r}; choose one of: {known}.")
+        for arg in self.extra_args:
+            # vLLM's parser takes --flag=value and --flag_name too.
+            flag = arg.split("=", 1)[0].replace("_", "-")
+            if flag in MANAGED_FLAGS:
+                raise ValueError(
+                    f"{flag} is set by the local server itself and cannot be passed through "
+                    f"({MANAGED_FLAGS[flag]})."
+                )
+
+    @property
+    def server_setup(self) -> ServerSetup:
+        """The :class:`ServerSetup` named by ``setup``."""
+        return SERVER_SETUPS[self.setup]
 
     @property
     def name(self) -> str:
@@ -182,6 +279,7 @@ class LocalServerSpec:
         ]
         if self.enforce_eager:
             args.append("--enforce-eager")
+        args.extend(self.server_setup.args)
         args.extend(self.extra_args)
         return args
 
@@ -197,6 +295,7 @@ class LocalServerSpec:
                 "DO_NOT_TRACK": "1",
             }
         )
+        env.update(self.server_setup.env)
         env.update(self.env)
         return env
 
@@ -211,6 +310,8 @@ class ServerState:
     host: str
     model: str
     log_path: str
+    setup: str = "plain"
+    extra_args: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -226,7 +327,9 @@ class ServerState:
         """Write the state file and return its path."""
         path = self.path_for(self.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2))
+        path.write_text(
+            json.dumps({**self.__dict__, "extra_args": list(self.extra_args)}, indent=2)
+        )
         return path
 
     @classmethod
@@ -235,7 +338,9 @@ class ServerState:
         path = cls.path_for(name)
         if not path.is_file():
             return None
-        return cls(**json.loads(path.read_text()))
+        values = json.loads(path.read_text())
+        values["extra_args"] = tuple(values.get("extra_args", ()))
+        return cls(**values)
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -481,6 +586,8 @@ class LocalVLLMServer:
             host=self.spec.host,
             model=self.spec.model,
             log_path=str(self.log_path),
+            setup=self.spec.setup,
+            extra_args=self.spec.extra_args,
         )
 
     def detach(self) -> ServerState:

@@ -401,7 +401,12 @@ class CompressedStage:
                         if output.fitted.stage_input.rolling_summary
                         else 0
                     ),
-                    "budget": _plain(reported if isinstance(reported, dict) else plan.as_dict()),
+                    "budget": {
+                        **_plain(reported if isinstance(reported, dict) else plan.as_dict()),
+                        # the plan was counted here, with the stage's counter
+                        "counter": entry["counter"],
+                        "counter_exact": bool(getattr(counter, "exact", False)),
+                    },
                 }
             )
             folded = output.fitted.folded

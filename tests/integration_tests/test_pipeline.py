@@ -116,6 +116,7 @@ def test_ledger_matches_the_server(demo_run: dict) -> None:
         assert budget["max_model_len"] == entry["max_model_len"] == window
         assert budget["counter"] == "transformers"
         assert budget["counter_exact"] is True
+        assert budget["plan_source"] == "given"  # sent as the stage planned it, not recounted
         assert budget["safety_margin"] == SAFETY_MARGIN
     # a summary is never larger than what it summarizes
     for stage in STAGES:

@@ -102,6 +102,57 @@ def test_count_equals_prompt_tokens(tiny_qwen, case, counter) -> None:
     assert budget["max_model_len"] == tiny_qwen.max_model_len
 
 
+PROMPT_FIELDS = {
+    "enable_thinking_off": {"chat_template_kwargs": {"enable_thinking": False}},
+    "enable_thinking_on": {"chat_template_kwargs": {"enable_thinking": True}},
+    "reasoning_effort_none": {"reasoning_effort": "none"},
+    "reasoning_effort_high": {"reasoning_effort": "high"},
+    "add_special_tokens": {"add_special_tokens": True},
+    "documents_ignored_by_template": {"documents": [{"title": "t", "text": "Lima, 1535."}]},
+}
+
+
+@pytest.mark.parametrize("counter", ["transformers", "server"])
+@pytest.mark.parametrize("fields", list(PROMPT_FIELDS))
+def test_request_fields_that_shape_the_prompt_are_counted(tiny_qwen, fields, counter) -> None:
+    """Each field as a call's extra_body, and as the model's own: the count is the server's."""
+    extra_body = PROMPT_FIELDS[fields]
+    messages = CASES["system"][0]
+    for model, call in (
+        (_model(tiny_qwen, token_counter=counter), {"extra_body": extra_body}),
+        (_model(tiny_qwen, token_counter=counter, extra_body=extra_body), {}),
+    ):
+        counted = model.get_num_tokens_from_messages(messages, **call)
+        reply = model.invoke(messages, **call)
+        assert reply.usage_metadata is not None
+        assert counted == reply.usage_metadata["input_tokens"]
+        assert reply.response_metadata["budget"]["input_tokens"] == counted
+
+
+def test_enable_thinking_off_is_no_longer_undercounted(tiny_qwen) -> None:
+    """Qwen3's template adds an empty thinking block: 4 tokens the old count missed."""
+    messages = [HumanMessage("Capital of Peru?")]
+    model = _model(tiny_qwen, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    reply = model.invoke(messages)
+    assert reply.usage_metadata is not None
+    served = reply.usage_metadata["input_tokens"]
+    assert reply.response_metadata["budget"]["input_tokens"] == served
+    plain = _model(tiny_qwen).get_num_tokens_from_messages(messages)
+    assert served - plain == model.get_num_tokens("<think>\n\n</think>\n\n") == 4
+
+
+@pytest.mark.parametrize("counter", ["transformers", "server"])
+def test_continuing_the_last_message_is_counted(tiny_qwen, counter) -> None:
+    messages = [HumanMessage("Write a haiku about snow."), AIMessage("Silent white blanket")]
+    extra_body = {"add_generation_prompt": False, "continue_final_message": True}
+    model = _model(tiny_qwen, token_counter=counter, extra_body=extra_body)
+    counted = model.get_num_tokens_from_messages(messages)
+    reply = model.invoke(messages)
+    assert reply.usage_metadata is not None
+    assert counted == reply.usage_metadata["input_tokens"]
+    assert counted < _model(tiny_qwen).get_num_tokens_from_messages(messages)
+
+
 def test_auto_counter_uses_the_local_tokenizer(tiny_qwen) -> None:
     model = _model(tiny_qwen)
     assert isinstance(model.resolved_token_counter, TransformersTokenCounter)
@@ -223,11 +274,8 @@ class _HalfCounter:
     def count_text(self, text: str) -> int:
         return self.inner.count_text(text) // 2
 
-    def count_messages(self, messages, tools=None) -> int:
-        return self.inner.count_messages(messages, tools) // 2
-
-    async def acount_messages(self, messages, tools=None) -> int:
-        return self.count_messages(messages, tools)
+    def count_messages(self, messages, tools=None, options=None) -> int:
+        return self.inner.count_messages(messages, tools, options) // 2
 
 
 def test_server_length_400_becomes_a_typed_error(tiny_qwen) -> None:
@@ -266,3 +314,50 @@ def test_unknown_model_is_a_typed_error(tiny_qwen) -> None:
     with pytest.raises(VLLMModelNotFoundError) as info:
         model.invoke("hi")
     assert tiny_qwen.model in info.value.available
+
+
+async def test_a_budget_plan_is_sent_as_planned(tiny_qwen) -> None:
+    """get_budget_plan counts once with the bound tools; budget_plan= sends that plan."""
+    model = _model(tiny_qwen, budget=TokenBudget(output_reserve=6, min_output_tokens=4))
+    model.max_tokens = None
+    bound = model.bind_tools([WEATHER_TOOL], tool_choice="none")
+    messages, _ = CASES["tool_results"]
+    plan = model.get_budget_plan(messages, **bound.kwargs)
+    assert plan == await model.aget_budget_plan(messages, **bound.kwargs)
+    assert (plan.fits, plan.max_tokens, plan.max_model_len) == (True, 6, tiny_qwen.max_model_len)
+    replies = [
+        bound.invoke(messages, budget_plan=plan),
+        await bound.ainvoke(messages, budget_plan=plan),
+        model.bind(budget_plan=plan, **bound.kwargs).invoke(messages),
+    ]
+    chunks = list(bound.stream(messages, budget_plan=plan))
+    streamed = chunks[0]
+    for chunk in chunks[1:]:
+        streamed += chunk
+    for reply in (*replies, streamed):
+        assert reply.usage_metadata is not None
+        assert reply.usage_metadata["input_tokens"] == plan.input_tokens
+        assert reply.usage_metadata["output_tokens"] <= plan.max_tokens
+        budget = reply.response_metadata["budget"]
+        assert budget["plan_source"] == "given"
+        assert (budget["input_tokens"], budget["max_tokens"]) == (plan.input_tokens, 6)
+
+
+def test_a_plan_made_with_a_wrong_count_is_corrected_once(tiny_qwen) -> None:
+    """vLLM rejects the prompt; it is counted by /tokenize, re-planned and trimmed, once."""
+    window = tiny_qwen.max_model_len
+    messages = _long_conversation(turns=16, words=150)
+    real = TransformersTokenCounter(tiny_qwen.model_path).count_messages(messages)
+    assert real > window
+    budget = TokenBudget(output_reserve=8, min_output_tokens=8)
+    model = _model(tiny_qwen, on_overflow="trim", budget=budget, max_retries=0)
+    wrong = budget.with_max_model_len(window).plan(real // 2)
+    assert wrong.fits
+    reply = model.invoke(messages, budget_plan=wrong)
+    usage = reply.usage_metadata
+    assert usage is not None
+    report = reply.response_metadata["budget"]
+    assert (report["retried"], report["counter"], report["action"]) == (True, "server", "trimmed")
+    assert report["original_input_tokens"] == real
+    assert report["input_tokens"] == usage["input_tokens"]
+    assert report["input_tokens"] + report["max_tokens"] <= window

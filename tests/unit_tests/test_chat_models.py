@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from unittest import mock
 
+import httpx
+import openai
 import pytest
-from langchain_core.exceptions import ModelConnectionError
+from langchain_core.exceptions import ModelConnectionError, ModelInvalidRequestError
 from langchain_core.load import dumpd, load
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_openai import ChatOpenAI
 from langchain_tests.unit_tests import ChatModelUnitTests
 from openai.types.chat import ChatCompletion
+from pydantic import ValidationError
 
 from langchain_vllm_budget import (
     ApproximateTokenCounter,
@@ -20,7 +24,17 @@ from langchain_vllm_budget import (
     TokenBudget,
     VLLMConnectionError,
 )
-from langchain_vllm_budget.chat_models import DEFAULT_API_BASE
+from langchain_vllm_budget._error_mapping import ServerTarget, map_openai_error
+from langchain_vllm_budget._profile import server_profile
+from langchain_vllm_budget.chat_models import DEFAULT_API_BASE, _Prepared
+from langchain_vllm_budget.errors import (
+    VLLMContextOverflowError,
+    VLLMInvalidRequestError,
+    VLLMServerError,
+)
+from langchain_vllm_budget.overflow import BudgetOutcome
+from langchain_vllm_budget.serving.local_models import ensure_local_model
+from langchain_vllm_budget.tokenizers import TransformersTokenCounter, messages_to_openai_dicts
 
 _REWRITTEN_STANDARD_TESTS = frozenset({"test_serdes", "test_no_overrides_DO_NOT_OVERRIDE"})
 """Standard tests this module rewrites (not xfails): see their docstrings."""
@@ -317,24 +331,287 @@ def test_streamed_non_object_tool_arguments_are_invalid_tool_calls(kind: str) ->
 
 def test_server_failures_map_to_a_typed_error() -> None:
     """A 5xx, or an error event inside a stream (vLLM's engine died), is a VLLMServerError."""
-    import httpx
-    import openai
-
-    from langchain_vllm_budget import VLLMServerError
-
-    model = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1")
+    target = ServerTarget("http://127.0.0.1:9/v1", "m")
     request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
     in_stream = openai.APIError("EngineCore encountered an issue.", request, body=None)
-    mapped = model._translate(in_stream)
+    mapped = map_openai_error(in_stream, target)
     assert isinstance(mapped, VLLMServerError)
     assert mapped.status_code is None
     assert "EngineCore encountered an issue" in str(mapped)
 
     response = httpx.Response(503, request=request, json={"message": "overloaded"})
     unavailable = openai.InternalServerError("overloaded", response=response, body=None)
-    mapped = model._translate(unavailable)
+    mapped = map_openai_error(unavailable, target)
     assert isinstance(mapped, VLLMServerError)
     assert mapped.status_code == 503
 
     bad = openai.BadRequestError("bad", response=httpx.Response(400, request=request), body=None)
-    assert model._translate(bad) is bad
+    assert map_openai_error(bad, target) is bad
+
+
+# ------------------------------------------------------------------------- the profile
+
+
+def test_building_a_model_asks_nothing_and_profile_asks_the_server() -> None:
+    """No request while the model is built; reading ``profile`` asks ``/v1/models``."""
+    model = ChatVLLM(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0)
+    with pytest.raises(VLLMConnectionError):
+        _ = model.profile
+
+
+def test_a_given_profile_wins_and_is_not_checked_against_a_server() -> None:
+    profile = {"max_input_tokens": 6000, "tool_calling": False}
+    model = ChatVLLM(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", profile=profile)
+    assert model.profile == profile
+    model.profile = {"max_input_tokens": 10}
+    assert model.profile == {"max_input_tokens": 10}
+
+
+@pytest.mark.parametrize("value", [-1, 0])
+def test_a_profile_with_a_bad_window_is_a_typed_error(value: int) -> None:
+    with pytest.raises(ValidationError, match=r"profile\['max_input_tokens'\] must be a positive"):
+        ChatVLLM(model="m", profile={"max_input_tokens": value})
+    # Not a whole number: pydantic's own check of LangChain's ModelProfile.
+    with pytest.raises(ValidationError, match="max_input_tokens"):
+        ChatVLLM(model="m", profile={"max_input_tokens": 2.5})
+
+
+def test_subclasses_keep_the_server_profile() -> None:
+    class Mine(ChatVLLM):
+        note: str = "x"
+
+    port = _closed_port()
+    assert Mine(model="m", profile={"max_input_tokens": 5}).profile == {"max_input_tokens": 5}
+    with pytest.raises(VLLMConnectionError):
+        _ = Mine(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0).profile
+
+
+def test_server_profile_leaves_room_for_the_output() -> None:
+    budget = TokenBudget(output_reserve=1000, safety_margin=100, min_output_tokens=200)
+    profile = server_profile(max_model_len=4096, budget=budget, tool_calling=True)
+    # The largest prompt ChatVLLM sends without its overflow policy acting.
+    assert profile["max_input_tokens"] == 4096 - 100 - 200
+    assert budget.with_max_model_len(4096).plan(profile["max_input_tokens"]).fits
+    assert not budget.with_max_model_len(4096).plan(profile["max_input_tokens"] + 1).fits
+    assert profile["max_output_tokens"] == 1000
+    assert (profile["structured_output"], profile["tool_calling"]) == (True, True)
+    assert "reasoning_output" not in profile
+    with pytest.raises(ValueError, match="leaves no room for input"):
+        server_profile(max_model_len=300, budget=budget)
+
+
+# ---------------------------------------------------------- what shapes the prompt is counted
+
+QWEN = ensure_local_model("tiny-qwen")
+
+
+def _offline(**kwargs) -> ChatVLLM:
+    """A model that counts with the local tiny-qwen tokenizer; no server is contacted."""
+    return ChatVLLM(
+        model="tiny-qwen",
+        base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+        tokenizer=str(QWEN),
+        max_retries=0,
+        **kwargs,
+    )
+
+
+def test_counts_include_the_models_and_the_calls_template_kwargs() -> None:
+    messages = [HumanMessage("Capital of Peru?")]
+    plain = _offline().get_num_tokens_from_messages(messages)
+    empty_think = _offline().get_num_tokens("<think>\n\n</think>\n\n")
+    no_thinking = {"chat_template_kwargs": {"enable_thinking": False}}
+    model = _offline(extra_body=no_thinking)
+    assert model.get_num_tokens_from_messages(messages) == plain + empty_think
+    # A call's own extra_body replaces the model's (as it does in the request sent).
+    assert model.get_num_tokens_from_messages(messages, extra_body={}) == plain
+    assert _offline().get_num_tokens_from_messages(messages, extra_body=no_thinking) == (
+        plain + empty_think
+    )
+    # vLLM turns reasoning_effort="none" into enable_thinking=False.
+    assert _offline(reasoning_effort="none").get_num_tokens_from_messages(messages) == (
+        plain + empty_think
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "option"),
+    [
+        ({"extra_body": {"chat_template_kwargs": "enable_thinking=False"}}, "chat_template_kwargs"),
+        ({"extra_body": {"chat_template_kwargs": {"tokenize": True}}}, "chat_template_kwargs"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"reasoning": {"effort": "low"}}, "reasoning"),
+        ({"use_responses_api": True}, "use_responses_api"),
+        ({"extra_body": {"documents": "a text"}}, "documents"),
+        ({"extra_body": {"continue_final_message": True}}, "continue_final_message"),
+        ({"extra_body": {"thinking_token_budget": -5}}, "thinking_token_budget"),
+    ],
+)
+def test_request_fields_vllm_would_reject_are_typed_errors(fields: dict, option: str) -> None:
+    with pytest.raises(VLLMInvalidRequestError) as info:
+        ChatVLLM(model="m", **fields)
+    assert info.value.option == option
+    assert isinstance(info.value, ModelInvalidRequestError)
+    if option != "use_responses_api":  # the others can come with a call, checked the same way
+        with pytest.raises(VLLMInvalidRequestError) as info:
+            _offline().invoke("hi", **fields)
+        assert info.value.option == option
+
+
+def test_a_bad_chat_template_kwargs_in_a_call_is_a_typed_error_before_sending() -> None:
+    with pytest.raises(VLLMInvalidRequestError, match="must be a dict of template variables"):
+        _offline().invoke("hi", extra_body={"chat_template_kwargs": ["enable_thinking"]})
+    with pytest.raises(VLLMInvalidRequestError, match="must be a dict of vLLM request fields"):
+        _offline().invoke("hi", extra_body=["not", "a", "dict"])
+
+
+# ------------------------------------------------------------------ one budget per call
+
+
+class _RecordingCounter:
+    """Counts like tiny-qwen's tokenizer and records every prompt it counts."""
+
+    name = "recording"
+    exact = True
+
+    def __init__(self) -> None:
+        self.inner = TransformersTokenCounter(QWEN)
+        self.calls = 0
+
+    def count_text(self, text: str) -> int:
+        return self.inner.count_text(text)
+
+    def count_messages(self, messages, tools=None, options=None) -> int:
+        self.calls += 1
+        return self.inner.count_messages(messages, tools, options)
+
+
+def test_a_given_plan_that_does_not_fit_raises_before_anything_is_counted_or_sent() -> None:
+    counter = _RecordingCounter()
+    model = _offline(token_counter=counter)
+    plan = TokenBudget(max_model_len=2048, output_reserve=512).plan(2000)
+    with pytest.raises(VLLMContextOverflowError) as info:
+        model.invoke("hi", budget_plan=plan)
+    assert info.value.shortfall == plan.shortfall
+    assert info.value.source == "budget"
+    assert counter.calls == 0
+
+
+def test_a_given_plan_is_sent_without_counting_again() -> None:
+    counter = _RecordingCounter()
+    model = _offline(token_counter=counter)
+    plan = TokenBudget(max_model_len=2048, output_reserve=512).plan(40)
+    # The closed port fails the chat request itself: no discovery, no count came first.
+    with pytest.raises(VLLMConnectionError):
+        model.invoke("hi", budget_plan=plan)
+    with pytest.raises(VLLMConnectionError):
+        model.bind(budget_plan=plan).invoke("hi")
+    assert counter.calls == 0
+
+
+def test_budget_plan_must_be_a_plan() -> None:
+    with pytest.raises(VLLMInvalidRequestError, match="BudgetPlan"):
+        _offline().invoke("hi", budget_plan={"max_tokens": 10})
+
+
+def test_send_kwargs_carry_the_plan_and_leave_the_answer_room_after_thinking() -> None:
+    budget = TokenBudget(max_model_len=4096, output_reserve=600, min_output_tokens=256)
+    model = _offline(
+        budget=budget,
+        thinking_budget=1000,
+        extra_body={"top_k": 5, "max_completion_tokens": 9000},
+    )
+    request = model._request([HumanMessage("hi")], {"max_tokens": 9000})
+    assert request.requested_max_tokens == 9000  # vLLM reads max_completion_tokens first
+    plan = budget.plan(100)
+    prepared = _Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
+    sent = prepared.send_kwargs()
+    assert sent["max_tokens"] == plan.max_tokens == 600
+    # The thinking cap leaves min_output_tokens of max_tokens to the answer.
+    assert sent["extra_body"] == {"top_k": 5, "thinking_token_budget": 600 - 256}
+    assert prepared.report()["thinking_token_budget"] == 344
+    assert prepared.report()["plan_source"] == "given"
+    small = budget.plan(100, requested_max_tokens=100)
+    prepared = _Prepared(request, BudgetOutcome(request.messages, small, "none", 100), None)
+    assert prepared.thinking_token_budget == 0  # no room to think beside a 100-token answer
+
+
+# ------------------------------------------------------------------------- reasoning
+
+REASONING_RESPONSE = {
+    "id": "chatcmpl-2",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "4", "reasoning": "2 + 2 = 4"},
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+}
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_thinking_text_is_kept_with_the_provider_name(field: str) -> None:
+    body = json.loads(json.dumps(REASONING_RESPONSE))
+    body["choices"][0]["message"] = {"role": "assistant", "content": "4", field: "2 + 2 = 4"}
+    model = ChatVLLM(model="m")
+    for response in (body, ChatCompletion.model_validate(body)):
+        message = model._create_chat_result(response).generations[0].message
+        assert isinstance(message, AIMessage)
+        assert message.additional_kwargs["reasoning_content"] == "2 + 2 = 4"
+        assert message.content_blocks[0] == {"type": "reasoning", "reasoning": "2 + 2 = 4"}
+        assert message.response_metadata["model_provider"] == model._get_ls_params()["ls_provider"]
+
+
+def test_streamed_thinking_text_is_kept() -> None:
+    model = ChatVLLM(model="m")
+    merged = None
+    for delta in ({"reasoning": "2 + "}, {"reasoning": "2"}, {"content": "4"}):
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+        generation = model._convert_chunk_to_generation_chunk(chunk, AIMessageChunk, {})
+        assert generation is not None
+        merged = generation.message if merged is None else merged + generation.message
+    assert isinstance(merged, AIMessageChunk)
+    assert merged.additional_kwargs["reasoning_content"] == "2 + 2"
+    assert merged.text == "4"
+    assert merged.response_metadata["model_provider"] == "vllm"
+
+
+def test_thinking_goes_back_in_the_reasoning_field() -> None:
+    history = [
+        HumanMessage("2 + 2?"),
+        AIMessage("4", additional_kwargs={"reasoning_content": "2 + 2 = 4"}),
+        AIMessage(
+            [{"type": "reasoning", "reasoning": "v1 blocks"}, {"type": "text", "text": "ok"}]
+        ),
+        HumanMessage("And 3 + 3?"),
+    ]
+    payload = ChatVLLM(model="m")._get_request_payload(history)
+    sent = [m.get("reasoning") for m in payload["messages"]]
+    assert sent == [None, "2 + 2 = 4", "v1 blocks", None]
+    assert payload["messages"] == messages_to_openai_dicts(history)
+
+
+def test_a_thinking_budget_the_server_cannot_apply_is_a_typed_error() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    message = (
+        "thinking_token_budget is set but reasoning_config is not configured. Please set "
+        "--reasoning-parser and/or --reasoning-config to use thinking_token_budget."
+    )
+    rejected = openai.BadRequestError(
+        message, response=httpx.Response(400, request=request), body=None
+    )
+    mapped = map_openai_error(rejected, ServerTarget("http://127.0.0.1:9/v1", "m"))
+    assert isinstance(mapped, VLLMInvalidRequestError)
+    assert mapped.option == "thinking_budget"
+    assert "--reasoning-parser" in str(mapped)

@@ -723,3 +723,50 @@ async def test_async_chunking_matches_sync_and_counts_every_call() -> None:
     asyn = await acompress_stage_result(raw, model=async_model, **kwargs)
     assert asyn == sync
     assert sync.model_calls == len(sync_model.prompts) == len(async_model.prompts) >= 3
+
+
+def test_possible_carriers_include_every_carrier() -> None:
+    # the fast search may propose too many carriers (each is then checked exactly), never
+    # too few: compared with every pair checked the slow way
+    from langchain_vllm_budget.compression.entities import (
+        Entity,
+        _carries,
+        _possible_carriers,
+        extract_entity_list,
+    )
+
+    texts = [
+        "https://h.example/v1/jobs/42",
+        "/v1/jobs/42",
+        "INC-7",
+        "ticket_id=INC-7",
+        "INC-12",
+        "INC-1",
+        "800 ms",
+        "2800 ms",
+        "2800ms",
+        "retries=3",
+        "retries: 1, 2, 3",
+        "30 s",
+        "timeout=30 s",
+        "timeout: 30s",
+        "--timeout",
+        "TIMEOUT_S=30",
+        "max_tokens=250",
+        "max_tokens = 250 tokens",
+        "db-4.prod",
+        "host=db-4.prod:5432",
+        "db-4",
+    ]
+    found = [Entity(text, "id", i) for i, text in enumerate(texts)]
+    possible = _possible_carriers(found)
+    pairs = 0
+    for i, inner in enumerate(found):
+        for j, outer in enumerate(found):
+            if i != j and _carries(outer.text, inner.text):
+                pairs += 1
+                assert j in possible[i], (outer.text, inner.text)
+    assert pairs >= 8  # the list has carried entities to find
+    # and the result is what it was: a carried entity is dropped, the carrier kept
+    kept = [e.text for e in extract_entity_list("GET https://h.example/v1/jobs/42 and /v1/jobs/42")]
+    assert kept == ["https://h.example/v1/jobs/42"]

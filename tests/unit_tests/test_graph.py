@@ -141,7 +141,12 @@ def test_ledger_per_stage_reports_the_one_plan() -> None:
         )
         prompt = models.reasoning.prompts[STAGES.index(stage)]
         plan = BUDGET.plan(COUNTER.count_messages(prompt))
-        assert entry["budget"] == plan.as_dict()  # the plan the call was sent with
+        # the plan the call was sent with, and the counter that made it
+        assert entry["budget"] == {
+            **plan.as_dict(),
+            "counter": "approximate",
+            "counter_exact": False,
+        }
         assert (entry["input_tokens"], entry["max_tokens"]) == (plan.input_tokens, 512)
         assert entry["output_tokens"] == COUNTER.count_text(models.raw[stage])
         assert entry["degraded"] == []

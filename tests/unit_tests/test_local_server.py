@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from langchain_vllm_budget.cli import app
 from langchain_vllm_budget.serving.local_models import (
     ModelBuildError,
     cache_dir,
     ensure_local_model,
 )
 from langchain_vllm_budget.serving.local_server import (
+    SERVER_SETUPS,
     LocalServerError,
     LocalServerSpec,
     LocalVLLMServer,
@@ -36,6 +40,90 @@ def test_spec_renders_vllm_serve_arguments() -> None:
     assert pairs["--served-model-name"] == "qwen"
     assert "--enforce-eager" in args
     assert args[-2:] == ["--seed", "1"]
+
+
+def _flag_value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_tools_setup_renders_the_tool_ready_flags() -> None:
+    spec = LocalServerSpec(model="/m/smol", setup="tools")
+    args = spec.vllm_args(port=8000)
+    assert "--enable-auto-tool-choice" in args
+    assert _flag_value(args, "--tool-call-parser") == "hermes"
+    assert _flag_value(args, "--tool-strict-level") == "parameter"
+    config = json.loads(_flag_value(args, "--structured-outputs-config"))
+    assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
+    assert spec.environment()["VLLM_ENFORCE_STRICT_TOOL_CALLING"] == "1"
+
+
+def test_setup_flags_come_before_passed_through_arguments() -> None:
+    spec = LocalServerSpec(
+        model="/m", setup="tool-parser", extra_args=("--tool-call-parser", "llama3_json")
+    )
+    args = spec.vllm_args(port=8000)
+    setup_args = list(SERVER_SETUPS["tool-parser"].args)
+    start = args.index(setup_args[0])
+    assert args[start:] == [*setup_args, "--tool-call-parser", "llama3_json"]
+
+
+def test_plain_setup_adds_nothing() -> None:
+    plain = LocalServerSpec(model="/m").vllm_args(port=1)
+    assert plain == LocalServerSpec(model="/m", setup="plain").vllm_args(port=1)
+    assert not any(arg.startswith("--tool") for arg in plain)
+    assert "VLLM_ENFORCE_STRICT_TOOL_CALLING" not in SERVER_SETUPS["plain"].env
+
+
+def test_unknown_setup_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="plain, tool-parser, tools"):
+        LocalServerSpec(model="/m", setup="reasoning-everything")
+
+
+@pytest.mark.parametrize(
+    ("arg", "advice"),
+    [
+        ("--port", "use --port"),
+        ("--port=9000", "use --port"),
+        ("--max_model_len", "use --max-model-len"),
+        ("--served-model-name", "use --name"),
+    ],
+)
+def test_managed_flags_cannot_be_passed_through(arg: str, advice: str) -> None:
+    with pytest.raises(ValueError, match=advice):
+        LocalServerSpec(model="/m", extra_args=(arg, "1"))
+
+
+def _text(output: str) -> str:
+    """The CLI's output as words, without the error box's borders and line breaks."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_cli_rejects_a_managed_flag_after_the_separator() -> None:
+    result = CliRunner().invoke(app, ["serve-local", "start", "--", "--port", "9000"])
+    assert result.exit_code == 2
+    assert "--port is set by the local server itself and cannot be passed through" in _text(
+        result.output
+    )
+
+
+def test_cli_rejects_an_unknown_setup_before_building_anything() -> None:
+    result = CliRunner().invoke(app, ["serve-local", "start", "--setup", "nope"])
+    assert result.exit_code == 2
+    assert "Unknown server setup 'nope'" in _text(result.output)
+
+
+def test_cli_unknown_option_before_the_separator_is_not_passed_through() -> None:
+    result = CliRunner().invoke(app, ["serve-local", "start", "--seed", "1"])
+    assert result.exit_code == 2
+    assert "No such option: --seed" in _text(result.output)
+
+
+def test_cli_lists_the_setups_with_their_flags() -> None:
+    result = CliRunner().invoke(app, ["serve-local", "setups"])
+    assert result.exit_code == 0
+    for setup in SERVER_SETUPS.values():
+        assert f"{setup.name}: " in result.output
+    assert "--tool-strict-level parameter" in result.output
 
 
 def test_spec_environment_is_offline_and_sizes_the_kv_cache() -> None:
@@ -85,7 +173,16 @@ def test_state_round_trips_through_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VLLM_BUDGET_CACHE", str(tmp_path))
-    state = ServerState(name="m", pid=123, port=8001, host="127.0.0.1", model="/m", log_path="/l")
+    state = ServerState(
+        name="m",
+        pid=123,
+        port=8001,
+        host="127.0.0.1",
+        model="/m",
+        log_path="/l",
+        setup="tools",
+        extra_args=("--seed", "1"),
+    )
     path = state.save()
     assert path.parent == cache_dir() / "servers"
     assert ServerState.load("m") == state

@@ -1,18 +1,24 @@
-"""Overflow policies with the exact local Qwen counter and a fake summarizer model."""
+"""Overflow policies with the exact local Qwen counter and a fake summarizer model.
+
+The compaction engine itself is tested in test_compaction.py; these check the policies
+as ``apply_budget`` applies them: the plan, the action, the errors.
+"""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.compaction import CompactionMemory, Compactor, is_summary_message
+from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
 from langchain_vllm_budget.errors import VLLMContextOverflowError
-from langchain_vllm_budget.overflow import SUMMARY_PREFIX, apply_budget
+from langchain_vllm_budget.overflow import SUMMARY_PREFIX, aapply_budget, apply_budget
 from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
+from tests.fakes import RecordingFakeModel
 
 BUDGET = TokenBudget(max_model_len=2048, output_reserve=512, safety_margin=64)
 
@@ -70,11 +76,35 @@ def test_trim_keeps_system_and_newest_turns_whole(counter) -> None:
     assert isinstance(kept[1], HumanMessage)
     assert kept[-1] == messages[-1]
     assert outcome.plan.fits
-    assert counter.count_messages(kept) <= _limit(BUDGET)
+    # compacted with room to spare: down to the target share of the input limit
+    assert counter.count_messages(kept) <= int(_limit(BUDGET) * 0.6)
     assert outcome.dropped_messages == len(messages) - len(kept)
+    assert outcome.compaction is not None
+    assert outcome.compaction.compacted
+    assert outcome.compaction.replaced == outcome.dropped_messages
     call_ids = {c["id"] for m in kept if isinstance(m, AIMessage) for c in m.tool_calls}
     result_ids = {m.tool_call_id for m in kept if isinstance(m, ToolMessage)}
     assert call_ids == result_ids
+
+
+def test_trim_reapplies_the_same_cut_until_the_limit(counter) -> None:
+    memory = CompactionMemory()
+    compactor = Compactor(memory=memory)
+    messages = _conversation(30)
+    first = apply_budget(
+        messages, budget=BUDGET, count=counter.count_messages, policy="trim", compactor=compactor
+    )
+    sent = first.messages
+    grown = list(messages)
+    for i in range(30, 33):
+        grown += [HumanMessage(f"And city {i}?"), AIMessage(f"City {i} is fine.")]
+        outcome = apply_budget(
+            grown, budget=BUDGET, count=counter.count_messages, policy="trim", compactor=compactor
+        )
+        assert outcome.compaction is not None
+        assert outcome.compaction.reused
+        assert outcome.messages[: len(sent)] == sent, "the prefix sent before is sent again"
+        sent = outcome.messages
 
 
 def test_trim_raises_when_the_newest_turn_alone_is_too_big(counter) -> None:
@@ -104,40 +134,70 @@ def test_warn_raises_when_nothing_fits(counter, caplog) -> None:
     assert "sending with" not in caplog.text
 
 
-def test_summarize_replaces_oldest_turns(counter) -> None:
-    summaries = iter([AIMessage("- cities 0-20 discussed; populations looked up")] * 20)
-    summarizer = GenericFakeChatModel(messages=summaries)
-    prompts: list = []
-
-    def summarize(prompt, max_tokens):
-        prompts.append((prompt, max_tokens))
-        assert counter.count_messages(prompt) + 64 + 1 <= 2048
-        return summarizer.invoke(prompt).text
-
+def test_summarize_uses_the_entity_checked_compressor(counter) -> None:
+    # a fluent summary that drops the details: the compressor's guard puts them back
+    summarizer = RecordingFakeModel(responses=["- cities were discussed"], prompts=[])
     messages = _conversation(30)
     outcome = apply_budget(
         messages,
         budget=BUDGET,
         count=counter.count_messages,
-        count_text=counter.count_text,
         policy="summarize",
-        summarize=summarize,
-        summary_max_tokens=200,
+        compactor=Compactor(
+            summarizer=summarizer, summary_max_tokens=200, text_counter=counter, strategy="llm"
+        ),
     )
     assert outcome.action == "summarized"
-    assert prompts, "the summarizer was called"
-    assert all(max_tokens == 200 for _, max_tokens in prompts)
-    first = outcome.messages[0]
-    assert isinstance(first, SystemMessage)
-    assert first.text.startswith("You are a travel assistant.")
-    assert SUMMARY_PREFIX + "- cities 0-20" in first.text
-    assert isinstance(outcome.messages[1], HumanMessage)
+    assert len(summarizer.prompts) == 1, "one summarizer call for this compaction"
+    assert summarizer.prompts[0][0].content == COMPRESSION_SYSTEM_PROMPT
+    assert outcome.messages[0] == messages[0], "the system message is unchanged"
+    summary = outcome.messages[1]
+    assert is_summary_message(summary)
+    assert summary.text.startswith(SUMMARY_PREFIX)
+    report = outcome.compaction
+    assert report is not None
+    assert report.summarizer_calls == 1
+    assert report.summary_tokens is not None
+    assert report.summary_tokens <= 200
+    assert report.compression is not None
+    assert report.compression["method"] in ("llm+restored", "extractive")
+    # the fake's summary kept no detail: the guard's summary keeps every entity
+    assert report.compression["retention"] == 1.0
+    assert "25000" in summary.text  # the newest summarized lookup's population
+    assert "c25" in summary.text
     assert outcome.messages[-1] == messages[-1]
-    assert counter.count_messages(outcome.messages) <= _limit(BUDGET)
+    assert counter.count_messages(outcome.messages) <= int(_limit(BUDGET) * 0.6)
 
 
-def test_summarize_needs_a_summarizer(counter) -> None:
-    with pytest.raises(ValueError, match="summarizer"):
-        apply_budget(
-            _conversation(30), budget=BUDGET, count=counter.count_messages, policy="summarize"
+def test_summarize_without_a_model_is_extractive(counter) -> None:
+    messages = _conversation(30)
+    outcome = apply_budget(
+        messages, budget=BUDGET, count=counter.count_messages, policy="summarize"
+    )
+    assert outcome.action == "summarized"
+    assert outcome.compaction is not None
+    assert outcome.compaction.summarizer_calls == 0
+    assert outcome.compaction.compression is not None
+    assert outcome.compaction.compression["method"] == "extractive"
+    assert outcome.plan.fits
+
+
+async def test_async_apply_budget_matches_sync(counter) -> None:
+    messages = _conversation(30)
+    for policy in ("trim", "summarize"):
+        kwargs = {"budget": BUDGET, "count": counter.count_messages, "policy": policy}
+        sync = apply_budget(messages, **kwargs)
+        for offload in (False, True):
+            result = await aapply_budget(messages, **kwargs, offload=offload)
+            assert [m.content for m in result.messages] == [m.content for m in sync.messages]
+            assert result.plan == sync.plan
+            assert result.action == sync.action
+    with pytest.raises(VLLMContextOverflowError):
+        await aapply_budget(
+            messages, budget=BUDGET, count=counter.count_messages, policy="raise", offload=True
         )
+
+
+def test_unknown_policy_is_a_clear_error(counter) -> None:
+    with pytest.raises(ValueError, match="on_overflow must be"):
+        apply_budget(_conversation(1), budget=BUDGET, count=counter.count_messages, policy="drop")

@@ -10,10 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from langchain_vllm_budget.errors import TokenCountError, VLLMConnectionError
+from langchain_vllm_budget.errors import (
+    TokenCountError,
+    VLLMConnectionError,
+    VLLMInvalidRequestError,
+)
 from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import (
     ApproximateTokenCounter,
+    PromptOptions,
     ServerTokenCounter,
     TokenCounter,
     TransformersTokenCounter,
@@ -122,14 +127,6 @@ def test_approximate_counter() -> None:
     assert counter.count_messages([HumanMessage("x")], tools=[WEATHER_TOOL]) > 10
     with pytest.raises(ValueError, match="chars_per_token"):
         ApproximateTokenCounter(chars_per_token=0)
-
-
-async def test_async_counts_match(qwen: TransformersTokenCounter) -> None:
-    assert await qwen.acount_messages(TOOL_TURN, [WEATHER_TOOL]) == qwen.count_messages(
-        TOOL_TURN, [WEATHER_TOOL]
-    )
-    approx = ApproximateTokenCounter()
-    assert await approx.acount_messages(TOOL_TURN) == approx.count_messages(TOOL_TURN)
 
 
 def test_tokenizer_is_loaded_once() -> None:
@@ -245,3 +242,98 @@ def test_segment_cache_is_bounded(qwen: TransformersTokenCounter, monkeypatch) -
             qwen.tokenizer.encode(prompt, add_special_tokens=False)
         )
     assert len(qwen._segment_counts) <= 5
+
+
+# ------------------------------------------------------- request fields that shape the prompt
+
+DOCS_TEMPLATE = (
+    "{% for d in documents or [] %}<doc>{{ d.title }}: {{ d.text }}</doc>{% endfor %}"
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def test_every_prompt_option_reaches_the_template(qwen: TransformersTokenCounter) -> None:
+    messages = [HumanMessage("Hello there")]
+    custom = PromptOptions(chat_template=DOCS_TEMPLATE)
+    assert qwen.render(messages, options=custom) == "user: Hello there\nassistant:"
+    documents = [{"title": "Peru", "text": "Lima is the capital."}]
+    with_docs = PromptOptions(chat_template=DOCS_TEMPLATE, documents=documents)
+    assert qwen.render(messages, options=with_docs).startswith(
+        "<doc>Peru: Lima is the capital.</doc>"
+    )
+    no_prompt = PromptOptions(chat_template=DOCS_TEMPLATE, add_generation_prompt=False)
+    assert qwen.render(messages, options=no_prompt) == "user: Hello there\n"
+    counts = [qwen.count_messages(messages, options=o) for o in (custom, with_docs, no_prompt)]
+    assert counts == [
+        qwen.count_text(qwen.render(messages, options=o)) for o in (custom, with_docs, no_prompt)
+    ]
+
+
+def test_continue_final_message_leaves_the_last_turn_open(qwen: TransformersTokenCounter) -> None:
+    messages = [HumanMessage("Write a haiku."), AIMessage("Autumn moon")]
+    open_turn = PromptOptions(add_generation_prompt=False, continue_final_message=True)
+    rendered = qwen.render(messages, options=open_turn)
+    assert rendered.endswith("Autumn moon")
+    assert qwen.count_messages(messages, options=open_turn) < qwen.count_messages(messages)
+
+
+def test_enable_thinking_and_reasoning_effort_shape_the_qwen3_prompt(
+    qwen: TransformersTokenCounter,
+) -> None:
+    messages = [HumanMessage("Capital of Peru?")]
+    plain = qwen.count_messages(messages)
+    empty_think = qwen.count_text("<think>\n\n</think>\n\n")
+    off = PromptOptions(chat_template_kwargs={"enable_thinking": False})
+    assert qwen.count_messages(messages, options=off) == plain + empty_think
+    assert qwen.count_messages(messages, options=PromptOptions(reasoning_effort="none")) == (
+        plain + empty_think
+    )
+    # The template's own variable wins over the one reasoning_effort implies.
+    both = PromptOptions(chat_template_kwargs={"enable_thinking": True}, reasoning_effort="none")
+    assert qwen.count_messages(messages, options=both) == plain
+
+
+def test_thinking_of_earlier_turns_reaches_the_template(qwen: TransformersTokenCounter) -> None:
+    """Qwen3's template renders the thinking of turns after the last user message only."""
+    thought = AIMessage("", additional_kwargs={"reasoning_content": "Let me look it up."})
+    call = thought.model_copy(
+        update={"tool_calls": [{"name": "get_weather", "args": {"city": "Oslo"}, "id": "c1"}]}
+    )
+    turns = [HumanMessage("Weather in Oslo?"), call, ToolMessage("-3 C", tool_call_id="c1")]
+    without = [turns[0], call.model_copy(update={"additional_kwargs": {}}), turns[2]]
+    assert "Let me look it up." in qwen.render(turns, [WEATHER_TOOL])
+    assert qwen.count_messages(turns, [WEATHER_TOOL]) > qwen.count_messages(without, [WEATHER_TOOL])
+    # Once a new user turn follows, the template drops that thinking.
+    later = [*turns, AIMessage("Cold."), HumanMessage("And Lima?")]
+    assert "Let me look it up." not in qwen.render(later, [WEATHER_TOOL])
+
+
+def test_prompt_options_are_read_from_a_request_body() -> None:
+    body = {
+        "temperature": 0,
+        "chat_template_kwargs": {"enable_thinking": False},
+        "documents": [{"title": "t", "text": "x"}],
+        "reasoning_effort": "low",
+        "add_special_tokens": True,
+    }
+    options = PromptOptions.from_request(body)
+    assert options.template_kwargs() == {
+        "enable_thinking": False,
+        "add_generation_prompt": True,
+        "continue_final_message": False,
+        "documents": [{"title": "t", "text": "x"}],
+        "reasoning_effort": "low",
+    }
+    assert options.add_special_tokens is True
+    for bad in (
+        {"chat_template_kwargs": "enable_thinking"},
+        {"chat_template_kwargs": {"chat_template": "x"}},
+        {"chat_template": 3},
+        {"documents": "text"},
+        {"reasoning_effort": "extreme"},
+        {"add_generation_prompt": "yes"},
+        {"continue_final_message": True},
+    ):
+        with pytest.raises(VLLMInvalidRequestError):
+            PromptOptions.from_request(bad)

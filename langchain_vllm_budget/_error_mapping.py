@@ -1,0 +1,125 @@
+"""OpenAI client errors from a vLLM server, mapped to this package's typed errors.
+
+One function, :func:`map_openai_error`, decides; :func:`mapped_openai_errors` applies it to a
+block of code. vLLM's length rejections are not handled here: the chat model corrects and
+retries those (see ``ChatVLLM``), and raises
+:class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import openai
+
+from langchain_vllm_budget.errors import (
+    VLLMConnectionError,
+    VLLMInvalidRequestError,
+    VLLMModelNotFoundError,
+    VLLMServerError,
+    VLLMTimeoutError,
+)
+
+__all__ = ["ServerTarget", "map_openai_error", "mapped_openai_errors"]
+
+
+@dataclass(frozen=True)
+class ServerTarget:
+    """Where the failed request went, for the error message.
+
+    Attributes:
+        base_url: The server's OpenAI-compatible base URL.
+        model: The served model name that was requested.
+        timeout: The request timeout in seconds, when one number.
+        served: The model names the server serves, when already known.
+    """
+
+    base_url: str
+    model: str
+    timeout: float | None = None
+    served: Sequence[str] | None = None
+
+
+# (a part of vLLM's 400 message, the request option, what to change)
+_UNSUPPORTED_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "thinking_token_budget is set but reasoning_config is not configured",
+        "thinking_budget",
+        "a thinking budget needs a server started with --reasoning-parser (e.g. "
+        "--reasoning-parser qwen3); unset thinking_budget / thinking_token_budget or restart "
+        "vLLM with the parser.",
+    ),
+    (
+        "Chat template is passed with request, but --trust-request-chat-template is not set",
+        "chat_template",
+        "a chat_template sent with the request needs a server started with "
+        "--trust-request-chat-template; restart vLLM with it, or serve the template with "
+        "--chat-template and leave chat_template out of the request.",
+    ),
+    (
+        '"auto" tool choice requires --enable-auto-tool-choice',
+        "tool_choice",
+        "tool_choice='auto' needs a server started with --enable-auto-tool-choice and "
+        "--tool-call-parser; restart vLLM with both, or pass tool_choice='required' or a "
+        "tool's name (vLLM enforces those with structured outputs).",
+    ),
+)
+
+
+def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
+    """The typed error for an OpenAI client error, or ``exc`` itself if none applies.
+
+    Args:
+        exc: The error the OpenAI client raised.
+        target: The server and model the request went to.
+
+    Returns:
+        A :class:`~langchain_vllm_budget.errors.VLLMError` subclass, or ``exc`` unchanged.
+
+    Example:
+        >>> import httpx
+        >>> request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+        >>> failure = openai.APIError("EngineCore encountered an issue.", request, body=None)
+        >>> mapped = map_openai_error(failure, ServerTarget("http://127.0.0.1:9/v1", "m"))
+        >>> type(mapped).__name__, mapped.status_code
+        ('VLLMServerError', None)
+    """
+    if isinstance(exc, openai.BadRequestError):
+        for marker, option, advice in _UNSUPPORTED_OPTIONS:
+            if marker in exc.message:
+                return VLLMInvalidRequestError(option, advice, server_message=exc.message)
+        return exc
+    if isinstance(exc, openai.NotFoundError):
+        served = list(target.served) if target.served is not None else None
+        return VLLMModelNotFoundError(target.model, target.base_url, served)
+    if isinstance(exc, openai.APITimeoutError):
+        return VLLMTimeoutError(target.base_url, target.timeout)
+    if isinstance(exc, openai.APIConnectionError):
+        return VLLMConnectionError(target.base_url, str(exc.__cause__ or exc))
+    if isinstance(exc, openai.InternalServerError):
+        return VLLMServerError(target.base_url, exc.message, exc.status_code)
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
+        # An error event inside a stream: the server failed mid-answer.
+        return VLLMServerError(target.base_url, exc.message)
+    return exc
+
+
+@contextmanager
+def mapped_openai_errors(target: ServerTarget) -> Iterator[None]:
+    """Raise the typed error (:func:`map_openai_error`) for OpenAI errors in the block.
+
+    Args:
+        target: The server and model the block talks to.
+
+    Yields:
+        Nothing; the block runs inside.
+    """
+    try:
+        yield
+    except openai.APIError as exc:
+        mapped = map_openai_error(exc, target)
+        if mapped is exc:
+            raise
+        raise mapped from exc

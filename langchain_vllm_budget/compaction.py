@@ -1,0 +1,692 @@
+"""Cache-friendly compaction: compact once, with room to spare, then only append.
+
+vLLM reuses the KV cache of the longest prefix a new prompt shares with earlier ones
+(automatic prefix caching). A conversation that has outgrown the window and is trimmed or
+summarized afresh on every call changes its prefix on every call, so every call recomputes
+the whole prompt (and ``summarize`` pays a summarizer call on top). :class:`Compactor`
+compacts *once*, down to a target well below the input limit (``compaction_target``, 60 % of
+it by default), and remembers what it did, so that the following calls only append to a
+byte-identical prefix until the limit is reached again:
+
+* ``"trim"`` drops the oldest turns; the same cut point is applied until the next compaction.
+* ``"summarize"`` replaces them with one summary written by the package's loss-checked
+  compressor (:func:`~langchain_vllm_budget.compression.compress_stage_result`: entities
+  kept, hard token cap; with the default ``strategy="auto"`` the summarizer model is called
+  only when the extractive summary would lose entities, and never without a summarizer
+  model): at most one compressor run per compaction, none on the calls that reuse it.
+
+What was done is remembered in a :class:`CompactionMemory`, keyed by a hash of the messages
+it replaced (what is sent of them, as langchain-openai sends it), bounded (least recently
+used entries go first). Each later call looks up the longest remembered prefix of its
+conversation and sends the same compacted prefix again. A graph that keeps its messages in
+state (:mod:`langchain_vllm_budget.middleware`) stores the compacted messages instead and
+needs the memory only as a bridge.
+
+Guarantees, whatever the policy:
+
+* The system message stays first and unchanged; tool definitions, which chat templates
+  render with it, never move.
+* A tool call is never separated from its results: cuts fall only before a message that
+  is not a :class:`~langchain_core.messages.ToolMessage`.
+* Cuts prefer turn boundaries (a human message). When the newest turn alone is larger than
+  the target (an agent's long tool loop after one request), the cut falls inside it and the
+  turn's human message is kept in front of what remains, so the request is not lost.
+* The compacted prompt never exceeds the input limit; when even the newest step does not
+  fit, the result says so (``fits=False``) and the caller raises its typed error.
+
+Example:
+    >>> from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    >>> from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+    >>> counter = ApproximateTokenCounter()
+    >>> chat = [SystemMessage("You track orders.")]
+    >>> for i in range(12):
+    ...     chat += [HumanMessage(f"Order ORD-{i:03d}: " + "item " * 40), AIMessage("Noted.")]
+    >>> compactor = Compactor(target=0.5, memory=CompactionMemory())
+    >>> first = compactor.compact(chat, policy="trim", count=counter.count_messages, limit=400)
+    >>> first.fits, first.report.compacted, first.tokens <= 200
+    (True, True, True)
+    >>> chat += [HumanMessage("And ORD-012?")]
+    >>> again = compactor.compact(chat, policy="trim", count=counter.count_messages, limit=400)
+    >>> again.report.reused, again.messages[: len(first.messages)] == first.messages
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+from langchain_core.messages import (
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+
+from langchain_vllm_budget import settings
+from langchain_vllm_budget.compression import (
+    CompressionResult,
+    CompressionStrategy,
+    acompress_stage_result,
+    compress_stage_result,
+    truncate_to_tokens,
+)
+from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, messages_to_openai_dicts
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from langchain_vllm_budget.tokenizers import TokenCounter
+
+__all__ = [
+    "SUMMARY_PREFIX",
+    "CompactionMemory",
+    "CompactionPolicy",
+    "CompactionReport",
+    "CompactionResult",
+    "Compactor",
+    "MessageCounter",
+    "is_summary_message",
+    "summary_message",
+    "text_counter_for",
+]
+
+CompactionPolicy = Literal["trim", "summarize"]
+"""``"trim"`` drops the oldest turns; ``"summarize"`` replaces them with a summary."""
+
+MessageCounter = Callable[[Sequence[BaseMessage]], int]
+"""Counts the prompt of a message list exactly (tool definitions included)."""
+
+SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
+"""The first line of a summary message."""
+
+_SOURCE_KEY = "lc_source"
+_SOURCE = "compaction"
+# LangChain's SummarizationMiddleware marks its summaries "summarization": a summary too.
+_SUMMARY_SOURCES = frozenset({_SOURCE, "summarization"})
+# Tokens allowed for how a summary's text joins its message (a merge at the boundary).
+_SUMMARY_SLACK = 8
+# The user's request, as context for the summarizer, is cut to this many tokens.
+_REQUEST_TOKENS = 200
+_STAGE_NAME = "earlier conversation"
+_STRATEGIES = ("auto", "llm", "extractive")
+
+T = TypeVar("T")
+
+
+def summary_message(summary: str) -> HumanMessage:
+    r"""The message that stands in for summarized turns (marked as a summary).
+
+    Example:
+        >>> message = summary_message("- ORD-001 shipped")
+        >>> message.text
+        'Summary of the earlier conversation:\n- ORD-001 shipped'
+        >>> is_summary_message(message)
+        True
+    """
+    return HumanMessage(SUMMARY_PREFIX + summary.strip(), additional_kwargs={_SOURCE_KEY: _SOURCE})
+
+
+def is_summary_message(message: BaseMessage) -> bool:
+    """Whether ``message`` is a summary written by a compaction (or LangChain's middleware)."""
+    return (
+        isinstance(message, HumanMessage)
+        and message.additional_kwargs.get(_SOURCE_KEY) in _SUMMARY_SOURCES
+    )
+
+
+def _is_turn_start(message: BaseMessage) -> bool:
+    return isinstance(message, HumanMessage) and not is_summary_message(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One remembered compaction of a conversation (system message excluded).
+
+    Attributes:
+        cut: How many of the conversation's first messages it replaces.
+        pinned: The index (below ``cut``) of the human message kept in front of the rest.
+        summary: The summary that replaces them (``"summarize"``).
+        summary_tokens: Its length in tokens of the text counter.
+    """
+
+    cut: int
+    pinned: int | None
+    summary: str | None
+    summary_tokens: int | None = None
+
+
+def _fingerprint(message: BaseMessage) -> bytes:
+    """What is sent of ``message`` (langchain-openai's request form), as canonical bytes."""
+    (sent,) = messages_to_openai_dicts([message])
+    return json.dumps(sent, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
+def _prefix_keys(conversation: Sequence[BaseMessage]) -> list[str]:
+    """``keys[i]`` is a hash of ``conversation[:i]`` (one pass, chained)."""
+    digest = hashlib.blake2b(digest_size=16)
+    keys = [digest.hexdigest()]
+    for message in conversation:
+        data = _fingerprint(message)
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+        keys.append(digest.hexdigest())
+    return keys
+
+
+class CompactionMemory:
+    """What earlier compactions did, keyed by a hash of the messages they replaced.
+
+    Thread-safe and bounded: past ``max_entries`` the least recently used entry is dropped
+    (a dropped entry costs one more compaction, never correctness). An entry holds a cut
+    point, an index and at most one summary.
+
+    Args:
+        max_entries: The most compactions remembered (0 remembers none).
+
+    Raises:
+        ValueError: ``max_entries`` is negative.
+
+    Example:
+        >>> memory = CompactionMemory(max_entries=2)
+        >>> len(memory), memory.max_entries
+        (0, 2)
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        if max_entries < 0:
+            msg = f"max_entries must be >= 0 (0 remembers nothing), got {max_entries}"
+            raise ValueError(msg)
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every compaction."""
+        with self._lock:
+            self._entries.clear()
+
+    def _recall(self, policy: CompactionPolicy, keys: Sequence[str]) -> _Entry | None:
+        """The entry for the longest remembered prefix (``keys[i]`` hashes the first ``i``)."""
+        with self._lock:
+            for cut in range(len(keys) - 1, 0, -1):
+                entry = self._entries.get((policy, keys[cut]))
+                if entry is not None and entry.cut == cut:
+                    self._entries.move_to_end((policy, keys[cut]))
+                    return entry
+        return None
+
+    def _remember(self, policy: CompactionPolicy, key: str, entry: _Entry) -> None:
+        if self.max_entries == 0:
+            return
+        with self._lock:
+            self._entries[(policy, key)] = entry
+            self._entries.move_to_end((policy, key))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What a compaction did (for budget metadata, logs and benchmarks).
+
+    Attributes:
+        policy: ``"trim"`` or ``"summarize"``.
+        compacted: A new compaction was made on this call.
+        reused: A remembered compaction was applied as it was (byte-stable prefix).
+        replaced: Messages of the input not sent as they were (dropped or summarized).
+        pinned: The human message of a turn cut in the middle was kept in front.
+        input_limit: The most input tokens allowed.
+        target_tokens: What a new compaction aims at (``target`` of the input limit).
+        summary_tokens: Tokens of the summary in the prompt, if any.
+        summarizer_calls: Model calls made to write the summary on this call.
+        compression: The compressor's report of a summary written on this call
+            (:meth:`~langchain_vllm_budget.compression.CompressionResult.to_dict` without the
+            summary and entity texts; ``missing`` is the number of entities that did not
+            fit).
+    """
+
+    policy: CompactionPolicy
+    compacted: bool
+    reused: bool
+    replaced: int
+    pinned: bool
+    input_limit: int
+    target_tokens: int
+    summary_tokens: int | None = None
+    summarizer_calls: int = 0
+    compression: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as a plain dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """A compacted message list and its exact count.
+
+    Attributes:
+        messages: The messages to send (system message first, unchanged).
+        tokens: Their count with the caller's counter.
+        fits: Whether ``tokens`` is within the input limit; ``False`` when even the newest
+            step does not fit (``messages`` is then the input, unchanged).
+        report: What was done.
+    """
+
+    messages: list[BaseMessage]
+    tokens: int
+    fits: bool
+    report: CompactionReport
+
+
+@dataclass
+class _View:
+    """The conversation as the last remembered compaction left it: ``head + tail``.
+
+    ``head`` is the summary message and/or the pinned human message; ``tail`` is
+    ``conversation[cut:]``.
+    """
+
+    conversation: list[BaseMessage]
+    entry: _Entry | None
+    messages: list[BaseMessage] = field(init=False)
+    head_len: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        head: list[BaseMessage] = []
+        cut = 0
+        if self.entry is not None:
+            cut = self.entry.cut
+            if self.entry.summary is not None:
+                head.append(summary_message(self.entry.summary))
+            if self.entry.pinned is not None:
+                head.append(self.conversation[self.entry.pinned])
+        self.head_len = len(head)
+        self.messages = [*head, *self.conversation[cut:]]
+
+    def original(self, index: int) -> int:
+        """The conversation index of ``messages[index]`` (a summary has none: never asked)."""
+        if index >= self.head_len:
+            return (self.entry.cut if self.entry else 0) + index - self.head_len
+        assert self.entry is not None
+        assert self.entry.pinned is not None
+        return self.entry.pinned
+
+
+@dataclass
+class _Pending:
+    """A compaction decided (cut and pin chosen) whose summary is still to be written."""
+
+    policy: CompactionPolicy
+    system: list[BaseMessage]
+    view: _View
+    keys: list[str]
+    cut: int
+    pin: int | None
+    count: MessageCounter
+    limit: int
+    target_tokens: int
+
+    def span(self) -> list[BaseMessage]:
+        """The messages the summary replaces (the pinned one stays)."""
+        return [m for i, m in enumerate(self.view.messages[: self.cut]) if i != self.pin]
+
+    def request(self) -> str:
+        """The newest human request, as context for the summarizer."""
+        for message in reversed(self.view.messages):
+            if _is_turn_start(message):
+                return message.text
+        return ""
+
+
+def _first(candidates: Sequence[int], ok: Callable[[int], bool]) -> int | None:
+    """The first candidate for which ``ok`` holds, when ``ok`` is monotone (binary search)."""
+    low, high = 0, len(candidates)
+    while low < high:
+        mid = (low + high) // 2
+        if ok(candidates[mid]):
+            high = mid
+        else:
+            low = mid + 1
+    return candidates[low] if low < len(candidates) else None
+
+
+# --------------------------------------------------------------------------------------------
+# The compactor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compactor:
+    """Compacts conversations that do not fit, once, and reapplies the same compaction.
+
+    Args:
+        target: After a compaction the input fills at most this share of the input limit
+            (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6). ``1.0`` compacts only just
+            enough, which means compacting again on the next call: the old behaviour.
+        memory: Where compactions are remembered; ``None`` remembers nothing.
+        summarizer: The chat model that writes summaries (through the loss-checked
+            compressor); ``None``: a model-free extractive summary.
+        summary_max_tokens: The hard cap on a summary, in tokens of ``text_counter``
+            (default ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
+        text_counter: Counts plain text for the summary's cap; default: the summarizer's own
+            counter (a ChatVLLM's), else the approximate one.
+        summarizer_window: The summarizer's input room in tokens (larger spans are
+            summarized in chunks); default: its window less its safety margin, if known.
+        strategy: When the compressor calls the summarizer (default
+            ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
+            lose entities; ``"llm"``: on every compaction; ``"extractive"``: never). Without
+            a summarizer the summary is always extractive.
+
+    Raises:
+        ValueError: ``target`` is not in (0, 1], ``summary_max_tokens`` < 1, or an unknown
+            ``strategy``.
+    """
+
+    target: float = field(default_factory=settings.COMPACTION_TARGET.required_factory())
+    memory: CompactionMemory | None = None
+    summarizer: BaseChatModel | None = None
+    summary_max_tokens: int = field(default_factory=settings.SUMMARY_MAX_TOKENS.required_factory())
+    text_counter: TokenCounter | None = None
+    summarizer_window: int | None = None
+    strategy: CompressionStrategy = field(
+        default_factory=lambda: cast("CompressionStrategy", settings.COMPRESSION.get())
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target <= 1.0:
+            msg = (
+                f"compaction target must be in (0, 1] (a share of the input limit), got "
+                f"{self.target}; set compaction_target / VLLM_BUDGET_COMPACTION_TARGET."
+            )
+            raise ValueError(msg)
+        if self.summary_max_tokens < 1:
+            msg = f"summary_max_tokens must be at least 1, got {self.summary_max_tokens}"
+            raise ValueError(msg)
+        if self.strategy not in _STRATEGIES:
+            msg = (
+                f"compression strategy must be 'auto', 'llm' or 'extractive', got "
+                f"{self.strategy!r}; set VLLM_BUDGET_COMPRESSION or strategy=."
+            )
+            raise ValueError(msg)
+
+    # ------------------------------------------------------------------------ public API
+
+    def compact(
+        self,
+        messages: Sequence[BaseMessage],
+        *,
+        policy: CompactionPolicy,
+        count: MessageCounter,
+        limit: int,
+    ) -> CompactionResult:
+        """Make ``messages`` fit ``limit`` tokens, reusing a remembered compaction if any.
+
+        Call it when ``messages`` do not fit (a fitting input needs no compaction).
+
+        Args:
+            messages: The conversation, system message first if any.
+            policy: ``"trim"`` or ``"summarize"``.
+            count: Exact prompt counter (tools included).
+            limit: The most input tokens allowed.
+
+        Returns:
+            The messages to send and their count; ``fits=False`` when nothing fits.
+        """
+        step = self._begin(messages, policy, count, limit)
+        if isinstance(step, CompactionResult):
+            return step
+        summary = None
+        if step.policy == "summarize":
+            summary = compress_stage_result(step.span(), **self._compress_kwargs(step))
+        return self._complete(step, summary)
+
+    async def acompact(
+        self,
+        messages: Sequence[BaseMessage],
+        *,
+        policy: CompactionPolicy,
+        count: MessageCounter,
+        limit: int,
+        offload: bool = True,
+    ) -> CompactionResult:
+        """Async :meth:`compact`: the same steps; the summarizer is awaited.
+
+        The event loop is never blocked by counting: with ``offload`` every step that counts
+        runs in a worker thread, and the compressor runs its own counting in one.
+
+        Args:
+            messages: The conversation, system message first if any.
+            policy: ``"trim"`` or ``"summarize"``.
+            count: Exact prompt counter (tools included).
+            limit: The most input tokens allowed.
+            offload: Count in a worker thread (for counters that block: a server's
+                ``/tokenize``, or long conversations), keeping the event loop free.
+
+        Returns:
+            The messages to send and their count; ``fits=False`` when nothing fits.
+        """
+        step = await _call(offload, self._begin, messages, policy, count, limit)
+        if isinstance(step, CompactionResult):
+            return step
+        summary = None
+        if step.policy == "summarize":
+            kwargs = await _call(offload, self._compress_kwargs, step)
+            summary = await acompress_stage_result(step.span(), **kwargs)
+        return await _call(offload, self._complete, step, summary)
+
+    # ------------------------------------------------------------------------ steps
+
+    def _begin(
+        self,
+        messages: Sequence[BaseMessage],
+        policy: CompactionPolicy,
+        count: MessageCounter,
+        limit: int,
+    ) -> CompactionResult | _Pending:
+        """Reuse a remembered compaction that still fits, or choose a new cut."""
+        if policy not in ("trim", "summarize"):
+            msg = f"compaction policy must be 'trim' or 'summarize', got {policy!r}"
+            raise ValueError(msg)
+        system, conversation = _split_system(messages)
+        keys = _prefix_keys(conversation)
+        entry = self.memory._recall(policy, keys) if self.memory is not None else None
+        view = _View(conversation, entry)
+        target_tokens = max(1, int(limit * self.target))
+        if entry is not None:
+            reused = [*system, *view.messages]
+            tokens = count(reused)
+            if tokens <= limit:
+                report = _report(policy, entry, limit, target_tokens, reused=True)
+                return CompactionResult(reused, tokens, True, report)
+        pending = _Pending(policy, system, view, keys, 0, None, count, limit, target_tokens)
+        choice = self._choose(pending)
+        if choice is None:
+            report = CompactionReport(policy, False, False, 0, False, limit, target_tokens)
+            return CompactionResult(list(messages), count(list(messages)), False, report)
+        pending.cut, pending.pin = choice
+        return pending
+
+    def _choose(self, step: _Pending) -> tuple[int, int | None] | None:
+        """The cut (an index into the view) and the pinned human message, if any.
+
+        The first turn boundary that gets within the target; else a step inside the newest
+        turn, its human message pinned in front; else the smallest cut within the limit.
+        """
+        view = step.view.messages
+        first = step.view.head_len + 1
+        summary_room = 0
+        placeholder: list[BaseMessage] = []
+        if step.policy == "summarize":
+            summary_room = self.summary_max_tokens + _SUMMARY_SLACK
+            placeholder = [summary_message("")]
+
+        def size(cut: int, pin: int | None) -> int:
+            pinned = [view[pin]] if pin is not None else []
+            return step.count([*step.system, *placeholder, *pinned, *view[cut:]]) + summary_room
+
+        turns = [i for i in range(first, len(view)) if _is_turn_start(view[i])]
+        cut = _first(turns, lambda i: size(i, None) <= step.target_tokens)
+        if cut is not None:
+            return cut, None
+        last_turn = max((i for i in range(len(view)) if _is_turn_start(view[i])), default=None)
+        start = max(first, (last_turn or 0) + 1)
+        steps = [i for i in range(start, len(view)) if not isinstance(view[i], ToolMessage)]
+        # The turn's request stays: a cut inside the turn keeps its human message in front.
+        pin = last_turn
+        cut = _first(steps, lambda i: size(i, pin) <= step.target_tokens)
+        if cut is not None:
+            return cut, pin
+        # The target is out of reach: keep as little as possible, within the limit.
+        fallbacks: list[tuple[int, int | None]] = [(steps[-1], pin)] if steps else []
+        if last_turn is not None and last_turn >= first:
+            fallbacks.append((last_turn, None))
+        return next((choice for choice in fallbacks if size(*choice) <= step.limit), None)
+
+    def _compress_kwargs(self, step: _Pending) -> dict[str, Any]:
+        """The compressor's arguments for the summary of ``step`` (one compressor run)."""
+        counter = self._counter()
+        summarizer = self.summarizer
+        return {
+            "model": summarizer,
+            "stage_name": _STAGE_NAME,
+            "user_request": truncate_to_tokens(step.request(), _REQUEST_TOKENS, counter),
+            "max_tokens": self.summary_max_tokens,
+            "tokenizer": counter,
+            "chunk_tokens": (
+                (self.summarizer_window or _input_room(summarizer)) if summarizer else None
+            ),
+            "strategy": self.strategy if summarizer is not None else "extractive",
+        }
+
+    def _counter(self) -> TokenCounter:
+        return self.text_counter or text_counter_for(self.summarizer)
+
+    def _complete(self, step: _Pending, summary: CompressionResult | None) -> CompactionResult:
+        """Build the compacted messages, check them against the limit, and remember them."""
+        view = step.view.messages
+        text = summary.summary if summary is not None else None
+        pinned = [view[step.pin]] if step.pin is not None else []
+
+        def build(summary_text: str | None) -> list[BaseMessage]:
+            head = [summary_message(summary_text)] if summary_text is not None else []
+            return [*step.system, *head, *pinned, *view[step.cut :]]
+
+        messages = build(text)
+        tokens = step.count(messages)
+        if tokens > step.limit and text is not None:
+            # The summary joined its message with more tokens than allowed for: shorten it.
+            room = max(_tokens(self._counter(), text) - (tokens - step.limit), 0)
+            text = truncate_to_tokens(text, room, self._counter())
+            messages = build(text)
+            tokens = step.count(messages)
+        original_cut = step.view.original(step.cut)
+        entry = _Entry(
+            cut=original_cut,
+            pinned=step.view.original(step.pin) if step.pin is not None else None,
+            summary=text,
+            summary_tokens=_tokens(self._counter(), text) if text is not None else None,
+        )
+        fits = tokens <= step.limit
+        if fits and self.memory is not None:
+            self.memory._remember(step.policy, step.keys[original_cut], entry)
+        report = _report(
+            step.policy, entry, step.limit, step.target_tokens, reused=False, compression=summary
+        )
+        return CompactionResult(messages, tokens, fits, report)
+
+
+def _report(
+    policy: CompactionPolicy,
+    entry: _Entry,
+    limit: int,
+    target_tokens: int,
+    *,
+    reused: bool,
+    compression: CompressionResult | None = None,
+) -> CompactionReport:
+    """What a compaction did, made now (``compression``) or reused."""
+    details = None
+    if compression is not None:
+        details = compression.to_dict()
+        # the texts stay out of budget metadata (a span can hold thousands of entities)
+        details.pop("summary")
+        details.pop("entities")
+        details["missing"] = len(details["missing"])
+    return CompactionReport(
+        policy=policy,
+        compacted=not reused,
+        reused=reused,
+        replaced=entry.cut - (1 if entry.pinned is not None else 0),
+        pinned=entry.pinned is not None,
+        input_limit=limit,
+        target_tokens=target_tokens,
+        summary_tokens=entry.summary_tokens,
+        summarizer_calls=compression.model_calls if compression is not None else 0,
+        compression=details,
+    )
+
+
+def _tokens(counter: TokenCounter, text: str) -> int:
+    """Tokens of ``text`` (0 for an empty string)."""
+    return counter.count_text(text) if text else 0
+
+
+def text_counter_for(model: BaseChatModel | None) -> TokenCounter:
+    """The model's own text counter (a ChatVLLM's, exact), else the approximate one.
+
+    Example:
+        >>> text_counter_for(None).name
+        'approximate'
+    """
+    counter = getattr(model, "resolved_token_counter", None)
+    if counter is not None and hasattr(counter, "count_text"):
+        return counter  # type: ignore[no-any-return]
+    return ApproximateTokenCounter()
+
+
+def _split_system(
+    messages: Sequence[BaseMessage],
+) -> tuple[list[BaseMessage], list[BaseMessage]]:
+    if messages and isinstance(messages[0], SystemMessage):
+        return [messages[0]], list(messages[1:])
+    return [], list(messages)
+
+
+def _input_room(model: BaseChatModel) -> int | None:
+    """A ChatVLLM summarizer's window less its safety margin (what one call may hold)."""
+    get_window = getattr(model, "get_max_model_len", None)
+    if not callable(get_window):
+        return None
+    window = get_window()
+    margin = getattr(getattr(model, "budget", None), "safety_margin", 0)
+    if isinstance(window, int) and isinstance(margin, int) and window > margin:
+        return window - margin
+    return None
+
+
+async def _call(offload: bool, function: Callable[..., T], *args: Any) -> T:
+    """Run a counting step here, or in a worker thread when counting may block."""
+    if offload:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)

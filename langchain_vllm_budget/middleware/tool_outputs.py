@@ -1,0 +1,378 @@
+"""Tool-output compression for agents: summaries in the messages, raw outputs in the store.
+
+A tool that returns 5,000 tokens puts 5,000 tokens into every later model call of the agent.
+:class:`ToolOutputCompressionMiddleware` (a ``create_agent`` middleware) replaces a tool
+result larger than ``threshold_tokens`` by a loss-checked, hard-capped summary written by
+:func:`~langchain_vllm_budget.compression.compress_stage_result` (IDs, paths, parameters and
+numbers kept; at most ``summary_max_tokens`` tokens), and nothing is lost:
+
+* the raw result is put into the LangGraph store (``runtime.store``) first, under the
+  namespace ``(*namespace, thread_id)`` (default ``("tool_outputs", <thread_id>)``; threadless
+  runs use ``"-"``) and the tool-call id as key, with the value ``{"tool_call_id",
+  "tool", "args", "content", "raw_tokens", "summary_tokens"}``;
+* the summary ends with a note that names the call and the ``read_tool_output`` tool, which
+  the middleware adds to the agent: it reads the raw result back, a slice at a time
+  (``offset``/``limit`` in characters, each slice at most ``threshold_tokens`` tokens);
+* :func:`load_tool_output` reads it back from outside the agent;
+* the savings are recorded on the message: ``response_metadata["tool_output_compression"]``
+  (raw and summary tokens, tokens saved, entity retention, the method, where it is stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from langchain.agents.middleware.types import AgentMiddleware, AgentState, ContextT, ResponseT
+from langchain.tools import ToolRuntime
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, StructuredTool
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.store.base import BaseStore
+from langgraph.types import Command
+
+from langchain_vllm_budget.compaction import text_counter_for
+from langchain_vllm_budget.compression import (
+    CompressionResult,
+    CompressionStrategy,
+    acompress_stage_result,
+    compress_stage_result,
+    truncate_to_tokens,
+)
+from langchain_vllm_budget.settings import COMPRESSION, SUMMARY_MAX_TOKENS
+from langchain_vllm_budget.tokenizers import TokenCounter
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "METADATA_KEY",
+    "READ_TOOL_NAME",
+    "ToolOutputCompressionMiddleware",
+    "load_tool_output",
+]
+
+DEFAULT_NAMESPACE: tuple[str, ...] = ("tool_outputs",)
+"""The store namespace prefix of raw tool outputs (the thread id follows it)."""
+
+READ_TOOL_NAME = "read_tool_output"
+"""The name of the tool that reads a raw output back."""
+
+METADATA_KEY = "tool_output_compression"
+"""Where a compressed ToolMessage records its savings, in ``response_metadata``."""
+
+_NO_THREAD = "-"
+_REQUEST_TOKENS = 200
+
+_READ_DESCRIPTION = (
+    "Read the full, uncompressed output of an earlier tool call whose result you saw as a "
+    "summary. Pass its tool_call_id; read long outputs in slices with offset (a character "
+    "position, 0 for the start) and limit (characters). The reply says where to continue."
+)
+
+
+def _namespace(prefix: tuple[str, ...], config: RunnableConfig | None) -> tuple[str, ...]:
+    thread = ((config or {}).get("configurable") or {}).get("thread_id")
+    return (*prefix, str(thread) if thread is not None else _NO_THREAD)
+
+
+def load_tool_output(
+    store: BaseStore,
+    tool_call_id: str,
+    *,
+    thread_id: str | None = None,
+    namespace: tuple[str, ...] = DEFAULT_NAMESPACE,
+) -> dict[str, Any] | None:
+    """The stored raw output of a compressed tool call (from outside the agent).
+
+    Args:
+        store: The agent's LangGraph store.
+        tool_call_id: The tool call's id (``ToolMessage.tool_call_id``).
+        thread_id: The thread it ran in; ``None`` searches every thread.
+        namespace: The middleware's namespace prefix.
+
+    Returns:
+        The stored value (``content`` is the raw output), or ``None``.
+
+    Example:
+        >>> from langgraph.store.memory import InMemoryStore
+        >>> store = InMemoryStore()
+        >>> store.put(("tool_outputs", "t1"), "call_1", {"tool_call_id": "call_1", "content": "x"})
+        >>> load_tool_output(store, "call_1")["content"]
+        'x'
+        >>> load_tool_output(store, "call_1", thread_id="t2") is None
+        True
+    """
+    if thread_id is not None:
+        item = store.get((*namespace, thread_id), tool_call_id)
+        return dict(item.value) if item is not None else None
+    found = store.search(namespace, filter={"tool_call_id": tool_call_id}, limit=1)
+    return dict(found[0].value) if found else None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A tool result to compress: its text, size, and where the raw text goes."""
+
+    message: ToolMessage
+    text: str
+    tokens: int
+    store: BaseStore
+    namespace: tuple[str, ...]
+    request: str
+    value: dict[str, Any]
+
+
+class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], ContextT, ResponseT]):
+    """Replaces large tool results by loss-checked summaries; raw results go to the store.
+
+    Args:
+        model: The agent's chat model: its counter measures tool outputs (exact for a
+            ChatVLLM) and, unless ``summarizer`` says otherwise, it writes the summaries.
+        threshold_tokens: Results larger than this are compressed (and a read-back slice is
+            at most this large).
+        summary_max_tokens: The hard cap on a summary (default
+            ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``); must be below ``threshold_tokens``.
+        summarizer: A chat model, ``"extractive"`` (model-free), or ``None`` for ``model``.
+        namespace: The store namespace prefix (the thread id is appended).
+        strategy: When the compressor calls the summarizer (default
+            ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
+            lose entities; ``"llm"``: for every large result; ``"extractive"``: never).
+
+    Raises:
+        ValueError: ``threshold_tokens`` not above ``summary_max_tokens``, or an unknown
+            ``strategy``.
+
+    Example:
+        ```python
+        from langchain.agents import create_agent
+        from langgraph.store.memory import InMemoryStore
+
+        from langchain_vllm_budget.middleware import ToolOutputCompressionMiddleware
+
+        agent = create_agent(
+            model,
+            tools=[search_logs],
+            middleware=[ToolOutputCompressionMiddleware(model, threshold_tokens=1000)],
+            store=InMemoryStore(),
+        )
+        ```
+    """
+
+    def __init__(
+        self,
+        model: BaseChatModel,
+        *,
+        threshold_tokens: int = 1000,
+        summary_max_tokens: int | None = None,
+        summarizer: BaseChatModel | Literal["extractive"] | None = None,
+        namespace: tuple[str, ...] = DEFAULT_NAMESPACE,
+        strategy: CompressionStrategy | None = None,
+    ) -> None:
+        super().__init__()
+        cap = (
+            summary_max_tokens
+            if summary_max_tokens is not None
+            else SUMMARY_MAX_TOKENS.required_factory()()
+        )
+        if cap < 1 or threshold_tokens <= cap:
+            msg = (
+                f"threshold_tokens ({threshold_tokens}) must be above summary_max_tokens "
+                f"({cap}) >= 1: a result is compressed only when its summary is smaller."
+            )
+            raise ValueError(msg)
+        self.model = model
+        self.threshold_tokens = threshold_tokens
+        self.summary_max_tokens = cap
+        self.summarizer = None if summarizer == "extractive" else (summarizer or model)
+        chosen = strategy if strategy is not None else COMPRESSION.get()
+        if chosen not in ("auto", "llm", "extractive"):
+            msg = (
+                f"strategy must be 'auto', 'llm' or 'extractive', got {chosen!r}; set "
+                "strategy= or VLLM_BUDGET_COMPRESSION."
+            )
+            raise ValueError(msg)
+        self.strategy = cast("CompressionStrategy", chosen)
+        self.namespace = tuple(namespace)
+        self._text_counter: TokenCounter | None = None
+        self.tools = [self._read_tool()]
+
+    # ------------------------------------------------------------------------ shared steps
+
+    @property
+    def counter(self) -> TokenCounter:
+        """Counts tool outputs: the model's own counter (ChatVLLM), else the approximate one."""
+        if self._text_counter is None:
+            self._text_counter = text_counter_for(self.model)
+        return self._text_counter
+
+    def _job(self, request: ToolCallRequest, result: ToolMessage | Command[Any]) -> _Job | None:
+        """The compression to do, or ``None`` (small, not text, or the read-back tool)."""
+        if not isinstance(result, ToolMessage) or request.tool_call["name"] == READ_TOOL_NAME:
+            return None
+        if not isinstance(result.content, str) and any(
+            not (isinstance(b, str) or (isinstance(b, Mapping) and b.get("type") == "text"))
+            for b in result.content
+        ):
+            return None  # images and other blocks are left as they are
+        text = result.text
+        tokens = self.counter.count_text(text)
+        if tokens <= self.threshold_tokens:
+            return None
+        store = request.runtime.store if request.runtime is not None else None
+        if store is None:
+            msg = (
+                "ToolOutputCompressionMiddleware keeps raw tool outputs in the LangGraph "
+                "store, and this agent has none: pass create_agent(..., store=InMemoryStore()) "
+                "(or another BaseStore)."
+            )
+            raise ValueError(msg)
+        config = request.runtime.config if request.runtime is not None else None
+        tool_call_id = result.tool_call_id
+        value = {
+            "tool_call_id": tool_call_id,
+            "tool": request.tool_call["name"],
+            "args": request.tool_call.get("args", {}),
+            "content": text,
+            "raw_tokens": tokens,
+        }
+        return _Job(
+            result,
+            text,
+            tokens,
+            store,
+            _namespace(self.namespace, config),
+            _last_request(request.state),
+            value,
+        )
+
+    def _compress_kwargs(self, job: _Job) -> dict[str, Any]:
+        return {
+            "model": self.summarizer,
+            "stage_name": f"{job.value['tool']} tool",
+            "user_request": truncate_to_tokens(job.request, _REQUEST_TOKENS, self.counter),
+            "max_tokens": self.summary_max_tokens,
+            "tokenizer": self.counter,
+            "strategy": self.strategy if self.summarizer is not None else "extractive",
+        }
+
+    def _replace(self, job: _Job, compressed: CompressionResult) -> ToolMessage:
+        """The ToolMessage with the summary, a note on where the raw output is, and savings."""
+        message = job.message
+        note = (
+            f"[{job.value['tool']} output compressed from {job.tokens} to "
+            f"{compressed.summary_tokens} tokens. Full output: "
+            f'{READ_TOOL_NAME}(tool_call_id="{message.tool_call_id}").]'
+        )
+        savings = {
+            "raw_tokens": job.tokens,
+            "summary_tokens": compressed.summary_tokens,
+            "saved_tokens": job.tokens - compressed.summary_tokens,
+            "retention": compressed.retention,
+            "missing": list(compressed.missing),
+            "method": compressed.method,
+            "store_namespace": list(job.namespace),
+            "store_key": message.tool_call_id,
+        }
+        return message.model_copy(
+            update={
+                "content": f"{compressed.summary}\n\n{note}",
+                "response_metadata": {**message.response_metadata, METADATA_KEY: savings},
+            }
+        )
+
+    # ------------------------------------------------------------------------ hooks
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool; store a large result raw and return its summary."""
+        result = handler(request)
+        job = self._job(request, result)
+        if job is None:
+            return result
+        job.store.put(job.namespace, job.message.tool_call_id, job.value)
+        compressed = compress_stage_result(job.text, **self._compress_kwargs(job))
+        return self._replace(job, compressed)
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async :meth:`wrap_tool_call` (counting in worker threads, the summarizer awaited)."""
+        result = await handler(request)
+        job = await asyncio.to_thread(self._job, request, result)
+        if job is None:
+            return result
+        await job.store.aput(job.namespace, job.message.tool_call_id, job.value)
+        kwargs = await asyncio.to_thread(self._compress_kwargs, job)
+        compressed = await acompress_stage_result(job.text, **kwargs)
+        return self._replace(job, compressed)
+
+    # ------------------------------------------------------------------------ read-back tool
+
+    def _slice(
+        self, value: dict[str, Any] | None, tool_call_id: str, offset: int, limit: int
+    ) -> str:
+        if value is None:
+            return (
+                f"No stored output for tool_call_id={tool_call_id!r} in this thread: only "
+                "outputs shown as compressed summaries are stored."
+            )
+        raw = str(value.get("content", ""))
+        start = min(max(offset, 0), len(raw))
+        piece = truncate_to_tokens(
+            raw[start : start + max(limit, 1)], self.threshold_tokens, self.counter
+        )
+        end = start + len(piece)
+        more = f"call again with offset={end} for more" if end < len(raw) else "end of output"
+        header = (
+            f"[{value.get('tool', 'tool')} output of {tool_call_id}: characters {start}-{end} "
+            f"of {len(raw)}; {more}]"
+        )
+        return f"{header}\n{piece}"
+
+    def _read_tool(self) -> BaseTool:
+        def read_tool_output(
+            tool_call_id: str, runtime: ToolRuntime, offset: int = 0, limit: int = 8000
+        ) -> str:
+            store = runtime.store
+            item = (
+                store.get(_namespace(self.namespace, runtime.config), tool_call_id)
+                if store is not None
+                else None
+            )
+            return self._slice(dict(item.value) if item else None, tool_call_id, offset, limit)
+
+        async def aread_tool_output(
+            tool_call_id: str, runtime: ToolRuntime, offset: int = 0, limit: int = 8000
+        ) -> str:
+            store = runtime.store
+            item = (
+                await store.aget(_namespace(self.namespace, runtime.config), tool_call_id)
+                if store is not None
+                else None
+            )
+            value = dict(item.value) if item else None
+            return await asyncio.to_thread(self._slice, value, tool_call_id, offset, limit)
+
+        return StructuredTool.from_function(
+            func=read_tool_output,
+            coroutine=aread_tool_output,
+            name=READ_TOOL_NAME,
+            description=_READ_DESCRIPTION,
+        )
+
+
+def _last_request(state: Any) -> str:
+    """The newest human message of the agent's state, as context for the summarizer."""
+    messages = state.get("messages", []) if isinstance(state, Mapping) else []
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            return message.text
+    return ""

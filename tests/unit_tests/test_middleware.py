@@ -1,0 +1,402 @@
+"""The create_agent middlewares, in real LangGraph agents with a scripted chat model (offline)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
+from pydantic import Field
+
+from langchain_vllm_budget.compaction import is_summary_message
+from langchain_vllm_budget.compression import extract_entities
+from langchain_vllm_budget.middleware import (
+    ContextCompactionMiddleware,
+    ToolOutputCompressionMiddleware,
+    load_tool_output,
+)
+from langchain_vllm_budget.middleware.tool_outputs import METADATA_KEY, READ_TOOL_NAME
+from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, tools_to_openai_dicts
+from tests.fakes import ThreadRecordingCounter
+
+COUNTER = ApproximateTokenCounter()
+LIMIT = 1500
+SYSTEM = "You are an operations assistant. Track every ticket and host you are told about."
+
+
+class ScriptedModel(BaseChatModel):
+    """Answers with scripted messages (then "ok"), counts like ChatVLLM, records prompts."""
+
+    script: list[AIMessage] = Field(default_factory=list)
+    prompts: list[list[BaseMessage]] = Field(default_factory=list)
+    tools_seen: list[Any] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        self.prompts.append(list(messages))
+        reply = self.script.pop(0) if self.script else AIMessage("ok")
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedModel:
+        self.tools_seen = list(tools)
+        return self
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None, **kwargs: Any
+    ) -> int:
+        return COUNTER.count_messages(messages, tools_to_openai_dicts(tools))
+
+
+def _model(**kwargs: Any) -> ScriptedModel:
+    return ScriptedModel(profile={"max_input_tokens": LIMIT}, **kwargs)
+
+
+def _ticket(i: int) -> str:
+    return (
+        f"Ticket INC-{1000 + i}: host db-{i}.prod at /var/log/db-{i}.log reports latency "
+        f"{200 + i} ms. " + "The on-call engineer attached the usual notes. " * 5
+    )
+
+
+@tool
+def lookup(host: str) -> str:
+    """Look a host up."""
+    return f"{host}: healthy"
+
+
+def _chat_agent(model: ScriptedModel, middleware: ContextCompactionMiddleware) -> Any:
+    return create_agent(
+        model,
+        tools=[lookup],
+        system_prompt=SYSTEM,
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+    )
+
+
+@pytest.mark.parametrize("policy", ["summarize", "trim"])
+def test_compaction_happens_once_in_state_and_the_prefix_stays(policy: str) -> None:
+    model = _model()
+    middleware = ContextCompactionMiddleware(model, policy=policy, summarizer="extractive")
+    agent = _chat_agent(model, middleware)
+    config = {"configurable": {"thread_id": "t"}}
+    for i in range(30):
+        agent.invoke({"messages": [HumanMessage(_ticket(i))]}, config)
+    prompts = model.prompts
+    tools = tools_to_openai_dicts(model.tools_seen)
+    sizes = [COUNTER.count_messages(p, tools) for p in prompts]
+    assert max(sizes) <= LIMIT, "no request over the limit"
+    assert all(isinstance(p[0], SystemMessage) and p[0].text == SYSTEM for p in prompts)
+    changed = [
+        i for i in range(1, len(prompts)) if prompts[i][: len(prompts[i - 1])] != prompts[i - 1]
+    ]
+    # a compaction changes the prefix once, then calls only append until the next one
+    assert 2 <= len(changed) <= len(prompts) // 4
+    for i in changed:
+        assert sizes[i] <= int(LIMIT * 0.6) + 40  # down to the target, plus the new turn
+    state = agent.get_state(config).values["messages"]
+    assert len(state) < 60  # 30 turns of 2 messages were compacted in the checkpoint
+    if policy == "summarize":
+        assert is_summary_message(state[0])
+        assert "INC-" in state[0].text
+    else:
+        assert not any(is_summary_message(m) for m in state)
+        assert isinstance(state[0], HumanMessage)
+
+
+def test_one_summarizer_call_per_compaction_in_the_graph() -> None:
+    model = _model()
+    summarizer = _model(script=[AIMessage("- tickets reviewed")] * 20)
+    middleware = ContextCompactionMiddleware(model, summarizer=summarizer, strategy="llm")
+    agent = _chat_agent(model, middleware)
+    config = {"configurable": {"thread_id": "t"}}
+    for i in range(30):
+        agent.invoke({"messages": [HumanMessage(_ticket(i))]}, config)
+    changed = [
+        i
+        for i in range(1, len(model.prompts))
+        if model.prompts[i][: len(model.prompts[i - 1])] != model.prompts[i - 1]
+    ]
+    assert len(summarizer.prompts) == len(changed) >= 2
+    # the guard restored what the fake's summary dropped
+    state = agent.get_state(config).values["messages"]
+    assert is_summary_message(state[0])
+    assert "INC-" in state[0].text
+
+
+def test_a_first_request_over_the_limit_is_compacted_and_then_persisted() -> None:
+    model = _model()
+    middleware = ContextCompactionMiddleware(model, policy="summarize", summarizer="extractive")
+    agent = _chat_agent(model, middleware)
+    config = {"configurable": {"thread_id": "t"}}
+    history: list[BaseMessage] = []
+    for i in range(20):
+        history += [HumanMessage(_ticket(i)), AIMessage(f"Noted INC-{1000 + i}.")]
+    history.append(HumanMessage("Which hosts were slow?"))
+    agent.invoke({"messages": history}, config)
+    first = model.prompts[0]
+    tools = tools_to_openai_dicts(model.tools_seen)
+    # the system prompt and tools were unknown before this call: compacted inside it
+    assert COUNTER.count_messages(first, tools) <= LIMIT
+    assert is_summary_message(first[1])
+    agent.invoke({"messages": [HumanMessage("And the slowest?")]}, config)
+    second = model.prompts[1]
+    # the next turn put that same compaction into the state: same prefix, no new summary
+    assert second[: len(first)] == first
+    state = agent.get_state(config).values["messages"]
+    assert is_summary_message(state[0])
+    assert state[0].text == first[1].text
+
+
+async def test_async_agent_compacts_the_same_way() -> None:
+    model = _model()
+    middleware = ContextCompactionMiddleware(model, policy="summarize", summarizer="extractive")
+    agent = _chat_agent(model, middleware)
+    config = {"configurable": {"thread_id": "t"}}
+    for i in range(30):
+        await agent.ainvoke({"messages": [HumanMessage(_ticket(i))]}, config)
+    tools = tools_to_openai_dicts(model.tools_seen)
+    assert max(COUNTER.count_messages(p, tools) for p in model.prompts) <= LIMIT
+    state = (await agent.aget_state(config)).values["messages"]
+    assert is_summary_message(state[0])
+
+
+def test_compaction_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_input_tokens"):
+        ContextCompactionMiddleware(ScriptedModel())
+    with pytest.raises(ValueError, match="policy"):
+        ContextCompactionMiddleware(_model(), policy="drop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compaction target"):
+        ContextCompactionMiddleware(_model(), target=2.0)
+    middleware = ContextCompactionMiddleware(ScriptedModel(), max_input_tokens=900)
+    assert middleware._limit() == 900
+
+
+def test_missing_agents_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n.startswith("langchain_vllm_budget.middleware")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "langchain.agents.middleware", None)
+    with pytest.raises(ImportError, match=r"langchain-vllm-budget\[agents\]"):
+        importlib.import_module("langchain_vllm_budget.middleware")
+
+
+# --------------------------------------------------------------------------- tool outputs
+
+REPORT = "\n".join(
+    f"Run {i}: job_{i:04d} on node gpu-{i % 7}.eu-west finished in {30 + i} s, "
+    f"artifact s3://runs/job_{i:04d}/model.safetensors, exit_code=0. "
+    "Nothing unusual happened during this run and the logs look normal."
+    for i in range(120)
+)
+
+
+@tool
+def fetch_report(day: str) -> str:
+    """Fetch the day's job report."""
+    return REPORT
+
+
+def _tool_agent(model: ScriptedModel, middleware: ToolOutputCompressionMiddleware, **kw: Any):
+    return create_agent(
+        model, tools=[fetch_report], middleware=[middleware], checkpointer=InMemorySaver(), **kw
+    )
+
+
+def _call(name: str, args: dict[str, Any], call_id: str) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": call_id}])
+
+
+def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
+    model = _model(
+        script=[
+            _call("fetch_report", {"day": "2024-05-14"}, "call_report"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "call_report", "offset": 100}, "call_read"),
+        ]
+    )
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summary_max_tokens=200, summarizer="extractive"
+    )
+    store = InMemoryStore()
+    agent = _tool_agent(model, middleware, store=store)
+    config = {"configurable": {"thread_id": "t1"}}
+    agent.invoke({"messages": [HumanMessage("Which jobs ran on gpu-3?")]}, config)
+    assert READ_TOOL_NAME in [t.name for t in model.tools_seen]
+    messages = agent.get_state(config).values["messages"]
+    compressed = next(
+        m for m in messages if isinstance(m, ToolMessage) and m.name == "fetch_report"
+    )
+    raw_tokens = COUNTER.count_text(REPORT)
+    summary = compressed.text.rsplit("\n\n[", 1)[0]
+    assert COUNTER.count_text(summary) <= 200 < raw_tokens
+    assert f'{READ_TOOL_NAME}(tool_call_id="call_report")' in compressed.text
+    savings = compressed.response_metadata[METADATA_KEY]
+    assert savings["raw_tokens"] == raw_tokens
+    assert savings["saved_tokens"] == raw_tokens - savings["summary_tokens"] > 0
+    assert savings["store_namespace"] == ["tool_outputs", "t1"]
+    # the summary keeps the highest-priority details first (IDs: every node), and says
+    # what 120 runs' worth of paths could not fit under the cap
+    assert all(f"gpu-{k}.eu-west" in summary for k in range(7))
+    assert savings["missing"]
+    assert savings["retention"] == pytest.approx(
+        1 - len(savings["missing"]) / len(extract_entities(REPORT)), abs=0.01
+    )
+    # nothing lost: the raw output is in the store, by tool-call id
+    assert load_tool_output(store, "call_report", thread_id="t1")["content"] == REPORT
+    assert load_tool_output(store, "call_report")["content"] == REPORT
+    assert load_tool_output(store, "call_report", thread_id="t2") is None
+    # and the agent read it back through the tool, uncompressed
+    read = next(m for m in messages if isinstance(m, ToolMessage) and m.name == READ_TOOL_NAME)
+    assert METADATA_KEY not in read.response_metadata
+    header, piece = read.text.split("\n", 1)
+    assert REPORT[100:].startswith(piece)
+    assert COUNTER.count_text(piece) <= 500
+    assert f"offset={100 + len(piece)}" in header
+    # the model was sent the summary, never the raw output
+    assert all(REPORT not in m.text for prompt in model.prompts for m in prompt)
+
+
+def test_small_results_and_unknown_ids_pass_through() -> None:
+    model = _model(
+        script=[
+            _call("fetch_report", {"day": "2024-05-14"}, "call_small"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "nope"}, "call_read"),
+        ]
+    )
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=100_000, summarizer="extractive"
+    )
+    agent = _tool_agent(model, middleware, store=InMemoryStore())
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [HumanMessage("report?")]}, config)
+    messages = agent.get_state(config).values["messages"]
+    results = [m for m in messages if isinstance(m, ToolMessage)]
+    assert results[0].text == REPORT
+    assert METADATA_KEY not in results[0].response_metadata
+    assert "No stored output for tool_call_id='nope'" in results[1].text
+
+
+def test_a_summarizer_model_writes_the_summary_under_the_cap() -> None:
+    summarizer = _model(script=[AIMessage("- jobs ran fine")])
+    model = _model(script=[_call("fetch_report", {"day": "d"}, "c1")])
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summary_max_tokens=150, summarizer=summarizer
+    )
+    agent = _tool_agent(model, middleware, store=InMemoryStore())
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [HumanMessage("Which jobs ran on gpu-3?")]}, config)
+    assert len(summarizer.prompts) == 1
+    assert "Which jobs ran on gpu-3?" in summarizer.prompts[0][1].text
+    result = next(
+        m for m in agent.get_state(config).values["messages"] if isinstance(m, ToolMessage)
+    )
+    savings = result.response_metadata[METADATA_KEY]
+    assert savings["summary_tokens"] <= 150
+    assert savings["method"] in ("llm+restored", "extractive")
+
+
+async def test_async_tool_compression_and_read_back() -> None:
+    model = _model(
+        script=[
+            _call("fetch_report", {"day": "d"}, "c1"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "c1", "limit": 50}, "c2"),
+        ]
+    )
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summarizer="extractive"
+    )
+    store = InMemoryStore()
+    agent = _tool_agent(model, middleware, store=store)
+    config = {"configurable": {"thread_id": "a"}}
+    await agent.ainvoke({"messages": [HumanMessage("report?")]}, config)
+    messages = (await agent.aget_state(config)).values["messages"]
+    results = [m for m in messages if isinstance(m, ToolMessage)]
+    assert METADATA_KEY in results[0].response_metadata
+    assert results[1].text.split("\n", 1)[1] == REPORT[:50]
+    assert (await store.aget(("tool_outputs", "a"), "c1")).value["content"] == REPORT
+
+
+def test_without_a_store_nothing_is_compressed_silently() -> None:
+    model = _model(script=[_call("fetch_report", {"day": "d"}, "c1")])
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summarizer="extractive"
+    )
+    agent = _tool_agent(model, middleware)
+    with pytest.raises(ValueError, match="store"):
+        agent.invoke({"messages": [HumanMessage("report?")]}, {"configurable": {"thread_id": "t"}})
+
+
+class CountingScriptedModel(ScriptedModel):
+    """A scripted model with its own text counter, as a ChatVLLM has."""
+
+    counter: Any = None
+
+    @property
+    def resolved_token_counter(self) -> Any:
+        return self.counter
+
+
+async def test_async_tool_compression_never_counts_on_the_event_loop() -> None:
+    loop_thread = threading.get_ident()
+    counter = ThreadRecordingCounter()
+    summarizer = _model(script=[AIMessage("- jobs ran fine")])
+    model = CountingScriptedModel(
+        profile={"max_input_tokens": LIMIT},
+        counter=counter,
+        script=[_call("fetch_report", {"day": "d"}, "c1")],
+    )
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summary_max_tokens=150, summarizer=summarizer
+    )
+    agent = _tool_agent(model, middleware, store=InMemoryStore())
+    config = {"configurable": {"thread_id": "t"}}
+    await agent.ainvoke({"messages": [HumanMessage("Which jobs ran on gpu-3?")]}, config)
+    result = next(
+        m for m in (await agent.aget_state(config)).values["messages"] if isinstance(m, ToolMessage)
+    )
+    assert result.response_metadata[METADATA_KEY]["summary_tokens"] <= 150
+    assert len(summarizer.prompts) == 1
+    # the result, the span and the summary were counted, never on the event loop
+    assert counter.threads
+    assert loop_thread not in counter.threads
+
+
+def test_settings_come_from_the_environment_and_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VLLM_BUDGET_SUMMARY_MAX_TOKENS", "120")
+    monkeypatch.setenv("VLLM_BUDGET_COMPRESSION", "extractive")
+    tools = ToolOutputCompressionMiddleware(_model(), threshold_tokens=500)
+    assert (tools.summary_max_tokens, tools.strategy) == (120, "extractive")
+    compaction = ContextCompactionMiddleware(_model())
+    assert compaction.compactor.summary_max_tokens == 120
+    assert compaction.compactor.strategy == "extractive"
+    explicit = ContextCompactionMiddleware(_model(), summary_max_tokens=90, strategy="llm")
+    assert (explicit.compactor.summary_max_tokens, explicit.compactor.strategy) == (90, "llm")
+    with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
+        ToolOutputCompressionMiddleware(_model(), strategy="never")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
+        ContextCompactionMiddleware(_model(), strategy="never")  # type: ignore[arg-type]
+
+
+def test_threshold_must_exceed_the_cap() -> None:
+    with pytest.raises(ValueError, match="threshold_tokens"):
+        ToolOutputCompressionMiddleware(_model(), threshold_tokens=100, summary_max_tokens=200)
