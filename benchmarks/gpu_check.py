@@ -597,17 +597,23 @@ def agent_loop(
 ) -> dict[str, Any]:
     """A conversation that grows one turn per call past the window, under ``on_overflow``.
 
-    Each call's prefix-cache queries and hits are the change of vLLM's counters across it
-    (calls run one at a time on an otherwise idle server).
+    ``policy`` is an ``on_overflow`` value, optionally with a compaction target after a colon:
+    ``"trim:1.0"`` compacts just enough on every over-window call (the behaviour before
+    cache-friendly compaction), ``"trim"`` uses the default target. Each call's prefix-cache
+    queries and hits are the change of vLLM's counters across it (calls run one at a time on
+    an otherwise idle server).
     """
+    on_overflow, _, target = policy.partition(":")
     model = ChatVLLM(
         model=served,
         base_url=server.base_url,
         tokenizer=tokenizer,
-        on_overflow=policy,  # type: ignore[arg-type]
+        on_overflow=on_overflow,  # type: ignore[arg-type]
         budget=TokenBudget(output_reserve=32, safety_margin=16, min_output_tokens=16),
         temperature=0.0,
     )
+    if target:
+        model = model.model_copy(update={"compaction_target": float(target)})
     names = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
     messages: list[BaseMessage] = [
         SystemMessage("You are a logistics agent. " + _turn_text(0, 120))
@@ -633,6 +639,8 @@ def agent_loop(
                 "prompt_tokens": dict(reply.usage_metadata or {}).get("input_tokens"),
                 "action": budget["action"],
                 "dropped_messages": budget["dropped_messages"],
+                "compacted": bool((budget.get("compaction") or {}).get("compacted")),
+                "reused": bool((budget.get("compaction") or {}).get("reused")),
                 "prefix_cache_queries": queries,
                 "prefix_cache_hits": hits,
                 "hit_rate": round(hits / queries, 4) if queries else None,
@@ -655,6 +663,7 @@ def agent_loop(
         "over_window_calls": len(over),
         "under_window_hit_rate": mean_rate(under),
         "over_window_hit_rate": mean_rate(over),
+        "compactions": sum(c["compacted"] for c in calls),
         "all_sent_match_usage": all(c["sent_tokens"] == c["prompt_tokens"] for c in calls),
         "all_inside_window": all(c["sent_tokens"] + 32 <= window for c in calls),
     }
@@ -750,19 +759,19 @@ def run_pipeline_once(
     """
     from langgraph.store.memory import InMemoryStore
 
-    from graphs import build_graph
     from graphs.context import Context
+    from graphs.graph import build_pipeline
     from graphs.prompts import DEMO_REQUEST
     from graphs.state import InputState
 
-    graph = build_graph(store=InMemoryStore())
+    graph = build_pipeline().compile(store=InMemoryStore())
     context = Context(
         base_url=base_url,
-        reasoning_model=model,
-        tokenizer_path=tokenizer,
+        model=model,
+        tokenizer=tokenizer,
         max_model_len=max_model_len,
-        stage_max_tokens=192,
-        min_stage_output_tokens=64,
+        output_reserve=192,
+        min_output_tokens=64,
         summary_max_tokens=48,
         rolling_summary_max_tokens=64,
         temperature=0.0,
@@ -1326,14 +1335,16 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 f"Agent loop, on_overflow={loop['policy']}: prefix-cache hit rate "
                 f"{loop['under_window_hit_rate']} over {loop['under_window_calls']} under-window "
                 f"calls, {loop['over_window_hit_rate']} over {loop['over_window_calls']} "
-                "over-window calls.",
+                f"over-window calls; {loop.get('compactions', 'n/a')} compactions.",
                 "",
-                "| turn | conversation | sent | action | dropped | queries | hits | hit rate |",
-                "|---|---|---|---|---|---|---|---|",
+                "| turn | conversation | sent | action | dropped | compacted | queries | hits "
+                "| hit rate |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
             lines += [
                 f"| {c['turn']} | {c['conversation_tokens']} | {c['sent_tokens']} | {c['action']} "
-                f"| {c['dropped_messages']} | {c['prefix_cache_queries']:.0f} "
+                f"| {c['dropped_messages']} | {'yes' if c.get('compacted') else ''} "
+                f"| {c['prefix_cache_queries']:.0f} "
                 f"| {c['prefix_cache_hits']:.0f} | {c['hit_rate']} |"
                 for c in loop["calls"]
             ]
