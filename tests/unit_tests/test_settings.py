@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from langchain_vllm_budget import settings
@@ -15,6 +17,21 @@ def test_every_setting_has_one_env_name_in_two_namespaces() -> None:
     for setting in settings.SETTINGS:
         assert setting.env.startswith(("VLLM_API_", "VLLM_BUDGET_")), setting.env
         assert setting.description.endswith(".")
+
+
+def test_the_readme_table_lists_every_setting_with_its_variable_and_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- settings-table -->", 1)[1].strip().split("\n\n", 1)[0]
+    rows = [
+        [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        for line in table.splitlines()[2:]
+    ]
+    assert [row[0] for row in rows] == [s.name for s in settings.SETTINGS]
+    for row, setting in zip(rows, settings.SETTINGS, strict=True):
+        assert row[1].split("`")[0].strip() == setting.env
+        for legacy in setting.legacy_env:
+            assert f"`{legacy}`" in row[1]
+        assert row[2] == ("unset" if setting.default is None else str(setting.default))
 
 
 def test_explicit_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
