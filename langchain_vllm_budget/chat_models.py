@@ -745,10 +745,8 @@ class ChatVLLM(BaseChatOpenAI):
         info = await self._aserver_info()
         budget = self._effective_budget(info)
         counter = await self._aget_counter(info)
-        if isinstance(counter, TransformersTokenCounter):
-            count = request.count(counter, request.messages)
-        else:
-            count = await asyncio.to_thread(request.count, counter, request.messages)
+        # Every counter blocks (see _afit): off the event loop.
+        count = await asyncio.to_thread(request.count, counter, request.messages)
         return budget.plan(count, request.requested_max_tokens)
 
     def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
@@ -795,10 +793,12 @@ class ChatVLLM(BaseChatOpenAI):
         return await aapply_budget(
             request.messages,
             **self._budget_args(request, counter, budget),
-            # Local counting takes milliseconds: a thread hop would cost more than it saves.
-            # The server's /tokenize blocks: off the event loop. A compaction, which counts
-            # many times, always counts in a worker thread.
-            offload=not isinstance(counter, TransformersTokenCounter),
+            # Always in a worker thread: the server's /tokenize is sync HTTP, and a local
+            # count is CPU work too (a first count of a 12K-token conversation tokenizes it,
+            # ~40 ms on a small CPU; a long one grown by a turn still renders the chat
+            # template, several ms). On the loop that stalls every other task; the hop costs
+            # about 0.1 ms. A compaction, which counts many times, counts there as well.
+            offload=True,
         )
 
     @staticmethod
