@@ -679,3 +679,16 @@ async def test_async_calls_count_off_the_event_loop() -> None:
     assert reply.response_metadata["budget"]["input_tokens"] == plan.input_tokens
     assert counter.threads, "nothing was counted"
     assert loop_thread not in counter.threads
+
+
+def test_the_payload_is_langchain_openais_for_every_assistant_turn_shape() -> None:
+    # ChatVLLM converts assistant text without langchain-openai's per-character scan (it
+    # runs on the event loop in ainvoke); the request must stay exactly ChatOpenAI's.
+    from tests.unit_tests.test_tokenizers import ASSISTANT_TURNS
+
+    messages = [HumanMessage("Go."), *ASSISTANT_TURNS, HumanMessage("And now?")]
+    common = {"model": "m", "base_url": "http://vllm.test/v1", "api_key": "x"}
+    ours = ChatVLLM(**common)._get_request_payload(messages)["messages"]
+    expected = ChatOpenAI(**common)._get_request_payload(messages)["messages"]
+    assert ours == expected
+    assert messages[1].content  # the caller's messages keep their text
