@@ -18,6 +18,7 @@ from benchmarks.report_pipeline import (
     plot_concurrency,
     plot_pipeline,
 )
+from benchmarks.sessions import sessions_md
 from benchmarks.token_accuracy import COUNTERS
 
 __all__ = ["write_results"]
@@ -134,7 +135,9 @@ _COUNTING_TITLES = {
     "grown_by_one_turn": "conversation grown by one turn per call",
     "same_again": "same conversation again",
     "first_count": "first count of a conversation (nothing cached)",
+    "raw_encode": "the tokenizer alone: `tokenizer.encode` of the rendered prompt (all new)",
 }
+_GOAL_TITLES = {"grown_by_one_turn": "agent loop", "first_count": "cold"}
 
 
 def _overhead_md(over: dict[str, Any]) -> list[str]:
@@ -173,6 +176,7 @@ def _overhead_md(over: dict[str, Any]) -> list[str]:
                 f"| {_COUNTING_TITLES.get(case, case)} | {entry['median_ms']:.1f} ms | "
                 f"{entry['p90_ms']:.1f} ms |"
             )
+        lines += _counting_goals_md(counting)
     t = over["target"]
     lines.append("")
     for case in over["cases"]:
@@ -182,6 +186,25 @@ def _overhead_md(over: dict[str, Any]) -> list[str]:
             f"({'met' if met['met_ms'] else 'MISSED'}), < 1% of the request "
             f"({'met' if met['met_pct'] else 'MISSED'})."
         )
+    return lines
+
+
+def _counting_goals_md(counting: dict[str, Any]) -> list[str]:
+    """The counting goals, met or MISSED, and the first count's ratio to the raw tokenizer."""
+    if "goals" not in counting:  # results of a run from before the goals were measured
+        return []
+    lines = [""]
+    if counting.get("raw_encode_tokens_per_s"):
+        lines.append(
+            f"Raw tokenizer on this CPU: {counting['raw_encode_tokens_per_s']:,} tokens/s; a "
+            f"first count takes {counting['first_count_over_raw_encode']}x the raw tokenizer's "
+            "time (render + split + encode of every segment)."
+        )
+    lines += [
+        f"Goal, {_GOAL_TITLES.get(g['case'], g['case'])} at ~12K tokens: < {g['below_ms']:g} ms "
+        f"median: {g['median_ms']:.1f} ms ({'met' if g['met'] else 'MISSED'})."
+        for g in counting["goals"]
+    ]
     return lines
 
 
@@ -277,6 +300,14 @@ def _plot_overhead(over: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _provenance(section: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Which run produced a section, when it is not the run in the header."""
+    command, started = section.get("command"), section.get("started")
+    if command is None or (command, started) == (meta.get("command"), meta.get("started")):
+        return []
+    return ["", f"_From an earlier run: {started}, `{command}`._", ""]
+
+
 def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ``results.json``, ``summary.md`` and the plots into ``out_dir``.
 
@@ -297,6 +328,13 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         "(other work on the same cores slows the timings, not the counts).",
         "",
     ]
+    if meta.get("kept_from_earlier"):
+        lines += [
+            "Kept from earlier runs (each says which): "
+            + ", ".join(meta["kept_from_earlier"])
+            + ".",
+            "",
+        ]
     sections = (
         ("accuracy", _accuracy_md, _plot_accuracy, "accuracy.png"),
         ("overflow", _sweep_md, None, None),
@@ -305,6 +343,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ("compression", _compression_md, None, None),
         ("planner", _planner_md, None, None),
         ("concurrency", concurrency_md, plot_concurrency, "concurrency.png"),
+        ("sessions", sessions_md, None, None),
     )
     for key, to_md, plot, png in sections:
         section = results.get(key)
@@ -312,8 +351,10 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
             continue
         if "error" in section:
             lines += [f"### {key}: FAILED", "", f"`{section['error']}`", ""]
+            lines += _provenance(section, meta)
             continue
         lines += to_md(section)
+        lines += _provenance(section, meta)
         if plot is not None and png is not None:
             (out_dir / png).unlink(missing_ok=True)  # a plot left from an earlier run
             plot(section, out_dir / png)

@@ -5,12 +5,17 @@ the pipeline, where a real instruct model matters) unless URLs are given
 (``--qwen-url`` / ``--smollm2-url`` or ``VLLM_BUDGET_BENCH_QWEN_URL`` /
 ``VLLM_BUDGET_BENCH_SMOLLM2_URL``). Writes ``results.json``, ``summary.md`` and PNG plots to
 ``benchmarks/results/`` (``--out``). ``--quick`` is a short smoke run.
+
+A run of some benchmarks (``--only``) keeps the other benchmarks' results from the
+``results.json`` already in ``--out``; every section records the command and start time of
+the run that produced it, and the summary says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -33,9 +38,10 @@ from benchmarks.pipeline import run_pipeline
 from benchmarks.planner import run_planner
 from benchmarks.report import write_results
 from benchmarks.servers import QWEN, SMOLLM2, BenchServers
+from benchmarks.sessions import run_sessions
 from benchmarks.token_accuracy import run_accuracy
 
-__all__ = ["BENCHMARKS", "main"]
+__all__ = ["BENCHMARKS", "keep_earlier_sections", "main"]
 
 BENCHMARKS: tuple[str, ...] = (
     "accuracy",
@@ -46,6 +52,7 @@ BENCHMARKS: tuple[str, ...] = (
     "planner",
     "concurrency",
     "agent_loop",
+    "sessions",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -64,6 +71,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--kv-url",
         help="a running small-KV SmolLM2 server for the concurrency benchmark, .../v1 "
         "(default: started with benchmarks.concurrency.kv_server_spec())",
+    )
+    parser.add_argument(
+        "--sessions-url",
+        help="a running SmolLM2 server for the sessions benchmark, .../v1, started with "
+        "--max-num-seqs 4 (default: started with benchmarks.sessions.session_server_spec())",
     )
     parser.add_argument(
         "--only",
@@ -94,6 +106,9 @@ def _timed(name: str, results: dict[str, Any], run: Callable[[], dict[str, Any]]
         # The type only: the traceback above has the details; raw exception text can carry
         # host names, and the results are committed.
         results[name] = {"error": f"{type(exc).__name__} (traceback in the run's output)"}
+    # Which run produced this section (the summary may mix sections of several runs).
+    results[name]["command"] = results["meta"]["command"]
+    results[name]["started"] = results["meta"]["started"]
     seconds = time.perf_counter() - started
     results.setdefault("timings", {})[name] = round(seconds, 1)
     print(f"[bench] {name} done in {seconds:.0f} s", flush=True)
@@ -165,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             results,
             lambda: run_concurrency(quick=args.quick, url=args.kv_url),
         )
+    if "sessions" in selected:  # starts its own SmolLM2 server (--max-num-seqs 4)
+        _timed(
+            "sessions",
+            results,
+            lambda: run_sessions(quick=args.quick, url=args.sessions_url),
+        )
     if "agent_loop" in selected:  # starts its own 4K and 12K servers, one at a time
         _timed("agent_loop", results, lambda: run_agent_loop(quick=args.quick))
         if "error" not in results["agent_loop"]:
@@ -173,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()
+    results = keep_earlier_sections(results, _earlier(args.out), selected)
     for path in write_results(results, args.out):
         print(f"[bench] wrote {path}")
     failed = [n for n in selected if "error" in results.get(n, {})]
@@ -180,6 +202,65 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _earlier(out: Path) -> dict[str, Any]:
+    """The results already in ``out`` (empty if none, or unreadable)."""
+    path = out / "results.json"
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
+
+
+def keep_earlier_sections(
+    results: dict[str, Any], earlier: dict[str, Any], selected: list[str]
+) -> dict[str, Any]:
+    """This run's results, plus the sections of an earlier run that this run did not redo.
+
+    A section kept from an earlier run keeps its own ``command`` and ``started`` (from that
+    run's ``meta`` when it has none), and its timing; ``meta["kept_from_earlier"]`` lists
+    those sections.
+
+    Args:
+        results: This run's results.
+        earlier: The earlier ``results.json`` (``{}`` when there is none).
+        selected: The benchmarks this run ran.
+
+    Returns:
+        The merged results (``results`` itself is not changed).
+
+    Example:
+        >>> earlier = {"meta": {"command": "make bench", "started": "t0"},
+        ...            "planner": {"exact": 2}, "timings": {"planner": 9.0}}
+        >>> now = {"meta": {"command": "--only overhead", "started": "t1"},
+        ...        "overhead": {"cases": {}}, "timings": {"overhead": 3.0}}
+        >>> merged = keep_earlier_sections(now, earlier, ["overhead"])
+        >>> merged["planner"]
+        {'exact': 2, 'command': 'make bench', 'started': 't0'}
+        >>> merged["timings"], merged["meta"]["kept_from_earlier"]
+        ({'overhead': 3.0, 'planner': 9.0}, ['planner'])
+    """
+    merged = dict(results)
+    earlier_meta = earlier.get("meta") or {}
+    kept = []
+    for name in BENCHMARKS:
+        section = earlier.get(name)
+        if name in selected or not isinstance(section, dict):
+            continue
+        merged[name] = {
+            **section,
+            "command": section.get("command", earlier_meta.get("command")),
+            "started": section.get("started", earlier_meta.get("started")),
+        }
+        kept.append(name)
+        timing = (earlier.get("timings") or {}).get(name)
+        if timing is not None:
+            merged["timings"] = {**merged.get("timings", {}), name: timing}
+    if kept:
+        merged["meta"] = {**merged["meta"], "kept_from_earlier": kept}
+    return merged
 
 
 def _command(argv: list[str] | None) -> str:

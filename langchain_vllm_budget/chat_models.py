@@ -74,6 +74,8 @@ from langchain_vllm_budget.tokenizers import (
     ServerTokenCounter,
     TokenCounter,
     TransformersTokenCounter,
+    _blank_assistant_text,
+    _restore_assistant_text,
     tools_to_openai_dicts,
 )
 
@@ -745,10 +747,8 @@ class ChatVLLM(BaseChatOpenAI):
         info = await self._aserver_info()
         budget = self._effective_budget(info)
         counter = await self._aget_counter(info)
-        if isinstance(counter, TransformersTokenCounter):
-            count = request.count(counter, request.messages)
-        else:
-            count = await asyncio.to_thread(request.count, counter, request.messages)
+        # Every counter blocks (see _afit): off the event loop.
+        count = await asyncio.to_thread(request.count, counter, request.messages)
         return budget.plan(count, request.requested_max_tokens)
 
     def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
@@ -795,10 +795,12 @@ class ChatVLLM(BaseChatOpenAI):
         return await aapply_budget(
             request.messages,
             **self._budget_args(request, counter, budget),
-            # Local counting takes milliseconds: a thread hop would cost more than it saves.
-            # The server's /tokenize blocks: off the event loop. A compaction, which counts
-            # many times, always counts in a worker thread.
-            offload=not isinstance(counter, TransformersTokenCounter),
+            # Always in a worker thread: the server's /tokenize is sync HTTP, and a local
+            # count is CPU work too (a first count of a 12K-token conversation tokenizes it,
+            # ~40 ms on a small CPU; a long one grown by a turn still renders the chat
+            # template, several ms). On the loop that stalls every other task; the hop costs
+            # about 0.1 ms. A compaction, which counts many times, counts there as well.
+            offload=True,
         )
 
     @staticmethod
@@ -1061,11 +1063,20 @@ class ChatVLLM(BaseChatOpenAI):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """The payload, with each assistant turn's thinking in vLLM's ``reasoning`` field."""
-        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
-        if "messages" in payload:
-            messages = self._convert_input(input_).to_messages()
-            payload["messages"] = with_reasoning(payload["messages"], messages)
+        """The payload, with each assistant turn's thinking in vLLM's ``reasoning`` field.
+
+        The messages are converted by langchain-openai, with assistant text set aside while it
+        converts (:func:`~langchain_vllm_budget.tokenizers._blank_assistant_text`: the same
+        dicts without a Python loop over every character; this runs on the event loop in
+        ``ainvoke``, ~2 ms for a 12K-token conversation otherwise).
+        """
+        messages = self._convert_input(input_).to_messages()
+        blanked = [_blank_assistant_text(m) for m in messages]
+        payload = super()._get_request_payload(blanked, stop=stop, **kwargs)
+        if "messages" not in payload:  # pragma: no cover - ChatVLLM never uses the Responses API
+            return super()._get_request_payload(input_, stop=stop, **kwargs)
+        restored = _restore_assistant_text(payload["messages"], messages)
+        payload["messages"] = with_reasoning(restored, messages)
         return payload
 
     def _create_chat_result(

@@ -269,9 +269,43 @@ def messages_to_openai_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, 
         _convert_message_to_dict(_convert_from_v1_to_chat_completions(m))
         if isinstance(m, AIMessage)
         else _convert_message_to_dict(m)
-        for m in messages
+        for m in map(_blank_assistant_text, messages)
     ]
-    return with_reasoning(converted, messages)
+    return with_reasoning(_restore_assistant_text(converted, messages), messages)
+
+
+def _blank_assistant_text(message: BaseMessage) -> BaseMessage:
+    """An assistant turn with non-empty string content emptied, for langchain-openai's converter.
+
+    ``_convert_message_to_dict`` looks for audio blocks with ``for block in message.content``;
+    on string content that is a Python loop over every character (about 20 µs per 1,000
+    characters: most of the cost of converting a long conversation) that can never find a
+    block. The turn is converted with empty content and :func:`_restore_assistant_text` puts
+    the text back: the same dict, since empty content only becomes ``None`` when tool calls
+    are present, and non-empty content is kept as it is (``tests/unit_tests/test_tokenizers.py``
+    checks it against the plain conversion). Other messages are returned as they are.
+    """
+    if _has_assistant_text(message):
+        return message.model_copy(update={"content": ""})
+    return message
+
+
+def _has_assistant_text(message: BaseMessage) -> bool:
+    return (
+        isinstance(message, AIMessage)
+        and isinstance(message.content, str)
+        and bool(message.content)
+    )
+
+
+def _restore_assistant_text(
+    converted: list[dict[str, Any]], messages: Sequence[BaseMessage]
+) -> list[dict[str, Any]]:
+    """Put back the text :func:`_blank_assistant_text` emptied (``converted`` is changed)."""
+    for payload, message in zip(converted, messages, strict=True):
+        if _has_assistant_text(message):
+            payload["content"] = message.content
+    return converted
 
 
 def tools_to_openai_dicts(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:

@@ -466,7 +466,9 @@ class CompressedStage:
             assert self.runnable is not None
             raw = await self.runnable.ainvoke(self.stage_input(call.stage_input), config)
             output = _Output(render_stage_result(raw))
-        await call.store.aput(call.namespace, self.name, self._raw_record(call, output.text))
+        # The record and the ledger count tokens (a server counter is sync HTTP): in threads.
+        record = await asyncio.to_thread(self._raw_record, call, output.text)
+        await call.store.aput(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
             summary = await acompress_stage_result(
                 output.text, **self._compress_kwargs(call, output)
@@ -475,7 +477,7 @@ class CompressedStage:
             if rolling is None:
                 merged = await acompress_stage_result(**self._rolling_kwargs(call, summary.summary))
                 rolling = merged.summary
-        return self._finish(call, output, summary, rolling, usage)
+        return await asyncio.to_thread(self._finish, call, output, summary, rolling, usage)
 
 
 def _check_handoff(name: str, handoff: _Handoff) -> None:

@@ -11,6 +11,8 @@ from benchmarks.concurrency import kv_demand
 from benchmarks.corpus import build_stage_outputs
 from benchmarks.metrics import Sample, counter_delta, parse_metrics, summarize_samples
 from benchmarks.overflow_sweep import CLIENTS, OUTCOMES, classify, summarize_sweep
+from benchmarks.overhead import counting_goals
+from benchmarks.report import _counting_goals_md
 from benchmarks.requests import request_variant
 from benchmarks.retention import (
     MUST_KEEP_PATH,
@@ -19,6 +21,8 @@ from benchmarks.retention import (
     load_must_keep,
     must_keep_retention,
 )
+from benchmarks.run import keep_earlier_sections
+from benchmarks.sessions import LoopLagProbe, lag_summary, sessions_md
 from graphs.prompts import DEMO_REQUEST
 
 METRICS_TEXT = """\
@@ -311,3 +315,162 @@ def test_demo_table_counts_the_raw_forwarding_prompt() -> None:
     assert "not sent" in text
     first = next(line for line in text.splitlines() if line.strip().startswith("classify"))
     assert "yes" in first
+
+
+# ----------------------------------------------------------- sessions, counting goals, merging
+
+
+def _sessions_result(running: float, waiting: float, failures: list[str]) -> dict:
+    return {
+        "settings": {
+            "sessions": 6,
+            "turns": 2,
+            "max_concurrency": 4,
+            "max_num_seqs": 4,
+            "max_tokens": 32,
+            "model": "SmolLM2-135M-Instruct",
+            "lag_tick_ms": 5.0,
+        },
+        "calls": 12,
+        "failures": failures,
+        "seconds": 9.5,
+        "calls_per_s": 1.26,
+        "latency_p50_s": 2.1,
+        "latency_p95_s": 3.4,
+        "loop_lag": lag_summary([0.0002] * 50 + [0.003]),
+        "metrics": {"max_running": running, "max_waiting": waiting},
+        "goal": {
+            "no_failures": not failures,
+            "running_within_limit": running <= 4,
+            "server_queue_empty": waiting == 0,
+        },
+    }
+
+
+def test_lag_summary_percentiles_in_ms() -> None:
+    lags = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    summary = lag_summary(lags)
+    assert summary["ticks"] == 100
+    assert summary["p50_ms"] == pytest.approx(50.5)
+    assert summary["p99_ms"] == pytest.approx(99.01)
+    assert summary["max_ms"] == 100.0
+    assert lag_summary([]) == {"ticks": 0}
+
+
+async def test_loop_lag_probe_sees_a_blocked_loop() -> None:
+    import asyncio
+    import time
+
+    probe = LoopLagProbe(tick=0.001)
+    probe.start()
+    await asyncio.sleep(0.01)
+    time.sleep(0.05)  # blocks the loop: the probe wakes at least 40 ms late once
+    await asyncio.sleep(0.01)
+    await probe.stop()
+    assert max(probe.lags) >= 0.04
+
+
+def test_sessions_section_says_what_was_kept_and_what_was_not() -> None:
+    ok = "\n".join(sessions_md(_sessions_result(4.0, 0.0, [])))
+    assert "| 6 x 2 | 12 | 0 | 9.5 s | 1.26 | 2.1 s | 3.4 s |" in ok
+    assert "at most 4 requests running (<= 4: yes)" in ok
+    assert "(empty: yes)" in ok
+    assert "p99 " in ok
+    bad = "\n".join(sessions_md(_sessions_result(5.0, 2.0, ["APITimeoutError: slow"])))
+    assert "(<= 4: NO)" in bad
+    assert "(empty: NO)" in bad
+    assert "no failures: NO" in bad
+    assert "`APITimeoutError: slow`" in bad
+
+
+def _counting(first_ms: float, loop_ms: float) -> dict:
+    cases = {
+        "whole_prompt": {"median_ms": 40.0, "p90_ms": 45.0},
+        "grown_by_one_turn": {"median_ms": loop_ms, "p90_ms": loop_ms},
+        "same_again": {"median_ms": 1.0, "p90_ms": 1.2},
+        "first_count": {"median_ms": first_ms, "p90_ms": first_ms},
+        "raw_encode": {"median_ms": 36.0, "p90_ms": 38.0},
+    }
+    return {
+        "tokenizer": "tiny-qwen",
+        "messages": 42,
+        "input_tokens": 11_500,
+        "calls": 10,
+        "cases": cases,
+        **counting_goals(cases, 11_500),
+    }
+
+
+def test_counting_goals_are_marked_met_or_missed_with_the_raw_ratio() -> None:
+    lines = "\n".join(_counting_goals_md(_counting(first_ms=39.6, loop_ms=1.5)))
+    assert "319,444 tokens/s" in lines
+    assert "1.1x the raw tokenizer" in lines
+    assert "agent loop at ~12K tokens: < 2 ms median: 1.5 ms (met)" in lines
+    assert "cold at ~12K tokens: < 10 ms median: 39.6 ms (MISSED)" in lines
+    missed = "\n".join(_counting_goals_md(_counting(first_ms=9.0, loop_ms=2.5)))
+    assert "2.5 ms (MISSED)" in missed
+    assert "9.0 ms (met)" in missed
+    assert _counting_goals_md({"cases": {}}) == []  # results from before the goals
+
+
+def test_an_only_run_keeps_the_other_sections_and_says_which_run_made_them(tmp_path) -> None:
+    earlier = {
+        "meta": {"command": "make bench", "started": "2026-12-01 00:00 UTC"},
+        "planner": {"rows": [], "exact": 0, "total": 0},
+        "sessions": {"error": "old failure", "command": "x --only sessions", "started": "t"},
+        "overhead": {"stale": True},
+        "timings": {"planner": 12.0, "overhead": 99.0},
+    }
+    now = {
+        "meta": {
+            "command": "python -m benchmarks.run --only compression",
+            "started": "2026-12-01 03:00 UTC",
+        },
+        "compression": {"error": "boom", "command": "c", "started": "s"},
+        "timings": {"compression": 1.0},
+    }
+    merged = keep_earlier_sections(now, earlier, ["compression", "overhead"])
+    assert merged["planner"]["command"] == "make bench"
+    assert merged["planner"]["started"] == "2026-12-01 00:00 UTC"
+    assert merged["sessions"]["command"] == "x --only sessions"  # its own, not the meta's
+    assert "overhead" not in merged  # selected in this run (and failed to produce): not stale
+    assert merged["timings"] == {"compression": 1.0, "planner": 12.0}
+    assert merged["meta"]["kept_from_earlier"] == ["planner", "sessions"]
+    assert "kept_from_earlier" not in now["meta"]  # the input is not changed
+    assert keep_earlier_sections(now, {}, ["compression"]) == now
+
+
+def test_the_summary_names_the_run_of_each_kept_section(tmp_path) -> None:
+    from benchmarks.report import write_results
+
+    results = keep_earlier_sections(
+        {
+            "meta": {
+                "started": "2026-12-01 03:00 UTC",
+                "machine": "x86_64 Linux, 2 CPU cores",
+                "vllm": "0",
+                "quick": True,
+                "command": "python -m benchmarks.run --only sessions",
+                "seconds": 10.0,
+            },
+            "sessions": {
+                **_sessions_result(4.0, 0.0, []),
+                "command": "python -m benchmarks.run --only sessions",
+                "started": "2026-12-01 03:00 UTC",
+            },
+        },
+        {
+            "meta": {"command": "make bench", "started": "2026-11-30 22:00 UTC"},
+            "planner": {"rows": [], "exact": 0, "total": 0},
+        },
+        ["sessions"],
+    )
+    write_results(results, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Kept from earlier runs (each says which): planner." in summary
+    assert "_From an earlier run: 2026-11-30 22:00 UTC, `make bench`._" in summary
+    assert summary.count("_From an earlier run") == 1  # the sessions section is this run's
+    assert "### 9. 6 concurrent agent sessions" in summary
+    assert json.loads((tmp_path / "results.json").read_text())["planner"]["command"] == (
+        "make bench"
+    )

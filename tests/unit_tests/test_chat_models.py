@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from unittest import mock
 
 import httpx
@@ -615,3 +616,79 @@ def test_a_thinking_budget_the_server_cannot_apply_is_a_typed_error() -> None:
     assert isinstance(mapped, VLLMInvalidRequestError)
     assert mapped.option == "thinking_budget"
     assert "--reasoning-parser" in str(mapped)
+
+
+# ------------------------------------------------------------------ async: the loop stays free
+
+
+def _fake_vllm_transport() -> httpx.MockTransport:
+    """Answers /v1/models and chat completions (plain or streamed) like an OpenAI server."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
+        if json.loads(request.content).get("stream"):
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
+            }
+            body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        answer = _completion()
+        answer["choices"][0].update(
+            finish_reason="stop", message={"role": "assistant", "content": "ok"}
+        )
+        return httpx.Response(200, json=answer)
+
+    return httpx.MockTransport(handle)
+
+
+class _ThreadRecordingTransformersCounter(TransformersTokenCounter):
+    """tiny-qwen's local counter, remembering the threads it counted on."""
+
+    def __init__(self) -> None:
+        super().__init__(QWEN)
+        self.threads: set[int] = set()
+
+    def count_messages(self, messages, tools=None, options=None) -> int:
+        self.threads.add(threading.get_ident())
+        return super().count_messages(messages, tools, options)
+
+
+async def test_async_calls_count_off_the_event_loop() -> None:
+    # The local tokenizer too: a first count of a long conversation takes tens of ms.
+    counter = _ThreadRecordingTransformersCounter()
+    model = ChatVLLM(
+        model="m",
+        base_url="http://vllm.test/v1",
+        budget=TokenBudget(max_model_len=2048, output_reserve=512),
+        token_counter=counter,
+        max_retries=0,
+        http_async_client=httpx.AsyncClient(transport=_fake_vllm_transport()),
+    )
+    loop_thread = threading.get_ident()
+    reply = await model.ainvoke("hi")
+    chunks = [chunk async for chunk in model.astream("hi")]
+    plan = await model.aget_budget_plan("hi")
+    assert reply.text == "ok"
+    assert "".join(c.text for c in chunks) == "ok"
+    assert plan.fits
+    assert reply.response_metadata["budget"]["input_tokens"] == plan.input_tokens
+    assert counter.threads, "nothing was counted"
+    assert loop_thread not in counter.threads
+
+
+def test_the_payload_is_langchain_openais_for_every_assistant_turn_shape() -> None:
+    # ChatVLLM converts assistant text without langchain-openai's per-character scan (it
+    # runs on the event loop in ainvoke); the request must stay exactly ChatOpenAI's.
+    from tests.unit_tests.test_tokenizers import ASSISTANT_TURNS
+
+    messages = [HumanMessage("Go."), *ASSISTANT_TURNS, HumanMessage("And now?")]
+    common = {"model": "m", "base_url": "http://vllm.test/v1", "api_key": "x"}
+    ours = ChatVLLM(**common)._get_request_payload(messages)["messages"]
+    expected = ChatOpenAI(**common)._get_request_payload(messages)["messages"]
+    assert ours == expected
+    assert messages[1].content  # the caller's messages keep their text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -30,7 +31,7 @@ from langchain_vllm_budget.stages import (
 from langchain_vllm_budget.stages.prompt import ROLLING_SUMMARY_HEADER
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
-from ..fakes import RecordingFakeModel
+from ..fakes import RecordingFakeModel, ThreadRecordingCounter
 
 COUNTER = ApproximateTokenCounter()
 SMALL = TokenBudget(max_model_len=2048, output_reserve=64, safety_margin=8, min_output_tokens=16)
@@ -296,3 +297,16 @@ def test_a_stage_prompt_too_large_for_the_window_is_a_typed_error() -> None:
     with pytest.raises(StageInputTooLargeError, match="Stage 'a'"):
         app.invoke({"request": "r"}, {"configurable": {"thread_id": "t"}})
     assert model.prompts == []  # nothing was sent
+
+
+async def test_an_async_stage_counts_off_the_event_loop() -> None:
+    # A server counter's count_text is sync HTTP: every count of an async stage (raw record,
+    # compression, rolling summary, ledger) runs in a worker thread.
+    counter = ThreadRecordingCounter()
+    output = "\n".join(f"- step {i}: INC-{i:03d} /srv/{i}.yaml" for i in range(30))
+    app = _graph(compressed_stage("a", lambda _: output, summary_max_tokens=50, counter=counter))
+    loop_thread = threading.get_ident()
+    final = await app.ainvoke({"request": "r"}, {"configurable": {"thread_id": "t"}})
+    assert final["ledger"]["a"]["raw_tokens"] > final["ledger"]["a"]["summary_tokens"]
+    assert counter.threads, "nothing was counted"
+    assert loop_thread not in counter.threads

@@ -337,3 +337,51 @@ def test_prompt_options_are_read_from_a_request_body() -> None:
     ):
         with pytest.raises(VLLMInvalidRequestError):
             PromptOptions.from_request(bad)
+
+
+ASSISTANT_TURNS = [
+    AIMessage("A plain answer, long enough to be worth skipping the per-character loop."),
+    AIMessage(""),
+    AIMessage("Calling it.", tool_calls=[{"name": "get_weather", "args": {"a": 1}, "id": "c1"}]),
+    AIMessage("", tool_calls=[{"name": "get_weather", "args": {}, "id": "c2"}]),
+    AIMessage("Named.", name="planner"),
+    AIMessage("Spoken.", additional_kwargs={"audio": {"id": "audio-1", "data": "..."}}),
+    AIMessage("Old style.", additional_kwargs={"function_call": {"name": "f", "arguments": "{}"}}),
+    AIMessage(
+        "Raw calls.",
+        additional_kwargs={
+            "tool_calls": [
+                {"id": "c3", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ]
+        },
+    ),
+    AIMessage([{"type": "text", "text": "Blocks."}, {"type": "audio", "id": "audio-2"}]),
+]
+
+
+@pytest.mark.parametrize("message", ASSISTANT_TURNS, ids=range(len(ASSISTANT_TURNS)))
+def test_assistant_turns_convert_exactly_as_langchain_openai_does(message: AIMessage) -> None:
+    # The fast path for string content must give langchain-openai's own dict, byte for byte.
+    from langchain_openai.chat_models._compat import _convert_from_v1_to_chat_completions
+    from langchain_openai.chat_models.base import _convert_message_to_dict
+
+    expected = _convert_message_to_dict(_convert_from_v1_to_chat_completions(message))
+    assert messages_to_openai_dicts([message]) == [expected]
+
+
+def test_a_long_conversation_counts_as_its_whole_prompt(qwen: TransformersTokenCounter) -> None:
+    # Exactness of the warm path (segment cache + fast assistant conversion) on a long,
+    # growing conversation: every count equals the whole prompt, rendered and encoded.
+    messages: list = [SystemMessage("You are an SRE assistant.")]
+    for step in range(30):
+        messages += [
+            HumanMessage(f"Check web-{step:02d}: p99 {80 + step} ms?\n\n" + "Logs follow. " * step),
+            AIMessage(f"Step {step}: web-{step:02d} is fine; p99 is {80 + step} ms." * 3),
+        ]
+        whole = qwen.tokenizer.apply_chat_template(
+            _conversation_for_template(messages_to_openai_dicts(messages)),
+            tokenize=True,
+            add_generation_prompt=True,
+        )
+        ids = whole["input_ids"] if isinstance(whole, dict) or hasattr(whole, "keys") else whole
+        assert qwen.count_messages(messages) == len(ids)
