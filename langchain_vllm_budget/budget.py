@@ -63,6 +63,16 @@ class BudgetPlan:
     shortfall: int
 
     @property
+    def needed_output_tokens(self) -> int:
+        """Output room a fitting request needs: ``min_output_tokens``, or less if asked.
+
+        The smaller of ``min_output_tokens`` and the caller's ``max_tokens``, when given.
+        """
+        if self.requested_max_tokens is None:
+            return self.min_output_tokens
+        return min(self.min_output_tokens, self.requested_max_tokens)
+
+    @property
     def sendable(self) -> bool:
         """Whether a request with ``max_tokens`` >= 1 fits the window at all."""
         return self.max_tokens >= 1

@@ -166,11 +166,7 @@ class _Prepared:
         wanted = self.request.thinking_budget
         if wanted is None or wanted < 0:  # -1 is vLLM's "no limit"
             return wanted
-        plan = self.plan
-        answer = plan.min_output_tokens
-        if plan.requested_max_tokens is not None:
-            answer = min(answer, plan.requested_max_tokens)
-        return max(0, min(wanted, plan.max_tokens - answer))
+        return max(0, min(wanted, self.plan.max_tokens - self.plan.needed_output_tokens))
 
     def send_kwargs(self) -> dict[str, Any]:
         """The call's keyword arguments with the planned output limit (and thinking cap)."""

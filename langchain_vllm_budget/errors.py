@@ -114,16 +114,11 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
             >>> VLLMContextOverflowError.from_plan(plan).shortfall
             336
         """
-        needed = (
-            plan.min_output_tokens
-            if plan.requested_max_tokens is None
-            else min(plan.min_output_tokens, plan.requested_max_tokens)
-        )
         return cls(
             input_tokens=plan.input_tokens,
             max_model_len=plan.max_model_len,
             safety_margin=plan.safety_margin,
-            min_output_tokens=needed,
+            min_output_tokens=plan.needed_output_tokens,
             shortfall=plan.shortfall,
             requested_max_tokens=plan.requested_max_tokens,
         )

@@ -75,10 +75,6 @@ class BudgetOutcome:
     compaction: CompactionReport | None = None
 
 
-def _overflow(plan: BudgetPlan) -> VLLMContextOverflowError:
-    return VLLMContextOverflowError.from_plan(plan)
-
-
 def _needed_output(budget: TokenBudget, requested_max_tokens: int | None) -> int:
     if requested_max_tokens is None:
         return budget.min_output_tokens
@@ -110,7 +106,7 @@ def _check(
     if plan.fits:
         return BudgetOutcome(current, plan, "none", original)
     if policy == "raise":
-        raise _overflow(plan)
+        raise VLLMContextOverflowError.from_plan(plan)
     if policy == "warn":
         outcome = (
             f"sending with max_tokens={plan.max_tokens}"
@@ -127,7 +123,7 @@ def _check(
             outcome,
         )
         if not plan.sendable:
-            raise _overflow(plan)
+            raise VLLMContextOverflowError.from_plan(plan)
         return BudgetOutcome(current, plan, "warned", original)
     return plan
 
@@ -140,10 +136,10 @@ def _finish(
 ) -> BudgetOutcome:
     """The compacted request's plan; the original numbers in the error if nothing fits."""
     if not result.fits:
-        raise _overflow(original)
+        raise VLLMContextOverflowError.from_plan(original)
     plan = budget.plan(result.tokens, requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit
-        raise _overflow(plan)
+        raise VLLMContextOverflowError.from_plan(plan)
     report = result.report
     return BudgetOutcome(
         result.messages,
