@@ -50,6 +50,7 @@ from langchain_vllm_budget.compaction import (
     text_counter_for,
 )
 from langchain_vllm_budget.compression import CompressionStrategy
+from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
 
 __all__ = ["ContextCompactionMiddleware"]
 
@@ -201,7 +202,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         return min(limits)
 
     def _counter(self, shape: _Shape | None) -> MessageCounter:
-        tools = list(shape.tools) if shape is not None and shape.tools else None
+        # Converted once per shape, not on every count of a compaction's search.
+        tools = tools_to_openai_dicts(shape.tools) if shape is not None else None
         model = self.model
 
         def count(messages: Sequence[BaseMessage]) -> int:
