@@ -294,6 +294,22 @@ COMPRESSION: Setting[str] = Setting(
     "entities), llm (always) or extractive (never).",
 )
 
+TEMPERATURE: Setting[float] = Setting(
+    "temperature",
+    "VLLM_BUDGET_TEMPERATURE",
+    float,
+    0.0,
+    "Sampling temperature of the pipeline's stage calls (0: greedy).",
+)
+REPETITION_PENALTY: Setting[float] = Setting(
+    "repetition_penalty",
+    "VLLM_BUDGET_REPETITION_PENALTY",
+    float,
+    1.05,
+    "vLLM's repetition_penalty for the pipeline's stage calls (1.0: off; small models loop "
+    "less at 1.05).",
+)
+
 SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     API_BASE,
     API_KEY,
@@ -314,5 +330,7 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     ROLLING_SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MODE,
     COMPRESSION,
+    TEMPERATURE,
+    REPETITION_PENALTY,
 )
 """The package's settings, in the order of the README's table."""

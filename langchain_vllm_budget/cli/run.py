@@ -1,11 +1,13 @@
 """``vllm-budget run``: run a graph of compressed stages, then show its ledger and answer.
 
-The graph comes from ``langgraph.json`` (the one ``langgraph dev`` serves; default: its first
-graph) or a ``path/to/file.py:attribute``. The server is the one configured (``--base-url``
-or ``VLLM_API_BASE``); only when none is configured is the embedded local vLLM started, and
-the command says so. Runs are checkpointed (SQLite by default, PostgreSQL with
-``--checkpointer-dsn``): a new request on a thread is a new run, and a thread whose last run
-was interrupted resumes it when no request is given.
+The graph comes from ``langgraph.json`` in the current folder (the one ``langgraph dev``
+serves; default: its first graph) or a ``path/to/file.py:attribute``; in a folder without a
+``langgraph.json`` it is the package's seed pipeline (:mod:`langchain_vllm_budget.pipeline`).
+The server is the one configured (``--base-url`` or ``VLLM_API_BASE``); only when none is
+configured is the embedded local vLLM started, and the command says so. Runs are
+checkpointed (SQLite by default, PostgreSQL with ``--checkpointer-dsn``): a new request on a
+thread is a new run, and a thread whose last run was interrupted resumes it when no request is
+given.
 """
 
 from __future__ import annotations
@@ -101,12 +103,14 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def load_graph(graph: str, config_file: Path = Path("langgraph.json")) -> CompiledStateGraph[Any]:
+def load_graph(
+    graph: str, config_file: Path = Path("langgraph.json")
+) -> CompiledStateGraph[Any, Any, Any, Any]:
     """The compiled graph named by ``graph``: an id in ``config_file`` or ``file.py:attr``.
 
     Args:
         graph: A graph id of ``langgraph.json``, ``path/to/file.py:attribute``, or ``""``
-            for the first graph of ``langgraph.json``.
+            for the first graph of ``langgraph.json`` (without one: the package's pipeline).
         config_file: The ``langgraph.json`` to read ids from.
 
     Returns:
@@ -117,6 +121,10 @@ def load_graph(graph: str, config_file: Path = Path("langgraph.json")) -> Compil
     """
     spec = graph
     base = Path.cwd()
+    if not graph and not config_file.is_file():
+        from langchain_vllm_budget.pipeline import graph as pipeline
+
+        return pipeline
     if ":" not in graph:
         if not config_file.is_file():
             msg = (
@@ -373,7 +381,7 @@ def _stage_line(stage: str, entry: Mapping[str, Any]) -> str:
 
 
 def run_graph(
-    compiled: CompiledStateGraph[Any],
+    compiled: CompiledStateGraph[Any, Any, Any, Any],
     request: str | None,
     values: dict[str, Any],
     *,
@@ -462,7 +470,10 @@ def run_command(
     ] = None,
     graph: Annotated[
         str,
-        typer.Option(help="Graph id in ./langgraph.json, or path/file.py:attr; default: first."),
+        typer.Option(
+            help="Graph id in ./langgraph.json, or path/file.py:attr; default: its first "
+            "graph, or the package's pipeline where there is no langgraph.json."
+        ),
     ] = "",
     base_url: Annotated[
         str | None,

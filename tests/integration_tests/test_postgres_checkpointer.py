@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from graphs.graph import STAGES
 from langchain_vllm_budget.persistence import postgres_persistence
+from langchain_vllm_budget.pipeline.graph import STAGES
 from langchain_vllm_budget.serving.local_server import find_free_port
 from langchain_vllm_budget.stages import raw_output_namespace
 from tests.integration_tests._pipeline_helpers import REQUEST, fast_context, pipeline

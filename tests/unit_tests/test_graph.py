@@ -10,11 +10,11 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
-from graphs import prompts
-from graphs.context import Context
-from graphs.graph import STAGES, build_pipeline, graph
-from graphs.state import State
 from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.pipeline import prompts
+from langchain_vllm_budget.pipeline.context import Context
+from langchain_vllm_budget.pipeline.graph import STAGES, build_pipeline, graph
+from langchain_vllm_budget.pipeline.state import State
 from langchain_vllm_budget.stages import (
     ROLLING_SUMMARY_PROMPT,
     StageInput,
