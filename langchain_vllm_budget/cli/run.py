@@ -36,7 +36,7 @@ from rich.text import Text
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.persistence import postgres_persistence, sqlite_persistence
-from langchain_vllm_budget.settings import Setting
+from langchain_vllm_budget.settings import CHECKPOINTER_DSN
 
 __all__ = [
     "ANSWER_MAX_CHARS",
@@ -52,14 +52,6 @@ __all__ = [
 
 DEFAULT_DB_PATH = Path(".vllm-budget") / "runs.sqlite"
 """Default SQLite file for checkpoints and raw stage outputs."""
-
-CHECKPOINTER_DSN: Setting[str] = Setting(
-    "checkpointer_dsn",
-    "VLLM_BUDGET_CHECKPOINTER_DSN",
-    str,
-    None,
-    "PostgreSQL DSN for vllm-budget run's checkpoints and store; unset: SQLite.",
-)
 
 ANSWER_MAX_CHARS = 1500
 """The answer is shown up to this many characters (the full text stays in the store)."""
