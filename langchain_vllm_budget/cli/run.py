@@ -3,9 +3,10 @@
 The graph comes from ``langgraph.json`` (the one ``langgraph dev`` serves; default: its first
 graph) or a ``path/to/file.py:attribute``. The server is the one configured (``--base-url``
 or ``VLLM_API_BASE``); only when none is configured is the embedded local vLLM started, and
-the command says so. Runs are checkpointed (SQLite by default, PostgreSQL with
-``--checkpointer-dsn``): a new request on a thread is a new run, and a thread whose last run
-was interrupted resumes it when no request is given.
+the command says so. Runs are checkpointed after every stage (SQLite by default, PostgreSQL
+with ``--checkpointer-dsn`` or ``VLLM_BUDGET_CHECKPOINTER_DSN``): a new request on a thread is
+a new run, and a thread whose last run was interrupted (even killed) resumes it when no
+request is given.
 """
 
 from __future__ import annotations
@@ -414,7 +415,11 @@ def run_graph(
             done = ", ".join(snapshot.values.get("ledger", {})) or "(start)"
             out.print(f"resuming run {snapshot.values['run_id']} after: {done}")
         payload = None if resuming else {"request": request}
-        for update in app.stream(payload, config, context=context, stream_mode="updates"):
+        # Each stage's checkpoint is written before the next stage starts: a run killed at
+        # any point resumes after its last finished stage.
+        for update in app.stream(
+            payload, config, context=context, stream_mode="updates", durability="sync"
+        ):
             for node, node_values in update.items():
                 ledger_update = node_values.get("ledger") if isinstance(node_values, dict) else None
                 if isinstance(ledger_update, dict) and node in ledger_update:
