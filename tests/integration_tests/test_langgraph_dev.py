@@ -18,8 +18,8 @@ import pytest
 from langgraph_sdk import get_sync_client
 
 from graphs.graph import STAGES
-from langchain_vllm_budget.serving.local_server import find_free_port, stop_process_group
 from langchain_vllm_budget import settings
+from langchain_vllm_budget.serving.local_server import find_free_port, stop_process_group
 from tests.integration_tests._pipeline_helpers import FAST, REQUEST
 from tests.integration_tests.conftest import ServedModel
 

@@ -184,7 +184,9 @@ def test_the_app_killed_mid_run_resumes_its_thread_from_postgres(
         config = {"configurable": {"thread_id": thread}}
         before = app.get_state(config)
         done = list(before.values["ledger"])
-        assert done and done == list(STAGES[: len(done)]) and len(done) < len(STAGES)
+        assert done
+        assert done == list(STAGES[: len(done)])
+        assert len(done) < len(STAGES)
         assert before.next == (STAGES[len(done)],)
         run_id = before.values["run_id"]
         namespace = raw_output_namespace(thread, run_id)
@@ -215,6 +217,7 @@ def test_the_app_killed_mid_run_resumes_its_thread_from_postgres(
             assert final.values["ledger"][stage]["raw_output"] == [*namespace, stage]
         for stage, item in kept.items():
             again = store.get(namespace, stage)
-            assert again is not None and item is not None
+            assert again is not None
+            assert item is not None
             assert (again.value, again.updated_at) == (item.value, item.updated_at)
             assert final.values["ledger"][stage] == before.values["ledger"][stage]
