@@ -756,6 +756,11 @@ def test_replicas_one_per_gpu_behind_the_router_and_the_app_on_the_router(
 
 def test_router_flags_are_vllm_routers_own(tmp_path: Path) -> None:
     """The router's command parses with the installed vllm-router's own argument parser."""
+    # The release the image installs is the one tested here.
+    assert (
+        f'"vllm-router=={metadata.version("vllm-router")}"'
+        in (DOCKER / "Dockerfile.router").read_text()
+    )
     services = yaml.safe_load(render_compose())["services"]
     router = services[router_service_name(replica_layouts()[0])]
     command = [
