@@ -33,6 +33,8 @@ from typing import Generic, TypeVar
 __all__ = [
     "API_BASE",
     "API_KEY",
+    "APP_API_KEY",
+    "CHECKPOINTER_DSN",
     "COMPACTION_TARGET",
     "COMPRESSION",
     "MAX_CONCURRENCY",
@@ -43,6 +45,7 @@ __all__ = [
     "ROLLING_SUMMARY_MAX_TOKENS",
     "ROLLING_SUMMARY_MODE",
     "SAFETY_MARGIN",
+    "SERVICE_SETTINGS",
     "SETTINGS",
     "SUMMARIZER_API_BASE",
     "SUMMARIZER_MAX_MODEL_LEN",
@@ -309,6 +312,22 @@ REPETITION_PENALTY: Setting[float] = Setting(
     "vLLM's repetition_penalty for the pipeline's stage calls (1.0: off; small models loop "
     "less at 1.05).",
 )
+CHECKPOINTER_DSN: Setting[str] = Setting(
+    "checkpointer_dsn",
+    "VLLM_BUDGET_CHECKPOINTER_DSN",
+    str,
+    None,
+    "PostgreSQL DSN for vllm-budget run's checkpoints and store (threads, raw stage outputs); "
+    "unset: a SQLite file.",
+)
+APP_API_KEY: Setting[str] = Setting(
+    "app_api_key",
+    "VLLM_BUDGET_APP_API_KEY",
+    str,
+    None,
+    "The key the LangGraph server of langgraph.json asks every caller for (header x-api-key "
+    "or Authorization: Bearer); unset: the server lets no one in.",
+)
 
 SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     API_BASE,
@@ -334,3 +353,7 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     REPETITION_PENALTY,
 )
 """The package's settings, in the order of the README's table."""
+
+SERVICE_SETTINGS: tuple[Setting[str], ...] = (CHECKPOINTER_DSN, APP_API_KEY)
+"""The settings of the deployed services (where the runner keeps its data, the key the app
+server asks for), in the order of the table in ``docs/deployment.md``."""

@@ -4,10 +4,10 @@ The graph comes from ``langgraph.json`` in the current folder (the one ``langgra
 serves; default: its first graph) or a ``path/to/file.py:attribute``; in a folder without a
 ``langgraph.json`` it is the package's seed pipeline (:mod:`langchain_vllm_budget.pipeline`).
 The server is the one configured (``--base-url`` or ``VLLM_API_BASE``); only when none is
-configured is the embedded local vLLM started, and the command says so. Runs are
-checkpointed (SQLite by default, PostgreSQL with ``--checkpointer-dsn``): a new request on a
-thread is a new run, and a thread whose last run was interrupted resumes it when no request is
-given.
+configured is the embedded local vLLM started, and the command says so. Runs are checkpointed
+after every stage (SQLite by default, PostgreSQL with ``--checkpointer-dsn`` or
+``VLLM_BUDGET_CHECKPOINTER_DSN``): a new request on a thread is a new run, and a thread whose
+last run was interrupted (even killed) resumes it when no request is given.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from rich.text import Text
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.persistence import postgres_persistence, sqlite_persistence
-from langchain_vllm_budget.settings import Setting
+from langchain_vllm_budget.settings import CHECKPOINTER_DSN
 
 __all__ = [
     "ANSWER_MAX_CHARS",
@@ -54,14 +54,6 @@ __all__ = [
 
 DEFAULT_DB_PATH = Path(".vllm-budget") / "runs.sqlite"
 """Default SQLite file for checkpoints and raw stage outputs."""
-
-CHECKPOINTER_DSN: Setting[str] = Setting(
-    "checkpointer_dsn",
-    "VLLM_BUDGET_CHECKPOINTER_DSN",
-    str,
-    None,
-    "PostgreSQL DSN for vllm-budget run's checkpoints and store; unset: SQLite.",
-)
 
 ANSWER_MAX_CHARS = 1500
 """The answer is shown up to this many characters (the full text stays in the store)."""
@@ -430,7 +422,11 @@ def run_graph(
             done = ", ".join(snapshot.values.get("ledger", {})) or "(start)"
             out.print(f"resuming run {snapshot.values['run_id']} after: {done}")
         payload = None if resuming else {"request": request}
-        for update in app.stream(payload, config, context=context, stream_mode="updates"):
+        # Each stage's checkpoint is written before the next stage starts: a run killed at
+        # any point resumes after its last finished stage.
+        for update in app.stream(
+            payload, config, context=context, stream_mode="updates", durability="sync"
+        ):
             for node, node_values in update.items():
                 ledger_update = node_values.get("ledger") if isinstance(node_values, dict) else None
                 if isinstance(ledger_update, dict) and node in ledger_update:

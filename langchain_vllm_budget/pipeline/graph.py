@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-import httpx
+import openai
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
-from langchain_vllm_budget import ChatVLLM, TokenBudget, settings
+from langchain_vllm_budget import ChatVLLM, TokenBudget
+from langchain_vllm_budget._discovery import served_model_names
 from langchain_vllm_budget.pipeline import prompts
 from langchain_vllm_budget.pipeline.context import Context
 from langchain_vllm_budget.pipeline.state import InputState, State
@@ -35,27 +36,19 @@ Role = Literal["reasoning", "summarizer"]
 
 @functools.lru_cache(maxsize=16)
 def _served_model(base_url: str) -> str:
-    """The one model a server serves (for a context that names none).
-
-    The request carries ``VLLM_API_KEY`` (a server started with ``--api-key`` refuses
-    ``/v1/models`` without it).
-    """
-    api_key = settings.API_KEY.get()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The one model a server serves (for a context that names none; asked with the API key)."""
     try:
-        response = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=10.0)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
+        served = served_model_names(base_url)
+    except openai.APIError as exc:
         msg = (
             f"No model is configured and the server at {base_url} cannot be asked for one "
             f"({exc}): set Context.model or VLLM_BUDGET_MODEL."
         )
         raise ValueError(msg) from exc
-    served = [str(entry["id"]) for entry in response.json().get("data", [])]
     if len(served) != 1:
         msg = (
-            f"No model is configured and the server at {base_url} serves {served or 'none'}: "
-            "set Context.model or VLLM_BUDGET_MODEL to one of them."
+            f"No model is configured and the server at {base_url} serves "
+            f"{list(served) or 'none'}: set Context.model or VLLM_BUDGET_MODEL to one of them."
         )
         raise ValueError(msg)
     return served[0]

@@ -583,7 +583,11 @@ chosen when more requests must run at once than the others allow.
 
 
 def choose_layout(
-    gpu_memory_gib: float, *, concurrency: int = 1, overhead_gib: float | None = None
+    gpu_memory_gib: float,
+    *,
+    concurrency: int = 1,
+    overhead_gib: float | None = None,
+    layouts: tuple[Layout, ...] | None = None,
 ) -> LayoutChoice:
     """The layout to run on one GPU of ``gpu_memory_gib``: the first in :data:`LAYOUTS` that fits.
 
@@ -592,6 +596,8 @@ def choose_layout(
         concurrency: Requests the app must have served at once.
         overhead_gib: Runtime memory per server beside weights and KV cache (estimate);
             default: each profile's.
+        layouts: The layouts to choose from, in order of preference; default: all of
+            :data:`LAYOUTS` (replicas choose among the one-server layouts).
 
     Returns:
         The chosen layout and every layout's plan.
@@ -609,16 +615,17 @@ def choose_layout(
         >>> choose_layout(12, concurrency=4).chosen.layout.name
         'balanced'
     """
+    candidates_in_order = tuple(LAYOUTS.values()) if layouts is None else layouts
     fits = tuple(
         layout.fit(gpu_memory_gib, concurrency=concurrency, overhead_gib=overhead_gib)
-        for layout in LAYOUTS.values()
+        for layout in candidates_in_order
     )
     for fit in fits:
         if fit.fits:
             return LayoutChoice(fit, fits)
     candidates = [
         (layout.min_gpu_memory_gib(overhead_gib=overhead_gib), layout.name)
-        for layout in LAYOUTS.values()
+        for layout in candidates_in_order
         if layout.servers[0].max_num_seqs >= concurrency
     ]
     raise NoLayoutFitsError(
