@@ -69,7 +69,7 @@ def _plan_table(plan: KVCachePlan, title: str) -> Table:
             "GPU budget",
             f"{plan.gpu_memory_gib:g} GiB x {plan.gpu_memory_utilization:g} - weights "
             f"{plan.weights_gib:g} GiB / {plan.tensor_parallel_size} GPU(s) - overhead "
-            f"{plan.overhead_gib:g} GiB (estimate)",
+            f"{plan.overhead_gib:g} GiB (activation peak + non-torch memory)",
         )
     table.add_row("KV cache memory", _gib(plan.kv_cache_memory_bytes))
     table.add_row(
@@ -161,7 +161,11 @@ def plan_command(
     dtype: Annotated[str | None, typer.Option(help="--dtype of the weights.")] = None,
     block_size: Annotated[int | None, typer.Option(help="--block-size.")] = None,
     overhead_gib: Annotated[
-        float | None, typer.Option(help="Activations + CUDA context per GPU, GiB (estimate).")
+        float | None,
+        typer.Option(
+            help="Activation peak + non-torch memory per GPU, GiB (default: the profile's "
+            "measured figure, 1 for other models)."
+        ),
     ] = None,
     concurrency: Annotated[
         int | None,
