@@ -11,9 +11,11 @@ hub id as its model loads it from there, as it would load a model downloaded ear
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from langchain_vllm_budget.serving.local_models import ensure_local_model
@@ -42,7 +44,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def install_in_hub_cache(model: str, repo_id: str, hf_home: Path) -> Path:
+def install_in_hub_cache(
+    model: str, repo_id: str, hf_home: Path, patterns: Sequence[str] | None = None
+) -> Path:
     """Copy the local model ``model`` into the hub cache under ``hf_home`` as ``repo_id``.
 
     Built first if needed (:func:`~langchain_vllm_budget.serving.local_models.ensure_local_model`).
@@ -52,6 +56,9 @@ def install_in_hub_cache(model: str, repo_id: str, hf_home: Path) -> Path:
         model: A name from :data:`~langchain_vllm_budget.serving.local_models.LOCAL_MODELS`.
         repo_id: The hub id to file it under, ``"Org/Name"``.
         hf_home: The folder ``HF_HOME`` will point at.
+        patterns: Only the files matching one of these ``fnmatch`` patterns (e.g.
+            :data:`~langchain_vllm_budget.counter_resolution.TOKENIZER_FILE_PATTERNS`, as a
+            tokenizer-only download leaves the cache); default: every file.
 
     Returns:
         The snapshot folder (what ``huggingface_hub`` resolves ``repo_id`` to).
@@ -65,6 +72,8 @@ def install_in_hub_cache(model: str, repo_id: str, hf_home: Path) -> Path:
     snapshot.mkdir(parents=True)
     for file in sorted(source.iterdir()):
         if not file.is_file() or file.name.startswith("."):
+            continue
+        if patterns is not None and not any(fnmatch.fnmatch(file.name, p) for p in patterns):
             continue
         blob = folder / "blobs" / _sha256(file)
         if not blob.exists():
