@@ -32,6 +32,8 @@ from benchmarks.agent_loop import write as write_agent_loop
 from benchmarks.compression import run_compression
 from benchmarks.concurrency import run_concurrency
 from benchmarks.corpus import build_corpus
+from benchmarks.fact_retention import run_fact_retention
+from benchmarks.fact_retention import write as write_fact_retention
 from benchmarks.overflow_sweep import run_sweep
 from benchmarks.overhead import run_overhead
 from benchmarks.pipeline import run_pipeline
@@ -56,6 +58,7 @@ BENCHMARKS: tuple[str, ...] = (
     "agent_loop",
     "sessions",
     "remote_counting",
+    "fact_retention",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -201,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             write_remote_counting(
                 results["remote_counting"],
                 args.out / "remote_counting",
+                results["meta"]["command"],
+            )
+    if "fact_retention" in selected:  # no server: the extractive summary at the defaults
+        _timed("fact_retention", results, run_fact_retention)
+        if "error" not in results["fact_retention"]:
+            write_fact_retention(
+                results["fact_retention"],
+                args.out / "fact_retention",
                 results["meta"]["command"],
             )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
