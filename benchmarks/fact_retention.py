@@ -16,8 +16,8 @@ package compresses, at their defaults, with the real Qwen tokenizer (tiny-qwen's
 
 Both use the extractive summary (``summarizer="extractive"``): no model call, so the figures
 are the package's own and repeatable. Under the default ``VLLM_BUDGET_COMPRESSION=auto`` a
-summarizer model is called only when that summary loses entities, and its summary is
-accepted only if it keeps at least as many; so these are the floor of what ``auto`` keeps.
+summarizer model is also called when that summary loses entities; that path is not measured
+here.
 Retention is scored with :func:`benchmarks.retention.must_keep_retention`.
 
 Results: ``benchmarks/results/fact_retention/`` (``results.json``, ``summary.md``).
