@@ -631,10 +631,10 @@ class ServerTokenCounter:
     counted by ``/tokenize`` instead (which has no length limit), as is plain text.
     ``endpoint="tokenize"`` asks ``/tokenize`` only.
 
-    Requests go through one pooled HTTP client per server (an async one per event loop for
-    :meth:`acount_messages`), and counts are cached by request: counting the same messages,
-    tools and options again (an agent's middleware, then the model; a plan, then the call)
-    makes no second request. :attr:`calls` counts the requests made.
+    Requests go through one pooled HTTP client shared by every counter (an async one per event
+    loop for :meth:`acount_messages`), and counts are cached by request: counting the same
+    messages, tools and options again (an agent's middleware, then the model; a plan, then the
+    call) makes no second request. :attr:`calls` counts the requests made.
 
     Args:
         base_url: The server's OpenAI-compatible base URL (``.../v1``) or its root.

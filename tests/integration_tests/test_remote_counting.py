@@ -182,6 +182,22 @@ def test_without_render_an_unknown_root_counts_with_tokenize(hub_servers: HubSer
     _assert_exact(model)
 
 
+@pytest.mark.parametrize("endpoint", ["render", "tokenize"])
+def test_a_repeated_count_is_answered_from_the_cache(
+    hub_servers: HubServers, endpoint: str
+) -> None:
+    counter = ServerTokenCounter(hub_servers.render_url, REPO, endpoint=endpoint)
+    messages = _conversations()[1]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    first = counter.count_messages(messages, tools)
+    assert asyncio.run(counter.acount_messages(messages, tools)) == first
+    assert counter.count_messages(messages, tools) == first
+    assert counter.calls == 1
+    # Another request (no tools) is counted anew, over the async client this time.
+    assert asyncio.run(counter.acount_messages(messages)) < first
+    assert counter.calls == 2
+
+
 def _agent_loop(base_url: str, steps: int, *, use_async: bool) -> list[int]:
     """Counting requests the server answered for each agent step (one model request each)."""
     model = _model(base_url)
