@@ -11,8 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from benchmarks.fact_retention import fact_retention_md
 from benchmarks.overflow_sweep import CLIENTS, OUTCOMES
 from benchmarks.overhead import COUNTING_GOALS_MS
+from benchmarks.remote_counting import remote_counting_md
 from benchmarks.report_pipeline import (
     concurrency_md,
     pipeline_md,
@@ -368,6 +370,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ("planner", _planner_md, None, None),
         ("concurrency", concurrency_md, plot_concurrency, "concurrency.png"),
         ("sessions", sessions_md, None, None),
+        ("remote_counting", remote_counting_md, None, None),
+        ("fact_retention", fact_retention_md, None, None),
     )
     for key, to_md, plot, png in sections:
         section = results.get(key)

@@ -32,10 +32,14 @@ from benchmarks.agent_loop import write as write_agent_loop
 from benchmarks.compression import run_compression
 from benchmarks.concurrency import run_concurrency
 from benchmarks.corpus import build_corpus
+from benchmarks.fact_retention import run_fact_retention
+from benchmarks.fact_retention import write as write_fact_retention
 from benchmarks.overflow_sweep import run_sweep
 from benchmarks.overhead import run_overhead
 from benchmarks.pipeline import run_pipeline
 from benchmarks.planner import run_planner
+from benchmarks.remote_counting import run_remote_counting
+from benchmarks.remote_counting import write as write_remote_counting
 from benchmarks.report import write_results
 from benchmarks.servers import QWEN, SMOLLM2, BenchServers
 from benchmarks.sessions import run_sessions
@@ -53,6 +57,8 @@ BENCHMARKS: tuple[str, ...] = (
     "concurrency",
     "agent_loop",
     "sessions",
+    "remote_counting",
+    "fact_retention",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -191,6 +197,22 @@ def main(argv: list[str] | None = None) -> int:
         if "error" not in results["agent_loop"]:
             write_agent_loop(
                 results["agent_loop"], args.out / "agent_loop", results["meta"]["command"]
+            )
+    if "remote_counting" in selected:  # starts its own server, whose root is a hub id
+        _timed("remote_counting", results, lambda: run_remote_counting(quick=args.quick))
+        if "error" not in results["remote_counting"]:
+            write_remote_counting(
+                results["remote_counting"],
+                args.out / "remote_counting",
+                results["meta"]["command"],
+            )
+    if "fact_retention" in selected:  # no server: the extractive summary at the defaults
+        _timed("fact_retention", results, run_fact_retention)
+        if "error" not in results["fact_retention"]:
+            write_fact_retention(
+                results["fact_retention"],
+                args.out / "fact_retention",
+                results["meta"]["command"],
             )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()

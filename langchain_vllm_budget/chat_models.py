@@ -20,7 +20,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import openai
@@ -56,6 +55,7 @@ from langchain_vllm_budget._tool_calls import set_aside_non_object_tool_calls
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.compaction import CompactionMemory, Compactor
 from langchain_vllm_budget.concurrency import InFlightLimit
+from langchain_vllm_budget.counter_resolution import resolve_token_counter
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMError,
@@ -69,11 +69,10 @@ from langchain_vllm_budget.overflow import (
     apply_budget,
 )
 from langchain_vllm_budget.tokenizers import (
-    ApproximateTokenCounter,
+    AsyncTokenCounter,
     PromptOptions,
     ServerTokenCounter,
     TokenCounter,
-    TransformersTokenCounter,
     _blank_assistant_text,
     _restore_assistant_text,
     tools_to_openai_dicts,
@@ -91,7 +90,6 @@ CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 _PROVIDER = "vllm"
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _LIMIT_LOCK = threading.Lock()
 _MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens")
 _END: Any = object()
@@ -326,10 +324,13 @@ class ChatVLLM(BaseChatOpenAI):
     """Report token usage on streams (vLLM supports ``stream_options.include_usage``)."""
     budget: TokenBudget = Field(default_factory=TokenBudget.from_env)
     """Window, output reserve, safety margin and minimum output (env ``VLLM_BUDGET_*``)."""
-    tokenizer: str | None = None
-    """A local folder or name of the model's tokenizer, for exact local counting."""
+    tokenizer: str | None = Field(default_factory=settings.TOKENIZER.factory())
+    """A local folder or hub id of the model's tokenizer, for exact local counting (env
+    ``VLLM_BUDGET_TOKENIZER``); a hub id is read from the Hugging Face cache, else its
+    tokenizer files are downloaded unless ``HF_HUB_OFFLINE`` is set."""
     token_counter: CounterChoice | TokenCounter = "auto"
-    """``"auto"`` (local tokenizer if available, else the server), ``"server"``,
+    """``"auto"`` (a local tokenizer if one is found, else the server: see
+    :mod:`~langchain_vllm_budget.counter_resolution`), ``"server"``,
     ``"transformers"``, ``"approximate"``, or a :class:`TokenCounter` instance."""
     on_overflow: OverflowPolicy = "raise"
     """What to do with input that does not fit: ``"raise"``, ``"trim"``, ``"summarize"``,
@@ -570,40 +571,16 @@ class ChatVLLM(BaseChatOpenAI):
             return None, None
         return tools, (True if off != on else None)
 
-    def _local_tokenizer_path(self, info: ServerInfo) -> str | None:
-        if self.tokenizer:
-            return self.tokenizer
-        if info.root and Path(info.root).is_dir():
-            root = Path(info.root)
-            if any((root / name).is_file() for name in _TOKENIZER_FILES):
-                return str(root)
-        return None
-
     def _get_counter(self, info: ServerInfo) -> TokenCounter:
         if self._counter is not None:
             return self._counter
         choice = self.token_counter
-        counter: TokenCounter
-        if not isinstance(choice, str):
-            counter = choice
-        elif choice == "approximate":
-            counter = ApproximateTokenCounter()
-        elif choice == "server":
-            counter = self._server_counter()
-        else:
-            path = self._local_tokenizer_path(info)
-            if path is not None:
-                counter = TransformersTokenCounter(path)
-            elif choice == "transformers":
-                msg = (
-                    "token_counter='transformers' needs a tokenizer: set `tokenizer` to the "
-                    "model's folder or name (the server's model root is not on this machine)."
-                )
-                raise ValueError(msg)
-            else:
-                counter = self._server_counter()
-        self._counter = counter
-        return counter
+        if isinstance(choice, str):  # "auto" and the others: resolved in counter_resolution
+            choice = resolve_token_counter(
+                choice, tokenizer=self.tokenizer, root=info.root, make_server=self._server_counter
+            ).counter
+        self._counter = choice
+        return self._counter
 
     async def _aget_counter(self, info: ServerInfo) -> TokenCounter:
         if self._counter is not None:
@@ -611,10 +588,16 @@ class ChatVLLM(BaseChatOpenAI):
         # Loading a tokenizer reads files: off the event loop.
         return await asyncio.to_thread(self._get_counter, info)
 
-    def _server_counter(self) -> ServerTokenCounter:
+    def _server_counter(
+        self, endpoint: Literal["render", "tokenize"] = "tokenize"
+    ) -> ServerTokenCounter:
         timeout = self.request_timeout if isinstance(self.request_timeout, float | int) else 30.0
         return ServerTokenCounter(
-            self.openai_api_base, self.model_name, self.openai_api_key, timeout=float(timeout)
+            self.openai_api_base,
+            self.model_name,
+            self.openai_api_key,
+            timeout=float(timeout),
+            endpoint=endpoint,
         )
 
     @property
@@ -743,8 +726,10 @@ class ChatVLLM(BaseChatOpenAI):
         info = await self._aserver_info()
         budget = self._effective_budget(info)
         counter = await self._aget_counter(info)
-        # Every counter blocks (see _afit): off the event loop.
-        count = await asyncio.to_thread(request.count, counter, request.messages)
+        if isinstance(counter, AsyncTokenCounter):  # over async HTTP, on the loop
+            count = await counter.acount_messages(request.messages, request.tools, request.options)
+        else:  # Every other counter blocks (see _afit): off the event loop.
+            count = await asyncio.to_thread(request.count, counter, request.messages)
         return budget.plan(count, request.requested_max_tokens)
 
     def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
@@ -788,6 +773,8 @@ class ChatVLLM(BaseChatOpenAI):
         self, request: _Request, counter: TokenCounter, budget: TokenBudget
     ) -> BudgetOutcome:
         """Async :meth:`_fit`: the summarizer is awaited, counting stays off the event loop."""
+        if isinstance(counter, AsyncTokenCounter):  # counted over async HTTP; then a cache hit
+            await counter.acount_messages(request.messages, request.tools, request.options)
         return await aapply_budget(
             request.messages,
             **self._budget_args(request, counter, budget),

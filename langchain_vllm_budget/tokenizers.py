@@ -8,8 +8,8 @@ shape it (:class:`PromptOptions`: ``chat_template_kwargs`` such as ``enable_thin
 ``chat_template``, ``add_generation_prompt`` / ``continue_final_message``, ``documents``,
 ``reasoning_effort``, ``add_special_tokens``):
 
-* :class:`ServerTokenCounter` asks the server's own ``/tokenize`` endpoint (exact by
-  construction; one HTTP round trip).
+* :class:`ServerTokenCounter` asks the server: its render endpoint or ``/tokenize`` (exact by
+  construction; one HTTP round trip per new request, over one pooled connection).
 * :class:`TransformersTokenCounter` applies the model's chat template locally with a
   transformers tokenizer (exact for string-content chat templates; no network, cached).
 * :class:`ApproximateTokenCounter` divides characters by four (the classic guess; labelled
@@ -18,16 +18,19 @@ shape it (:class:`PromptOptions`: ``chat_template_kwargs`` such as ``enable_thin
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
 import json
 import math
 import os
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 from langchain_core.messages import AIMessage, BaseMessage
@@ -46,6 +49,7 @@ from langchain_vllm_budget.errors import (
 __all__ = [
     "REASONING_EFFORTS",
     "ApproximateTokenCounter",
+    "AsyncTokenCounter",
     "PromptOptions",
     "ServerTokenCounter",
     "TokenCounter",
@@ -78,6 +82,24 @@ class TokenCounter(Protocol):
         options: PromptOptions | None = None,
     ) -> int:
         """Count the prompt vLLM renders from ``messages``, ``tools`` and ``options``."""
+        ...
+
+
+@runtime_checkable
+class AsyncTokenCounter(TokenCounter, Protocol):
+    """A counter that can also count without blocking the event loop (over async HTTP)."""
+
+    async def acount_text(self, text: str) -> int:
+        """Async :meth:`TokenCounter.count_text`."""
+        ...
+
+    async def acount_messages(
+        self,
+        messages: Sequence[BaseMessage],
+        tools: Sequence[dict[str, Any]] | None = None,
+        options: PromptOptions | None = None,
+    ) -> int:
+        """Async :meth:`TokenCounter.count_messages`."""
         ...
 
 
@@ -601,13 +623,25 @@ class TransformersTokenCounter:
 
 
 class ServerTokenCounter:
-    """Exact counts from the vLLM server's ``/tokenize`` endpoint.
+    """Exact counts from the vLLM server: its render endpoint or ``/tokenize``.
+
+    ``endpoint="render"`` asks ``/v1/chat/completions/render`` (vLLM started with
+    ``--enable-scale-out``): the prompt token ids the chat endpoint itself would build from the
+    request, every field included. A prompt longer than the window is refused there, so it is
+    counted by ``/tokenize`` instead (which has no length limit), as is plain text.
+    ``endpoint="tokenize"`` asks ``/tokenize`` only.
+
+    Requests go through one pooled HTTP client shared by every counter (an async one per event
+    loop for :meth:`acount_messages`), and counts are cached by request: counting the same
+    messages, tools and options again (an agent's middleware, then the model; a plan, then the
+    call) makes no second request. :attr:`calls` counts the requests made.
 
     Args:
         base_url: The server's OpenAI-compatible base URL (``.../v1``) or its root.
         model: The served model name.
         api_key: The server's API key, if it requires one.
-        timeout: Seconds to wait for ``/tokenize``.
+        timeout: Seconds to wait for an answer.
+        endpoint: ``"render"`` or ``"tokenize"``.
     """
 
     name = "server"
@@ -619,22 +653,50 @@ class ServerTokenCounter:
         model: str,
         api_key: SecretStr | None = None,
         timeout: float = 30.0,
+        endpoint: Literal["render", "tokenize"] = "tokenize",
     ) -> None:
         self.base_url = base_url
         self.server_root = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.timeout = timeout
+        self.endpoint = endpoint
+        self.calls = 0
         self._headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
+        self._counts: OrderedDict[bytes, int] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.server_root}/tokenize"
+    # -------------------------------------------------------------- HTTP
+
+    def _url(self, path: str) -> str:
+        return f"{self.server_root}{path}"
+
+    def _sent(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        url = self._url(path)
+        self._sent()
         try:
-            response = httpx.post(url, json=body, headers=self._headers, timeout=self.timeout)
+            return _pooled_client().post(
+                url, json=body, headers=self._headers, timeout=self.timeout
+            )
         except httpx.TimeoutException as exc:
             raise VLLMTimeoutError(url, self.timeout) from exc
         except httpx.TransportError as exc:
             raise VLLMConnectionError(self.server_root, str(exc)) from exc
-        return self._result(response)
+
+    async def _asend(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        url = self._url(path)
+        self._sent()
+        try:
+            return await _pooled_async_client().post(
+                url, json=body, headers=self._headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise VLLMTimeoutError(url, self.timeout) from exc
+        except httpx.TransportError as exc:
+            raise VLLMConnectionError(self.server_root, str(exc)) from exc
 
     def _result(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code == 404:
@@ -645,7 +707,17 @@ class ServerTokenCounter:
         result: dict[str, Any] = response.json()
         return result
 
-    def _messages_body(
+    def render_status(self) -> int:
+        """The HTTP status of a one-message request to the render endpoint (200: served).
+
+        vLLM 0.32 answers 403 unless started with ``--enable-scale-out``; older versions 404.
+        """
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}]}
+        return self._send(_RENDER_PATH, body).status_code
+
+    # ------------------------------------------------------------ bodies
+
+    def _tokenize_body(
         self,
         messages: Sequence[BaseMessage],
         tools: Sequence[dict[str, Any]] | None,
@@ -674,6 +746,48 @@ class ServerTokenCounter:
             body["chat_template_kwargs"] = variables
         return body
 
+    @staticmethod
+    def _render_body(tokenize_body: dict[str, Any], options: PromptOptions) -> dict[str, Any]:
+        """The chat request itself: the render endpoint takes every chat-completions field."""
+        body = {k: v for k, v in tokenize_body.items() if k != "chat_template_kwargs"}
+        if options.chat_template_kwargs:
+            body["chat_template_kwargs"] = dict(options.chat_template_kwargs)
+        if options.documents is not None:
+            body["documents"] = list(options.documents)
+        if options.reasoning_effort is not None:
+            body["reasoning_effort"] = options.reasoning_effort
+        return body
+
+    # ------------------------------------------------------------ cache
+
+    def _cached(self, key: bytes) -> int | None:
+        with self._lock:
+            count = self._counts.get(key)
+            if count is not None:
+                self._counts.move_to_end(key)
+            return count
+
+    def _store(self, key: bytes, count: int) -> int:
+        with self._lock:
+            self._counts[key] = count
+            while len(self._counts) > _SERVER_CACHE_SIZE:
+                self._counts.popitem(last=False)
+        return count
+
+    # ---------------------------------------------------------- counting
+
+    def _messages_request(
+        self,
+        messages: Sequence[BaseMessage],
+        tools: Sequence[dict[str, Any]] | None,
+        options: PromptOptions | None,
+    ) -> tuple[bytes, dict[str, Any], dict[str, Any] | None]:
+        """The cache key, the /tokenize body and (for ``endpoint="render"``) the render body."""
+        options = options or _DEFAULT_OPTIONS
+        body = self._tokenize_body(messages, tools, options)
+        render = self._render_body(body, options) if self.endpoint == "render" else None
+        return _digest(body), body, render
+
     def count_text(self, text: str) -> int:
         """Count plain text with the server's tokenizer (no special tokens added).
 
@@ -684,7 +798,21 @@ class ServerTokenCounter:
             Its token count.
         """
         body = {"model": self.model, "prompt": text, "add_special_tokens": False}
-        return int(self._post(body)["count"])
+        key = _digest(body)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        return self._store(key, int(self._result(self._send("/tokenize", body))["count"]))
+
+    async def acount_text(self, text: str) -> int:
+        """Async :meth:`count_text`, with the event loop's pooled async client."""
+        body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+        key = _digest(body)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        response = await self._asend("/tokenize", body)
+        return self._store(key, int(self._result(response)["count"]))
 
     def count_messages(
         self,
@@ -702,11 +830,67 @@ class ServerTokenCounter:
         Returns:
             The prompt's token count, as the server computes it.
         """
-        body = self._messages_body(messages, tools, options or _DEFAULT_OPTIONS)
-        return int(self._post(body)["count"])
+        key, body, render = self._messages_request(messages, tools, options)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        if render is not None:
+            rendered = self._send(_RENDER_PATH, render)
+            if rendered.status_code == 200:
+                return self._store(key, len(rendered.json()["token_ids"]))
+            # Refused (a prompt past the window, for one): /tokenize counts any length.
+        return self._store(key, int(self._result(self._send("/tokenize", body))["count"]))
+
+    async def acount_messages(
+        self,
+        messages: Sequence[BaseMessage],
+        tools: Sequence[dict[str, Any]] | None = None,
+        options: PromptOptions | None = None,
+    ) -> int:
+        """Async :meth:`count_messages`, with the event loop's pooled async client."""
+        key, body, render = self._messages_request(messages, tools, options)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        if render is not None:
+            rendered = await self._asend(_RENDER_PATH, render)
+            if rendered.status_code == 200:
+                return self._store(key, len(rendered.json()["token_ids"]))
+        response = await self._asend("/tokenize", body)
+        return self._store(key, int(self._result(response)["count"]))
 
     def __repr__(self) -> str:
-        return f"ServerTokenCounter({self.base_url!r}, {self.model!r})"
+        return f"ServerTokenCounter({self.base_url!r}, {self.model!r}, endpoint={self.endpoint!r})"
+
+
+_RENDER_PATH = "/v1/chat/completions/render"
+_SERVER_CACHE_SIZE = 1024
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+_CLIENT_LOCK = threading.Lock()
+
+
+def _digest(body: dict[str, Any]) -> bytes:
+    """A short key for a request body (the body of a long conversation is tens of KB)."""
+    encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
+@functools.cache
+def _pooled_client() -> httpx.Client:
+    """The one HTTP client every server counter shares (keep-alive connections, thread-safe)."""
+    return httpx.Client()
+
+
+def _pooled_async_client() -> httpx.AsyncClient:
+    """The running event loop's shared async HTTP client (an async client is bound to a loop)."""
+    loop = asyncio.get_running_loop()
+    with _CLIENT_LOCK:
+        client = _ASYNC_CLIENTS.get(loop)
+        if client is None:
+            client = _ASYNC_CLIENTS[loop] = httpx.AsyncClient()
+    return client
 
 
 class ApproximateTokenCounter:
