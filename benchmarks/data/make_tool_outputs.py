@@ -79,8 +79,8 @@ def _diff(rng: random.Random) -> str:
             for _ in range(4):
                 key = f"{rng.choice(('log', 'feature', 'region', 'limit'))}_{_hex(rng, 4)}"
                 parts.append(f" {key}: {rng.randint(1, 99)}")
-            parts.append(f"-  label_{k}: \"{rng.choice(_WORDS)}\"")
-            parts.append(f"+  label_{k}: \"{rng.choice(_WORDS)} (v2)\"")
+            parts.append(f'-  label_{k}: "{rng.choice(_WORDS)}"')
+            parts.append(f'+  label_{k}: "{rng.choice(_WORDS)} (v2)"')
         if path == "config/limits.yaml":
             parts.append(
                 "diff --git a/config/http_client.yaml b/config/http_client.yaml\n"
@@ -109,7 +109,7 @@ def _config(rng: random.Random) -> str:
             f"    port: {rng.randint(8001, 8099)}",
             "    env:",
         ]
-        block += [f"      VAR_{_hex(rng, 4).upper()}: \"{rng.randint(0, 999)}\"" for _ in range(8)]
+        block += [f'      VAR_{_hex(rng, 4).upper()}: "{rng.randint(0, 999)}"' for _ in range(8)]
         block += [f"    # {rng.choice(_WORDS)} on {rng.choice(_SERVICES)}" for _ in range(4)]
         blocks.append("\n".join(block))
     blocks.insert(
@@ -124,13 +124,18 @@ def _config(rng: random.Random) -> str:
 
 
 def _metrics_table(rng: random.Random) -> str:
-    rows = ["| hour (UTC) | service | p50 ms | p99 ms | error rate | rps |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| hour (UTC) | service | p50 ms | p99 ms | error rate | rps |",
+        "|---|---|---|---|---|---|",
+    ]
     for hour in range(24):
         for service in ("search-api", *_SERVICES[:4]):
             p99 = rng.randint(180, 420)
             if service == "search-api" and hour == 14:
                 p99 = 1840
-            error = "2.3%" if (service == "search-api" and hour == 14) else f"0.{rng.randint(1, 9)}%"
+            error = (
+                "2.3%" if (service == "search-api" and hour == 14) else f"0.{rng.randint(1, 9)}%"
+            )
             rows.append(
                 f"| {hour:02d}:00 | {service} | {rng.randint(20, 90)} | {p99} | {error} | "
                 f"{rng.randint(100, 900)} |"
@@ -224,13 +229,9 @@ def _ci(rng: random.Random) -> str:
     ]
     for k in range(140):
         module = rng.choice(("test_ledger", "test_export", "test_fx", "test_audit", "test_cart"))
-        lines.append(
-            f"tests/{module}.py::test_case_{_hex(rng, 5)} PASSED [{k * 100 // 150:3d}%]"
-        )
+        lines.append(f"tests/{module}.py::test_case_{_hex(rng, 5)} PASSED [{k * 100 // 150:3d}%]")
         if k == 97:
-            lines.append(
-                "tests/test_api.py::test_refund_idempotent FAILED [ 65%]"
-            )
+            lines.append("tests/test_api.py::test_refund_idempotent FAILED [ 65%]")
     lines += [
         "",
         "=================================== FAILURES ===================================",
@@ -392,8 +393,7 @@ _CASES: tuple[tuple[str, Callable[[random.Random], str], dict[str, Any], str], .
         "billing_scan",
         _scan,
         {"name": "scan_dependencies", "args": {"project": "billing"}},
-        "Which billing dependencies have critical vulnerabilities, and which version fixes "
-        "each?",
+        "Which billing dependencies have critical vulnerabilities, and which version fixes each?",
     ),
     (
         "checkout_trace",
