@@ -296,7 +296,7 @@ def focus_entities(
     Example:
         >>> from langchain_vllm_budget.compression.entities import extract_entity_list
         >>> lines = ["job ck-7 failed: pool_size=20", "job ck-8 ok"]
-        >>> entities = extract_entity_list("\\n".join(lines))
+        >>> entities = extract_entity_list("\n".join(lines))
         >>> [e.text for e in focus_entities(lines, [2.0, 0.1], entities)]
         ['ck-7', 'pool_size=20']
     """
