@@ -44,6 +44,8 @@ from benchmarks.report import write_results
 from benchmarks.servers import QWEN, SMOLLM2, BenchServers
 from benchmarks.sessions import run_sessions
 from benchmarks.token_accuracy import run_accuracy
+from benchmarks.tool_output_retention import run_tool_output_retention
+from benchmarks.tool_output_retention import write as write_tool_outputs
 
 __all__ = ["BENCHMARKS", "keep_earlier_sections", "main"]
 
@@ -59,6 +61,7 @@ BENCHMARKS: tuple[str, ...] = (
     "sessions",
     "remote_counting",
     "fact_retention",
+    "tool_outputs",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -213,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                 results["fact_retention"],
                 args.out / "fact_retention",
                 results["meta"]["command"],
+            )
+    if "tool_outputs" in selected:  # no server: extractive, counted with the Qwen tokenizer
+        _timed("tool_outputs", results, run_tool_output_retention)
+        if "error" not in results["tool_outputs"]:
+            write_tool_outputs(
+                results["tool_outputs"], args.out / "tool_outputs", results["meta"]["command"]
             )
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()

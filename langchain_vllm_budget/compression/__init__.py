@@ -9,7 +9,9 @@ checks it instead of trusting it:
 2. **Extractive first** (:mod:`~langchain_vllm_budget.compression.extractive`): a
    deterministic summary, entity bullets then the sentences that carry most entities. With
    the default ``strategy="auto"`` it is the answer when it keeps every entity, and no model
-   is called.
+   is called. Given a request (:class:`~langchain_vllm_budget.compression.query.Query`: the
+   tool call and the user's request), :func:`query_summary` ranks lines and entities by it
+   and the model is needed only when an entity the request points at was lost.
 3. **A summarizer model** (:mod:`~langchain_vllm_budget.compression.llm`) otherwise, with the
    seed's instructions, map-reduced over chunks when the result exceeds its window.
 4. **The guard** (:mod:`~langchain_vllm_budget.compression.guard`): entities missing from the
@@ -33,7 +35,10 @@ from langchain_vllm_budget.compression.extractive import truncate_to_tokens
 from langchain_vllm_budget.compression.guard import (
     CompressionMethod,
     CompressionResult,
+    better_for_query,
     extractive_summary,
+    needs_model,
+    query_summary,
 )
 from langchain_vllm_budget.compression.llm import (
     COMPRESSION_PROMPT,
@@ -42,6 +47,7 @@ from langchain_vllm_budget.compression.llm import (
     acompress_stage_result,
     compress_stage_result,
 )
+from langchain_vllm_budget.compression.query import Query
 from langchain_vllm_budget.compression.render import render_stage_result
 
 __all__ = [
@@ -52,12 +58,16 @@ __all__ = [
     "CompressionStrategy",
     "Entity",
     "EntityKind",
+    "Query",
     "acompress_stage_result",
+    "better_for_query",
     "compress_stage_result",
     "extract_entities",
     "extract_entity_list",
     "extractive_summary",
     "is_entity_present",
+    "needs_model",
+    "query_summary",
     "render_stage_result",
     "truncate_to_tokens",
 ]

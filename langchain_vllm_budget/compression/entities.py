@@ -29,6 +29,7 @@ __all__ = [
     "extract_entities",
     "extract_entity_list",
     "is_entity_present",
+    "kind_label",
     "strip_entities",
 ]
 
@@ -193,6 +194,11 @@ _PATTERNS: tuple[tuple[EntityKind, re.Pattern[str]], ...] = (
         ),
     ),
 )
+
+
+def kind_label(kind: EntityKind) -> str:
+    """The plural label of a kind, as the summaries' bullets write it (``"IDs"``)."""
+    return _KIND_LABEL[kind]
 
 
 @dataclass(frozen=True)

@@ -9,24 +9,46 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from langchain_vllm_budget.compression.entities import (
     Entity,
+    EntityKind,
     entity_bullets,
     entity_needle,
     extract_entity_list,
     is_entity_present,
+    kind_label,
     strip_entities,
 )
+from langchain_vllm_budget.compression.query import Query, entity_scores, line_scores
 
 if TYPE_CHECKING:
     from langchain_vllm_budget.tokenizers import TokenCounter
 
-__all__ = ["extractive_text", "fit_entities", "repetition", "truncate_to_tokens"]
+__all__ = [
+    "extractive_text",
+    "fit_entities",
+    "left_out_line",
+    "query_extractive_text",
+    "repetition",
+    "truncate_to_tokens",
+]
 
 _BULLET_WORDS = 20  # extractive bullets stay near the seed's "each ≤ 25 tokens"
+_LINE_WORDS = 24  # a quoted line of a tool result keeps its context (key, unit, neighbours)
+_BASE_VALUE = 0.1  # what an entity on no scoring line is worth
+# what an entity of each kind is worth to a reader, in the degrade order
+_KIND_WEIGHT: dict[EntityKind, float] = {
+    "id": 1.0,
+    "path": 0.8,
+    "param": 0.8,
+    "name": 0.6,
+    "value": 0.2,
+}
+_FOCUS_SHARE = 0.5  # lines scoring at least this share of the best are quoted first
+_LEFT_OUT = "- left out (less related to the request; full output stored): "
 
 
 def truncate_to_tokens(
@@ -98,6 +120,7 @@ def fit_entities(
     return kept, dropped
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\[(])")
 _TAG = re.compile(r"\[[\w +-]+\]:?")  # a bare section tag such as "[plan]"
 _BLOCK_START = re.compile(r"^\s*(?:[-*•+>#|]|\d+[.)]\s|```|\[)")
 
@@ -150,11 +173,11 @@ def _only_entities(sentence: str, entities: Sequence[Entity]) -> bool:
     return len(re.findall(r"[A-Za-z]{2,}", rest)) <= 2 and rest != sentence
 
 
-def _short(sentence: str) -> str:
+def _short(sentence: str, words_max: int = _BULLET_WORDS) -> str:
     words = sentence.split()
-    if len(words) <= _BULLET_WORDS:
+    if len(words) <= words_max:
         return sentence
-    return " ".join(words[:_BULLET_WORDS]) + " …"
+    return " ".join(words[:words_max]) + " …"
 
 
 def extractive_text(
@@ -182,6 +205,144 @@ def extractive_text(
             chosen = candidate
     summary = "\n".join([f"- {s}" for _, s in chosen] + entity_lines)
     return truncate_to_tokens(summary, cap, counter), dropped
+
+
+def left_out_line(entities: Sequence[Entity], summary: str) -> str:
+    """What the summary lost, by kind, in the degrade order (``""`` when it lost nothing).
+
+    Example:
+        >>> from langchain_vllm_budget.compression.entities import extract_entity_list
+        >>> left_out_line(extract_entity_list("INC-1 INC-2 /a/b.py took 5 ms"), "- INC-1")
+        '- left out (less related to the request; full output stored): 1 IDs, 1 paths, 1 values'
+    """
+    lost: dict[EntityKind, int] = {}
+    for entity in entities:
+        if not is_entity_present(entity.text, summary):
+            lost[entity.kind] = lost.get(entity.kind, 0) + 1
+    if not lost:
+        return ""
+    kinds = sorted(lost, key=lambda k: Entity("", k, 0).priority)
+    return _LEFT_OUT + ", ".join(f"{lost[k]} {kind_label(k)}" for k in kinds)
+
+
+def query_extractive_text(
+    text: str, entities: Sequence[Entity], cap: int, counter: TokenCounter, query: Query
+) -> str:
+    """Deterministic summary ranked by ``query``: the lines and entities it points at first.
+
+    The degrade order: lines by their score for the query (quoted whole, up to 32 words);
+    a line that no longer fits gives its entities as bullets instead; then the other
+    entities, IDs, paths, parameters, names, values; the last line counts what was left out,
+    by kind.
+
+    Args:
+        text: The result.
+        entities: Its entities (highest priority first).
+        cap: The summary's token cap.
+        counter: Counts tokens.
+        query: What the summary is for (a
+            :class:`~langchain_vllm_budget.compression.query.Query`).
+
+    Returns:
+        The summary, at most ``cap`` tokens.
+    """
+    lines = query_units(text)
+    scores = line_scores(lines, query)
+    by_entity = entity_scores(lines, scores, entities)
+    reserve = counter.count_text(left_out_line(entities, ""))
+    room = cap - reserve
+    chosen: dict[int, str] = {}
+    bullets: list[Entity] = []
+    seen: set[str] = set()
+
+    def render(picked: Mapping[int, str], extra: Sequence[Entity]) -> str:
+        quoted = [f"- {picked[i]}" for i in sorted(picked)]
+        shown = "\n".join(quoted)
+        return "\n".join(
+            quoted + entity_bullets([e for e in extra if not is_entity_present(e.text, shown)])
+        )
+
+    def fits(summary: str) -> bool:
+        return counter.count_text(summary) <= room
+
+    best = max(scores, default=0.0)
+    ranked = sorted(
+        (i for i, score in enumerate(scores) if score > 0 and lines[i].strip()),
+        key=lambda i: (-scores[i], i),
+    )
+    summary = ""
+
+    def quote(i: int, limit: int) -> bool:
+        nonlocal summary
+        line = _short(" ".join(lines[i].split()), _LINE_WORDS)
+        if line.lower() in seen:
+            return False
+        candidate = render({**chosen, i: line}, bullets)
+        if counter.count_text(candidate) > limit:
+            return False
+        seen.add(line.lower())
+        chosen[i], summary = line, candidate
+        return True
+
+    def bullet(entity: Entity) -> None:
+        nonlocal summary
+        if not is_entity_present(entity.text, summary):
+            candidate = render(chosen, [*bullets, entity])
+            if fits(candidate):
+                bullets.append(entity)
+                summary = candidate
+
+    # 1. the best lines, quoted (their context: keys, units, what failed), in half the room
+    for i in ranked:
+        if scores[i] >= _FOCUS_SHARE * best:
+            quote(i, room // 2)
+    # 2. then what keeps most per token: a bullet is worth its entity's score times its
+    #    kind's weight (IDs most, values least), a line its score for each entity it carries
+    #    (and once more for its words)
+    on_line = [sum(_KIND_WEIGHT[e.kind] for e in entities if _on(e, lines[i])) for i in ranked]
+    items: list[tuple[float, int, Entity | None]] = [
+        (scores[i] * (1 + carried) / max(counter.count_text(lines[i]), 1), i, None)
+        for i, carried in zip(ranked, on_line, strict=True)
+    ]
+    items += [
+        (
+            (by_entity[e.text] + _BASE_VALUE)
+            * _KIND_WEIGHT[e.kind]
+            / (counter.count_text(e.text) + 1),
+            e.position,
+            e,
+        )
+        for e in entities
+    ]
+    for _value, i, entity in sorted(items, key=lambda x: (-x[0], x[1])):
+        if entity is None:
+            quote(i, room)
+        else:
+            bullet(entity)
+    left_out = left_out_line(entities, summary)
+    return truncate_to_tokens("\n".join(p for p in (summary, left_out) if p), cap, counter)
+
+
+def query_units(text: str) -> list[str]:
+    r"""The pieces a query ranks: lines, a long line (a paragraph) cut into its sentences.
+
+    Example:
+        >>> [len(u.split()) for u in query_units("a: 1\n" + "Word " * 30 + "end. Next one.")]
+        [2, 31, 2]
+    """
+    units: list[str] = []
+    for line in text.splitlines():
+        if len(line.split()) > _LINE_WORDS:
+            units.extend(_SENTENCE_END.split(line.strip()))
+        else:
+            units.append(line)
+    return units
+
+
+def _on(entity: Entity, line: str) -> bool:
+    return entity_needle(entity.text) in re.sub(r"\s+", "", line) and is_entity_present(
+        entity.text, line
+    )
 
 
 def repetition(summary: str) -> str | None:

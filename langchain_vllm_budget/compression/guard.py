@@ -21,7 +21,13 @@ from langchain_vllm_budget.compression.entities import (
     extract_entity_list,
     is_entity_present,
 )
-from langchain_vllm_budget.compression.extractive import extractive_text, repetition
+from langchain_vllm_budget.compression.extractive import (
+    extractive_text,
+    query_extractive_text,
+    query_units,
+    repetition,
+)
+from langchain_vllm_budget.compression.query import Query, focus_entities, line_scores
 from langchain_vllm_budget.compression.render import render_stage_result
 
 if TYPE_CHECKING:
@@ -31,8 +37,11 @@ __all__ = [
     "CompressionJob",
     "CompressionMethod",
     "CompressionResult",
+    "better_for_query",
     "clean_llm_summary",
     "extractive_summary",
+    "needs_model",
+    "query_summary",
 ]
 
 CompressionMethod = Literal["verbatim", "llm", "llm+restored", "extractive"]
@@ -63,6 +72,9 @@ class CompressionResult:
         model_calls: Summarizer calls made (0: verbatim, or extractive without a call).
         tokenizer: Name of the token counter used.
         exact: Whether that counter is exact for the model.
+        focus: The entities the request points at (all of them when there was no request):
+            what the summary must keep; see :func:`query_summary`.
+        query_missing: Those of ``focus`` missing from the summary.
     """
 
     summary: str
@@ -80,11 +92,13 @@ class CompressionResult:
     model_calls: int = 0
     tokenizer: str = ""
     exact: bool = False
+    focus: tuple[str, ...] = ()
+    query_missing: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for state, ledgers and logs)."""
         data = dataclasses.asdict(self)
-        for key in ("missing", "entities", "restored"):
+        for key in ("missing", "entities", "restored", "focus", "query_missing"):
             data[key] = list(data[key])
         return data
 
@@ -152,6 +166,8 @@ class CompressionJob:
         min_retention: Below this share of entities kept, a model's summary is rejected.
         entities: The entities extracted from ``text``, highest priority first.
         raw_tokens: Tokens of ``text``.
+        query: What the summary is for; when given, the extractive summary ranks by it.
+        focus: The entities the query points at (all entities without a query).
     """
 
     text: str
@@ -160,6 +176,8 @@ class CompressionJob:
     min_retention: float
     entities: list[Entity]
     raw_tokens: int
+    query: Query = dataclasses.field(default_factory=Query)
+    focus: list[Entity] = dataclasses.field(default_factory=list)
 
     @classmethod
     def create(
@@ -169,8 +187,9 @@ class CompressionJob:
         max_tokens: int,
         counter: TokenCounter,
         min_retention: float = DEFAULT_MIN_RETENTION,
+        query: Query | None = None,
     ) -> CompressionJob:
-        """Render ``raw``, extract its entities and count it.
+        """Render ``raw``, extract its entities and count it; find what ``query`` points at.
 
         Raises:
             ValueError: If ``max_tokens`` < 1 or ``min_retention`` is outside [0, 1].
@@ -178,13 +197,22 @@ class CompressionJob:
         """
         _validate(max_tokens, min_retention)
         text = render_stage_result(raw)
+        entities = extract_entity_list(text)
+        query = query or Query()
+        if query:
+            lines = query_units(text)
+            focus = focus_entities(lines, line_scores(lines, query, near=False), entities)
+        else:
+            focus = entities
         return cls(
             text=text,
             cap=max_tokens,
             counter=counter,
             min_retention=min_retention,
-            entities=extract_entity_list(text),
+            entities=entities,
             raw_tokens=counter.count_text(text) if text.strip() else 0,
+            query=query,
+            focus=focus,
         )
 
     def early(self) -> CompressionResult | None:
@@ -196,8 +224,13 @@ class CompressionJob:
         return None
 
     def extractive(self, reason: str | None = None, chunks: int = 1) -> CompressionResult:
-        """The deterministic summary: entity bullets first, then the richest sentences."""
-        summary, _dropped = extractive_text(self.text, self.entities, self.cap, self.counter)
+        """The deterministic summary (ranked by the query when there is one)."""
+        if self.query:
+            summary = query_extractive_text(
+                self.text, self.entities, self.cap, self.counter, self.query
+            )
+        else:
+            summary, _dropped = extractive_text(self.text, self.entities, self.cap, self.counter)
         return self.result(summary, "extractive", reason=reason, chunks=chunks)
 
     def result(
@@ -234,6 +267,10 @@ class CompressionJob:
             model_calls=model_calls,
             tokenizer=getattr(self.counter, "name", type(self.counter).__name__),
             exact=bool(getattr(self.counter, "exact", False)),
+            focus=tuple(e.text for e in self.focus),
+            query_missing=tuple(
+                e.text for e in self.focus if not is_entity_present(e.text, summary)
+            ),
         )
 
     def guard(self, llm_summary: str, *, chunks: int, model_calls: int) -> CompressionResult:
@@ -296,3 +333,51 @@ def extractive_summary(
         tokenizer = ApproximateTokenCounter()
     job = CompressionJob.create(raw, max_tokens=max_tokens, counter=tokenizer, min_retention=0.0)
     return job.early() or job.extractive()
+
+
+def query_summary(
+    raw: Any, *, query: Query, max_tokens: int, tokenizer: TokenCounter
+) -> CompressionResult:
+    """The extractive summary ranked by ``query``, with the entities it points at checked.
+
+    Its ``query_missing`` says whether a summarizer model could add something the request
+    needs (see :func:`needs_model`).
+
+    Args:
+        raw: The result to summarize.
+        query: What the summary is for (the tool call and the user's request).
+        max_tokens: The hard cap.
+        tokenizer: Counts tokens.
+
+    Returns:
+        The summary (``"verbatim"`` when ``raw`` fits the cap).
+    """
+    job = CompressionJob.create(
+        raw, max_tokens=max_tokens, counter=tokenizer, min_retention=0.0, query=query
+    )
+    return job.early() or job.extractive()
+
+
+def needs_model(first: CompressionResult, strategy: str, *, has_model: bool) -> bool:
+    """Whether to ask the summarizer after the query-ranked extractive summary ``first``.
+
+    ``"extractive"`` (or no model) never does, ``"llm"`` always does for a result over the
+    cap, and ``"auto"`` only when ``first`` lost an entity the request points at.
+    """
+    if not has_model or strategy == "extractive" or first.method == "verbatim":
+        return False
+    return strategy == "llm" or bool(first.query_missing)
+
+
+def better_for_query(first: CompressionResult, other: CompressionResult) -> CompressionResult:
+    """Of the query-ranked summary and the summarizer's, the one keeping more of the focus.
+
+    A tie goes to ``other`` (the model's, guarded); the chosen one carries ``first``'s focus
+    and both summaries' model calls.
+    """
+    kept_first = len(first.focus) - len(first.query_missing)
+    query_missing = tuple(e for e in first.focus if not is_entity_present(e, other.summary))
+    kept_other = len(first.focus) - len(query_missing)
+    if kept_first > kept_other:
+        return dataclasses.replace(first, model_calls=other.model_calls)
+    return dataclasses.replace(other, focus=first.focus, query_missing=query_missing)

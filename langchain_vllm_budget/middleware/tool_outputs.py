@@ -4,7 +4,11 @@ A tool that returns 5,000 tokens puts 5,000 tokens into every later model call o
 :class:`ToolOutputCompressionMiddleware` (a ``create_agent`` middleware) replaces a tool
 result larger than ``threshold_tokens`` by a loss-checked, hard-capped summary written by
 :func:`~langchain_vllm_budget.compression.compress_stage_result` (IDs, paths, parameters and
-numbers kept; at most ``summary_max_tokens`` tokens), and nothing is lost:
+numbers kept; at most ``summary_max_tokens`` tokens), and nothing is lost. The summary is
+query-aware: the tool's name and arguments and the user's latest request rank what it keeps
+first (:func:`~langchain_vllm_budget.compression.query_summary`), and with the default
+``strategy="auto"`` the summarizer model is called only when that extractive summary lost an
+entity the request points at:
 
 * the raw result is put into the LangGraph store (``runtime.store``) first, under the
   namespace ``(*namespace, thread_id)`` (default ``("tool_outputs", <thread_id>)``; threadless
@@ -39,8 +43,12 @@ from langchain_vllm_budget.compaction import text_counter_for
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
+    Query,
     acompress_stage_result,
+    better_for_query,
     compress_stage_result,
+    needs_model,
+    query_summary,
     truncate_to_tokens,
 )
 from langchain_vllm_budget.settings import COMPRESSION, SUMMARY_MAX_TOKENS
@@ -248,6 +256,16 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             value,
         )
 
+    def _first(self, job: _Job) -> CompressionResult:
+        """The extractive summary ranked by the tool call and the user's request."""
+        query = Query.of(job.request, tool=job.value["tool"], args=job.value["args"])
+        return query_summary(
+            job.text, query=query, max_tokens=self.summary_max_tokens, tokenizer=self.counter
+        )
+
+    def _needs_model(self, first: CompressionResult) -> bool:
+        return needs_model(first, self.strategy, has_model=self.summarizer is not None)
+
     def _compress_kwargs(self, job: _Job) -> dict[str, Any]:
         return {
             "model": self.summarizer,
@@ -272,6 +290,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             "saved_tokens": job.tokens - compressed.summary_tokens,
             "retention": compressed.retention,
             "missing": list(compressed.missing),
+            "query_missing": list(compressed.query_missing),
             "method": compressed.method,
             "store_namespace": list(job.namespace),
             "store_key": message.tool_call_id,
@@ -296,7 +315,10 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         if job is None:
             return result
         job.store.put(job.namespace, job.message.tool_call_id, job.value)
-        compressed = compress_stage_result(job.text, **self._compress_kwargs(job))
+        compressed = self._first(job)
+        if self._needs_model(compressed):
+            other = compress_stage_result(job.text, **self._compress_kwargs(job))
+            compressed = better_for_query(compressed, other)
         return self._replace(job, compressed)
 
     async def awrap_tool_call(
@@ -310,8 +332,11 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         if job is None:
             return result
         await job.store.aput(job.namespace, job.message.tool_call_id, job.value)
-        kwargs = await asyncio.to_thread(self._compress_kwargs, job)
-        compressed = await acompress_stage_result(job.text, **kwargs)
+        compressed = await asyncio.to_thread(self._first, job)
+        if self._needs_model(compressed):
+            kwargs = await asyncio.to_thread(self._compress_kwargs, job)
+            other = await acompress_stage_result(job.text, **kwargs)
+            compressed = await asyncio.to_thread(better_for_query, compressed, other)
         return self._replace(job, compressed)
 
     # ------------------------------------------------------------------------ read-back tool

@@ -8,8 +8,10 @@ retriever, a chain, an agent, a subgraph) into a node that
    chat model it builds the prompt and fits it to the window with the degrade order, planning
    the budget once per candidate and sending the call with the plan that fits;
 2. stores the stage's raw output in the LangGraph store, per thread and run;
-3. compresses the output (:func:`~langchain_vllm_budget.compression.compress_stage_result`:
-   entities kept, hard cap) and updates the run's rolling summary;
+3. compresses the output (ranked by the request with
+   :func:`~langchain_vllm_budget.compression.query_summary`, the summarizer asked only when
+   that lost an entity the request points at, or always with ``compression="llm"``; entities
+   kept, hard cap) and updates the run's rolling summary;
 4. writes the summary, the rolling summary and a ledger entry into the state, and logs the
    compression ratio.
 
@@ -53,9 +55,13 @@ from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
+    Query,
     acompress_stage_result,
+    better_for_query,
     compress_stage_result,
     extractive_summary,
+    needs_model,
+    query_summary,
     render_stage_result,
 )
 from langchain_vllm_budget.stages._usage import ModelCallUsage, track_model_calls
@@ -343,6 +349,18 @@ class CompressedStage:
             ),
         }
 
+    def _first(self, call: _Call, output: _Output) -> CompressionResult:
+        """The extractive summary ranked by the stage's request."""
+        return query_summary(
+            output.text,
+            query=Query.of(call.stage_input.request),
+            max_tokens=call.handoff.summary_max_tokens,
+            tokenizer=call.counter,
+        )
+
+    def _needs_model(self, call: _Call, first: CompressionResult) -> bool:
+        return needs_model(first, call.handoff.compression, has_model=call.summarizer is not None)
+
     def _compress_kwargs(self, call: _Call, output: _Output) -> dict[str, Any]:
         return {
             "model": call.summarizer,
@@ -446,7 +464,10 @@ class CompressedStage:
             output = _Output(render_stage_result(raw))
         call.store.put(call.namespace, self.name, self._raw_record(call, output.text))
         with track_model_calls(call.counter) as usage:
-            summary = compress_stage_result(output.text, **self._compress_kwargs(call, output))
+            summary = self._first(call, output)
+            if self._needs_model(call, summary):
+                other = compress_stage_result(output.text, **self._compress_kwargs(call, output))
+                summary = better_for_query(summary, other)
             rolling = self._merged_rolling(call, summary.summary)
             if rolling is None:
                 merged = compress_stage_result(**self._rolling_kwargs(call, summary.summary))
@@ -470,9 +491,12 @@ class CompressedStage:
         record = await asyncio.to_thread(self._raw_record, call, output.text)
         await call.store.aput(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
-            summary = await acompress_stage_result(
-                output.text, **self._compress_kwargs(call, output)
-            )
+            summary = await asyncio.to_thread(self._first, call, output)
+            if self._needs_model(call, summary):
+                other = await acompress_stage_result(
+                    output.text, **self._compress_kwargs(call, output)
+                )
+                summary = await asyncio.to_thread(better_for_query, summary, other)
             rolling = await asyncio.to_thread(self._merged_rolling, call, summary.summary)
             if rolling is None:
                 merged = await acompress_stage_result(**self._rolling_kwargs(call, summary.summary))

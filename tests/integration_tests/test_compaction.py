@@ -280,8 +280,10 @@ def test_tool_output_middleware_stores_summarizes_and_reads_back(tiny_qwen) -> N
     def scripted(request, handler):
         return decisions.pop(0) if decisions else handler(request)
 
+    # strategy="llm": the summarizer writes it (with "auto", the summary ranked by the
+    # request is used without a model call when it keeps what the request points at)
     compression = ToolOutputCompressionMiddleware(
-        model, threshold_tokens=1000, summary_max_tokens=150
+        model, threshold_tokens=1000, summary_max_tokens=150, strategy="llm"
     )
     store = InMemoryStore()
     agent = create_agent(

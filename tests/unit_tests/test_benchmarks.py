@@ -489,3 +489,51 @@ def test_the_summary_names_the_run_of_each_kept_section(tmp_path) -> None:
     assert json.loads((tmp_path / "results.json").read_text())["planner"]["command"] == (
         "make bench"
     )
+
+
+def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
+    import json
+    from pathlib import Path
+
+    from benchmarks.retention import MustKeep
+    from benchmarks.tool_output_retention import summary_md
+    from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+
+    data = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
+    outputs = json.loads((data / "tool_outputs.json").read_text())
+    facts = json.loads((data / "tool_output_facts.json").read_text())
+    assert len(outputs) >= 10
+    for item in outputs:
+        assert item["request"]
+        assert item["tool_call"]["name"]
+        # 2,000-5,000 tokens by the Qwen tokenizer (the benchmark counts them exactly)
+        assert 1000 <= ApproximateTokenCounter().count_text(item["output"]) <= 6000
+        labelled = [MustKeep.parse(f) for f in facts[item["name"]]]
+        assert labelled
+        assert all(f.found_in(item["output"]) for f in labelled), item["name"]
+    row = {
+        "output": "o",
+        "tool_call": "t({})",
+        "raw_tokens": 3000,
+        "summary_tokens": 240,
+        "kept": 9,
+        "facts": 10,
+        "kept_without_query": 2,
+        "summarizer_call": False,
+        "missing": ["x"],
+    }
+    total = {
+        "kept": 9,
+        "facts": 10,
+        "rate": 0.9,
+        "goal": 0.9,
+        "goal_met": True,
+        "rate_without_query": 0.2,
+        "under_cap": 1,
+        "outputs": 1,
+        "summarizer_calls": 0,
+        "summarizer_calls_with_all_facts_kept": 0,
+    }
+    lines = summary_md({"cap": 250, "tokenizer": "q", "rows": [row], "summary": total})
+    assert "| o | `t({})` | 3000 | 240 | 9/10 | 2/10 | no | `x` |" in lines
+    assert "90.0%; goal 90%: met" in lines[-1]

@@ -770,3 +770,72 @@ def test_possible_carriers_include_every_carrier() -> None:
     # and the result is what it was: a carried entity is dropped, the carrier kept
     kept = [e.text for e in extract_entity_list("GET https://h.example/v1/jobs/42 and /v1/jobs/42")]
     assert kept == ["https://h.example/v1/jobs/42"]
+
+
+# ------------------------------------------------------------------ query-aware summaries
+
+_SERVICES_LOG = "\n".join(
+    f"2026-11-30T14:{i:02d}:00Z svc-{i:02d} INFO deploy dep-{i:03d}7 done, "
+    f"pool_size={10 + i}, latency {100 + i} ms"
+    for i in range(60)
+)
+
+
+def test_query_terms_rank_what_the_summary_keeps_first() -> None:
+    from langchain_vllm_budget.compression import Query, query_summary
+
+    plain = extractive_summary(_SERVICES_LOG, max_tokens=80, tokenizer=COUNTER)
+    assert "dep-0427" not in plain.summary  # position and kind decide: the first services
+    query = Query.of("What pool size does svc-42 use?", tool="search_logs", args={"since": "1h"})
+    ranked = query_summary(_SERVICES_LOG, query=query, max_tokens=80, tokenizer=COUNTER)
+    assert ranked.summary_tokens <= 80
+    # the line the request names is kept, quoted whole (its key and unit with it)
+    line = "- 2026-11-30T14:42:00Z svc-42 INFO deploy dep-0427 done, pool_size=52, latency 142 ms"
+    assert line in ranked.summary.splitlines()
+    assert set(ranked.focus) == {
+        "2026-11-30T14:42:00Z",
+        "svc-42",
+        "dep-0427",
+        "pool_size=52",
+        "142 ms",
+    }
+    assert ranked.query_missing == ()
+    # the degrade order says what went: the last line counts the lost entities by kind
+    last = ranked.summary.splitlines()[-1]
+    assert last.startswith("- left out (less related to the request; full output stored): ")
+    assert "IDs" in last
+
+
+def test_a_query_word_matches_its_stem_and_a_compound_name_matches_whole() -> None:
+    from langchain_vllm_budget.compression import Query
+    from langchain_vllm_budget.compression.query import line_scores
+
+    query = Query.of("Why do jobs on gpu-3 keep failing?")
+    scores = line_scores(
+        ["job 7 on gpu-3 failed", "job 8 on gpu-31 ok", "job 9 on gpu-2 ok", "idle"], query
+    )
+    assert scores[0] > scores[1] > 0  # gpu-3 is not gpu-31: only its parts match there
+    assert scores[3] < scores[2]
+
+
+def test_the_model_is_needed_only_when_the_focus_was_lost() -> None:
+    from langchain_vllm_budget.compression import (
+        Query,
+        better_for_query,
+        needs_model,
+        query_summary,
+    )
+
+    query = Query.of("What pool size does svc-42 use?")
+    kept = query_summary(_SERVICES_LOG, query=query, max_tokens=80, tokenizer=COUNTER)
+    assert not needs_model(kept, "auto", has_model=True)
+    assert needs_model(kept, "llm", has_model=True)
+    assert not needs_model(kept, "llm", has_model=False)
+    tight = query_summary(_SERVICES_LOG, query=query, max_tokens=12, tokenizer=COUNTER)
+    assert tight.query_missing
+    assert needs_model(tight, "auto", has_model=True)
+    assert not needs_model(tight, "extractive", has_model=True)
+    # of two summaries, the one keeping more of the focus wins (a tie: the model's)
+    other = extractive_summary("nothing relevant here " * 40, max_tokens=12, tokenizer=COUNTER)
+    assert better_for_query(kept, other).summary == kept.summary
+    assert better_for_query(kept, kept).query_missing == ()

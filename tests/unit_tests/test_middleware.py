@@ -252,9 +252,12 @@ def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
     assert savings["raw_tokens"] == raw_tokens
     assert savings["saved_tokens"] == raw_tokens - savings["summary_tokens"] > 0
     assert savings["store_namespace"] == ["tool_outputs", "t1"]
-    # the summary keeps the highest-priority details first (IDs: every node), and says
-    # what 120 runs' worth of paths could not fit under the cap
-    assert all(f"gpu-{k}.eu-west" in summary for k in range(7))
+    # the summary keeps what the question asks for first (the runs on gpu-3), and says what
+    # 120 runs' worth of paths could not fit under the cap
+    assert "job_0003 on node gpu-3.eu-west" in summary
+    assert "s3://runs/job_0010/model.safetensors" in summary  # the next run on gpu-3
+    assert "s3://runs/job_0002/model.safetensors" not in summary  # gpu-2: not asked for
+    assert summary.splitlines()[-1].startswith("- left out (less related to the request")
     assert savings["missing"]
     assert savings["retention"] == pytest.approx(
         1 - len(savings["missing"]) / len(extract_entities(REPORT)), abs=0.01
@@ -400,3 +403,22 @@ def test_settings_come_from_the_environment_and_are_checked(
 def test_threshold_must_exceed_the_cap() -> None:
     with pytest.raises(ValueError, match="threshold_tokens"):
         ToolOutputCompressionMiddleware(_model(), threshold_tokens=100, summary_max_tokens=200)
+
+
+def test_no_summarizer_call_when_the_ranked_summary_keeps_what_the_request_asks() -> None:
+    summarizer = _model(script=[AIMessage("- should not be asked")])
+    model = _model(script=[_call("fetch_report", {"day": "2024-05-14"}, "c1")])
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summary_max_tokens=150, summarizer=summarizer
+    )
+    agent = _tool_agent(model, middleware, store=InMemoryStore())
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [HumanMessage("Where is the artifact of job_0042?")]}, config)
+    result = next(
+        m for m in agent.get_state(config).values["messages"] if isinstance(m, ToolMessage)
+    )
+    savings = result.response_metadata[METADATA_KEY]
+    assert summarizer.prompts == []
+    assert savings["method"] == "extractive"
+    assert savings["query_missing"] == []
+    assert "s3://runs/job_0042/model.safetensors" in result.text

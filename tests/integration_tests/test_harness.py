@@ -1,0 +1,123 @@
+"""A harness built on ``create_agent`` past the window: its own budget check always has room.
+
+Harnesses check their requests against ``model.profile["max_input_tokens"]`` less their output
+reserve (``max_tokens``) and a headroom of their own, and compact with LangChain's
+``SummarizationMiddleware`` triggered at a fraction of the same profile. On the real server
+(tiny-qwen, 12,288-token window) with a system prompt and tool set of more than 3,000 tokens,
+such an agent runs 15 turns past the window: no request over the harness's budget, none over
+the window, no error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import SummarizationMiddleware, wrap_model_call
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.tools import StructuredTool
+from langgraph.checkpoint.memory import InMemorySaver
+
+from langchain_vllm_budget import TransformersTokenCounter
+from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
+from tests.integration_tests.test_compaction import (
+    Recorder,
+    _assert_inside_the_window,
+    _model,
+    _turn_text,
+)
+
+pytestmark = pytest.mark.integration
+
+MAX_TOKENS = 64  # the harness's output reserve
+HEADROOM = 0.10  # and its headroom, a share of the profile's input limit
+TRIGGER = 0.7  # SummarizationMiddleware's trigger, a share of the same limit
+
+
+def _runbook(counter: TransformersTokenCounter, tokens: int) -> str:
+    rules = []
+    k = 0
+    while counter.count_text("\n".join(rules)) < tokens:
+        rules.append(
+            f"Rule {k}: before touching service svc-{k:03d}, read /srv/runbooks/svc-{k:03d}.md, "
+            f"page the owner team-{k % 17} and keep error_budget={k % 9 + 1}% in mind."
+        )
+        k += 1
+    return "You are the on-call assistant of a platform team.\n" + "\n".join(rules)
+
+
+def _tools(n: int) -> list[StructuredTool]:
+    def make(k: int) -> StructuredTool:
+        def run(service: str, window_minutes: int = 30, region: str = "eu-west-1") -> str:
+            return f"{service}: ok"
+
+        return StructuredTool.from_function(
+            run,
+            name=f"ops_tool_{k}",
+            description=(
+                f"Operations tool {k}: query, restart or drain a service in a region. "
+                "Use it only after reading the runbook rule of the service; it returns the "
+                "service's state, its last deploys and the open tickets that mention it."
+            ),
+        )
+
+    return [make(k) for k in range(n)]
+
+
+def test_a_harness_with_its_own_headroom_runs_15_turns_past_the_window(tiny_qwen) -> None:
+    recorder = Recorder()
+    counter = TransformersTokenCounter(tiny_qwen.model_path)
+    model = _model(tiny_qwen, recorder)
+    model.max_tokens = MAX_TOKENS
+    system = _runbook(counter, 2500)
+    tools = _tools(8)
+    fixed = model.get_num_tokens_from_messages(
+        [SystemMessage(system)], tools=tools_to_openai_dicts(tools)
+    )
+    assert fixed >= 3000, "the system prompt and tool set are at least 3,000 tokens"
+    limit = model.profile["max_input_tokens"]
+    budget = limit - MAX_TOKENS - int(HEADROOM * limit)
+    assert fixed < budget
+    sizes: list[int] = []
+
+    @wrap_model_call
+    def harness_budget(request: Any, handler: Any) -> Any:
+        """What a harness does: refuse a request over its own budget."""
+        messages = [request.system_message, *request.messages]
+        size = model.get_num_tokens_from_messages(
+            messages, tools=tools_to_openai_dicts(request.tools)
+        )
+        sizes.append(size)
+        if size > budget:
+            raise RuntimeError(f"harness budget: {size} > {budget} tokens")
+        return handler(request)
+
+    agent = create_agent(
+        model,
+        tools=tools,
+        system_prompt=system,
+        middleware=[
+            SummarizationMiddleware(model, trigger=("fraction", TRIGGER), keep=("fraction", 0.2)),
+            harness_budget,
+        ],
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "harness"}, "recursion_limit": 10_000}
+    turn_tokens = tiny_qwen.max_model_len // 20
+    sent_total = fixed
+    past_window = 0
+    turn = 0
+    while past_window < 15:
+        text = _turn_text(turn, turn_tokens, counter)
+        sent_total += counter.count_text(text)
+        result = agent.invoke({"messages": [HumanMessage(text)]}, config)
+        assert isinstance(result["messages"][-1], AIMessage)
+        past_window += sent_total > tiny_qwen.max_model_len
+        turn += 1
+    # 15 turns past the window (the first one crossing it, 14 more), each request within
+    # the harness's budget and the server's window: LangChain's summaries kept it there
+    assert sent_total > tiny_qwen.max_model_len + 14 * turn_tokens
+    assert max(sizes) <= budget
+    _assert_inside_the_window(recorder.calls, tiny_qwen.max_model_len)
+    assert len(recorder.calls) > turn  # the summaries were written by the same server
