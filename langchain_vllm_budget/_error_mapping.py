@@ -68,6 +68,14 @@ _UNSUPPORTED_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# What a router in front of vLLM replicas (vllm-router) answers when it reaches none of them:
+# to the caller that is a server that cannot be reached, not a server that failed.
+_NO_REPLICA_MARKERS: tuple[str, ...] = (
+    "No available workers",
+    "error sending request for url",
+)
+
+
 def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
     """The typed error for an OpenAI client error, or ``exc`` itself if none applies.
 
@@ -98,6 +106,10 @@ def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
         return VLLMTimeoutError(target.base_url, target.timeout)
     if isinstance(exc, openai.APIConnectionError):
         return VLLMConnectionError(target.base_url, str(exc.__cause__ or exc))
+    if isinstance(exc, openai.InternalServerError) and any(
+        marker in exc.message for marker in _NO_REPLICA_MARKERS
+    ):
+        return VLLMConnectionError(target.base_url, f"no replica reachable: {exc.message}")
     if isinstance(exc, openai.InternalServerError):
         return VLLMServerError(target.base_url, exc.message, exc.status_code)
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
