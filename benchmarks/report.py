@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks.overflow_sweep import CLIENTS, OUTCOMES
 from benchmarks.overhead import COUNTING_GOALS_MS
+from benchmarks.replicas import replicas_md
 from benchmarks.report_pipeline import (
     concurrency_md,
     pipeline_md,
@@ -368,6 +369,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ("planner", _planner_md, None, None),
         ("concurrency", concurrency_md, plot_concurrency, "concurrency.png"),
         ("sessions", sessions_md, None, None),
+        ("replicas", replicas_md, None, None),
     )
     for key, to_md, plot, png in sections:
         section = results.get(key)

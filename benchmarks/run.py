@@ -36,6 +36,8 @@ from benchmarks.overflow_sweep import run_sweep
 from benchmarks.overhead import run_overhead
 from benchmarks.pipeline import run_pipeline
 from benchmarks.planner import run_planner
+from benchmarks.replicas import run_replicas
+from benchmarks.replicas import write as write_replicas
 from benchmarks.report import write_results
 from benchmarks.servers import QWEN, SMOLLM2, BenchServers
 from benchmarks.sessions import run_sessions
@@ -53,6 +55,7 @@ BENCHMARKS: tuple[str, ...] = (
     "concurrency",
     "agent_loop",
     "sessions",
+    "replicas",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -192,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             write_agent_loop(
                 results["agent_loop"], args.out / "agent_loop", results["meta"]["command"]
             )
+    if "replicas" in selected:  # starts two tiny-qwen replicas and vllm-router in front
+        _timed("replicas", results, lambda: run_replicas(quick=args.quick))
+        if "error" not in results["replicas"]:
+            write_replicas(results["replicas"], args.out / "replicas", results["meta"]["command"])
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()
     results = keep_earlier_sections(results, _earlier(args.out), selected)
