@@ -68,12 +68,11 @@ _UNSUPPORTED_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-# What a router in front of vLLM replicas (vllm-router) answers when it reaches none of them:
+# A router in front of vLLM replicas (vllm-router) that reaches none of them answers 503
+# ("No available workers", sometimes with no body) or 500 "error sending request for url";
 # to the caller that is a server that cannot be reached, not a server that failed.
-_NO_REPLICA_MARKERS: tuple[str, ...] = (
-    "No available workers",
-    "error sending request for url",
-)
+_NO_REPLICA_STATUS = 503
+_NO_REPLICA_MARKER = "error sending request for url"
 
 
 def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
@@ -106,10 +105,11 @@ def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
         return VLLMTimeoutError(target.base_url, target.timeout)
     if isinstance(exc, openai.APIConnectionError):
         return VLLMConnectionError(target.base_url, str(exc.__cause__ or exc))
-    if isinstance(exc, openai.InternalServerError) and any(
-        marker in exc.message for marker in _NO_REPLICA_MARKERS
+    if isinstance(exc, openai.InternalServerError) and (
+        exc.status_code == _NO_REPLICA_STATUS or _NO_REPLICA_MARKER in exc.message
     ):
-        return VLLMConnectionError(target.base_url, f"no replica reachable: {exc.message}")
+        reason = f"no replica reachable (HTTP {exc.status_code}): {exc.message}"
+        return VLLMConnectionError(target.base_url, reason)
     if isinstance(exc, openai.InternalServerError):
         return VLLMServerError(target.base_url, exc.message, exc.status_code)
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):

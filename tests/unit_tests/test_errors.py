@@ -497,6 +497,7 @@ def test_other_typed_errors() -> None:
     ("status", "body"),
     [
         (503, "No available workers (all circuits open or unhealthy)"),
+        (503, "Error code: 503"),
         (500, "Request failed: error sending request for url (http://127.0.0.1:9/v1/chat)"),
     ],
 )
