@@ -101,6 +101,10 @@ def _agent(base_url: str, *, session_key: bool) -> Any:
         session_affinity="thread" if session_key else "off",
     )
 
+    # Load the tokenizer before the threads start: transformers' lazy imports are not safe
+    # to run from several threads at once.
+    model.resolved_token_counter.count_text(SYSTEM)
+
     def call(state: MessagesState) -> dict[str, Any]:
         return {"messages": [model.invoke([SystemMessage(SYSTEM), *state["messages"]])]}
 

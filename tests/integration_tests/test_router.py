@@ -112,6 +112,10 @@ def _model(base_url: str, **kwargs: Any) -> ChatVLLM:
 
 
 def _agent(model: ChatVLLM) -> Any:
+    # Load the tokenizer before threads share the model (transformers' lazy imports are not
+    # safe to run from several threads at once).
+    model.resolved_token_counter.count_text(SYSTEM)
+
     def call(state: MessagesState) -> dict[str, Any]:
         return {"messages": [model.invoke([SystemMessage(SYSTEM), *state["messages"]])]}
 
