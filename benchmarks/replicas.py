@@ -36,7 +36,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from benchmarks.calls import percentile
-from benchmarks.metrics import COUNTERS, counter_delta, parse_metrics
+from benchmarks.metrics import COUNTERS, parse_metrics
 from langchain_vllm_budget import ChatVLLM, TokenBudget
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
@@ -131,10 +131,18 @@ def _phase(agent: Any, threads: list[str], turns: range) -> list[float]:
         return [s for latencies in pool.map(run, threads) for s in latencies]
 
 
+_READ = (*COUNTERS, "vllm:request_success")
+
+
 def scrape(root: str) -> dict[str, float]:
     """A replica's counters, its finished requests included."""
     text = httpx.get(f"{root}/metrics", timeout=10.0).text
-    return parse_metrics(text, (*COUNTERS, "vllm:request_success"))
+    return parse_metrics(text, _READ)
+
+
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """``after - before`` for every counter read (the finished requests included)."""
+    return {name: after.get(name, 0.0) - before.get(name, 0.0) for name in _READ}
 
 
 def _settled(
