@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install services demo test lint unit integration bench clean
+.PHONY: install services demo demo-steps test test-steps lint unit integration bench clean
 
 install:
 	@bash scripts/bootstrap.sh
@@ -20,7 +20,11 @@ install:
 services: install
 	@bash scripts/postgres.sh install
 
-demo: install
+# demo and test record their wall time and outcome in benchmarks/results/make-{demo,test}.txt.
+demo:
+	@bash scripts/record.sh make-demo $(MAKE) --no-print-directory demo-steps
+
+demo-steps: install
 	@bash scripts/with-run-dir.sh $(PY) -m graphs
 
 lint: install
@@ -34,8 +38,12 @@ unit: install
 integration: services
 	@bash scripts/with-run-dir.sh $(PY) -m pytest tests/integration_tests
 
-test: lint services
-	@bash scripts/with-run-dir.sh $(PY) -m pytest tests langchain_vllm_budget --doctest-modules
+test:
+	@bash scripts/record.sh make-test $(MAKE) --no-print-directory test-steps
+
+test-steps: lint services
+	@bash scripts/with-run-dir.sh $(PY) -m pytest tests/unit_tests langchain_vllm_budget \
+		tests/integration_tests --doctest-modules --durations=25
 
 bench: install
 	@bash scripts/with-run-dir.sh $(PY) -m benchmarks.run

@@ -759,10 +759,10 @@ def run_pipeline_once(
     """
     from langgraph.store.memory import InMemoryStore
 
-    from graphs.context import Context
-    from graphs.graph import build_pipeline
-    from graphs.prompts import DEMO_REQUEST
-    from graphs.state import InputState
+    from langchain_vllm_budget.pipeline.context import Context
+    from langchain_vllm_budget.pipeline.graph import build_pipeline
+    from langchain_vllm_budget.pipeline.prompts import DEMO_REQUEST
+    from langchain_vllm_budget.pipeline.state import InputState
 
     graph = build_pipeline().compile(store=InMemoryStore())
     context = Context(

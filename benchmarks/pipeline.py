@@ -1,7 +1,8 @@
 """Benchmark 4: the 4-stage pipeline, compressed hand-offs vs raw outputs forward.
 
-*Compressed* is the real graph (:func:`graphs.graph.build_pipeline`, run with
-``graph.ainvoke``: the async nodes): each stage sees the request and the compressed summaries
+*Compressed* is the real graph
+(:func:`langchain_vllm_budget.pipeline.graph.build_pipeline`, run with ``graph.ainvoke``: the
+async nodes): each stage sees the request and the compressed summaries
 of the earlier stages. *Raw forward* is the seed's baseline: the same stage prompts
 (:func:`langchain_vllm_budget.stages.stage_messages`) carrying every earlier stage's raw
 output, sent one after the other through the same budget-aware ``ChatVLLM``. Same server,
@@ -52,12 +53,12 @@ from benchmarks.overflow_sweep import classify, seed_max_tokens
 from benchmarks.requests import PipelineRequest, request_variant
 from benchmarks.retention import Retention, must_keep_retention
 from benchmarks.servers import Served
-from graphs.context import Context
-from graphs.graph import STAGES, build_pipeline, make_model
-from graphs.prompts import STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.cli.run import _LOCAL_DEFAULTS
 from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.pipeline.context import Context
+from langchain_vllm_budget.pipeline.graph import STAGES, build_pipeline, make_model
+from langchain_vllm_budget.pipeline.prompts import STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget.stages import StageInput, stage_messages
 
 __all__ = [

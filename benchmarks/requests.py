@@ -2,7 +2,8 @@
 
 Concurrent pipelines must not share a request (vLLM's prefix cache would serve the shared
 part, and identical greedy outputs would hide the load). :func:`request_variant` makes the
-``i``-th variant of :data:`graphs.prompts.DEMO_REQUEST` by replacing each of its IDs, hosts and
+``i``-th variant of :data:`langchain_vllm_budget.pipeline.prompts.DEMO_REQUEST` by replacing
+each of its IDs, hosts and
 numbers (:data:`_SLOTS`) with another value, and applies the same replacements to the
 request's hand-labelled must-keep facts (``benchmarks/data/must_keep.json``, ``requests.demo``).
 Variant 0 is the demo request itself.
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from benchmarks.retention import MustKeep, load_must_keep
-from graphs.prompts import DEMO_REQUEST
+from langchain_vllm_budget.pipeline.prompts import DEMO_REQUEST
 
 __all__ = ["PipelineRequest", "request_variant"]
 

@@ -1,5 +1,5 @@
-"""The LangGraph app: the seed's classify -> select -> plan -> execute pipeline.
+"""The LangGraph app folder: ``langgraph.json`` serves ``./graphs/graph.py:graph``.
 
-Served by ``langgraph.json`` (``./graphs/graph.py:graph``); built from the package's
-compressed stages (:mod:`langchain_vllm_budget.stages`).
+The graph is the package's seed pipeline (:mod:`langchain_vllm_budget.pipeline`);
+``python -m graphs`` is the demo run.
 """

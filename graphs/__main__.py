@@ -20,11 +20,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from graphs.graph import STAGES, graph
-from graphs.prompts import DEMO_REQUEST, STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.cli import app
 from langchain_vllm_budget.cli.run import CHECKPOINTER_DSN, DEFAULT_DB_PATH, LOCAL_MODEL
+from langchain_vllm_budget.pipeline.graph import STAGES, graph
+from langchain_vllm_budget.pipeline.prompts import DEMO_REQUEST, STAGE_SYSTEM_PROMPTS
 
 _SKIP_NOTE = ("--db", "--checkpointer-dsn", "--graph", "--help")
 

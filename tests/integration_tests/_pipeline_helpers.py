@@ -8,8 +8,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
-from graphs.context import Context
-from graphs.graph import build_pipeline
+from langchain_vllm_budget.pipeline.context import Context
+from langchain_vllm_budget.pipeline.graph import build_pipeline
 from tests.integration_tests.conftest import ServedModel
 
 FAST = {

@@ -50,33 +50,77 @@ class ServedModel:
         return self.base_url.removesuffix("/").removesuffix("/v1")
 
 
-def _served(name: str, max_model_len: int, env_var: str, setup: str) -> Iterator[ServedModel]:
-    path = ensure_local_model(name)
-    url = os.environ.get(env_var)
+@dataclass(frozen=True)
+class _Shared:
+    """How one of the session's shared servers is served."""
+
+    fixture: str
+    name: str
+    max_model_len: int
+    env_var: str
+    setup: str
+
+
+SHARED = (
+    _Shared(
+        "smollm2",
+        "smollm2-135m-instruct",
+        SMOLLM2_MAX_MODEL_LEN,
+        "VLLM_BUDGET_TEST_SMOLLM2_URL",
+        "tools",
+    ),
+    _Shared(
+        "tiny_qwen", "tiny-qwen", QWEN_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_QWEN_URL", "tool-parser"
+    ),
+)
+_BOOTING: dict[str, LocalVLLMServer] = {}
+
+
+def _server(shared: _Shared) -> LocalVLLMServer:
+    spec = LocalServerSpec(
+        model=str(ensure_local_model(shared.name)),
+        served_model_name=shared.name,
+        max_model_len=shared.max_model_len,
+        setup=shared.setup,
+    )
+    return LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{shared.name}.log")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the shared servers the collected tests need as soon as collection ends.
+
+    They boot while the offline tests run (``make test`` puts ``tests/unit_tests`` first);
+    the session fixtures then only wait for ``/health``.
+    """
+    needed = {
+        name for item in items if isinstance(item, pytest.Function) for name in item.fixturenames
+    }
+    for shared in SHARED:
+        booting = shared.fixture in _BOOTING or os.environ.get(shared.env_var)
+        if shared.fixture in needed and not booting:
+            _BOOTING[shared.fixture] = _server(shared).start(wait=False)
+
+
+def _served(shared: _Shared) -> Iterator[ServedModel]:
+    path = ensure_local_model(shared.name)
+    url = os.environ.get(shared.env_var)
     if url:
         models = httpx.get(f"{url}/models", timeout=10).json()["data"]
         yield ServedModel(url, models[0]["id"], path, int(models[0]["max_model_len"]))
         return
-    spec = LocalServerSpec(
-        model=str(path),
-        served_model_name=name,
-        max_model_len=max_model_len,
-        setup=setup,
-    )
-    server = LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{name}.log")
+    server = _BOOTING.pop(shared.fixture, None) or _server(shared).start(wait=False)
     with server:
-        yield ServedModel(server.base_url, name, path, max_model_len)
+        server.wait_ready()
+        yield ServedModel(server.base_url, shared.name, path, shared.max_model_len)
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> Iterator[ServedModel]:
     """SmolLM2-135M-Instruct on a real vLLM server (2K window, ``tools`` setup)."""
-    yield from _served(
-        "smollm2-135m-instruct", SMOLLM2_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_SMOLLM2_URL", "tools"
-    )
+    yield from _served(SHARED[0])
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen() -> Iterator[ServedModel]:
     """Random-weight Qwen2 with the real Qwen tokenizer on a real vLLM server (12K window)."""
-    yield from _served("tiny-qwen", QWEN_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_QWEN_URL", "tool-parser")
+    yield from _served(SHARED[1])

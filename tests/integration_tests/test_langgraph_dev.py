@@ -1,4 +1,8 @@
-"""`langgraph dev` serves the pipeline from langgraph.json; driven with langgraph-sdk."""
+"""`langgraph dev` serves the pipeline from langgraph.json; driven with langgraph-sdk.
+
+langgraph.json puts the server behind the app's key (langchain_vllm_budget/serving/auth.py):
+the server here is started with one, and a request without it is refused.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import httpx
 import pytest
 from langgraph_sdk import get_sync_client
 
-from graphs.graph import STAGES
+from langchain_vllm_budget import settings
+from langchain_vllm_budget.pipeline.graph import STAGES
 from langchain_vllm_budget.serving.local_server import find_free_port, stop_process_group
 from tests.integration_tests._pipeline_helpers import FAST, REQUEST
 from tests.integration_tests.conftest import ServedModel
@@ -21,13 +26,19 @@ from tests.integration_tests.conftest import ServedModel
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+APP_KEY = "test-app-key-5d0c"
 
 
 @pytest.fixture(scope="module")
 def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = find_free_port()
     log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
-    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false"}
+    env = {
+        **os.environ,
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGSMITH_TRACING": "false",
+        settings.APP_API_KEY.env: APP_KEY,
+    }
     cli = Path(sys.executable).with_name("langgraph")
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -66,8 +77,19 @@ def langgraph_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process_group(process.pid)
 
 
+def test_the_server_refuses_requests_without_the_app_key(langgraph_dev: str) -> None:
+    body = {"graph_id": "pipeline", "limit": 1}
+    for headers in ({}, {"x-api-key": "wrong"}, {"Authorization": "Bearer wrong"}):
+        refused = httpx.post(f"{langgraph_dev}/assistants/search", json=body, headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
+    for headers in ({"x-api-key": APP_KEY}, {"Authorization": f"Bearer {APP_KEY}"}):
+        allowed = httpx.post(f"{langgraph_dev}/assistants/search", json=body, headers=headers)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.json()[0]["graph_id"] == "pipeline"
+
+
 def test_langgraph_dev_round_trip(langgraph_dev: str, smollm2: ServedModel) -> None:
-    client = get_sync_client(url=langgraph_dev)
+    client = get_sync_client(url=langgraph_dev, api_key=APP_KEY)
     assistants = client.assistants.search(graph_id="pipeline")
     assert assistants, "langgraph.json must register the 'pipeline' graph"
     thread = client.threads.create()

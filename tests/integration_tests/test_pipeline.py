@@ -9,11 +9,11 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
-from graphs.context import Context
-from graphs.graph import STAGES
-from graphs.prompts import DEMO_REQUEST, STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget.compression import extract_entity_list, is_entity_present
 from langchain_vllm_budget.persistence import sqlite_persistence
+from langchain_vllm_budget.pipeline.context import Context
+from langchain_vllm_budget.pipeline.graph import STAGES
+from langchain_vllm_budget.pipeline.prompts import DEMO_REQUEST, STAGE_SYSTEM_PROMPTS
 from langchain_vllm_budget.stages import StageInput, raw_output_namespace, stage_messages
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 from tests.integration_tests._pipeline_helpers import pipeline

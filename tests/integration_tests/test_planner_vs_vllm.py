@@ -1,13 +1,14 @@
 """The KV-cache planner against the real vLLM: the numbers vLLM logs at startup, exactly.
 
-Each case starts its own server with special settings and stops it as soon as vLLM has
-logged "CPU KV cache size: N tokens, Maximum concurrency for L tokens per request: Cx" (no
-need to wait for /health). The fp8 case checks the size vLLM computes before it refuses an
+Each case starts its own server with special settings (all at once) and stops it as soon as
+vLLM has logged "CPU KV cache size: N tokens, Maximum concurrency for L tokens per request:
+Cx" (no need to wait for /health). The fp8 case checks the size vLLM computes before it refuses an
 fp8 KV cache on CPUs without AVX-512.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ CASES = [
 ]
 
 
-def _logged_capacity(case: Case, log_path: Path) -> tuple[int, int, str]:
+def _server(case: Case, log_path: Path) -> LocalVLLMServer:
     spec = LocalServerSpec(
         model=str(ensure_local_model(case.model)),
         served_model_name=f"planner-{case.model}",
@@ -55,23 +56,28 @@ def _logged_capacity(case: Case, log_path: Path) -> tuple[int, int, str]:
         kv_cache_dtype=case.kv_cache_dtype,
         kv_cache_space_gib=case.kv_cache_space_gib,
     )
-    server = LocalVLLMServer(spec, log_path=log_path, startup_timeout=600)
-    try:
-        server.start(wait=False)
-        found = server.wait_for_log(CAPACITY_LINE)
-    finally:
-        server.stop()
-    return int(found[1].replace(",", "")), int(found[2].replace(",", "")), found[3]
+    return LocalVLLMServer(spec, log_path=log_path, startup_timeout=900)
 
 
 @pytest.fixture(scope="module")
 def logged() -> dict[Case, tuple[int, int, str]]:
-    """Start one server per case, one after the other, and keep the line each logged."""
+    """Start one server per case, all at once, and keep the line each logged.
+
+    Each server is stopped as soon as its line is in its log (they never serve a request).
+    """
     logs = cache_dir() / "logs"
-    return {
-        case: _logged_capacity(case, logs / f"test-planner-case-{i}.log")
-        for i, case in enumerate(CASES)
-    }
+    found: dict[Case, tuple[int, int, str]] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for i, case in enumerate(CASES):
+            servers[case] = _server(case, logs / f"test-planner-case-{i}.log")
+            stack.callback(servers[case].stop)
+            servers[case].start(wait=False)
+        for case, server in servers.items():
+            match = server.wait_for_log(CAPACITY_LINE)
+            server.stop()
+            found[case] = (int(match[1].replace(",", "")), int(match[2].replace(",", "")), match[3])
+    return found
 
 
 @pytest.mark.integration

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from graphs.graph import STAGES
 from langchain_vllm_budget.errors import VLLMConnectionError, VLLMServerError, VLLMTimeoutError
 from langchain_vllm_budget.persistence import sqlite_persistence
+from langchain_vllm_budget.pipeline.graph import STAGES
 from langchain_vllm_budget.serving.local_models import cache_dir
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 from langchain_vllm_budget.stages import raw_output_namespace

@@ -24,7 +24,7 @@ from benchmarks.retention import (
 )
 from benchmarks.run import keep_earlier_sections
 from benchmarks.sessions import LoopLagProbe, lag_summary, sessions_md
-from graphs.prompts import DEMO_REQUEST
+from langchain_vllm_budget.pipeline.prompts import DEMO_REQUEST
 
 METRICS_TEXT = """\
 # HELP vllm:num_preemptions Cumulative number of preemption from the engine.
@@ -289,8 +289,8 @@ def test_demo_table_counts_the_raw_forwarding_prompt() -> None:
     from rich.console import Console
 
     from graphs.__main__ import raw_forwarding_table
-    from graphs.graph import STAGES
-    from graphs.prompts import STAGE_SYSTEM_PROMPTS
+    from langchain_vllm_budget.pipeline.graph import STAGES
+    from langchain_vllm_budget.pipeline.prompts import STAGE_SYSTEM_PROMPTS
     from langchain_vllm_budget.stages import StageInput, stage_messages
     from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 

@@ -10,7 +10,6 @@ import typer
 from langgraph.store.memory import InMemoryStore
 from rich.console import Console
 
-from graphs.context import Context
 from langchain_vllm_budget.cli.run import (
     _context,
     _parse_sets,
@@ -20,6 +19,7 @@ from langchain_vllm_budget.cli.run import (
     load_graph,
     run_graph,
 )
+from langchain_vllm_budget.pipeline.context import Context
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,12 +105,15 @@ def test_load_graph_from_langgraph_json_and_from_a_path(monkeypatch: pytest.Monk
     with pytest.raises(typer.BadParameter, match=r"no graph 'nope' \(graphs: pipeline\)"):
         load_graph("nope")
     with pytest.raises(typer.BadParameter, match="is not a compiled LangGraph graph"):
-        load_graph("graphs/graph.py:STAGES")
+        load_graph("graphs/graph.py:__all__")
 
 
-def test_load_graph_without_langgraph_json_says_what_to_pass(tmp_path: Path) -> None:
+def test_load_graph_without_langgraph_json_runs_the_packaged_pipeline(tmp_path: Path) -> None:
+    from langchain_vllm_budget.pipeline import graph
+
+    assert load_graph("", config_file=tmp_path / "langgraph.json") is graph
     with pytest.raises(typer.BadParameter, match=r"pass --graph path/to/file.py:attribute"):
-        load_graph("", config_file=tmp_path / "langgraph.json")
+        load_graph("pipeline", config_file=tmp_path / "langgraph.json")
 
 
 def test_context_values_are_typed_by_the_schema_and_checked() -> None:

@@ -32,10 +32,23 @@ from langchain_vllm_budget.cli import app
 from langchain_vllm_budget.serving.docker import (
     APP_HF_ENV,
     APP_POLICY_SETTINGS,
+    BIND_ADDRESS_VAR,
+    DEFAULT_REPLICAS,
     DOCKER_FILES,
+    LANGGRAPH_JSON,
+    POSTGRES_SERVICE,
     REASONER_HOST,
+    REDIS_SERVICE,
+    ROUTER_POLICY_VAR,
+    agent_server_service_name,
     app_service_name,
+    render_compose,
     render_docker_files,
+    replica_layouts,
+    replica_service_name,
+    replicas_profile,
+    router_service_name,
+    server_profile,
     server_service_name,
 )
 from langchain_vllm_budget.serving.planner import VLLM_IMAGE
@@ -43,7 +56,7 @@ from langchain_vllm_budget.serving.profiles import LAYOUTS, get_profile
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-SETTING_NAMES = {setting.env for setting in settings.SETTINGS}
+SETTING_NAMES = {setting.env for setting in (*settings.SETTINGS, *settings.SERVICE_SETTINGS)}
 
 
 def _compose_binary() -> Path:
@@ -58,11 +71,17 @@ def _compose_binary() -> Path:
     return binary
 
 
+SECRETS = {"VLLM_API_KEY": "test-vllm-key", "POSTGRES_PASSWORD": "test-pg-password"}
+"""The variables compose requires (`${NAME:?...}`): the tests give them unless they test that."""
+
+
 def _run_compose(
-    *args: str, home: Path, env: dict[str, str] | None = None
+    *args: str, home: Path, env: dict[str, str] | None = None, secrets: bool = True
 ) -> subprocess.CompletedProcess[str]:
     # A clean environment: only what the test gives reaches Compose's interpolation.
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    if secrets:
+        clean |= SECRETS
     return subprocess.run(
         [str(_compose_binary()), *args],
         capture_output=True,
@@ -83,6 +102,7 @@ def resolve(tmp_path_factory: pytest.TempPathFactory) -> Resolve:
     cache: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     def _resolve(layout: str, env_file: Path | None = None) -> dict[str, Any]:
+        """The resolved configuration of compose profile `layout` (a layout or any other)."""
         key = (layout, str(env_file) if env_file else None)
         if key not in cache:
             extra = ["--env-file", str(env_file)] if env_file else []
@@ -95,6 +115,8 @@ def resolve(tmp_path_factory: pytest.TempPathFactory) -> Resolve:
                 "json",
                 home=home,
                 env={"COMPOSE_PROFILES": layout} if layout else {},
+                # An env file brings its own secrets (the process environment would win).
+                secrets=env_file is None,
             )
             assert result.returncode == 0, result.stderr
             cache[key] = json.loads(result.stdout)
@@ -188,11 +210,11 @@ def test_each_layout_is_a_compose_profile_of_its_servers_and_app(
     layout = LAYOUTS[name]
     services = resolve(name)["services"]
     expected = {server_service_name(p) for p in layout.servers} | {app_service_name(layout)}
-    assert set(services) == expected
+    assert set(services) == expected | {POSTGRES_SERVICE}
     for profile in layout.servers:
         spec = services[server_service_name(profile)]
         assert spec["command"] == profile.vllm_serve_args()
-        assert spec["profiles"] == [name]
+        assert spec["profiles"] == [name, server_profile(layout)]
         assert spec["ipc"] == "host"
         devices = spec["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
@@ -203,7 +225,7 @@ def test_each_layout_is_a_compose_profile_of_its_servers_and_app(
     # The reasoner answers as `vllm` in every layout; host ports do not collide.
     reasoner = services[server_service_name(layout.servers[0])]
     assert REASONER_HOST in reasoner["networks"]["default"]["aliases"]
-    published = [services[s]["ports"][0]["published"] for s in services]
+    published = [spec["ports"][0]["published"] for spec in services.values() if "ports" in spec]
     assert len(published) == len(set(published))
 
 
@@ -211,13 +233,23 @@ def test_no_layout_is_started_without_a_profile(resolve: Resolve) -> None:
     assert resolve("")["services"] == {}
 
 
-def test_env_example_starts_the_solo_layout(resolve: Resolve) -> None:
+def test_env_example_starts_the_solo_layout(tmp_path: Path, resolve: Resolve) -> None:
     active, _ = _env_lines(DOCKER / ".env.example")
     assert active["COMPOSE_PROFILES"] in LAYOUTS
-    services = resolve("", DOCKER / ".env.example")["services"]
+    # Its required secrets are empty: compose refuses until the operator fills them in.
+    assert active["VLLM_API_KEY"] == active["POSTGRES_PASSWORD"] == ""
+    filled = tmp_path / ".env"
+    text = (DOCKER / ".env.example").read_text()
+    filled.write_text(
+        text.replace("VLLM_API_KEY=\n", "VLLM_API_KEY=k\n").replace(
+            "POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=p\n"
+        )
+    )
+    services = resolve("", filled)["services"]
     assert set(services) == {
         server_service_name(get_profile("long-window")),
         app_service_name(LAYOUTS["solo"]),
+        POSTGRES_SERVICE,
     }
 
 
@@ -234,7 +266,7 @@ def test_start_order_reasoner_then_summarizer_then_app(name: str, resolve: Resol
         assert set(depends) == set(servers[:index])
         assert all(d["condition"] == "service_healthy" and d["required"] for d in depends.values())
     app_depends = services[app_service_name(layout)]["depends_on"]
-    assert set(app_depends) == set(servers)
+    assert set(app_depends) == {*servers, POSTGRES_SERVICE}
     assert all(d["condition"] == "service_healthy" and d["required"] for d in app_depends.values())
     for server in servers:
         health = services[server]["healthcheck"]
@@ -325,6 +357,7 @@ def test_env_file_sets_policy_but_not_what_binds_to_the_servers(
     env_file.write_text(
         "COMPOSE_PROFILES=summarizer\nVLLM_BUDGET_OUTPUT_RESERVE=2000\n"
         "VLLM_API_KEY=secret\nVLLM_BUDGET_MAX_MODEL_LEN=99\nVLLM_BUDGET_MODEL=other\n"
+        "POSTGRES_PASSWORD=pw\n"
     )
     services = resolve("summarizer", env_file)["services"]
     env = _app_env(services, "summarizer")
@@ -472,7 +505,7 @@ def test_dockerfile_app_is_pinned_offline_and_copies_what_exists() -> None:
                 assert (REPO / source).exists(), f"COPY source {source} is missing"
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.vllm", "Dockerfile.app"])
+@pytest.mark.parametrize("dockerfile", [n for n in DOCKER_FILES if n.startswith("Dockerfile.")])
 def test_hadolint_is_clean(dockerfile: str) -> None:
     # The venv's bin folder need not be on PATH (make test runs .venv/bin/python directly).
     hadolint = shutil.which("hadolint") or shutil.which(
@@ -486,3 +519,283 @@ def test_hadolint_is_clean(dockerfile: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- every compose profile: nothing open by default, data that outlives the containers ---------
+
+ALL_PROFILES = [
+    *LAYOUTS,
+    *(server_profile(layout) for layout in LAYOUTS.values()),
+    *(replicas_profile(layout) for layout in replica_layouts()),
+]
+
+
+def _vllm_services(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: spec
+        for name, spec in services.items()
+        if spec.get("build", {}).get("dockerfile") == "Dockerfile.vllm"
+    }
+
+
+def _apps(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: spec
+        for name, spec in services.items()
+        if spec.get("build", {}).get("dockerfile", "").startswith("docker/Dockerfile.")
+    }
+
+
+@pytest.mark.parametrize("profile", ALL_PROFILES)
+def test_every_published_port_binds_to_loopback_unless_the_operator_opts_out(
+    profile: str, resolve: Resolve, tmp_path: Path
+) -> None:
+    services = resolve(profile)["services"]
+    ports = [port for spec in services.values() for port in spec.get("ports", [])]
+    assert ports, "the profile publishes nothing to reach it by"
+    assert {port["host_ip"] for port in ports} == {"127.0.0.1"}
+    # The database, the queue and replicas behind a router are reached on the compose network.
+    for name in (POSTGRES_SERVICE, REDIS_SERVICE):
+        assert "ports" not in services.get(name, {})
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"{BIND_ADDRESS_VAR}=0.0.0.0\n"
+        + "".join(f"{key}={value}\n" for key, value in SECRETS.items())
+    )
+    opened = resolve(profile, env_file)["services"]
+    assert {p["host_ip"] for spec in opened.values() for p in spec.get("ports", [])} == {"0.0.0.0"}
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_the_api_key_or_the_database_password(
+    missing: str, tmp_path: Path
+) -> None:
+    given = {key: value for key, value in SECRETS.items() if key != missing}
+    for profile in ("solo", "solo-server", "solo-replicas"):
+        result = _run_compose(
+            "-f",
+            str(DOCKER / "compose.yaml"),
+            "config",
+            home=tmp_path,
+            env={"COMPOSE_PROFILES": profile, **given},
+            secrets=False,
+        )
+        assert result.returncode != 0
+        assert f"required variable {missing} is missing a value" in result.stderr
+        assert f"set {missing} in docker/.env" in result.stderr
+    # And an empty value (as in .env.example) is refused the same way.
+    result = _run_compose(
+        "-f",
+        str(DOCKER / "compose.yaml"),
+        "config",
+        home=tmp_path,
+        env={"COMPOSE_PROFILES": "solo", **given, missing: ""},
+        secrets=False,
+    )
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+@pytest.mark.parametrize("profile", ALL_PROFILES)
+def test_vllm_requires_the_key_and_every_app_sends_it(profile: str, resolve: Resolve) -> None:
+    services = resolve(profile)["services"]
+    key = SECRETS[settings.API_KEY.env]
+    servers = _vllm_services(services)
+    assert servers
+    for spec in servers.values():
+        # vLLM reads VLLM_API_KEY as --api-key: every /v1 request (discovery too) needs it.
+        assert spec["environment"][settings.API_KEY.env] == key
+    apps = _apps(services)
+    assert apps
+    for spec in apps.values():
+        # ChatVLLM (model calls, /v1/models discovery, /tokenize) reads VLLM_API_KEY.
+        assert spec["environment"][settings.API_KEY.env] == key
+    for name, spec in services.items():
+        if name.startswith("router-"):
+            command = spec["command"]
+            assert command[command.index("--api-key") + 1] == key
+
+
+@pytest.mark.parametrize(
+    "profile", [*LAYOUTS, *(replicas_profile(lay) for lay in replica_layouts())]
+)
+def test_the_runner_keeps_threads_and_raw_outputs_in_postgres(
+    profile: str, resolve: Resolve
+) -> None:
+    config = resolve(profile)
+    services = config["services"]
+    (app_name,) = _apps(services)
+    app_spec = services[app_name]
+    dsn = urlsplit(app_spec["environment"][settings.CHECKPOINTER_DSN.env])
+    assert dsn.scheme == "postgresql"
+    assert dsn.hostname == POSTGRES_SERVICE
+    assert dsn.password == SECRETS["POSTGRES_PASSWORD"]
+    postgres = services[POSTGRES_SERVICE]
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    assert postgres["environment"]["POSTGRES_USER"] == dsn.username
+    assert postgres["environment"]["POSTGRES_DB"] == dsn.path.lstrip("/")
+    # A named volume holds the data directory: recreating the containers keeps it.
+    (data,) = [m for m in postgres["volumes"] if m["target"] == "/var/lib/postgresql/data"]
+    assert data["type"] == "volume"
+    assert data["source"] in config["volumes"]
+    assert app_spec["depends_on"][POSTGRES_SERVICE]["condition"] == "service_healthy"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    # A one-off job (`docker compose run --rm app-... "request"`): `up` starts only servers.
+    assert app_spec["scale"] == 0
+    assert "ports" not in app_spec
+    entrypoint = next(a for k, a in _instructions(DOCKER / "Dockerfile.app") if k == "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["vllm-budget", "run"]
+
+
+def test_the_runner_reads_the_dsn_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_vllm_budget.cli import run as run_module
+
+    assert run_module.CHECKPOINTER_DSN is settings.CHECKPOINTER_DSN
+    monkeypatch.setenv(settings.CHECKPOINTER_DSN.env, "postgresql://u:p@postgres:5432/budget")
+    assert settings.CHECKPOINTER_DSN.get() == "postgresql://u:p@postgres:5432/budget"
+    assert settings.CHECKPOINTER_DSN.get("postgresql://explicit") == "postgresql://explicit"
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_agent_server_profile_runs_on_postgres_and_redis_behind_the_app_key(
+    name: str, resolve: Resolve, tmp_path: Path
+) -> None:
+    layout = LAYOUTS[name]
+    config = resolve(server_profile(layout))
+    services = config["services"]
+    server = agent_server_service_name(layout)
+    expected = {server_service_name(p) for p in layout.servers}
+    assert set(services) == expected | {server, POSTGRES_SERVICE, REDIS_SERVICE}
+    spec = services[server]
+    env = spec["environment"]
+    database = urlsplit(env["DATABASE_URI"])
+    assert (database.hostname, database.path) == (POSTGRES_SERVICE, "/agent_server")
+    assert urlsplit(env["REDIS_URI"]).hostname == REDIS_SERVICE
+    # Its own database, created on a new volume, so it never shares the runner's tables.
+    (init,) = services[POSTGRES_SERVICE]["configs"]
+    assert init["target"].startswith("/docker-entrypoint-initdb.d/")
+    assert config["configs"][init["source"]]["content"].startswith("CREATE DATABASE agent_server")
+    assert set(spec["depends_on"]) == expected | {POSTGRES_SERVICE, REDIS_SERVICE}
+    assert {"LANGSMITH_API_KEY", "LANGGRAPH_CLOUD_LICENSE_KEY"} <= set(env)
+    # The app key reaches the server from docker/.env; unset it stays empty (nobody gets in).
+    assert env[settings.APP_API_KEY.env] in ("", None)
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"{settings.APP_API_KEY.env}=app-key\n"
+        + "".join(f"{key}={value}\n" for key, value in SECRETS.items())
+    )
+    keyed = resolve(server_profile(layout), env_file)["services"][server]
+    assert keyed["environment"][settings.APP_API_KEY.env] == "app-key"
+    assert spec["ports"][0]["target"] == 8000
+    assert spec["build"]["dockerfile"] == "docker/Dockerfile.server"
+
+
+def test_server_image_serves_langgraph_json_graphs_behind_its_auth() -> None:
+    config = json.loads(LANGGRAPH_JSON.read_text())
+    assert (REPO / config["auth"]["path"].partition(":")[0]).is_file()
+    assert config["auth"]["path"].endswith("serving/auth.py:auth")
+    instructions = _instructions(DOCKER / "Dockerfile.server")
+    assert next(a for k, a in instructions if k == "FROM").startswith("langchain/langgraph-api:")
+    env = " ".join(a for k, a in instructions if k == "ENV")
+    graphs = json.loads(re.search(r"LANGSERVE_GRAPHS='([^']*)'", env)[1])  # type: ignore[index]
+    auth = json.loads(re.search(r"LANGGRAPH_AUTH='([^']*)'", env)[1])  # type: ignore[index]
+    assert set(graphs) == set(config["graphs"])
+    for graph, path in graphs.items():
+        assert path.endswith(config["graphs"][graph].removeprefix("."))
+    assert auth["path"].endswith(config["auth"]["path"].removeprefix("."))
+    for keyword, args in instructions:
+        if keyword == "COPY":
+            *sources, _ = args.split()
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY source {source} is missing"
+
+
+# ---- replicas behind vllm-router ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", replica_layouts(), ids=lambda layout: layout.name)
+def test_replicas_one_per_gpu_behind_the_router_and_the_app_on_the_router(
+    layout: Any, resolve: Resolve, tmp_path: Path
+) -> None:
+    (profile,) = layout.servers
+    services = resolve(replicas_profile(layout))["services"]
+    replicas = [replica_service_name(layout, index) for index in range(DEFAULT_REPLICAS)]
+    router = router_service_name(layout)
+    assert set(services) == {
+        *replicas,
+        router,
+        f"app-{replicas_profile(layout)}",
+        POSTGRES_SERVICE,
+    }
+    for index, name in enumerate(replicas):
+        spec = services[name]
+        assert spec["command"] == profile.vllm_serve_args()
+        (device,) = spec["deploy"]["resources"]["reservations"]["devices"]
+        assert device["device_ids"] == [str(index)]
+        assert "ports" not in spec  # reached through the router only
+    command = services[router]["command"]
+    urls = command[command.index("--worker-urls") + 1 :]
+    assert urls == [f"http://{name}:{profile.port}" for name in replicas]
+    assert command[command.index("--policy") + 1] == "consistent_hash"
+    assert set(services[router]["depends_on"]) == set(replicas)
+    env = services[f"app-{replicas_profile(layout)}"]["environment"]
+    base = urlsplit(env[settings.API_BASE.env])
+    assert base.hostname == router
+    assert base.port == int(command[command.index("--port") + 1])
+    assert env[settings.MAX_MODEL_LEN.env] == str(profile.max_model_len)
+    assert env[settings.MAX_CONCURRENCY.env] == str(DEFAULT_REPLICAS * profile.max_num_seqs)
+    # The operator picks the policy in docker/.env.
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"{ROUTER_POLICY_VAR}=round_robin\n"
+        + "".join(f"{key}={value}\n" for key, value in SECRETS.items())
+    )
+    other = resolve(replicas_profile(layout), env_file)["services"][router]["command"]
+    assert other[other.index("--policy") + 1] == "round_robin"
+
+
+def test_router_flags_are_vllm_routers_own(tmp_path: Path) -> None:
+    """The router's command parses with the installed vllm-router's own argument parser."""
+    # The release the image installs is the one tested here.
+    assert (
+        f'"vllm-router=={metadata.version("vllm-router")}"'
+        in (DOCKER / "Dockerfile.router").read_text()
+    )
+    services = yaml.safe_load(render_compose())["services"]
+    router = services[router_service_name(replica_layouts()[0])]
+    command = [
+        part.replace(f"${{{ROUTER_POLICY_VAR}:-consistent_hash}}", "consistent_hash")
+        for part in router["command"]
+    ]
+    command[command.index("--api-key") + 1] = "k"
+    script = (
+        "import sys\n"
+        "from vllm_router.launch_router import parse_router_args\n"
+        "args = parse_router_args(sys.argv[1:])\n"
+        "print(args.policy, args.port, args.host, ' '.join(args.worker_urls))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *command],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    policy, port, host, *urls = result.stdout.split()
+    assert (policy, port, host) == ("consistent_hash", "8000", "0.0.0.0")
+    assert urls == command[command.index("--worker-urls") + 1 :]
+
+
+def test_render_more_replicas() -> None:
+    services = yaml.safe_load(render_compose(replicas=4))["services"]
+    layout = replica_layouts()[0]
+    names = [replica_service_name(layout, index) for index in range(4)]
+    assert all(name in services for name in names)
+    devices = [
+        services[n]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        for n in names
+    ]
+    assert devices == [["0"], ["1"], ["2"], ["3"]]
+    with pytest.raises(ValueError, match="at least 2"):
+        render_compose(replicas=1)

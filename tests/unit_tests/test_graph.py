@@ -10,11 +10,11 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
-from graphs import prompts
-from graphs.context import Context
-from graphs.graph import STAGES, build_pipeline, graph
-from graphs.state import State
 from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.pipeline import prompts
+from langchain_vllm_budget.pipeline.context import Context
+from langchain_vllm_budget.pipeline.graph import STAGES, build_pipeline, graph
+from langchain_vllm_budget.pipeline.state import State
 from langchain_vllm_budget.stages import (
     ROLLING_SUMMARY_PROMPT,
     StageInput,
@@ -355,11 +355,12 @@ def test_every_setting_the_app_container_gets_reaches_the_app() -> None:
     by_env = {s.env: s for s in settings.SETTINGS}
     context_fields = {f.name for f in fields(Context)}
     read_by_chat_model = {settings.API_KEY.env, settings.MAX_CONCURRENCY.env}
+    read_by_runner = {settings.CHECKPOINTER_DSN.env}  # `vllm-budget run`, the app's command
     apps = [s for name, s in compose["services"].items() if name.startswith("app")]
     assert apps
     for app in apps:
         for var in app["environment"]:
-            if not var.startswith("VLLM_"):
+            if not var.startswith("VLLM_") or var in read_by_runner:
                 continue
             assert var in by_env, var
             assert by_env[var].name in context_fields or var in read_by_chat_model, var

@@ -786,3 +786,47 @@ def test_cli_plan_single_profile_options_need_a_source() -> None:
     profile_concurrency = CliRunner().invoke(app, ["plan", "long-window", "--concurrency", "2"])
     assert profile_concurrency.exit_code == 2
     assert "--max-num-seqs" in profile_concurrency.output
+
+
+# ---- replicas: one GPU per vLLM replica behind vllm-router ----------------------------------
+
+
+def test_cli_plan_replicas_of_a_profile_plans_one_and_the_total() -> None:
+    one = CliRunner().invoke(app, ["plan", "long-window"], env={"COLUMNS": "200"})
+    three = CliRunner().invoke(
+        app, ["plan", "long-window", "--replicas", "3"], env={"COLUMNS": "200"}
+    )
+    assert one.exit_code == three.exit_code == 0, three.output
+    plan = get_profile("long-window").plan()
+    assert "(per replica)" in three.output
+    assert f"3 x {plan.max_num_seqs} = {3 * plan.max_num_seqs} requests at once" in three.output
+    assert f"{3 * plan.capacity_tokens:,} KV-cache tokens" in three.output
+    assert f"{plan.capacity_tokens:,}" in one.output
+
+
+def test_cli_plan_replicas_chooses_a_one_server_layout_per_gpu() -> None:
+    # 4 requests over 2 replicas: 2 per GPU, which solo serves (summarizer does not replicate).
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--gpu-memory-gib", "12", "--concurrency", "4", "--replicas", "2"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 request(s) at once per replica" in result.output
+    assert "COMPOSE_PROFILES=solo-replicas docker compose" in result.output
+    assert "summarizer" not in result.output.split("run ")[-1]
+    # 12 requests over 2 replicas: 6 per GPU, only balanced serves that many.
+    more = CliRunner().invoke(
+        app,
+        ["plan", "--gpu-memory-gib", "12", "--concurrency", "12", "--replicas", "2"],
+        env={"COLUMNS": "200"},
+    )
+    assert more.exit_code == 0, more.output
+    assert "COMPOSE_PROFILES=balanced-replicas" in more.output
+    # A replica count other than the committed file's says to render it first.
+    four = CliRunner().invoke(
+        app,
+        ["plan", "--gpu-memory-gib", "12", "--replicas", "4"],
+        env={"COLUMNS": "200"},
+    )
+    assert "profiles render --replicas 4" in four.output

@@ -19,8 +19,8 @@ def test_every_setting_has_one_env_name_in_two_namespaces() -> None:
         assert setting.description.endswith(".")
 
 
-def test_the_readme_table_lists_every_setting_with_its_variable_and_default() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_reference_table_lists_every_setting_with_its_variable_and_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "reference.md").read_text()
     table = readme.split("<!-- settings-table -->", 1)[1].strip().split("\n\n", 1)[0]
     rows = [
         [cell.strip().strip("`") for cell in line.strip("|").split("|")]

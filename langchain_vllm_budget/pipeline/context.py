@@ -3,7 +3,7 @@
 Every field can be passed per run (``graph.invoke(..., context=Context(...))``, or a dict
 from the LangGraph API) or set in the environment; an explicit value always wins. The fields
 are the package's settings (:mod:`langchain_vllm_budget.settings`, ``VLLM_API_BASE`` and
-``VLLM_BUDGET_*``) plus two sampling settings of the app.
+``VLLM_BUDGET_*``), two sampling settings of the pipeline among them.
 """
 
 from __future__ import annotations
@@ -14,22 +14,7 @@ from typing import Any
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.settings import Setting
 
-__all__ = ["REPETITION_PENALTY", "TEMPERATURE", "Context"]
-
-TEMPERATURE: Setting[float] = Setting(
-    "temperature",
-    "VLLM_BUDGET_TEMPERATURE",
-    float,
-    0.0,
-    "Sampling temperature of the stage calls (0: greedy).",
-)
-REPETITION_PENALTY: Setting[float] = Setting(
-    "repetition_penalty",
-    "VLLM_BUDGET_REPETITION_PENALTY",
-    float,
-    1.05,
-    "vLLM's repetition_penalty for the stage calls (1.0: off; small models loop less at 1.05).",
-)
+__all__ = ["Context"]
 
 
 def _from(setting: Setting[Any]) -> Any:
@@ -65,8 +50,8 @@ class Context:
     rolling_summary_max_tokens: int = _from(settings.ROLLING_SUMMARY_MAX_TOKENS)
     rolling_summary_mode: str = _from(settings.ROLLING_SUMMARY_MODE)
     compression: str = _from(settings.COMPRESSION)
-    temperature: float = _from(TEMPERATURE)
-    repetition_penalty: float = _from(REPETITION_PENALTY)
+    temperature: float = _from(settings.TEMPERATURE)
+    repetition_penalty: float = _from(settings.REPETITION_PENALTY)
 
     def __post_init__(self) -> None:
         """Check the values that no model call would check before it is too late."""
