@@ -331,11 +331,24 @@ def replicas_md(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write(result: dict[str, Any], out: Path, command: str) -> list[Path]:
-    """Write ``results.json`` and ``summary.md`` for this benchmark into ``out``."""
+def write(result: dict[str, Any], out: Path, meta: dict[str, Any]) -> list[Path]:
+    """Write ``results.json`` and ``summary.md`` for this benchmark into ``out``.
+
+    Args:
+        result: :func:`run_replicas`'s result.
+        out: The folder.
+        meta: The run's ``meta`` (command, start, machine, load averages).
+    """
     out.mkdir(parents=True, exist_ok=True)
     data = out / "results.json"
-    data.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
+    data.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    run = (
+        f"Run {meta['started']} on {meta['machine']}; vLLM {meta['vllm']}. Command: "
+        f"`{meta['command']}`. Load average (1/5/15 min) at the start "
+        f"{meta.get('load_average_start')}, at the end {meta.get('load_average_end')}: other "
+        "work shared the cores, so the timings vary. So do the round_robin and cache_aware hit "
+        "rates: where a thread's next turn lands depends on how the threads' turns interleave."
+    )
     summary = out / "summary.md"
-    summary.write_text("\n".join([*replicas_md(result), "", f"Command: `{command}`."]) + "\n")
+    summary.write_text("\n".join([*replicas_md(result), "", run]) + "\n")
     return [data, summary]

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if "replicas" in selected:  # starts two tiny-qwen replicas and vllm-router in front
         _timed("replicas", results, lambda: run_replicas(quick=args.quick))
         if "error" not in results["replicas"]:
-            write_replicas(results["replicas"], args.out / "replicas", results["meta"]["command"])
+            write_replicas(results["replicas"], args.out / "replicas", results["meta"])
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()
     results = keep_earlier_sections(results, _earlier(args.out), selected)
