@@ -15,6 +15,7 @@ from benchmarks.fact_retention import fact_retention_md
 from benchmarks.overflow_sweep import CLIENTS, OUTCOMES
 from benchmarks.overhead import COUNTING_GOALS_MS
 from benchmarks.remote_counting import remote_counting_md
+from benchmarks.replicas import replicas_md
 from benchmarks.report_pipeline import (
     concurrency_md,
     pipeline_md,
@@ -372,6 +373,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ("sessions", sessions_md, None, None),
         ("remote_counting", remote_counting_md, None, None),
         ("fact_retention", fact_retention_md, None, None),
+        ("replicas", replicas_md, None, None),
     )
     for key, to_md, plot, png in sections:
         section = results.get(key)

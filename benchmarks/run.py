@@ -40,6 +40,8 @@ from benchmarks.pipeline import run_pipeline
 from benchmarks.planner import run_planner
 from benchmarks.remote_counting import run_remote_counting
 from benchmarks.remote_counting import write as write_remote_counting
+from benchmarks.replicas import run_replicas
+from benchmarks.replicas import write as write_replicas
 from benchmarks.report import write_results
 from benchmarks.servers import QWEN, SMOLLM2, BenchServers
 from benchmarks.sessions import run_sessions
@@ -62,6 +64,7 @@ BENCHMARKS: tuple[str, ...] = (
     "remote_counting",
     "fact_retention",
     "tool_outputs",
+    "replicas",
 )
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -223,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             write_tool_outputs(
                 results["tool_outputs"], args.out / "tool_outputs", results["meta"]["command"]
             )
+    if "replicas" in selected:  # starts two tiny-qwen replicas and vllm-router in front
+        _timed("replicas", results, lambda: run_replicas(quick=args.quick))
+        if "error" not in results["replicas"]:
+            write_replicas(results["replicas"], args.out / "replicas", results["meta"])
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["load_average_end"] = _load()
     results = keep_earlier_sections(results, _earlier(args.out), selected)

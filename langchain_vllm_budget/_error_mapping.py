@@ -68,6 +68,18 @@ _UNSUPPORTED_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# A router in front of vLLM replicas (vllm-router) that reaches none of them answers 503
+# "No available workers" (or a 503 with no body) or 500 "error sending request for url"; to
+# the caller that is a server that cannot be reached, not a server that failed. A 503 that
+# says something else (e.g. vLLM's own "overloaded") stays a server error.
+_NO_REPLICA_MARKERS: tuple[str, ...] = ("No available workers", "error sending request for url")
+
+
+def _no_replica_left(exc: openai.InternalServerError) -> bool:
+    empty_503 = exc.status_code == 503 and exc.message == "Error code: 503"
+    return empty_503 or any(marker in exc.message for marker in _NO_REPLICA_MARKERS)
+
+
 def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
     """The typed error for an OpenAI client error, or ``exc`` itself if none applies.
 
@@ -98,6 +110,9 @@ def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
         return VLLMTimeoutError(target.base_url, target.timeout)
     if isinstance(exc, openai.APIConnectionError):
         return VLLMConnectionError(target.base_url, str(exc.__cause__ or exc))
+    if isinstance(exc, openai.InternalServerError) and _no_replica_left(exc):
+        reason = f"no replica reachable (HTTP {exc.status_code}): {exc.message}"
+        return VLLMConnectionError(target.base_url, reason)
     if isinstance(exc, openai.InternalServerError):
         return VLLMServerError(target.base_url, exc.message, exc.status_code)
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):

@@ -68,6 +68,12 @@ from langchain_vllm_budget.overflow import (
     aapply_budget,
     apply_budget,
 )
+from langchain_vllm_budget.routing import (
+    SessionAffinity,
+    SessionCookieJars,
+    SessionRouting,
+    with_headers,
+)
 from langchain_vllm_budget.tokenizers import (
     AsyncTokenCounter,
     PromptOptions,
@@ -363,6 +369,41 @@ class ChatVLLM(BaseChatOpenAI):
     share the limit, and so do the model's copies (``bind``, ``bind_tools``,
     ``with_config``, ``with_structured_output``, ``model_copy``). A stream holds its slot
     until it ends; token counting and summarizing do not take one."""
+
+    # --- session affinity for replicas behind a router (langchain_vllm_budget.routing) ---
+    session_affinity: SessionAffinity = Field(
+        default_factory=settings.SESSION_AFFINITY.required_factory()  # type: ignore[arg-type]
+    )
+    """``"thread"`` (env ``VLLM_BUDGET_SESSION_AFFINITY``, the default): inside a LangGraph
+    run every request carries a session key derived from the run's ``thread_id``, so a router
+    (``vllm-router --policy consistent_hash``) keeps the thread on the replica that holds its
+    prefix cache; ``"off"``: no key is sent."""
+    session_header: str = Field(default_factory=settings.SESSION_HEADER.required_factory())
+    """The header that carries the session key (env ``VLLM_BUDGET_SESSION_HEADER``)."""
+    session_id: str | None = None
+    """A fixed session key for every request of this model (wins over the thread's)."""
+    session_cookies: bool = False
+    """Keep one cookie jar per session key (for routers that pin sessions by a cookie); the
+    model then builds its own HTTP clients unless ``http_client``/``http_async_client`` are
+    given."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _session_cookie_clients(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or not values.get("session_cookies"):
+            return values
+        header = settings.SESSION_HEADER.get(values.get("session_header"))
+        jars = SessionCookieJars(header or settings.SESSION_HEADER.required_default())
+        return {
+            "http_client": jars.client(),
+            "http_async_client": jars.async_client(),
+            **values,
+        }
+
+    def _session_routing(self) -> SessionRouting:
+        return SessionRouting(self.session_affinity, self.session_header, self.session_id)
+
+    # --- end of session affinity ---
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
@@ -1060,7 +1101,7 @@ class ChatVLLM(BaseChatOpenAI):
             return super()._get_request_payload(input_, stop=stop, **kwargs)
         restored = _restore_assistant_text(payload["messages"], messages)
         payload["messages"] = with_reasoning(restored, messages)
-        return payload
+        return with_headers(payload, self._session_routing().headers())  # session affinity
 
     def _create_chat_result(
         self,

@@ -46,6 +46,8 @@ __all__ = [
     "ROLLING_SUMMARY_MODE",
     "SAFETY_MARGIN",
     "SERVICE_SETTINGS",
+    "SESSION_AFFINITY",
+    "SESSION_HEADER",
     "SETTINGS",
     "SUMMARIZER_API_BASE",
     "SUMMARIZER_MAX_MODEL_LEN",
@@ -296,6 +298,21 @@ COMPRESSION: Setting[str] = Setting(
     "When a stage's summarizer is called: auto (only if the extractive summary loses "
     "entities), llm (always) or extractive (never).",
 )
+SESSION_AFFINITY: Setting[str] = Setting(
+    "session_affinity",
+    "VLLM_BUDGET_SESSION_AFFINITY",
+    str,
+    "thread",
+    "thread: inside a LangGraph run each request carries a session key derived from the "
+    "thread_id, so a router keeps the thread on one replica; off: no key.",
+)
+SESSION_HEADER: Setting[str] = Setting(
+    "session_header",
+    "VLLM_BUDGET_SESSION_HEADER",
+    str,
+    "X-Session-ID",
+    "The header that carries the session key (vllm-router's consistent_hash reads X-Session-ID).",
+)
 
 TEMPERATURE: Setting[float] = Setting(
     "temperature",
@@ -351,6 +368,8 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     COMPRESSION,
     TEMPERATURE,
     REPETITION_PENALTY,
+    SESSION_AFFINITY,
+    SESSION_HEADER,
 )
 """The package's settings, in the order of the README's table."""
 

@@ -6,7 +6,13 @@ and passes whatever follows ``--`` to ``vllm serve`` unchanged::
 
     vllm-budget serve-local start --model smollm2-135m-instruct --setup tools -- --seed 1
 
-The servers themselves are managed by :mod:`langchain_vllm_budget.serving.local_server`.
+``--replicas N`` (N > 1) starts N replicas and a real ``vllm-router`` in front of them, all on
+loopback; the URL printed is the router's, and ``stop`` stops the router and every replica::
+
+    vllm-budget serve-local start --model tiny-qwen --replicas 2 --policy consistent_hash
+
+The servers themselves are managed by :mod:`langchain_vllm_budget.serving.local_server` and
+:mod:`langchain_vllm_budget.serving.router`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ from langchain_vllm_budget.serving.local_server import (
     LocalVLLMServer,
     ServerState,
     stop_process_group,
+)
+from langchain_vllm_budget.serving.router import (
+    DEFAULT_POLICY,
+    ROUTER_POLICIES,
+    LocalReplicaSet,
+    ReplicaSetState,
 )
 
 __all__ = ["DEFAULT_LOCAL_MODEL", "DEFAULT_SETUP", "models_command", "serve_local_app"]
@@ -101,17 +113,28 @@ def serve_local_start(
     max_model_len: Annotated[int, typer.Option(help="--max-model-len (context window).")] = 2048,
     max_num_seqs: Annotated[int, typer.Option(help="--max-num-seqs (sequence slots).")] = 2,
     port: Annotated[
-        int | None, typer.Option(help="Port on 127.0.0.1; default: a free one.")
+        int | None,
+        typer.Option(help="Port on 127.0.0.1 (the router's with --replicas); default: free."),
     ] = None,
     kv_cache_space_gib: Annotated[
         int, typer.Option(help="VLLM_CPU_KVCACHE_SPACE: whole GiB of KV cache.")
     ] = 1,
     dtype: Annotated[str, typer.Option(help="--dtype for the weights.")] = "float32",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 600.0,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Replicas; more than 1 puts vllm-router in front.")
+    ] = 1,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="vllm-router's --policy (with --replicas): " + ", ".join(ROUTER_POLICIES)
+        ),
+    ] = DEFAULT_POLICY,
 ) -> None:
     """Start a local vLLM server in the background and wait until it is ready.
 
-    Arguments after `--` go to `vllm serve` unchanged, after the setup's flags.
+    Arguments after `--` go to `vllm serve` unchanged, after the setup's flags. With
+    `--replicas N` (N > 1), N servers start behind a vllm-router on loopback.
     """
     extra_args = tuple(ctx.args)
     try:
@@ -119,8 +142,13 @@ def serve_local_start(
         LocalServerSpec(model=model, setup=setup, extra_args=extra_args)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if policy not in ROUTER_POLICIES:
+        raise typer.BadParameter(f"--policy must be one of: {', '.join(ROUTER_POLICIES)}.")
     folder, default_name = _resolve_model(model)
     name = name or default_name
+    if ReplicaSetState.load(name) is not None:
+        _errors.print(f"{name} is already running behind a router; stop it first.")
+        raise typer.Exit(1)
     existing = ServerState.load(name)
     if existing is not None and _alive(existing):
         running = _describe(existing.setup, existing.extra_args)
@@ -144,6 +172,9 @@ def serve_local_start(
         setup=setup,
         extra_args=extra_args,
     )
+    if replicas > 1:
+        _start_replicas(spec, name, replicas=replicas, policy=policy, port=port, timeout=timeout)
+        return
     server = LocalVLLMServer(spec, port=port, startup_timeout=timeout)
     with _console.status(f"starting vLLM for {name} (log: {server.log_path})"):
         try:
@@ -158,11 +189,42 @@ def serve_local_start(
     )
 
 
+def _start_replicas(
+    spec: LocalServerSpec,
+    name: str,
+    *,
+    replicas: int,
+    policy: str,
+    port: int | None,
+    timeout: float,
+) -> None:
+    replica_set = LocalReplicaSet(
+        spec, replicas=replicas, policy=policy, router_port=port, startup_timeout=timeout
+    )
+    with _console.status(f"starting {replicas} vLLM replicas of {name} and vllm-router"):
+        try:
+            replica_set.start()
+        except LocalServerError as exc:
+            _errors.print(str(exc), markup=False)
+            raise typer.Exit(1) from exc
+    state = replica_set.detach(name)
+    pids = ", ".join(str(r.pid) for r in state.replicas)
+    _console.print(
+        f"ready: {state.base_url} (vllm-router --policy {policy}, pid {state.router_pid}; "
+        f"{replicas} replicas of {name}, pids {pids})"
+    )
+
+
 @serve_local_app.command("stop")
 def serve_local_stop(
     model: Annotated[str, typer.Option(help="The served model name.")] = DEFAULT_LOCAL_MODEL,
 ) -> None:
-    """Stop a server started with `serve-local start`, by its own PID."""
+    """Stop a server (or a router and its replicas) started with `serve-local start`, by PID."""
+    replica_set = ReplicaSetState.load(model)
+    if replica_set is not None:
+        for pid, stopped in replica_set.stop():
+            _console.print(f"stopped pid {pid}" if stopped else f"pid {pid} was not running")
+        return
     state = _recorded(model)
     if state is None:
         return
@@ -176,6 +238,18 @@ def serve_local_status(
     model: Annotated[str, typer.Option(help="The served model name.")] = DEFAULT_LOCAL_MODEL,
 ) -> None:
     """Say whether the recorded server answers /health; exit 1 if it does not."""
+    replica_set = ReplicaSetState.load(model)
+    if replica_set is not None:
+        down = [r for r in replica_set.replicas if not _alive(r)]
+        _console.print(
+            f"router {replica_set.base_url} (pid {replica_set.router_pid}, policy "
+            f"{replica_set.policy}); replicas: "
+            + ", ".join(f"{r.base_url} (pid {r.pid})" for r in replica_set.replicas)
+            + (f"; not answering /health: {len(down)}" if down else "")
+        )
+        if down:
+            raise typer.Exit(1)
+        return
     state = _recorded(model)
     if state is None:
         raise typer.Exit(1)

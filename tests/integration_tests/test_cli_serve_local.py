@@ -6,6 +6,7 @@ passed through after ``--``; both are checked on the running server's behaviour.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from langchain_vllm_budget.serving.local_server import ServerState
+from langchain_vllm_budget.serving.router import ReplicaSetState
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +39,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _chat(state: ServerState, **body: object) -> httpx.Response:
+def _chat(state: ServerState | ReplicaSetState, **body: object) -> httpx.Response:
     messages = [{"role": "user", "content": "Which unit?"}]
     return httpx.post(
         f"{state.base_url}/chat/completions",
@@ -95,3 +97,38 @@ def test_start_with_setup_and_passthrough_status_stop() -> None:
     assert ServerState.load(NAME) is None
     assert _cli("status", "--model", NAME).returncode == 1
     assert _cli("stop", "--model", NAME).stdout.startswith("no server recorded")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_replicas_behind_a_router_start_and_stop_by_their_own_pids() -> None:
+    started = _cli(*_start_args("--setup", "plain", "--replicas", "2"))
+    try:
+        assert started.returncode == 0, started.stderr
+        state = ReplicaSetState.load(NAME)
+        assert state is not None
+        assert state.base_url in started.stdout
+        assert state.policy == "consistent_hash"
+        assert len({r.port for r in state.replicas}) == 2
+        # Window discovery, /tokenize and completions pass through the router.
+        models = httpx.get(f"{state.base_url}/models", timeout=30).json()["data"]
+        assert [(m["id"], m["max_model_len"]) for m in models] == [(NAME, 1024)]
+        root = state.base_url.removesuffix("/v1")
+        tokens = httpx.post(f"{root}/tokenize", json={"model": NAME, "prompt": "hi"}, timeout=30)
+        assert tokens.json()["count"] >= 1
+        assert _chat(state).status_code == 200
+        status = _cli("status", "--model", NAME)
+        assert status.returncode == 0
+        assert "replicas" in status.stdout
+    finally:
+        stopped = _cli("stop", "--model", NAME)
+    pids = [state.router_pid, *(r.pid for r in state.replicas)]
+    assert stopped.stdout.count("stopped pid") == 3
+    assert not any(_running(pid) for pid in pids)
+    assert ReplicaSetState.load(NAME) is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import httpx
+import openai
 import pytest
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -12,6 +14,7 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
+from langchain_vllm_budget._error_mapping import ServerTarget, map_openai_error
 from langchain_vllm_budget._length_errors import WORDINGS
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
@@ -488,3 +491,30 @@ def test_other_typed_errors() -> None:
     timeout = VLLMTimeoutError("http://h/v1", 2.5)
     assert isinstance(timeout, ModelTimeoutError)
     assert "2.5 s" in str(timeout)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (503, "No available workers (all circuits open or unhealthy)"),
+        (503, "Error code: 503"),
+        (500, "Request failed: error sending request for url (http://127.0.0.1:9/v1/chat)"),
+    ],
+)
+def test_a_router_with_no_replica_left_is_a_connection_error(status: int, body: str) -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    failure = openai.InternalServerError(
+        body, response=httpx.Response(status, request=request), body=None
+    )
+    mapped = map_openai_error(failure, ServerTarget("http://127.0.0.1:9/v1", "m"))
+    assert isinstance(mapped, VLLMConnectionError)
+    assert "no replica reachable" in str(mapped)
+    engine_failure = openai.InternalServerError(
+        "EngineCore encountered an issue.",
+        response=httpx.Response(500, request=request),
+        body=None,
+    )
+    assert not isinstance(
+        map_openai_error(engine_failure, ServerTarget("http://127.0.0.1:9/v1", "m")),
+        VLLMConnectionError,
+    )

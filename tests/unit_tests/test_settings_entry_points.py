@@ -40,6 +40,8 @@ VALUES: dict[str, str] = {
     "compression": "extractive",
     "temperature": "0.3",
     "repetition_penalty": "1.2",
+    "session_affinity": "off",
+    "session_header": "X-User-ID",
 }
 """A distinctive, valid value per setting (a test checks that every setting has one)."""
 
@@ -55,6 +57,8 @@ def _chat_vllm(name: str) -> Any:
         "max_concurrency": model.max_concurrency,
         "summary_max_tokens": model.summary_max_tokens,
         "compaction_target": model.compaction_target,
+        "session_affinity": model.session_affinity,
+        "session_header": model.session_header,
     }
     if name in {"max_model_len", "output_reserve", "safety_margin", "min_output_tokens"}:
         return getattr(model.budget, name)

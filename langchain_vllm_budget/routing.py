@@ -1,0 +1,193 @@
+"""Session affinity for vLLM replicas behind a router: one key per LangGraph thread.
+
+Routers in front of several vLLM replicas (vLLM's ``vllm-router`` with ``--policy
+consistent_hash``, production-stack, llm-d) keep a conversation on the replica that holds its
+KV prefix when every request of the conversation carries the same session key. Inside a
+LangGraph run, :class:`SessionRouting` derives that key from the run's ``thread_id``
+(``config["configurable"]["thread_id"]``, read with :func:`langgraph.config.get_config`), so
+every call of a thread, its subagents (subgraphs run with the parent's config) and the
+summarizer calls made inside it send the same key, and different threads spread over the
+replicas. Outside a run there is no key unless one is given explicitly.
+
+The key sent is a hash of the thread id (:func:`session_key`): stable across processes and
+restarts, one HTTP-header-safe token, and the thread id itself does not leave the process.
+
+Routers that pin sessions by a cookie get one cookie jar per session from
+:class:`SessionCookieJars`: httpx event hooks that store each response's ``Set-Cookie`` under
+the request's session key and send the session's cookies back on its next requests.
+
+Example:
+    >>> routing = SessionRouting(affinity="thread", header="X-Session-ID", session_id="s-1")
+    >>> routing.headers()
+    {'X-Session-ID': 's-1'}
+    >>> SessionRouting(affinity="thread", header="X-Session-ID").headers()  # no run, no id
+    {}
+    >>> session_key("thread-42") == session_key("thread-42")
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any, Literal
+
+import httpx
+from langgraph.config import get_config
+
+__all__ = [
+    "SessionAffinity",
+    "SessionCookieJars",
+    "SessionRouting",
+    "current_thread_id",
+    "session_key",
+    "with_headers",
+]
+
+SessionAffinity = Literal["thread", "off"]
+"""``"thread"``: one session key per LangGraph thread; ``"off"``: send none (an explicit
+``session_id`` is not sent either)."""
+
+_KEY_PREFIX = "lg-"
+_MAX_SESSIONS = 4096
+
+
+def current_thread_id() -> str | None:
+    """The ``thread_id`` of the LangGraph run this code runs in, or None outside a run."""
+    try:
+        config = get_config()
+    except RuntimeError:  # not inside a runnable
+        return None
+    thread_id = (config.get("configurable") or {}).get("thread_id")
+    return None if thread_id is None else str(thread_id)
+
+
+def session_key(thread_id: str) -> str:
+    """The session key sent for a thread: a stable hash of its id.
+
+    Example:
+        >>> session_key("7c1e")
+        'lg-46642634dd0a8d450b1cb7c8e73d8a8e'
+    """
+    return _KEY_PREFIX + hashlib.sha256(thread_id.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SessionRouting:
+    """Which session key a request carries, and in which header.
+
+    Attributes:
+        affinity: ``"thread"`` (a key per LangGraph thread) or ``"off"``.
+        header: The header that carries the key (``vllm-router`` reads ``X-Session-ID``).
+        session_id: A fixed key; wins over the thread's.
+    """
+
+    affinity: SessionAffinity
+    header: str
+    session_id: str | None = None
+
+    def key(self) -> str | None:
+        """The key for a request made now: the explicit id, else the current thread's."""
+        if self.affinity == "off":
+            return None
+        if self.session_id:
+            return self.session_id
+        thread_id = current_thread_id()
+        return None if thread_id is None else session_key(thread_id)
+
+    def headers(self) -> dict[str, str]:
+        """The headers to add to a request made now (empty when there is no key)."""
+        key = self.key()
+        return {} if key is None else {self.header: key}
+
+
+def with_headers(payload: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """``payload`` with ``headers`` added to its ``extra_headers`` (the caller's win).
+
+    The OpenAI client sends a call's ``extra_headers`` with that request only.
+
+    Example:
+        >>> with_headers({"model": "m", "extra_headers": {"X-Session-ID": "mine"}},
+        ...              {"X-Session-ID": "lg-1"})
+        {'model': 'm', 'extra_headers': {'X-Session-ID': 'mine'}}
+    """
+    if not headers:
+        return payload
+    given = payload.get("extra_headers") or {}
+    return {**payload, "extra_headers": {**headers, **given}}
+
+
+class SessionCookieJars:
+    """One cookie jar per session key, kept by httpx event hooks.
+
+    A response's ``Set-Cookie`` goes into the jar of the session named by its request's
+    session header; a request that names a session sends that jar's cookies. Requests
+    without the header are left alone. The jars of the least recently used sessions are
+    dropped beyond ``max_sessions``.
+
+    Args:
+        header: The session header (the same as :attr:`SessionRouting.header`).
+        max_sessions: Most jars kept.
+    """
+
+    def __init__(self, header: str, *, max_sessions: int = _MAX_SESSIONS) -> None:
+        self.header = header
+        self.max_sessions = max_sessions
+        self._jars: OrderedDict[str, httpx.Cookies] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def jar(self, key: str) -> httpx.Cookies:
+        """The cookies of session ``key`` (a new, empty jar for a new key)."""
+        with self._lock:
+            jar = self._jars.pop(key, None) or httpx.Cookies()
+            self._jars[key] = jar
+            while len(self._jars) > self.max_sessions:
+                self._jars.popitem(last=False)
+            return jar
+
+    def on_request(self, request: httpx.Request) -> None:
+        """Add the session's cookies to a request that names a session."""
+        key = request.headers.get(self.header)
+        if key is None or "cookie" in request.headers:
+            return
+        jar = self.jar(key)
+        if jar:
+            jar.set_cookie_header(request)
+
+    def on_response(self, response: httpx.Response) -> None:
+        """Keep the cookies a response sets, in its request's session jar."""
+        key = response.request.headers.get(self.header)
+        if key is not None and "set-cookie" in response.headers:
+            self.jar(key).extract_cookies(response)
+
+    async def _aon_request(self, request: httpx.Request) -> None:
+        self.on_request(request)
+
+    async def _aon_response(self, response: httpx.Response) -> None:
+        self.on_response(response)
+
+    @staticmethod
+    def _no_shared_cookies() -> CookieJar:
+        # An httpx client keeps one jar for all its requests; the sessions' cookies must not
+        # mix there, so the client's own jar accepts none.
+        return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` (``kwargs`` as httpx takes them) that keeps the jars."""
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [self.on_request],
+            "response": [self.on_response],
+        }
+        return httpx.Client(event_hooks=hooks, cookies=self._no_shared_cookies(), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` (``kwargs`` as httpx takes them) that keeps the jars."""
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [self._aon_request],
+            "response": [self._aon_response],
+        }
+        return httpx.AsyncClient(event_hooks=hooks, cookies=self._no_shared_cookies(), **kwargs)
