@@ -526,9 +526,16 @@ class ChatVLLM(BaseChatOpenAI):
             )
         return self.budget.with_max_model_len(served)
 
+    def get_budget(self) -> TokenBudget:
+        """The budget in use: ``budget`` with the server's window (asked once).
+
+        The configured ``max_model_len`` is kept when the server does not report one.
+        """
+        return self._effective_budget(self._server_info())
+
     def get_max_model_len(self) -> int:
         """The context window in use: the server's, or the configured one if not reported."""
-        window = self._effective_budget(self._server_info()).max_model_len
+        window = self.get_budget().max_model_len
         assert window is not None
         return window
 
@@ -617,13 +624,17 @@ class ChatVLLM(BaseChatOpenAI):
             self.openai_api_base, self.model_name, self.openai_api_key, timeout=float(timeout)
         )
 
-    @property
-    def resolved_token_counter(self) -> TokenCounter:
+    def get_token_counter(self) -> TokenCounter:
         """The counter in use (resolving ``"auto"`` may ask the server for its model root)."""
         if self._counter is None:
             needs_server = self.token_counter in ("auto", "transformers") and not self.tokenizer
             return self._get_counter(self._server_info() if needs_server else UNKNOWN_SERVER)
         return self._counter
+
+    @property
+    def resolved_token_counter(self) -> TokenCounter:
+        """The counter in use: :meth:`get_token_counter`."""
+        return self.get_token_counter()
 
     # ------------------------------------------------------------------ counting
 
@@ -750,18 +761,14 @@ class ChatVLLM(BaseChatOpenAI):
     def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
         """The compaction for ``trim``/``summarize``: this model's memory and settings."""
         summarizer = None
-        window = None
         if self.on_overflow == "summarize":
             summarizer = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
-            if self.summarizer is None and budget.max_model_len is not None:
-                window = budget.max_model_len - budget.safety_margin
         return Compactor(
             target=self.compaction_target,
             memory=self._compaction_memory,
             summarizer=summarizer,
             summary_max_tokens=self.summary_max_tokens,
             text_counter=counter if self.summarizer is None else None,
-            summarizer_window=window,
         )
 
     def _budget_args(

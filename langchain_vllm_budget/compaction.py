@@ -70,6 +70,7 @@ from langchain_core.messages import (
 )
 
 from langchain_vllm_budget import settings
+from langchain_vllm_budget.capabilities import token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
@@ -77,7 +78,7 @@ from langchain_vllm_budget.compression import (
     compress_stage_result,
     truncate_to_tokens,
 )
-from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, messages_to_openai_dicts
+from langchain_vllm_budget.tokenizers import messages_to_openai_dicts
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -94,7 +95,6 @@ __all__ = [
     "MessageCounter",
     "is_summary_message",
     "summary_message",
-    "text_counter_for",
 ]
 
 CompactionPolicy = Literal["trim", "summarize"]
@@ -391,8 +391,9 @@ class Compactor:
             (default ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
         text_counter: Counts plain text for the summary's cap; default: the summarizer's own
             counter (a ChatVLLM's), else the approximate one.
-        summarizer_window: The summarizer's input room in tokens (larger spans are
-            summarized in chunks); default: its window less its safety margin, if known.
+        summarizer_window: What one summarizer call may hold, in tokens (larger spans are
+            summarized in chunks); default: its window less its safety margin
+            (:meth:`~langchain_vllm_budget.budget.TokenBudget.call_room`), if it knows it.
         strategy: When the compressor calls the summarizer (default
             ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
             lose entities; ``"llm"``: on every compaction; ``"extractive"``: never). Without
@@ -573,14 +574,13 @@ class Compactor:
             "user_request": truncate_to_tokens(step.request(), _REQUEST_TOKENS, counter),
             "max_tokens": self.summary_max_tokens,
             "tokenizer": counter,
-            "chunk_tokens": (
-                (self.summarizer_window or _input_room(summarizer)) if summarizer else None
-            ),
+            # None: what one call of the summarizer may hold (budget.py's rule).
+            "chunk_tokens": self.summarizer_window if summarizer else None,
             "strategy": self.strategy if summarizer is not None else "extractive",
         }
 
     def _counter(self) -> TokenCounter:
-        return self.text_counter or text_counter_for(self.summarizer)
+        return self.text_counter or token_counter_of(self.summarizer)
 
     def _complete(self, step: _Pending, summary: CompressionResult | None) -> CompactionResult:
         """Build the compacted messages, check them against the limit, and remember them."""
@@ -652,37 +652,12 @@ def _tokens(counter: TokenCounter, text: str) -> int:
     return counter.count_text(text) if text else 0
 
 
-def text_counter_for(model: BaseChatModel | None) -> TokenCounter:
-    """The model's own text counter (a ChatVLLM's, exact), else the approximate one.
-
-    Example:
-        >>> text_counter_for(None).name
-        'approximate'
-    """
-    counter = getattr(model, "resolved_token_counter", None)
-    if counter is not None and hasattr(counter, "count_text"):
-        return counter  # type: ignore[no-any-return]
-    return ApproximateTokenCounter()
-
-
 def _split_system(
     messages: Sequence[BaseMessage],
 ) -> tuple[list[BaseMessage], list[BaseMessage]]:
     if messages and isinstance(messages[0], SystemMessage):
         return [messages[0]], list(messages[1:])
     return [], list(messages)
-
-
-def _input_room(model: BaseChatModel) -> int | None:
-    """A ChatVLLM summarizer's window less its safety margin (what one call may hold)."""
-    get_window = getattr(model, "get_max_model_len", None)
-    if not callable(get_window):
-        return None
-    window = get_window()
-    margin = getattr(getattr(model, "budget", None), "safety_margin", 0)
-    if isinstance(window, int) and isinstance(margin, int) and window > margin:
-        return window - margin
-    return None
 
 
 async def _call(offload: bool, function: Callable[..., T], *args: Any) -> T:

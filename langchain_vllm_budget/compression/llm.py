@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compression.extractive import truncate_to_tokens
 from langchain_vllm_budget.compression.guard import (
     DEFAULT_MIN_RETENTION,
@@ -185,24 +186,10 @@ def _reply_text(reply: BaseMessage) -> str:
     return text
 
 
-def _default_counter(model: BaseChatModel | None) -> TokenCounter:
-    """The model's own counter for a ChatVLLM, else the approximate one."""
-    counter = getattr(model, "resolved_token_counter", None)
-    if counter is not None and hasattr(counter, "count_text"):
-        return counter  # type: ignore[no-any-return]
-    from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
-
-    return ApproximateTokenCounter()
-
-
-def _model_window(model: BaseChatModel) -> int | None:
-    """The summarizer's context window when the model knows it (a ChatVLLM)."""
-    get_window = getattr(model, "get_max_model_len", None)
-    if callable(get_window):
-        window = get_window()
-        if isinstance(window, int) and window > 0:
-            return window
-    return None
+def _call_room(model: BaseChatModel) -> int | None:
+    """What one summarizer call may hold, when the model knows its window (a ChatVLLM)."""
+    found = budgeted(model)
+    return found.get_budget().call_room() if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -240,7 +227,7 @@ def _start(
     if model is None and strategy == "llm":
         msg = "strategy='llm' needs a summarizer model: pass model=, or use strategy='auto'."
         raise ValueError(msg)
-    counter = tokenizer if tokenizer is not None else _default_counter(model)
+    counter = tokenizer if tokenizer is not None else token_counter_of(model)
     job = CompressionJob.create(
         raw, max_tokens=max_tokens, counter=counter, min_retention=min_retention
     )
@@ -256,7 +243,7 @@ def _start(
         stage_name=stage_name,
         user_request=user_request,
         cap=max_tokens,
-        window=chunk_tokens if chunk_tokens is not None else _model_window(model),
+        window=chunk_tokens if chunk_tokens is not None else _call_room(model),
         counter=counter,
     )
     return _Compression(job, prompting, extractive)

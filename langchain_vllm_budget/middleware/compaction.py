@@ -41,13 +41,13 @@ from langchain_core.tools import BaseTool
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compaction import (
     CompactionMemory,
     CompactionPolicy,
     CompactionResult,
     Compactor,
     MessageCounter,
-    text_counter_for,
 )
 from langchain_vllm_budget.compression import CompressionStrategy
 from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
@@ -154,7 +154,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             msg = f"max_input_tokens must be positive, got {max_input_tokens}"
             raise ValueError(msg)
         if max_input_tokens is None and not (
-            _profile_limit(model) is not None or callable(getattr(model, "get_max_model_len", None))
+            _profile_limit(model) is not None or budgeted(model) is not None
         ):
             msg = (
                 f"{type(model).__name__} has no profile with max_input_tokens and no known "
@@ -189,7 +189,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
                 **self._settings,
                 memory=self.memory,
                 summarizer=self.summarizer,
-                text_counter=text_counter_for(self.model),
+                text_counter=token_counter_of(self.model),
             )
         return self._compactor
 
@@ -313,7 +313,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
 
 
 def _profile_limit(model: BaseChatModel) -> int | None:
-    profile = getattr(model, "profile", None)
+    profile = model.profile
     if isinstance(profile, Mapping):
         limit = profile.get("max_input_tokens")
         if isinstance(limit, int) and limit > 0:
@@ -322,15 +322,6 @@ def _profile_limit(model: BaseChatModel) -> int | None:
 
 
 def _window_limit(model: BaseChatModel) -> int | None:
-    """A ChatVLLM's input limit: window less safety margin and minimum output room."""
-    get_window = getattr(model, "get_max_model_len", None)
-    if not callable(get_window):
-        return None
-    window = get_window()
-    budget = getattr(model, "budget", None)
-    reserved = (
-        getattr(budget, "safety_margin", 0) + getattr(budget, "min_output_tokens", 0)
-        if budget is not None
-        else 0
-    )
-    return int(window) - int(reserved)
+    """A budgeted model's input limit: window less safety margin and minimum output room."""
+    found = budgeted(model)
+    return found.get_budget().input_limit() if found is not None else None

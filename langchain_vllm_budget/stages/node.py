@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -50,6 +50,7 @@ from langgraph.store.base import BaseStore
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
@@ -73,7 +74,7 @@ from langchain_vllm_budget.stages.state import (
     new_run_update,
 )
 from langchain_vllm_budget.stages.store import raw_output_namespace
-from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, TokenCounter
+from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
     "ROLLING_SUMMARY_PROMPT",
@@ -133,12 +134,7 @@ def _resolve(spec: ModelSpec | None, runtime: Runtime[Any]) -> BaseChatModel | N
 
 
 def _counter_of(model: BaseChatModel | None, configured: TokenCounter | None) -> TokenCounter:
-    if configured is not None:
-        return configured
-    counter = getattr(model, "resolved_token_counter", None)
-    if counter is not None and hasattr(counter, "count_messages"):
-        return cast("TokenCounter", counter)
-    return ApproximateTokenCounter()
+    return configured if configured is not None else token_counter_of(model)
 
 
 def _thread_id(runtime: Runtime[Any]) -> str:
@@ -277,9 +273,9 @@ class CompressedStage:
         return handoff
 
     def _plan(self, model: BaseChatModel, counter: TokenCounter) -> Callable[..., BudgetPlan]:
-        get_plan = getattr(model, "get_budget_plan", None)
-        if callable(get_plan):
-            return cast("Callable[..., BudgetPlan]", get_plan)
+        found = budgeted(model)
+        if found is not None:
+            return found.get_budget_plan
         budget = self.budget
         if budget is None or budget.max_model_len is None:
             msg = (
@@ -303,7 +299,7 @@ class CompressedStage:
     @staticmethod
     def _call_kwargs(model: BaseChatModel, plan: BudgetPlan) -> dict[str, Any]:
         """Send the plan itself to a model that takes one (ChatVLLM), else its max_tokens."""
-        if callable(getattr(model, "get_budget_plan", None)):
+        if budgeted(model) is not None:
             return {"budget_plan": plan}
         return {"max_tokens": plan.max_tokens}
 

@@ -24,6 +24,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 from pydantic import Field
 
+from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compaction import is_summary_message
 from langchain_vllm_budget.compression import extract_entities
 from langchain_vllm_budget.middleware import (
@@ -345,13 +347,29 @@ def test_without_a_store_nothing_is_compressed_silently() -> None:
 
 
 class CountingScriptedModel(ScriptedModel):
-    """A scripted model with its own text counter, as a ChatVLLM has."""
+    """A scripted model that is a BudgetedModel: its own counter and window, as ChatVLLM."""
 
     counter: Any = None
 
-    @property
-    def resolved_token_counter(self) -> Any:
+    def get_token_counter(self) -> Any:
         return self.counter
+
+    def get_budget(self) -> TokenBudget:
+        return TokenBudget(max_model_len=4 * LIMIT)
+
+    def get_budget_plan(self, messages: Any, **kwargs: Any) -> BudgetPlan:
+        return self.get_budget().plan(self.counter.count_messages(messages))
+
+    async def aget_budget_plan(self, messages: Any, **kwargs: Any) -> BudgetPlan:
+        return self.get_budget_plan(messages, **kwargs)
+
+
+def test_the_scripted_model_with_a_counter_is_a_budgeted_model() -> None:
+    model = CountingScriptedModel(counter=ApproximateTokenCounter())
+    assert budgeted(model) is model
+    assert token_counter_of(model) is model.counter
+    assert budgeted(_model()) is None
+    assert token_counter_of(_model()).name == "approximate"
 
 
 async def test_async_tool_compression_never_counts_on_the_event_loop() -> None:
