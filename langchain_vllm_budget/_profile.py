@@ -58,7 +58,8 @@ def server_profile(
         >>> profile["max_input_tokens"], profile["max_output_tokens"]
         (11904, 3000)
     """
-    input_room = max_model_len - budget.safety_margin - budget.min_output_tokens
+    served = budget.with_max_model_len(max_model_len)
+    input_room = served.input_limit()
     if input_room < 1:
         msg = (
             f"The window of {max_model_len} tokens leaves no room for input after "
@@ -68,7 +69,8 @@ def server_profile(
         raise ValueError(msg)
     profile = ModelProfile(
         max_input_tokens=input_room,
-        max_output_tokens=min(budget.output_reserve, max_model_len - budget.safety_margin - 1),
+        # What a one-token prompt that asks for no limit gets.
+        max_output_tokens=served.plan(1).max_tokens,
         text_inputs=True,
         text_outputs=True,
         structured_output=True,

@@ -75,20 +75,6 @@ class BudgetOutcome:
     compaction: CompactionReport | None = None
 
 
-def _needed_output(budget: TokenBudget, requested_max_tokens: int | None) -> int:
-    if requested_max_tokens is None:
-        return budget.min_output_tokens
-    return min(budget.min_output_tokens, requested_max_tokens)
-
-
-def _input_limit(budget: TokenBudget, requested_max_tokens: int | None) -> int:
-    """The most input tokens that still leave the needed output room."""
-    assert budget.max_model_len is not None
-    return (
-        budget.max_model_len - budget.safety_margin - _needed_output(budget, requested_max_tokens)
-    )
-
-
 def _check(
     messages: Sequence[BaseMessage],
     budget: TokenBudget,
@@ -195,7 +181,7 @@ def apply_budget(
         messages,
         policy="trim" if policy == "trim" else "summarize",
         count=count,
-        limit=_input_limit(budget, requested_max_tokens),
+        limit=budget.input_limit(requested_max_tokens),
     )
     return _finish(result, step, budget, requested_max_tokens)
 
@@ -242,7 +228,7 @@ async def aapply_budget(
         messages,
         policy="trim" if policy == "trim" else "summarize",
         count=count,
-        limit=_input_limit(budget, requested_max_tokens),
+        limit=budget.input_limit(requested_max_tokens),
         offload=True,
     )
     return _finish(result, step, budget, requested_max_tokens)
