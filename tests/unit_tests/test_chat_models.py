@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import threading
+from dataclasses import replace
 from unittest import mock
 
 import httpx
@@ -25,9 +26,10 @@ from langchain_vllm_budget import (
     TokenBudget,
     VLLMConnectionError,
 )
-from langchain_vllm_budget._error_mapping import ServerTarget, map_openai_error
-from langchain_vllm_budget._profile import server_profile
-from langchain_vllm_budget.chat_models import DEFAULT_API_BASE, _Prepared
+from langchain_vllm_budget.chat_models import DEFAULT_API_BASE
+from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, map_openai_error
+from langchain_vllm_budget.chat_models._pipeline import Prepared, correct, read_request
+from langchain_vllm_budget.chat_models._profile import server_profile
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMInvalidRequestError,
@@ -522,10 +524,10 @@ def test_send_kwargs_carry_the_plan_and_leave_the_answer_room_after_thinking() -
         thinking_budget=1000,
         extra_body={"top_k": 5, "max_completion_tokens": 9000},
     )
-    request = model._request([HumanMessage("hi")], {"max_tokens": 9000})
+    request = read_request(model, [HumanMessage("hi")], {"max_tokens": 9000})
     assert request.requested_max_tokens == 9000  # vLLM reads max_completion_tokens first
     plan = budget.plan(100)
-    prepared = _Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
+    prepared = Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
     sent = prepared.send_kwargs()
     assert sent["max_tokens"] == plan.max_tokens == 600
     # The thinking cap leaves min_output_tokens of max_tokens to the answer.
@@ -533,8 +535,37 @@ def test_send_kwargs_carry_the_plan_and_leave_the_answer_room_after_thinking() -
     assert prepared.report()["thinking_token_budget"] == 344
     assert prepared.report()["plan_source"] == "given"
     small = budget.plan(100, requested_max_tokens=100)
-    prepared = _Prepared(request, BudgetOutcome(request.messages, small, "none", 100), None)
+    prepared = Prepared(request, BudgetOutcome(request.messages, small, "none", 100), None)
     assert prepared.thinking_token_budget == 0  # no room to think beside a 100-token answer
+
+
+def _rejection(message: str) -> openai.BadRequestError:
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    return openai.BadRequestError(message, response=httpx.Response(400, request=request), body=None)
+
+
+def test_the_retry_reads_the_typed_fields_of_the_length_error() -> None:
+    model = _offline(budget=TokenBudget(max_model_len=4096))
+    request = read_request(model, [HumanMessage("hi")], {})
+    plan = model.budget.plan(100)
+    prepared = Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
+    other = _rejection("temperature must be non-negative")
+    with pytest.raises(openai.BadRequestError):
+        correct(model, other, prepared)
+    # A max_tokens below 1 refused by the engine: the prompt filled the window.
+    zero = _rejection("max_tokens must be at least 1, got 0.")
+    with pytest.raises(VLLMContextOverflowError) as caught:
+        correct(model, zero, replace(prepared, retried=True))
+    assert caught.value.source == "server"
+    assert caught.value.input_tokens == 4096
+    # Already retried once: the typed error with the server's numbers, no second retry.
+    lower = _rejection(
+        "This model's maximum context length is 4096 tokens. However, your prompt contains "
+        "at least 4097 input tokens, which exceeds this limit even without any output tokens."
+    )
+    with pytest.raises(VLLMContextOverflowError) as caught:
+        correct(model, lower, replace(prepared, retried=True))
+    assert (caught.value.input_tokens, caught.value.max_model_len) == (4097, 4096)
 
 
 # ------------------------------------------------------------------------- reasoning

@@ -395,9 +395,10 @@ def _chat_vllm(**kwargs: Any) -> Any:
 
 
 def _report(model: Any, history: list[BaseMessage]) -> dict[str, Any]:
-    from langchain_vllm_budget._discovery import UNKNOWN_SERVER
+    from langchain_vllm_budget.chat_models._discovery import UNKNOWN_SERVER
+    from langchain_vllm_budget.chat_models._pipeline import prepare, read_request
 
-    prepared = model._prepare(model._request(history, {}), info=UNKNOWN_SERVER)
+    prepared = prepare(model, read_request(model, history, {}), info=UNKNOWN_SERVER)
     report = prepared.report()
     assert report["input_tokens"] + report["max_tokens"] <= 1600 - report["safety_margin"]
     return report
