@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import openai
 from langchain_core.callbacks import (
@@ -40,15 +40,15 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
-from langchain_openai.chat_models._client_utils import (
-    _get_default_async_httpx_client,
-    _get_default_httpx_client,
-)
-from langchain_openai.chat_models.base import BaseChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from langchain_vllm_budget import settings
+from langchain_vllm_budget._openai_compat import (
+    BaseChatOpenAI,
+    default_async_httpx_client,
+    default_httpx_client,
+)
 from langchain_vllm_budget._reasoning import REASONING_KEY, reasoning_in, with_reasoning
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.chat_models import _pipeline
@@ -57,6 +57,7 @@ from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, mappe
 from langchain_vllm_budget.chat_models._profile import (
     ServerProfileAttribute,
     check_profile,
+    configured_profile,
     server_profile,
 )
 from langchain_vllm_budget.chat_models._tool_calls import set_aside_non_object_tool_calls
@@ -311,13 +312,13 @@ class ChatVLLM(BaseChatOpenAI):
         if not self.client:
             # langchain-openai's cached default clients: building an SSL context per
             # instance would cost ~60 ms.
-            http_client = self.http_client or _get_default_httpx_client(
+            http_client = self.http_client or default_httpx_client(
                 self.openai_api_base, self.request_timeout
             )
             self.root_client = openai.OpenAI(**client_params, http_client=http_client)
             self.client = self.root_client.chat.completions
         if not self.async_client:
-            http_async_client = self.http_async_client or _get_default_async_httpx_client(
+            http_async_client = self.http_async_client or default_async_httpx_client(
                 self.openai_api_base, self.request_timeout
             )
             self.root_async_client = openai.AsyncOpenAI(
@@ -409,20 +410,50 @@ class ChatVLLM(BaseChatOpenAI):
         assert window is not None
         return window
 
-    def _server_profile(self) -> ModelProfile:
-        """The profile from the server's window and what the chat template renders."""
-        info = self._server_info()
-        budget = self._effective_budget(info)
+    def _current_profile(self, *, ask: bool) -> ModelProfile:
+        """The profile from what is known now; ``ask``: the server may be asked (sync code).
+
+        Never raises for a server that cannot be reached or does not report its window:
+        the configured profile (:func:`configured_profile`) stands in until a discovery
+        succeeds. Never asks the server, nor loads a tokenizer, when ``ask`` is false.
+        """
+        info = self._discovery.cached(self.root_client, self.model_name)
+        try:
+            if info is None and ask:
+                info = self._server_info()
+            if info is None:
+                return configured_profile(self.budget)
+            budget = self._effective_budget(info)
+            if self._capabilities is None and ask:
+                self._capabilities = self._probe_capabilities(self._get_counter(info))
+        except (VLLMError, ValueError) as exc:
+            logger.debug("profile of %r without server facts: %s", self.model_name, exc)
+            return configured_profile(self.budget)
         assert budget.max_model_len is not None
-        if self._capabilities is None:
-            self._capabilities = self._probe_capabilities(self._get_counter(info))
-        tool_calling, reasoning_output = self._capabilities
+        tool_calling, reasoning_output = self._capabilities or (None, None)
         return server_profile(
             max_model_len=budget.max_model_len,
             budget=budget,
             tool_calling=tool_calling,
             reasoning_output=reasoning_output,
         )
+
+    async def aget_profile(self) -> ModelProfile | None:
+        """The profile with the server's facts, asked without blocking the event loop.
+
+        In async code ``model.profile`` does not ask the server (that would block the event
+        loop): it holds the server's facts once a call or this method has asked. Await it
+        before building something that needs ``max_input_tokens`` (``SummarizationMiddleware``
+        with a fractional trigger) when ``budget.max_model_len`` is not set.
+
+        Returns:
+            ``profile=`` when one was given, else the server's profile (or the configured
+            one when the server cannot be reached).
+        """
+        given = self.__dict__.get("profile")
+        if isinstance(given, Mapping):
+            return cast("ModelProfile", given)
+        return await asyncio.to_thread(self._current_profile, ask=True)
 
     @staticmethod
     def _probe_capabilities(counter: TokenCounter) -> tuple[bool | None, bool | None]:

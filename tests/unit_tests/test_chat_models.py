@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import threading
 from dataclasses import replace
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -27,6 +29,7 @@ from langchain_vllm_budget import (
     VLLMConnectionError,
 )
 from langchain_vllm_budget.chat_models import DEFAULT_API_BASE
+from langchain_vllm_budget.chat_models._discovery import ServerDiscovery
 from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, map_openai_error
 from langchain_vllm_budget.chat_models._pipeline import Prepared, correct, read_request
 from langchain_vllm_budget.chat_models._profile import server_profile
@@ -355,11 +358,38 @@ def test_server_failures_map_to_a_typed_error() -> None:
 # ------------------------------------------------------------------------- the profile
 
 
-def test_building_a_model_asks_nothing_and_profile_asks_the_server() -> None:
-    """No request while the model is built; reading ``profile`` asks ``/v1/models``."""
-    model = ChatVLLM(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0)
+def test_a_down_server_never_makes_reading_the_profile_raise() -> None:
+    """Building a model asks nothing; reading ``profile`` with the server down gives the
+    configured profile (the window only when one is configured), and asks again later."""
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    model = ChatVLLM(model="m", base_url=url, max_retries=0)
+    assert model.profile == {"text_inputs": True, "text_outputs": True, "structured_output": True}
+    configured = ChatVLLM(
+        model="m", base_url=url, max_retries=0, budget=TokenBudget(max_model_len=4096)
+    )
+    assert configured.profile is not None
+    assert configured.profile["max_input_tokens"] == configured.budget.input_limit()
+    # Nothing was remembered: a call still reports the server being down.
     with pytest.raises(VLLMConnectionError):
-        _ = model.profile
+        configured.get_max_model_len()
+
+
+def test_reading_the_profile_in_an_event_loop_never_asks_the_server() -> None:
+    model = ChatVLLM(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0)
+
+    async def read() -> Any:
+        with mock.patch.object(
+            ServerDiscovery, "get", side_effect=AssertionError("asked on the event loop")
+        ):
+            return model.profile
+
+    assert "max_input_tokens" not in asyncio.run(read())
+    # Once the server's answer is known (a call asked it), the profile carries its window.
+    served = [{"id": "m", "root": "m", "max_model_len": 2048}]
+    model._discovery._remember(model.root_client, "m", served)
+    profile = asyncio.run(read())
+    assert profile["max_input_tokens"] == model.get_budget().input_limit()
+    assert profile["max_input_tokens"] == 2048 - 128 - model.budget.min_output_tokens
 
 
 def test_a_given_profile_wins_and_is_not_checked_against_a_server() -> None:
@@ -385,8 +415,11 @@ def test_subclasses_keep_the_server_profile() -> None:
 
     port = _closed_port()
     assert Mine(model="m", profile={"max_input_tokens": 5}).profile == {"max_input_tokens": 5}
-    with pytest.raises(VLLMConnectionError):
-        _ = Mine(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0).profile
+    mine = Mine(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    served = [{"id": "m", "root": "m", "max_model_len": 2048}]
+    mine._discovery._remember(mine.root_client, "m", served)
+    assert mine.profile is not None
+    assert mine.profile["max_input_tokens"] == mine.get_budget().input_limit()
 
 
 def test_server_profile_leaves_room_for_the_output() -> None:
