@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import wrap_model_call
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -21,6 +22,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
 from pydantic import Field
 
@@ -190,7 +192,7 @@ def test_compaction_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="compaction target"):
         ContextCompactionMiddleware(_model(), target=2.0)
     middleware = ContextCompactionMiddleware(ScriptedModel(), max_input_tokens=900)
-    assert middleware._limit() == 900
+    assert middleware._limit(ScriptedModel()) == 900
 
 
 def test_missing_agents_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,3 +420,67 @@ def test_settings_come_from_the_environment_and_are_checked(
 def test_threshold_must_exceed_the_cap() -> None:
     with pytest.raises(ValueError, match="threshold_tokens"):
         ToolOutputCompressionMiddleware(_model(), threshold_tokens=100, summary_max_tokens=200)
+
+
+WIDE_SYSTEM = SYSTEM + " Runbook: " + "Escalate to the database on-call after two pages. " * 40
+
+
+@tool
+def restart(host: str) -> str:
+    """Restart a host."""
+    return f"{host}: restarted"
+
+
+def _shaped_agent(model: ScriptedModel, compaction: ContextCompactionMiddleware) -> Any:
+    """One compiled agent; each thread gets its own system prompt and tools from middleware."""
+
+    @wrap_model_call
+    def shape(request: Any, handler: Any) -> Any:
+        wide = get_config()["configurable"]["thread_id"] == "wide"
+        return handler(
+            request.override(
+                system_message=SystemMessage(WIDE_SYSTEM if wide else SYSTEM),
+                tools=[lookup, restart] if wide else [],
+            )
+        )
+
+    return create_agent(
+        model,
+        tools=[lookup, restart],
+        middleware=[shape, compaction],
+        checkpointer=InMemorySaver(),
+    )
+
+
+def test_concurrent_threads_each_compact_on_their_own_shape() -> None:
+    model = _model()
+    compaction = ContextCompactionMiddleware(model, policy="summarize", summarizer="extractive")
+    attributes = dict(vars(compaction))
+    agent = _shaped_agent(model, compaction)
+
+    def run(thread: str) -> None:
+        config = {"configurable": {"thread_id": thread}}
+        for i in range(24):
+            agent.invoke({"messages": [HumanMessage(_ticket(i))]}, config)
+
+    workers = [threading.Thread(target=run, args=(name,)) for name in ("wide", "narrow")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    tools = {"wide": tools_to_openai_dicts([lookup, restart]), "narrow": None}
+    sizes: dict[str, list[int]] = {"wide": [], "narrow": []}
+    for prompt in model.prompts:
+        thread = "wide" if prompt[0].text == WIDE_SYSTEM else "narrow"
+        sizes[thread].append(COUNTER.count_messages(prompt, tools[thread]))
+    assert len(sizes["wide"]) == len(sizes["narrow"]) == 24
+    for thread, counted in sizes.items():
+        assert max(counted) <= LIMIT, f"{thread}: a request over the limit"
+    # each thread compacted on its own shape: the wide one sooner
+    drops = {t: [i for i in range(1, 24) if s[i] < s[i - 1]] for t, s in sizes.items()}
+    assert drops["narrow"]
+    assert drops["wide"]
+    assert drops["wide"][0] < drops["narrow"][0]
+    # nothing about a run was kept on the middleware
+    assert vars(compaction).keys() == attributes.keys()
+    assert all(vars(compaction)[k] is v for k, v in attributes.items())
