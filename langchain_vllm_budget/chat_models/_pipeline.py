@@ -31,6 +31,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.compaction import Compactor
+from langchain_vllm_budget.compression import SummarySpec
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMError,
@@ -261,12 +262,13 @@ def _compactor(model: ChatVLLM, counter: TokenCounter) -> Compactor | None:
     summarizer = None
     if model.on_overflow == "summarize":
         summarizer = model.summarizer or model.model_copy(update={"on_overflow": "raise"})
+    summary = SummarySpec(
+        max_tokens=model.summary_max_tokens,
+        model=summarizer,
+        counter=counter if model.summarizer is None else None,
+    )
     return Compactor(
-        target=model.compaction_target,
-        memory=model._compaction_memory,
-        summarizer=summarizer,
-        summary_max_tokens=model.summary_max_tokens,
-        text_counter=counter if model.summarizer is None else None,
+        target=model.compaction_target, memory=model._compaction_memory, summary=summary
     )
 
 

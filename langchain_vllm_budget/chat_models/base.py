@@ -207,8 +207,11 @@ class ChatVLLM(BaseChatOpenAI):
     ``"warn"``."""
     summarizer: BaseChatModel | None = None
     """The model that writes summaries for ``on_overflow="summarize"`` (default: this one)."""
-    summary_max_tokens: int = Field(default=400, gt=0)
-    """Output limit of a summary written by ``on_overflow="summarize"``."""
+    summary_max_tokens: int = Field(
+        default_factory=settings.SUMMARY_MAX_TOKENS.required_factory(), gt=0
+    )
+    """The hard cap on a summary written by ``on_overflow="summarize"`` (env
+    ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, as for every compaction)."""
     thinking_budget: int | None = Field(default_factory=settings.THINKING_BUDGET.factory(), ge=0)
     """Most thinking tokens per request of a reasoning model (env
     ``VLLM_BUDGET_THINKING_BUDGET``); ``None``: no limit. Sent as vLLM's

@@ -28,7 +28,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 from langchain.agents.middleware.types import (
     AgentMiddleware,
@@ -44,6 +44,7 @@ from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
+from langchain_vllm_budget import settings
 from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compaction import (
     CompactionMemory,
@@ -52,7 +53,7 @@ from langchain_vllm_budget.compaction import (
     Compactor,
     MessageCounter,
 )
-from langchain_vllm_budget.compression import CompressionStrategy
+from langchain_vllm_budget.compression import CompressionStrategy, SummarySpec
 from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
 
 __all__ = ["ContextCompactionMiddleware"]
@@ -145,14 +146,14 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         writer = None if summarizer == "extractive" else (summarizer or model)
         self.summarizer = writer if isinstance(writer, BaseChatModel) else None
         self.memory = memory if memory is not None else CompactionMemory()
-        given = {
-            "target": target,
-            "summary_max_tokens": summary_max_tokens,
-            "strategy": strategy,
-        }
-        # Unset ones: the Compactor's defaults (the VLLM_BUDGET_* settings). Checked now.
-        self._settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-        Compactor(**self._settings)
+        # Checked now, once; unset values are the settings' (VLLM_BUDGET_*).
+        self.summary = SummarySpec.from_settings(
+            max_tokens=summary_max_tokens, strategy=strategy, model=self.summarizer
+        )
+        self.target = (
+            target if target is not None else settings.COMPACTION_TARGET.required_factory()()
+        )
+        Compactor(target=self.target)
 
     # ------------------------------------------------------------------------ shared steps
 
@@ -165,12 +166,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         Returns:
             A compactor with this middleware's settings and memory.
         """
-        return Compactor(
-            **self._settings,
-            memory=self.memory,
-            summarizer=self.summarizer,
-            text_counter=token_counter_of(model),
-        )
+        summary = self.summary.with_(counter=token_counter_of(model))
+        return Compactor(target=self.target, memory=self.memory, summary=summary)
 
     @property
     def compactor(self) -> Compactor:

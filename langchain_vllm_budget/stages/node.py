@@ -54,10 +54,11 @@ from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
-    acompress_stage_result,
-    compress_stage_result,
+    SummarySpec,
+    asummarize,
     extractive_summary,
     render_stage_result,
+    summarize,
 )
 from langchain_vllm_budget.stages._usage import ModelCallUsage, track_model_calls
 from langchain_vllm_budget.stages.prompt import (
@@ -92,6 +93,8 @@ ModelSpec = BaseChatModel | Callable[[Runtime[Any]], BaseChatModel]
 
 RollingSummaryMode = Literal["extractive", "llm"]
 """How the rolling summary absorbs a stage summary once both no longer fit its cap."""
+
+_ROLLING_SUBJECT = "Stage summaries"
 
 
 ROLLING_SUMMARY_PROMPT = """Merge the stage summaries below into one running summary of the \
@@ -314,9 +317,7 @@ class CompressedStage:
 
     def _merged_rolling(self, call: _Call, summary: str) -> str | None:
         """Previous rolling summary + this summary, if they fit its cap as they are."""
-        merged = "\n".join(
-            part for part in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if part
-        )
+        merged = self._rolling_input(call, summary)
         if call.counter.count_text(merged) <= call.handoff.rolling_summary_max_tokens:
             return merged
         if call.handoff.rolling_summary_mode == "extractive" or call.summarizer is None:
@@ -325,29 +326,32 @@ class CompressedStage:
             ).summary
         return None
 
-    def _rolling_kwargs(self, call: _Call, summary: str) -> dict[str, Any]:
-        return {
-            "model": call.summarizer,
-            "stage_name": "Stage summaries",
-            "user_request": call.stage_input.request,
-            "max_tokens": call.handoff.rolling_summary_max_tokens,
-            "tokenizer": call.counter,
-            "prompt_template": ROLLING_SUMMARY_PROMPT,
-            "strategy": "llm",
-            "raw": "\n".join(
-                p for p in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if p
-            ),
-        }
+    def _rolling_input(self, call: _Call, summary: str) -> str:
+        """The previous rolling summary and this stage's summary, as one text."""
+        return "\n".join(
+            p for p in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if p
+        )
 
-    def _compress_kwargs(self, call: _Call, output: _Output) -> dict[str, Any]:
-        return {
-            "model": call.summarizer,
-            "stage_name": self.name,
-            "user_request": call.stage_input.request,
-            "max_tokens": call.handoff.summary_max_tokens,
-            "tokenizer": call.counter,
-            "strategy": call.handoff.compression,
-        }
+    @staticmethod
+    def _rolling_spec(call: _Call) -> SummarySpec:
+        """How the rolling summary is rewritten by the model (``rolling_summary_mode="llm"``)."""
+        return SummarySpec(
+            max_tokens=call.handoff.rolling_summary_max_tokens,
+            strategy="llm",
+            model=call.summarizer,
+            counter=call.counter,
+            prompt_template=ROLLING_SUMMARY_PROMPT,
+        )
+
+    @staticmethod
+    def _summary_spec(call: _Call) -> SummarySpec:
+        """How the stage's output is summarized."""
+        return SummarySpec(
+            max_tokens=call.handoff.summary_max_tokens,
+            strategy=call.handoff.compression,
+            model=call.summarizer,
+            counter=call.counter,
+        )
 
     def _finish(
         self,
@@ -442,10 +446,18 @@ class CompressedStage:
             output = _Output(render_stage_result(raw))
         call.store.put(call.namespace, self.name, self._raw_record(call, output.text))
         with track_model_calls(call.counter) as usage:
-            summary = compress_stage_result(output.text, **self._compress_kwargs(call, output))
+            request = call.stage_input.request
+            summary = summarize(
+                output.text, self._summary_spec(call), subject=self.name, user_request=request
+            )
             rolling = self._merged_rolling(call, summary.summary)
             if rolling is None:
-                merged = compress_stage_result(**self._rolling_kwargs(call, summary.summary))
+                merged = summarize(
+                    self._rolling_input(call, summary.summary),
+                    self._rolling_spec(call),
+                    subject=_ROLLING_SUBJECT,
+                    user_request=request,
+                )
                 rolling = merged.summary
         return self._finish(call, output, summary, rolling, usage)
 
@@ -466,12 +478,18 @@ class CompressedStage:
         record = await asyncio.to_thread(self._raw_record, call, output.text)
         await call.store.aput(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
-            summary = await acompress_stage_result(
-                output.text, **self._compress_kwargs(call, output)
+            request = call.stage_input.request
+            summary = await asummarize(
+                output.text, self._summary_spec(call), subject=self.name, user_request=request
             )
             rolling = await asyncio.to_thread(self._merged_rolling, call, summary.summary)
             if rolling is None:
-                merged = await acompress_stage_result(**self._rolling_kwargs(call, summary.summary))
+                merged = await asummarize(
+                    self._rolling_input(call, summary.summary),
+                    self._rolling_spec(call),
+                    subject=_ROLLING_SUBJECT,
+                    user_request=request,
+                )
                 rolling = merged.summary
         return await asyncio.to_thread(self._finish, call, output, summary, rolling, usage)
 
@@ -490,12 +508,11 @@ def _check_handoff(name: str, handoff: _Handoff) -> None:
             f"{handoff.rolling_summary_mode!r}."
         )
         raise ValueError(msg)
-    if handoff.compression not in ("auto", "llm", "extractive"):
-        msg = (
-            f"Stage {name!r}: compression must be 'auto', 'llm' or 'extractive', got "
-            f"{handoff.compression!r}."
-        )
-        raise ValueError(msg)
+    try:
+        SummarySpec(max_tokens=handoff.summary_max_tokens, strategy=handoff.compression)
+    except ValueError as exc:
+        msg = f"Stage {name!r}: {exc}"
+        raise ValueError(msg) from exc
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:

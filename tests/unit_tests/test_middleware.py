@@ -407,10 +407,10 @@ def test_settings_come_from_the_environment_and_are_checked(
     tools = ToolOutputCompressionMiddleware(_model(), threshold_tokens=500)
     assert (tools.summary_max_tokens, tools.strategy) == (120, "extractive")
     compaction = ContextCompactionMiddleware(_model())
-    assert compaction.compactor.summary_max_tokens == 120
-    assert compaction.compactor.strategy == "extractive"
+    assert compaction.compactor.summary.max_tokens == 120
+    assert compaction.compactor.summary.strategy == "extractive"
     explicit = ContextCompactionMiddleware(_model(), summary_max_tokens=90, strategy="llm")
-    assert (explicit.compactor.summary_max_tokens, explicit.compactor.strategy) == (90, "llm")
+    assert (explicit.summary.max_tokens, explicit.compactor.summary.strategy) == (90, "llm")
     with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
         ToolOutputCompressionMiddleware(_model(), strategy="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
