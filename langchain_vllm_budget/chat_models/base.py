@@ -95,9 +95,6 @@ _PROVIDER = "vllm"
 _NO_KEY = "EMPTY"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _LIMIT_LOCK = threading.Lock()
-_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens")
-_END: Any = object()
-"""Stands for "no first item": a request whose answer yields nothing."""
 
 # A conversation and a tool to probe what the chat template renders (for the profile).
 _PROBE = [HumanMessage("Hi")]
@@ -130,8 +127,11 @@ class ChatVLLM(BaseChatOpenAI):
     :meth:`get_budget_plan` returns the same plan without sending, and ``budget_plan=``
     (on ``invoke``/``stream``/``ainvoke``/``astream`` or ``bind``) sends with it.
 
-    ``profile`` is read from the server too (``max_input_tokens`` is the largest prompt sent
-    without the overflow policy acting, so LangChain's fractional triggers fire first).
+    ``profile`` carries the server's facts once it has been asked (``max_input_tokens`` is
+    the largest prompt sent without the overflow policy acting, so LangChain's fractional
+    triggers fire first). Reading it never raises on a down server and never blocks an event
+    loop: until then it is the configured profile (``await aget_profile()`` fills it in
+    async code).
     Reasoning models served with ``--reasoning-parser`` keep their thinking text in
     ``additional_kwargs["reasoning_content"]`` (and the standard ``reasoning`` content
     block); ``thinking_budget`` caps it so that the answer keeps its room in ``max_tokens``.
