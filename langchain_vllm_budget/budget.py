@@ -9,6 +9,11 @@ The rule (the seed's formula, made safe)::
 A request *fits* when ``available`` leaves at least ``min_output_tokens`` (or the smaller
 ``max_tokens`` the caller asked for). When it does not, the caller's overflow policy decides;
 whatever it decides, ``input_tokens + max_tokens`` never exceeds the window.
+
+This module is the only place the rule is written: the output a fitting request needs
+(:func:`needed_output`), the largest input that still fits (:meth:`TokenBudget.input_limit`),
+the shortfall (:func:`shortfall`) and what one summarizer call may hold
+(:meth:`TokenBudget.call_room`). Every other module asks it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing_extensions import Self
 
 from langchain_vllm_budget import settings
 
-__all__ = ["BudgetPlan", "TokenBudget", "plan_budget"]
+__all__ = ["BudgetPlan", "TokenBudget", "needed_output", "plan_budget", "shortfall"]
 
 _BUDGET_SETTINGS = (
     settings.MAX_MODEL_LEN,
@@ -68,9 +73,7 @@ class BudgetPlan:
 
         The smaller of ``min_output_tokens`` and the caller's ``max_tokens``, when given.
         """
-        if self.requested_max_tokens is None:
-            return self.min_output_tokens
-        return min(self.min_output_tokens, self.requested_max_tokens)
+        return needed_output(self.min_output_tokens, self.requested_max_tokens)
 
     @property
     def sendable(self) -> bool:
@@ -196,6 +199,53 @@ class TokenBudget(Serializable):
             raise ValueError(msg)
         return self.model_copy(update={"max_model_len": max_model_len})
 
+    def _window(self) -> int:
+        if self.max_model_len is None:
+            msg = (
+                "max_model_len is unknown: set TokenBudget(max_model_len=...) / "
+                "VLLM_BUDGET_MAX_MODEL_LEN, or let ChatVLLM discover it from the server."
+            )
+            raise ValueError(msg)
+        return self.max_model_len
+
+    def input_limit(self, requested_max_tokens: int | None = None) -> int:
+        """The most input tokens that still leave the needed output room.
+
+        ``max_model_len - safety_margin - needed_output``: the largest prompt that is sent
+        without an overflow policy acting (and ``profile["max_input_tokens"]`` of ChatVLLM).
+
+        Args:
+            requested_max_tokens: The caller's ``max_tokens``, if any (it may lower the
+                output room needed).
+
+        Returns:
+            The limit (may be zero or negative for a window too small).
+
+        Raises:
+            ValueError: ``max_model_len`` is not known yet.
+
+        Example:
+            >>> TokenBudget(max_model_len=12288).input_limit()
+            11904
+        """
+        needed = needed_output(self.min_output_tokens, requested_max_tokens)
+        return self._window() - self.safety_margin - needed
+
+    def call_room(self) -> int:
+        """What one call may hold, input and output together: the window less the margin.
+
+        A summarizer call is planned within it: its prompt, plus the ``max_tokens`` it asks
+        for, plus nothing else.
+
+        Raises:
+            ValueError: ``max_model_len`` is not known yet.
+
+        Example:
+            >>> TokenBudget(max_model_len=12288).call_room()
+            12160
+        """
+        return self._window() - self.safety_margin
+
     def plan(self, input_tokens: int, requested_max_tokens: int | None = None) -> BudgetPlan:
         """Decide the output room for a prompt of ``input_tokens`` tokens.
 
@@ -209,12 +259,7 @@ class TokenBudget(Serializable):
         Raises:
             ValueError: ``max_model_len`` is not known yet, or the numbers are negative.
         """
-        if self.max_model_len is None:
-            msg = (
-                "max_model_len is unknown: set TokenBudget(max_model_len=...) / "
-                "VLLM_BUDGET_MAX_MODEL_LEN, or let ChatVLLM discover it from the server."
-            )
-            raise ValueError(msg)
+        window = self._window()
         if input_tokens < 0:
             msg = f"input_tokens must be >= 0, got {input_tokens}"
             raise ValueError(msg)
@@ -223,7 +268,7 @@ class TokenBudget(Serializable):
             raise ValueError(msg)
         return plan_budget(
             input_tokens=input_tokens,
-            max_model_len=self.max_model_len,
+            max_model_len=window,
             output_reserve=self.output_reserve,
             safety_margin=self.safety_margin,
             min_output_tokens=self.min_output_tokens,
@@ -250,11 +295,7 @@ def plan_budget(
     """
     available = max_model_len - input_tokens - safety_margin
     cap = output_reserve if requested_max_tokens is None else requested_max_tokens
-    needed = (
-        min_output_tokens
-        if requested_max_tokens is None
-        else min(min_output_tokens, requested_max_tokens)
-    )
+    needed = needed_output(min_output_tokens, requested_max_tokens)
     return BudgetPlan(
         input_tokens=input_tokens,
         max_model_len=max_model_len,
@@ -265,5 +306,35 @@ def plan_budget(
         available=available,
         max_tokens=max(0, min(available, cap)),
         fits=available >= needed,
-        shortfall=max(0, needed - available),
+        shortfall=shortfall(
+            input_tokens=input_tokens,
+            max_model_len=max_model_len,
+            safety_margin=safety_margin,
+            needed_output_tokens=needed,
+        ),
     )
+
+
+def needed_output(min_output_tokens: int, requested_max_tokens: int | None = None) -> int:
+    """Output room a fitting request needs: ``min_output_tokens``, or less when asked.
+
+    Example:
+        >>> needed_output(256), needed_output(256, requested_max_tokens=100)
+        (256, 100)
+    """
+    if requested_max_tokens is None:
+        return min_output_tokens
+    return min(min_output_tokens, requested_max_tokens)
+
+
+def shortfall(
+    *, input_tokens: int, max_model_len: int, safety_margin: int, needed_output_tokens: int
+) -> int:
+    """Input tokens to remove so that a request fits (0 when it fits).
+
+    Example:
+        >>> shortfall(input_tokens=12000, max_model_len=12288, safety_margin=128,
+        ...           needed_output_tokens=256)
+        96
+    """
+    return max(0, input_tokens + safety_margin + needed_output_tokens - max_model_len)

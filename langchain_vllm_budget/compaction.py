@@ -10,7 +10,7 @@ byte-identical prefix until the limit is reached again:
 
 * ``"trim"`` drops the oldest turns; the same cut point is applied until the next compaction.
 * ``"summarize"`` replaces them with one summary written by the package's loss-checked
-  compressor (:func:`~langchain_vllm_budget.compression.compress_stage_result`: entities
+  compressor (:func:`~langchain_vllm_budget.compression.summarize`: entities
   kept, hard token cap; with the default ``strategy="auto"`` the summarizer model is called
   only when the extractive summary would lose entities, and never without a summarizer
   model): at most one compressor run per compaction, none on the calls that reuse it.
@@ -60,7 +60,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.messages import (
     BaseMessage,
@@ -70,18 +70,17 @@ from langchain_core.messages import (
 )
 
 from langchain_vllm_budget import settings
+from langchain_vllm_budget.capabilities import token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
-    CompressionStrategy,
-    acompress_stage_result,
-    compress_stage_result,
+    SummarySpec,
+    asummarize,
+    summarize,
     truncate_to_tokens,
 )
-from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, messages_to_openai_dicts
+from langchain_vllm_budget.tokenizers import messages_to_openai_dicts
 
 if TYPE_CHECKING:
-    from langchain_core.language_models import BaseChatModel
-
     from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
@@ -94,7 +93,6 @@ __all__ = [
     "MessageCounter",
     "is_summary_message",
     "summary_message",
-    "text_counter_for",
 ]
 
 CompactionPolicy = Literal["trim", "summarize"]
@@ -114,8 +112,7 @@ _SUMMARY_SOURCES = frozenset({_SOURCE, "summarization"})
 _SUMMARY_SLACK = 8
 # The user's request, as context for the summarizer, is cut to this many tokens.
 _REQUEST_TOKENS = 200
-_STAGE_NAME = "earlier conversation"
-_STRATEGIES = ("auto", "llm", "extractive")
+_SUBJECT = "earlier conversation"
 
 T = TypeVar("T")
 
@@ -385,48 +382,26 @@ class Compactor:
             (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6). ``1.0`` compacts only just
             enough, which means compacting again on the next call: the old behaviour.
         memory: Where compactions are remembered; ``None`` remembers nothing.
-        summarizer: The chat model that writes summaries (through the loss-checked
-            compressor); ``None``: a model-free extractive summary.
-        summary_max_tokens: The hard cap on a summary, in tokens of ``text_counter``
-            (default ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
-        text_counter: Counts plain text for the summary's cap; default: the summarizer's own
-            counter (a ChatVLLM's), else the approximate one.
-        summarizer_window: The summarizer's input room in tokens (larger spans are
-            summarized in chunks); default: its window less its safety margin, if known.
-        strategy: When the compressor calls the summarizer (default
-            ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
-            lose entities; ``"llm"``: on every compaction; ``"extractive"``: never). Without
-            a summarizer the summary is always extractive.
+        summary: How a ``"summarize"`` compaction writes its summary (the loss-checked
+            compressor's :class:`~langchain_vllm_budget.compression.SummarySpec`): the cap
+            (default ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, in tokens of its counter: the
+            summarizer's own, else the approximate one), the strategy (default
+            ``VLLM_BUDGET_COMPRESSION``) and the summarizer model (``None``: a model-free
+            extractive summary).
 
     Raises:
-        ValueError: ``target`` is not in (0, 1], ``summary_max_tokens`` < 1, or an unknown
-            ``strategy``.
+        ValueError: ``target`` is not in (0, 1].
     """
 
     target: float = field(default_factory=settings.COMPACTION_TARGET.required_factory())
     memory: CompactionMemory | None = None
-    summarizer: BaseChatModel | None = None
-    summary_max_tokens: int = field(default_factory=settings.SUMMARY_MAX_TOKENS.required_factory())
-    text_counter: TokenCounter | None = None
-    summarizer_window: int | None = None
-    strategy: CompressionStrategy = field(
-        default_factory=lambda: cast("CompressionStrategy", settings.COMPRESSION.get())
-    )
+    summary: SummarySpec = field(default_factory=SummarySpec)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target <= 1.0:
             msg = (
                 f"compaction target must be in (0, 1] (a share of the input limit), got "
                 f"{self.target}; set compaction_target / VLLM_BUDGET_COMPACTION_TARGET."
-            )
-            raise ValueError(msg)
-        if self.summary_max_tokens < 1:
-            msg = f"summary_max_tokens must be at least 1, got {self.summary_max_tokens}"
-            raise ValueError(msg)
-        if self.strategy not in _STRATEGIES:
-            msg = (
-                f"compression strategy must be 'auto', 'llm' or 'extractive', got "
-                f"{self.strategy!r}; set VLLM_BUDGET_COMPRESSION or strategy=."
             )
             raise ValueError(msg)
 
@@ -458,7 +433,8 @@ class Compactor:
             return step
         summary = None
         if step.policy == "summarize":
-            summary = compress_stage_result(step.span(), **self._compress_kwargs(step))
+            spec, request = self._summary_call(step)
+            summary = summarize(step.span(), spec, subject=_SUBJECT, user_request=request)
         return self._complete(step, summary)
 
     async def acompact(
@@ -491,8 +467,8 @@ class Compactor:
             return step
         summary = None
         if step.policy == "summarize":
-            kwargs = await _call(offload, self._compress_kwargs, step)
-            summary = await acompress_stage_result(step.span(), **kwargs)
+            spec, request = await _call(offload, self._summary_call, step)
+            summary = await asummarize(step.span(), spec, subject=_SUBJECT, user_request=request)
         return await _call(offload, self._complete, step, summary)
 
     # ------------------------------------------------------------------------ steps
@@ -538,7 +514,7 @@ class Compactor:
         summary_room = 0
         placeholder: list[BaseMessage] = []
         if step.policy == "summarize":
-            summary_room = self.summary_max_tokens + _SUMMARY_SLACK
+            summary_room = self.summary.max_tokens + _SUMMARY_SLACK
             placeholder = [summary_message("")]
 
         def size(cut: int, pin: int | None) -> int:
@@ -563,24 +539,15 @@ class Compactor:
             fallbacks.append((last_turn, None))
         return next((choice for choice in fallbacks if size(*choice) <= step.limit), None)
 
-    def _compress_kwargs(self, step: _Pending) -> dict[str, Any]:
-        """The compressor's arguments for the summary of ``step`` (one compressor run)."""
+    def _summary_call(self, step: _Pending) -> tuple[SummarySpec, str]:
+        """The spec of the summary of ``step`` (its counter resolved) and the user's request."""
         counter = self._counter()
-        summarizer = self.summarizer
-        return {
-            "model": summarizer,
-            "stage_name": _STAGE_NAME,
-            "user_request": truncate_to_tokens(step.request(), _REQUEST_TOKENS, counter),
-            "max_tokens": self.summary_max_tokens,
-            "tokenizer": counter,
-            "chunk_tokens": (
-                (self.summarizer_window or _input_room(summarizer)) if summarizer else None
-            ),
-            "strategy": self.strategy if summarizer is not None else "extractive",
-        }
+        request = truncate_to_tokens(step.request(), _REQUEST_TOKENS, counter)
+        # chunk_tokens None: what one call of the summarizer may hold (budget.py's rule).
+        return self.summary.with_(counter=counter), request
 
     def _counter(self) -> TokenCounter:
-        return self.text_counter or text_counter_for(self.summarizer)
+        return self.summary.counter or token_counter_of(self.summary.model)
 
     def _complete(self, step: _Pending, summary: CompressionResult | None) -> CompactionResult:
         """Build the compacted messages, check them against the limit, and remember them."""
@@ -652,37 +619,12 @@ def _tokens(counter: TokenCounter, text: str) -> int:
     return counter.count_text(text) if text else 0
 
 
-def text_counter_for(model: BaseChatModel | None) -> TokenCounter:
-    """The model's own text counter (a ChatVLLM's, exact), else the approximate one.
-
-    Example:
-        >>> text_counter_for(None).name
-        'approximate'
-    """
-    counter = getattr(model, "resolved_token_counter", None)
-    if counter is not None and hasattr(counter, "count_text"):
-        return counter  # type: ignore[no-any-return]
-    return ApproximateTokenCounter()
-
-
 def _split_system(
     messages: Sequence[BaseMessage],
 ) -> tuple[list[BaseMessage], list[BaseMessage]]:
     if messages and isinstance(messages[0], SystemMessage):
         return [messages[0]], list(messages[1:])
     return [], list(messages)
-
-
-def _input_room(model: BaseChatModel) -> int | None:
-    """A ChatVLLM summarizer's window less its safety margin (what one call may hold)."""
-    get_window = getattr(model, "get_max_model_len", None)
-    if not callable(get_window):
-        return None
-    window = get_window()
-    margin = getattr(getattr(model, "budget", None), "safety_margin", 0)
-    if isinstance(window, int) and isinstance(margin, int) and window > margin:
-        return window - margin
-    return None
 
 
 async def _call(offload: bool, function: Callable[..., T], *args: Any) -> T:

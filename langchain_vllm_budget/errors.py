@@ -24,6 +24,7 @@ from langchain_core.exceptions import (
 )
 
 from langchain_vllm_budget._length_errors import read_length_error
+from langchain_vllm_budget.budget import shortfall as budget_shortfall
 
 __all__ = [
     "LengthErrorDetails",
@@ -94,8 +95,14 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         self.requested_max_tokens = requested_max_tokens
         self.source = source
         self.server_message = server_message
-        needed = input_tokens + safety_margin + min_output_tokens - max_model_len
-        self.shortfall = max(needed, 0) if shortfall is None else shortfall
+        if shortfall is None:
+            shortfall = budget_shortfall(
+                input_tokens=input_tokens,
+                max_model_len=max_model_len,
+                safety_margin=safety_margin,
+                needed_output_tokens=min_output_tokens,
+            )
+        self.shortfall = shortfall
         super().__init__(self._describe())
 
     @classmethod

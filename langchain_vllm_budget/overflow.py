@@ -1,17 +1,18 @@
 """What to do when the input does not fit: raise, trim, summarize or warn.
 
-:func:`apply_budget` counts the prompt exactly, plans the output room with
-:class:`~langchain_vllm_budget.budget.TokenBudget`, and, when the input leaves less than
-``min_output_tokens``, applies the overflow policy. ``"trim"`` and ``"summarize"`` compact
-the conversation with a :class:`~langchain_vllm_budget.compaction.Compactor`: once, down to a
-target below the input limit, remembered so that the following calls send the same prefix
-and only append (vLLM's prefix cache keeps hitting). Whatever the policy, the returned
+:func:`apply_policy` takes a request's plan (its exact count planned with
+:class:`~langchain_vllm_budget.budget.TokenBudget`) and, when the input leaves less than
+``min_output_tokens``, applies the overflow policy; :func:`apply_budget` counts and plans
+first. ``"trim"`` and ``"summarize"`` compact the conversation with a
+:class:`~langchain_vllm_budget.compaction.Compactor`: once, down to a target below the input
+limit, remembered so that the following calls send the same prefix and only append (vLLM's
+prefix cache keeps hitting). Whatever the policy, the returned
 request satisfies ``input_tokens + max_tokens <= max_model_len - safety_margin``, or an
 :class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` is raised: no policy
 produces a request vLLM rejects for length.
 
-:func:`aapply_budget` is the async twin: the same steps, with the summarizer awaited and
-the counting of a compaction done in a worker thread.
+:func:`aapply_policy` and :func:`aapply_budget` are the async twins: the same steps, with the
+summarizer awaited and the counting of a compaction done in a worker thread.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ __all__ = [
     "OverflowAction",
     "OverflowPolicy",
     "aapply_budget",
+    "aapply_policy",
     "apply_budget",
+    "apply_policy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,36 +78,18 @@ class BudgetOutcome:
     compaction: CompactionReport | None = None
 
 
-def _needed_output(budget: TokenBudget, requested_max_tokens: int | None) -> int:
-    if requested_max_tokens is None:
-        return budget.min_output_tokens
-    return min(budget.min_output_tokens, requested_max_tokens)
-
-
-def _input_limit(budget: TokenBudget, requested_max_tokens: int | None) -> int:
-    """The most input tokens that still leave the needed output room."""
-    assert budget.max_model_len is not None
-    return (
-        budget.max_model_len - budget.safety_margin - _needed_output(budget, requested_max_tokens)
-    )
-
-
 def _check(
     messages: Sequence[BaseMessage],
-    budget: TokenBudget,
-    count: MessageCounter,
+    plan: BudgetPlan,
     policy: OverflowPolicy,
-    requested_max_tokens: int | None,
-) -> BudgetOutcome | BudgetPlan:
-    """The outcome when no compaction is needed (or an error); else the plan that overflows."""
+) -> BudgetOutcome | None:
+    """The outcome when no compaction is needed (or an error); ``None`` to compact."""
     if policy not in ("raise", "trim", "summarize", "warn"):
         msg = f"on_overflow must be 'raise', 'trim', 'summarize' or 'warn', got {policy!r}"
         raise ValueError(msg)
     current = list(messages)
-    original = count(current)
-    plan = budget.plan(original, requested_max_tokens)
     if plan.fits:
-        return BudgetOutcome(current, plan, "none", original)
+        return BudgetOutcome(current, plan, "none", plan.input_tokens)
     if policy == "raise":
         raise VLLMContextOverflowError.from_plan(plan)
     if policy == "warn":
@@ -124,20 +109,15 @@ def _check(
         )
         if not plan.sendable:
             raise VLLMContextOverflowError.from_plan(plan)
-        return BudgetOutcome(current, plan, "warned", original)
-    return plan
+        return BudgetOutcome(current, plan, "warned", plan.input_tokens)
+    return None
 
 
-def _finish(
-    result: CompactionResult,
-    original: BudgetPlan,
-    budget: TokenBudget,
-    requested_max_tokens: int | None,
-) -> BudgetOutcome:
+def _finish(result: CompactionResult, original: BudgetPlan, budget: TokenBudget) -> BudgetOutcome:
     """The compacted request's plan; the original numbers in the error if nothing fits."""
     if not result.fits:
         raise VLLMContextOverflowError.from_plan(original)
-    plan = budget.plan(result.tokens, requested_max_tokens)
+    plan = budget.plan(result.tokens, original.requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit
         raise VLLMContextOverflowError.from_plan(plan)
     report = result.report
@@ -149,6 +129,84 @@ def _finish(
         dropped_messages=report.replaced,
         compaction=report,
     )
+
+
+def apply_policy(
+    messages: Sequence[BaseMessage],
+    plan: BudgetPlan,
+    *,
+    budget: TokenBudget,
+    count: MessageCounter,
+    policy: OverflowPolicy,
+    compactor: Compactor | None = None,
+) -> BudgetOutcome:
+    """Apply the overflow policy to a request planned as ``plan`` (nothing to do if it fits).
+
+    This is where compaction happens for a chat model: only when ``plan`` does not fit, and
+    only for ``"trim"`` and ``"summarize"``.
+
+    Args:
+        messages: The conversation planned.
+        plan: Its plan (``budget.plan`` of its exact count).
+        budget: Budget settings with ``max_model_len`` resolved.
+        count: Exact prompt counter for a message list (tools bound in).
+        policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
+        compactor: Compacts for ``"trim"`` and ``"summarize"`` (its memory keeps the
+            prefix stable between calls); default: one with no memory and, for
+            ``"summarize"``, an extractive (model-free) summary.
+
+    Returns:
+        The messages to send and their plan (``plan.max_tokens`` >= 1).
+
+    Raises:
+        VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
+        ValueError: An unknown policy.
+    """
+    done = _check(messages, plan, policy)
+    if done is not None:
+        return done
+    result = (compactor or Compactor()).compact(
+        messages,
+        policy="trim" if policy == "trim" else "summarize",
+        count=count,
+        limit=budget.input_limit(plan.requested_max_tokens),
+    )
+    return _finish(result, plan, budget)
+
+
+async def aapply_policy(
+    messages: Sequence[BaseMessage],
+    plan: BudgetPlan,
+    *,
+    budget: TokenBudget,
+    count: MessageCounter,
+    policy: OverflowPolicy,
+    compactor: Compactor | None = None,
+) -> BudgetOutcome:
+    """Async :func:`apply_policy`: the summarizer is awaited, a compaction counts in a thread.
+
+    Args:
+        messages: The conversation planned.
+        plan: Its plan.
+        budget: Budget settings with ``max_model_len`` resolved.
+        count: Exact prompt counter for a message list (tools bound in).
+        policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
+        compactor: As in :func:`apply_policy`.
+
+    Returns:
+        The messages to send and their plan.
+    """
+    done = _check(messages, plan, policy)
+    if done is not None:
+        return done
+    result = await (compactor or Compactor()).acompact(
+        messages,
+        policy="trim" if policy == "trim" else "summarize",
+        count=count,
+        limit=budget.input_limit(plan.requested_max_tokens),
+        offload=True,
+    )
+    return _finish(result, plan, budget)
 
 
 def apply_budget(
@@ -168,9 +226,7 @@ def apply_budget(
         count: Exact prompt counter for a message list (tools bound in).
         policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
         requested_max_tokens: The caller's ``max_tokens``, if any.
-        compactor: Compacts for ``"trim"`` and ``"summarize"`` (its memory keeps the
-            prefix stable between calls); default: one with no memory and, for
-            ``"summarize"``, an extractive (model-free) summary.
+        compactor: As in :func:`apply_policy`.
 
     Returns:
         The messages to send and their plan (``plan.max_tokens`` >= 1).
@@ -188,16 +244,10 @@ def apply_budget(
         >>> outcome.plan.max_tokens, outcome.action
         (300, 'none')
     """
-    step = _check(messages, budget, count, policy, requested_max_tokens)
-    if isinstance(step, BudgetOutcome):
-        return step
-    result = (compactor or Compactor()).compact(
-        messages,
-        policy="trim" if policy == "trim" else "summarize",
-        count=count,
-        limit=_input_limit(budget, requested_max_tokens),
+    plan = budget.plan(count(list(messages)), requested_max_tokens)
+    return apply_policy(
+        messages, plan, budget=budget, count=count, policy=policy, compactor=compactor
     )
-    return _finish(result, step, budget, requested_max_tokens)
 
 
 async def aapply_budget(
@@ -218,7 +268,7 @@ async def aapply_budget(
         count: Exact prompt counter for a message list (tools bound in).
         policy: ``"raise"``, ``"trim"``, ``"summarize"`` or ``"warn"``.
         requested_max_tokens: The caller's ``max_tokens``, if any.
-        compactor: As in :func:`apply_budget`.
+        compactor: As in :func:`apply_policy`.
         offload: Count the input in a worker thread (a counter that blocks, such as a
             server's ``/tokenize``). A compaction, which counts many times, always counts
             in a worker thread: the event loop stays free.
@@ -230,19 +280,8 @@ async def aapply_budget(
         VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
         ValueError: An unknown policy.
     """
-    if offload:
-        step = await asyncio.to_thread(
-            _check, messages, budget, count, policy, requested_max_tokens
-        )
-    else:
-        step = _check(messages, budget, count, policy, requested_max_tokens)
-    if isinstance(step, BudgetOutcome):
-        return step
-    result = await (compactor or Compactor()).acompact(
-        messages,
-        policy="trim" if policy == "trim" else "summarize",
-        count=count,
-        limit=_input_limit(budget, requested_max_tokens),
-        offload=True,
+    tokens = await asyncio.to_thread(count, list(messages)) if offload else count(list(messages))
+    plan = budget.plan(tokens, requested_max_tokens)
+    return await aapply_policy(
+        messages, plan, budget=budget, count=count, policy=policy, compactor=compactor
     )
-    return _finish(result, step, budget, requested_max_tokens)

@@ -284,13 +284,15 @@ def messages_to_openai_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, 
     """
     # Private helpers of langchain-openai: reusing them (rather than re-implementing the
     # conversion) is what keeps our counts equal to what ChatOpenAI actually sends.
-    from langchain_openai.chat_models._compat import _convert_from_v1_to_chat_completions
-    from langchain_openai.chat_models.base import _convert_message_to_dict
+    from langchain_vllm_budget._openai_compat import (
+        convert_from_v1_to_chat_completions,
+        convert_message_to_dict,
+    )
 
     converted = [
-        _convert_message_to_dict(_convert_from_v1_to_chat_completions(m))
+        convert_message_to_dict(convert_from_v1_to_chat_completions(m))
         if isinstance(m, AIMessage)
-        else _convert_message_to_dict(m)
+        else convert_message_to_dict(m)
         for m in map(_blank_assistant_text, messages)
     ]
     return with_reasoning(_restore_assistant_text(converted, messages), messages)

@@ -2,7 +2,8 @@
 
 A stage of a multi-stage pipeline (or a tool of an agent) produces a result; the next step
 should see a short summary instead. :func:`compress_stage_result` makes that summary and
-checks it instead of trusting it:
+checks it instead of trusting it (:func:`summarize` takes the same choices as one frozen
+:class:`SummarySpec`):
 
 1. **Entities** (:mod:`~langchain_vllm_budget.compression.entities`): IDs, UUIDs, file paths,
    URLs, numbers with units, ``key=value`` parameters, CLI flags and tool/function names.
@@ -43,12 +44,14 @@ from langchain_vllm_budget.compression.guard import (
 from langchain_vllm_budget.compression.llm import (
     COMPRESSION_PROMPT,
     COMPRESSION_SYSTEM_PROMPT,
-    CompressionStrategy,
     acompress_stage_result,
+    asummarize,
     compress_stage_result,
+    summarize,
 )
 from langchain_vllm_budget.compression.query import Query
 from langchain_vllm_budget.compression.render import render_stage_result
+from langchain_vllm_budget.compression.spec import CompressionStrategy, SummarySpec
 
 __all__ = [
     "COMPRESSION_PROMPT",
@@ -59,7 +62,9 @@ __all__ = [
     "Entity",
     "EntityKind",
     "Query",
+    "SummarySpec",
     "acompress_stage_result",
+    "asummarize",
     "better_for_query",
     "compress_stage_result",
     "extract_entities",
@@ -69,5 +74,6 @@ __all__ = [
     "needs_model",
     "query_summary",
     "render_stage_result",
+    "summarize",
     "truncate_to_tokens",
 ]

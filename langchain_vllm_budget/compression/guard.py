@@ -301,7 +301,7 @@ class CompressionJob:
 
 
 def extractive_summary(
-    raw: Any, *, max_tokens: int = 250, tokenizer: TokenCounter | None = None
+    raw: Any, *, max_tokens: int | None = None, tokenizer: TokenCounter | None = None
 ) -> CompressionResult:
     """A model-free summary of at most ``max_tokens`` tokens: entities first, then sentences.
 
@@ -311,7 +311,8 @@ def extractive_summary(
     Args:
         raw: The text or value to summarize (rendered with
             :func:`~langchain_vllm_budget.compression.render_stage_result`).
-        max_tokens: The hard cap, counted with ``tokenizer``.
+        max_tokens: The hard cap, counted with ``tokenizer`` (default
+            ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
         tokenizer: Token counter; default
             :class:`~langchain_vllm_budget.tokenizers.ApproximateTokenCounter`.
 
@@ -331,6 +332,10 @@ def extractive_summary(
         from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
         tokenizer = ApproximateTokenCounter()
+    if max_tokens is None:
+        from langchain_vllm_budget import settings
+
+        max_tokens = settings.SUMMARY_MAX_TOKENS.required_factory()()
     job = CompressionJob.create(raw, max_tokens=max_tokens, counter=tokenizer, min_retention=0.0)
     return job.early() or job.extractive()
 

@@ -1,6 +1,7 @@
 """Compression with a summarizer model: the prompt, map-reduce over chunks, the strategy.
 
-:func:`compress_stage_result` and :func:`acompress_stage_result` share every step: the job
+:func:`summarize` and :func:`asummarize` (and their keyword forms :func:`compress_stage_result`
+and :func:`acompress_stage_result`) share every step: the job
 (render, entities, count), the strategy's extractive shortcut, the map-reduce plan (written
 once, as a generator of summarizer requests that a sync and an async driver both run; the
 async driver sends a round's requests concurrently), and the guard.
@@ -11,11 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compression.extractive import truncate_to_tokens
 from langchain_vllm_budget.compression.guard import (
     DEFAULT_MIN_RETENTION,
@@ -23,6 +25,7 @@ from langchain_vllm_budget.compression.guard import (
     CompressionResult,
     clean_llm_summary,
 )
+from langchain_vllm_budget.compression.spec import CompressionStrategy, SummarySpec
 
 if TYPE_CHECKING:
     from langchain_vllm_budget.tokenizers import TokenCounter
@@ -32,7 +35,9 @@ __all__ = [
     "COMPRESSION_SYSTEM_PROMPT",
     "CompressionStrategy",
     "acompress_stage_result",
+    "asummarize",
     "compress_stage_result",
+    "summarize",
 ]
 
 COMPRESSION_SYSTEM_PROMPT = (
@@ -59,21 +64,11 @@ placeholders ``{stage_name}``, ``{user_request}``, ``{result}`` and ``{max_token
 the same between calls (instructions, then the request) comes first and the result last, so
 consecutive calls share a prompt prefix that vLLM's prefix cache reuses."""
 
-CompressionStrategy = Literal["auto", "llm", "extractive"]
-"""When to call the summarizer model:
-
-* ``"auto"``: only when it can add something. The extractive summary is built first (no model
-  call); if it keeps every entity within the cap it is the result. Otherwise the model is
-  asked, its summary guarded, and the one that keeps more entities wins.
-* ``"llm"``: always ask the model for results over the cap (the seed's behaviour), guarded.
-* ``"extractive"``: never call a model.
-"""
-
 _MAX_MERGE_ROUNDS = 3
 _PROMPT_MARGIN_TOKENS = 32
 
 Request = tuple[str, str]
-"""One summarizer request: ``(text, stage name for the prompt)``."""
+"""One summarizer request: ``(text, what it is, for the prompt)``."""
 Plan = Generator[list[Request], list[str], tuple[str, int]]
 """A map-reduce plan: yields a round of requests, receives their replies, returns
 ``(summary, chunks)``."""
@@ -81,10 +76,10 @@ Plan = Generator[list[Request], list[str], tuple[str, int]]
 
 @dataclass(frozen=True)
 class _Prompting:
-    """How the summarizer is asked: prompt, stage, request, output limit, its window."""
+    """How the summarizer is asked: prompt, subject, request, output limit, its window."""
 
     template: str
-    stage_name: str
+    subject: str
     user_request: str
     cap: int
     window: int | None
@@ -100,10 +95,10 @@ class _Prompting:
         """
         return max(16, self.cap)
 
-    def messages(self, text: str, stage_name: str) -> list[BaseMessage]:
+    def messages(self, text: str, subject: str) -> list[BaseMessage]:
         """The compression prompt for one piece of text."""
         prompt = self.template.format(
-            stage_name=stage_name,
+            stage_name=subject,
             user_request=self.user_request,
             result=text,
             max_tokens=self.cap,
@@ -115,7 +110,7 @@ class _Prompting:
         if self.window is None:
             return None
         overhead = self.counter.count_text(
-            "\n".join(m.text for m in self.messages("", self.stage_name))
+            "\n".join(m.text for m in self.messages("", self.subject))
         )
         return max(16, self.window - overhead - self.max_tokens - _PROMPT_MARGIN_TOKENS)
 
@@ -148,7 +143,7 @@ def _merged(partials: Sequence[str]) -> str:
 
 def _map_reduce(job: CompressionJob, prompting: _Prompting) -> Plan:
     """One request if the result fits the summarizer's window; else chunk, compress, merge."""
-    name = prompting.stage_name
+    name = prompting.subject
     budget = prompting.chunk_budget()
     if budget is None or job.raw_tokens <= budget:
         (summary,) = yield [(job.text, name)]
@@ -185,24 +180,10 @@ def _reply_text(reply: BaseMessage) -> str:
     return text
 
 
-def _default_counter(model: BaseChatModel | None) -> TokenCounter:
-    """The model's own counter for a ChatVLLM, else the approximate one."""
-    counter = getattr(model, "resolved_token_counter", None)
-    if counter is not None and hasattr(counter, "count_text"):
-        return counter  # type: ignore[no-any-return]
-    from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
-
-    return ApproximateTokenCounter()
-
-
-def _model_window(model: BaseChatModel) -> int | None:
-    """The summarizer's context window when the model knows it (a ChatVLLM)."""
-    get_window = getattr(model, "get_max_model_len", None)
-    if callable(get_window):
-        window = get_window()
-        if isinstance(window, int) and window > 0:
-            return window
-    return None
+def _call_room(model: BaseChatModel) -> int | None:
+    """What one summarizer call may hold, when the model knows its window (a ChatVLLM)."""
+    found = budgeted(model)
+    return found.get_budget().call_room() if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -221,45 +202,113 @@ class _Compression:
         return guarded
 
 
-def _start(
-    raw: Any,
-    *,
-    model: BaseChatModel | None,
-    stage_name: str,
-    user_request: str,
-    max_tokens: int,
-    tokenizer: TokenCounter | None,
-    prompt_template: str | None,
-    min_retention: float,
-    chunk_tokens: int | None,
-    strategy: CompressionStrategy,
-) -> _Compression:
-    if strategy not in ("auto", "llm", "extractive"):
-        msg = f"strategy must be 'auto', 'llm' or 'extractive', got {strategy!r}."
-        raise ValueError(msg)
-    if model is None and strategy == "llm":
+def _start(raw: Any, spec: SummarySpec, *, subject: str, user_request: str) -> _Compression:
+    model = spec.model
+    if model is None and spec.strategy == "llm":
         msg = "strategy='llm' needs a summarizer model: pass model=, or use strategy='auto'."
         raise ValueError(msg)
-    counter = tokenizer if tokenizer is not None else _default_counter(model)
+    counter = spec.counter if spec.counter is not None else token_counter_of(model)
     job = CompressionJob.create(
-        raw, max_tokens=max_tokens, counter=counter, min_retention=min_retention
+        raw, max_tokens=spec.max_tokens, counter=counter, min_retention=spec.min_retention
     )
     if (early := job.early()) is not None:
         return _Compression(job, None, early)
-    extractive = job.extractive() if strategy != "llm" else None
-    if model is None or strategy == "extractive":
+    extractive = job.extractive() if spec.strategy != "llm" else None
+    if model is None or spec.strategy == "extractive":
         return _Compression(job, None, extractive)
     if extractive is not None and not extractive.missing:
         return _Compression(job, None, extractive)
     prompting = _Prompting(
-        template=prompt_template or COMPRESSION_PROMPT,
-        stage_name=stage_name,
+        template=spec.prompt_template or COMPRESSION_PROMPT,
+        subject=subject,
         user_request=user_request,
-        cap=max_tokens,
-        window=chunk_tokens if chunk_tokens is not None else _model_window(model),
+        cap=spec.max_tokens,
+        window=spec.chunk_tokens if spec.chunk_tokens is not None else _call_room(model),
         counter=counter,
     )
     return _Compression(job, prompting, extractive)
+
+
+def summarize(
+    raw: Any, spec: SummarySpec | None = None, *, subject: str = "result", user_request: str = ""
+) -> CompressionResult:
+    """Summarize ``raw`` as ``spec`` says: at most ``spec.max_tokens`` tokens, entities kept.
+
+    Args:
+        raw: A string, a LangChain message or list of messages (tool messages included), a
+            pydantic model, a dataclass, or any JSON-able value.
+        spec: The cap, the strategy, the summarizer model and the counter; default: the
+            settings' (``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, ``VLLM_BUDGET_COMPRESSION``),
+            extractive.
+        subject: What ``raw`` is, for the prompt ("earlier conversation", a tool's name, a
+            stage's name).
+        user_request: The user's request, for the prompt.
+
+    Returns:
+        The summary and its measurements. A result that already fits the cap is returned
+        verbatim without calling the model.
+
+    Raises:
+        ValueError: ``strategy="llm"`` without a model.
+        TypeError: If ``raw`` cannot be rendered as text.
+
+    Example:
+        >>> from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+        >>> text = "Deploy job-7f3a with replicas=4 to /srv/app. " + "It went fine. " * 40
+        >>> spec = SummarySpec(max_tokens=40, counter=ApproximateTokenCounter())
+        >>> summarize(text, spec).method
+        'extractive'
+    """
+    spec = spec if spec is not None else SummarySpec()
+    compression = _start(raw, spec, subject=subject, user_request=user_request)
+    prompting = compression.prompting
+    model = spec.model
+    if prompting is None or model is None:
+        assert compression.done is not None
+        return compression.done
+
+    def call(request: Request) -> str:
+        reply = model.invoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
+        return _reply_text(reply)
+
+    summary, chunks, calls = _run(_map_reduce(compression.job, prompting), call)
+    return compression.finish(summary, chunks, calls)
+
+
+async def asummarize(
+    raw: Any, spec: SummarySpec | None = None, *, subject: str = "result", user_request: str = ""
+) -> CompressionResult:
+    """Async :func:`summarize` (same arguments and guarantees).
+
+    The chunks of a result larger than the summarizer's window are summarized concurrently.
+    Counting and the extractive summary run in a worker thread (a counter may ask a
+    server's ``/tokenize``): the event loop only awaits the model.
+
+    Args:
+        raw: What to summarize (see :func:`summarize`).
+        spec: How (see :func:`summarize`).
+        subject: What ``raw`` is, for the prompt.
+        user_request: The user's request, for the prompt.
+
+    Returns:
+        The summary and its measurements.
+    """
+    spec = spec if spec is not None else SummarySpec()
+    compression = await asyncio.to_thread(
+        _start, raw, spec, subject=subject, user_request=user_request
+    )
+    prompting = compression.prompting
+    model = spec.model
+    if prompting is None or model is None:
+        assert compression.done is not None
+        return compression.done
+
+    async def call(request: Request) -> str:
+        reply = await model.ainvoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
+        return _reply_text(reply)
+
+    summary, chunks, calls = await _arun(_map_reduce(compression.job, prompting), call)
+    return await asyncio.to_thread(compression.finish, summary, chunks, calls)
 
 
 def compress_stage_result(
@@ -268,14 +317,16 @@ def compress_stage_result(
     model: BaseChatModel | None = None,
     stage_name: str = "stage",
     user_request: str = "",
-    max_tokens: int = 250,
+    max_tokens: int | None = None,
     tokenizer: TokenCounter | None = None,
     prompt_template: str | None = None,
     min_retention: float = DEFAULT_MIN_RETENTION,
     chunk_tokens: int | None = None,
     strategy: CompressionStrategy = "auto",
 ) -> CompressionResult:
-    """Compress a stage result into a summary of at most ``max_tokens`` tokens, keeping entities.
+    """Compress a result into a summary of at most ``max_tokens`` tokens, keeping entities.
+
+    The keyword form of :func:`summarize` (which takes a :class:`SummarySpec`).
 
     Args:
         raw: The stage result: a string, a LangChain message or list of messages (tool
@@ -284,7 +335,8 @@ def compress_stage_result(
             extractive only.
         stage_name: Name of the stage, for the prompt ("Stage A", "plan").
         user_request: The user's request, for the prompt.
-        max_tokens: The hard cap on the summary, counted with ``tokenizer``.
+        max_tokens: The hard cap on the summary, counted with ``tokenizer`` (default
+            ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
         tokenizer: Token counter; default: the model's own counter if it has one (ChatVLLM),
             else :class:`~langchain_vllm_budget.tokenizers.ApproximateTokenCounter`.
         prompt_template: Replaces :data:`COMPRESSION_PROMPT` (same placeholders).
@@ -311,29 +363,16 @@ def compress_stage_result(
         >>> result.method, result.missing, result.model_calls
         ('extractive', (), 0)
     """
-    compression = _start(
-        raw,
-        model=model,
-        stage_name=stage_name,
-        user_request=user_request,
-        max_tokens=max_tokens,
-        tokenizer=tokenizer,
-        prompt_template=prompt_template,
-        min_retention=min_retention,
-        chunk_tokens=chunk_tokens,
+    spec = SummarySpec(
+        max_tokens=max_tokens if max_tokens is not None else SummarySpec().max_tokens,
         strategy=strategy,
+        model=model,
+        counter=tokenizer,
+        chunk_tokens=chunk_tokens,
+        min_retention=min_retention,
+        prompt_template=prompt_template,
     )
-    prompting = compression.prompting
-    if prompting is None or model is None:
-        assert compression.done is not None
-        return compression.done
-
-    def call(request: Request) -> str:
-        reply = model.invoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
-        return _reply_text(reply)
-
-    summary, chunks, calls = _run(_map_reduce(compression.job, prompting), call)
-    return compression.finish(summary, chunks, calls)
+    return summarize(raw, spec, subject=stage_name, user_request=user_request)
 
 
 async def acompress_stage_result(
@@ -342,7 +381,7 @@ async def acompress_stage_result(
     model: BaseChatModel | None = None,
     stage_name: str = "stage",
     user_request: str = "",
-    max_tokens: int = 250,
+    max_tokens: int | None = None,
     tokenizer: TokenCounter | None = None,
     prompt_template: str | None = None,
     min_retention: float = DEFAULT_MIN_RETENTION,
@@ -370,30 +409,16 @@ async def acompress_stage_result(
     Returns:
         The summary and its measurements.
     """
-    compression = await asyncio.to_thread(
-        _start,
-        raw,
-        model=model,
-        stage_name=stage_name,
-        user_request=user_request,
-        max_tokens=max_tokens,
-        tokenizer=tokenizer,
-        prompt_template=prompt_template,
-        min_retention=min_retention,
-        chunk_tokens=chunk_tokens,
+    spec = SummarySpec(
+        max_tokens=max_tokens if max_tokens is not None else SummarySpec().max_tokens,
         strategy=strategy,
+        model=model,
+        counter=tokenizer,
+        chunk_tokens=chunk_tokens,
+        min_retention=min_retention,
+        prompt_template=prompt_template,
     )
-    prompting = compression.prompting
-    if prompting is None or model is None:
-        assert compression.done is not None
-        return compression.done
-
-    async def call(request: Request) -> str:
-        reply = await model.ainvoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
-        return _reply_text(reply)
-
-    summary, chunks, calls = await _arun(_map_reduce(compression.job, prompting), call)
-    return await asyncio.to_thread(compression.finish, summary, chunks, calls)
+    return await asummarize(raw, spec, subject=stage_name, user_request=user_request)
 
 
 def _run(plan: Plan, call: Callable[[Request], str]) -> tuple[str, int, int]:

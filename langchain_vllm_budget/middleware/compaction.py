@@ -1,22 +1,25 @@
 """Context compaction that lives in the agent's state (a ``create_agent`` middleware).
 
-:class:`ContextCompactionMiddleware` runs before each model call. When the call would not
-fit the model's input limit, it compacts the agent's messages with the package's
+:class:`ContextCompactionMiddleware` wraps each model call. When the call would not fit the
+model's input limit, it compacts the call's messages with the package's
 :class:`~langchain_vllm_budget.compaction.Compactor` (once, down to a target below the
-limit) and writes the result into the graph state, like LangChain's
-``SummarizationMiddleware`` (``RemoveMessage(REMOVE_ALL_MESSAGES)`` and the compacted
-messages). The compaction is checkpointed with the thread, so it happens once; the following
-calls only append, and vLLM's prefix cache keeps hitting.
+limit), sends the compacted request, and writes the compaction into the graph state with the
+model's reply, like LangChain's ``SummarizationMiddleware`` (``RemoveMessage(
+REMOVE_ALL_MESSAGES)`` and the compacted messages). The compaction is checkpointed with the
+thread, so it happens once; the following calls only append, and vLLM's prefix cache keeps
+hitting.
 
-The count is exact: the model's own ``get_num_tokens_from_messages`` (ChatVLLM's counter)
-with the system prompt and the tools of the request. The limit comes from the model: an
-explicit ``max_input_tokens``, the model's ``profile["max_input_tokens"]``, and, for a
-ChatVLLM, its window less the safety margin and the minimum output room (the smallest of
-those that are known).
+Every fact comes from the request, as in LangChain's own middleware: the model
+(``request.model``), its system prompt (``request.system_message``) and its tools
+(``request.tools``). The count is exact: the model's own ``get_num_tokens_from_messages``
+(ChatVLLM's counter) with the system prompt and the tools. The limit comes from the model:
+an explicit ``max_input_tokens``, the model's ``profile["max_input_tokens"]``, and, for a
+:class:`~langchain_vllm_budget.capabilities.BudgetedModel` such as ChatVLLM, its input limit
+(window less safety margin and minimum output room; the smallest of those that are known).
 
-The system prompt and tools are only visible to ``wrap_model_call``: the middleware records
-them there (and, on the first call or when they change, compacts that request itself, so
-nothing is ever sent over the limit); ``before_model`` counts with what it recorded.
+The middleware keeps nothing per run: threads that share a compiled agent (with different
+system prompts or tools from other middleware) are each checked on their own shape. The
+compaction memory it holds is a cache keyed by the messages themselves.
 """
 
 from __future__ import annotations
@@ -25,65 +28,40 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 from langchain.agents.middleware.types import (
     AgentMiddleware,
     AgentState,
     ContextT,
+    ExtendedModelResponse,
     ModelRequest,
     ModelResponse,
     ResponseT,
 )
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, SystemMessage
-from langchain_core.tools import BaseTool
+from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
-from langgraph.runtime import Runtime
+from langgraph.types import Command
 
+from langchain_vllm_budget import settings
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compaction import (
     CompactionMemory,
     CompactionPolicy,
     CompactionResult,
     Compactor,
     MessageCounter,
-    text_counter_for,
 )
-from langchain_vllm_budget.compression import CompressionStrategy
+from langchain_vllm_budget.compression import CompressionStrategy, SummarySpec
 from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
 
 __all__ = ["ContextCompactionMiddleware"]
 
-_Tool = BaseTool | dict[str, Any]
-
-
-def _tool_name(tool: _Tool) -> str:
-    if isinstance(tool, BaseTool):
-        return tool.name
-    function = tool.get("function")
-    if isinstance(function, Mapping):
-        return str(function.get("name", ""))
-    return str(tool.get("name", ""))
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What a request adds to the messages: the system message and the tools."""
-
-    system: SystemMessage | None
-    tools: tuple[_Tool, ...]
-
-    @property
-    def key(self) -> tuple[str | None, tuple[str, ...]]:
-        return (
-            self.system.text if self.system is not None else None,
-            tuple(_tool_name(t) for t in self.tools),
-        )
-
 
 @dataclass(frozen=True)
 class _Plan:
-    """An input that does not fit: what to compact, how to count it, and the limit."""
+    """A call that does not fit: what to compact, how to count it, and the limit."""
 
     messages: list[BaseMessage]
     system_len: int
@@ -106,8 +84,9 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             ``None`` for ``model`` itself.
         summary_max_tokens: The hard cap on a summary (default
             ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
-        memory: Where compactions are remembered (bridges a compaction made inside a
-            model call to the state); default: a new one.
+        memory: Where compactions are remembered (a cache keyed by the messages: a call
+            whose reply did not reach the state reuses the same compaction); default: a new
+            one.
         strategy: When the compressor calls the summarizer (default
             ``VLLM_BUDGET_COMPRESSION``, ``"auto"``: only when the extractive summary would
             lose entities; ``"llm"``: on every compaction; ``"extractive"``: never).
@@ -154,7 +133,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             msg = f"max_input_tokens must be positive, got {max_input_tokens}"
             raise ValueError(msg)
         if max_input_tokens is None and not (
-            _profile_limit(model) is not None or callable(getattr(model, "get_max_model_len", None))
+            budgeted(model) is not None or _profile_limit(model) is not None
         ):
             msg = (
                 f"{type(model).__name__} has no profile with max_input_tokens and no known "
@@ -167,56 +146,60 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         writer = None if summarizer == "extractive" else (summarizer or model)
         self.summarizer = writer if isinstance(writer, BaseChatModel) else None
         self.memory = memory if memory is not None else CompactionMemory()
-        # Validated now; built on first use (the model's counter may ask the server).
-        given = {
-            "target": target,
-            "summary_max_tokens": summary_max_tokens,
-            "strategy": strategy,
-        }
-        # Unset ones: the Compactor's defaults (the VLLM_BUDGET_* settings).
-        self._settings: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-        Compactor(**self._settings)
-        self._compactor: Compactor | None = None
-        self._shape: _Shape | None = None
+        # Checked now, once; unset values are the settings' (VLLM_BUDGET_*).
+        self.summary = SummarySpec.from_settings(
+            max_tokens=summary_max_tokens, strategy=strategy, model=self.summarizer
+        )
+        self.target = (
+            target if target is not None else settings.COMPACTION_TARGET.required_factory()()
+        )
+        Compactor(target=self.target)
 
     # ------------------------------------------------------------------------ shared steps
 
+    def compactor_for(self, model: BaseChatModel) -> Compactor:
+        """The compaction engine for a call of ``model`` (its text counter caps the summary).
+
+        Args:
+            model: The call's model (``request.model``).
+
+        Returns:
+            A compactor with this middleware's settings and memory.
+        """
+        summary = self.summary.with_(counter=token_counter_of(model))
+        return Compactor(target=self.target, memory=self.memory, summary=summary)
+
     @property
     def compactor(self) -> Compactor:
-        """The compaction engine (the model's text counter for the summary cap)."""
-        if self._compactor is None:
-            self._compactor = Compactor(
-                **self._settings,
-                memory=self.memory,
-                summarizer=self.summarizer,
-                text_counter=text_counter_for(self.model),
-            )
-        return self._compactor
+        """The compaction engine for the middleware's own model."""
+        return self.compactor_for(self.model)
 
-    def _limit(self) -> int:
+    def _limit(self, model: BaseChatModel) -> int:
         if self.max_input_tokens is not None:
             return self.max_input_tokens
-        limits = [
-            limit for limit in (_profile_limit(self.model), _window_limit(self.model)) if limit
-        ]
+        limits = [limit for limit in (_profile_limit(model), _window_limit(model)) if limit]
+        if not limits:
+            msg = (
+                f"{type(model).__name__} has no profile with max_input_tokens and no known "
+                "window: pass ContextCompactionMiddleware(..., max_input_tokens=...)."
+            )
+            raise ValueError(msg)
         return min(limits)
 
-    def _counter(self, shape: _Shape | None) -> MessageCounter:
-        # Converted once per shape, not on every count of a compaction's search.
-        tools = tools_to_openai_dicts(shape.tools) if shape is not None else None
-        model = self.model
+    def _plan(self, request: ModelRequest[ContextT]) -> _Plan | None:
+        """The call's input (system message first) when it does not fit; ``None`` when it does."""
+        model = request.model
+        system: list[BaseMessage] = (
+            [request.system_message] if request.system_message is not None else []
+        )
+        full = [*system, *request.messages]
+        # Converted once per call, not on every count of a compaction's search.
+        tools = tools_to_openai_dicts(request.tools) if request.tools else None
 
         def count(messages: Sequence[BaseMessage]) -> int:
             return model.get_num_tokens_from_messages(list(messages), tools=tools)
 
-        return count
-
-    def _plan(self, messages: Sequence[AnyMessage], shape: _Shape | None) -> _Plan | None:
-        """The input (system message first) when it does not fit; ``None`` when it does."""
-        system: list[BaseMessage] = [shape.system] if shape and shape.system else []
-        full = [*system, *messages]
-        count = self._counter(shape)
-        limit = self._limit()
+        limit = self._limit(model)
         if count(full) <= limit:
             return None
         return _Plan(full, len(system), count, limit)
@@ -225,6 +208,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
     def _compacted(plan: _Plan, result: CompactionResult) -> list[BaseMessage] | None:
         """The compacted conversation (system message left out), or ``None`` (nothing fits)."""
         if not result.fits:
+            # Even the newest step does not fit: the request goes as it is, and the model
+            # raises its typed overflow error (ChatVLLM) instead of sending it.
             return None
         messages = result.messages[plan.system_len :]
         for message in messages:
@@ -232,88 +217,59 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
                 message.id = str(uuid.uuid4())
         return messages
 
-    def _state_update(self, plan: _Plan, result: CompactionResult) -> dict[str, Any] | None:
-        messages = self._compacted(plan, result)
-        if messages is None:
-            # Even the newest step does not fit: leave the state alone; the model raises
-            # its typed overflow error (ChatVLLM) instead of sending it.
-            return None
-        return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages]}
-
-    def _request_check(self, request: ModelRequest[ContextT]) -> _Shape | None:
-        """Record the request's shape; return it when it is new (then the request is checked)."""
-        shape = _Shape(request.system_message, tuple(request.tools))
-        known = self._shape
-        self._shape = shape
-        if known is not None and known.key == shape.key:
-            return None
-        return shape
+    @staticmethod
+    def _persisted(
+        compacted: list[BaseMessage], response: ModelResponse[ResponseT]
+    ) -> ExtendedModelResponse[ResponseT]:
+        """The reply, and the compaction written into the state in front of it."""
+        for message in response.result:
+            if message.id is None:
+                message.id = str(uuid.uuid4())
+        update = {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *compacted, *response.result]}
+        return ExtendedModelResponse(model_response=response, command=Command(update=update))
 
     # ------------------------------------------------------------------------ hooks
-
-    def before_model(
-        self, state: AgentState[ResponseT], runtime: Runtime[ContextT]
-    ) -> dict[str, Any] | None:
-        """Compact the messages in state when the next call would not fit."""
-        plan = self._plan(state["messages"], self._shape)
-        if plan is None:
-            return None
-        result = self.compactor.compact(
-            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit
-        )
-        return self._state_update(plan, result)
-
-    async def abefore_model(
-        self, state: AgentState[ResponseT], runtime: Runtime[ContextT]
-    ) -> dict[str, Any] | None:
-        """Async :meth:`before_model` (counting runs in a worker thread)."""
-        plan = await asyncio.to_thread(self._plan, state["messages"], self._shape)
-        if plan is None:
-            return None
-        result = await self.compactor.acompact(
-            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit, offload=True
-        )
-        return self._state_update(plan, result)
 
     def wrap_model_call(
         self,
         request: ModelRequest[ContextT],
         handler: Callable[[ModelRequest[ContextT]], ModelResponse[ResponseT]],
-    ) -> ModelResponse[ResponseT]:
-        """Learn the system prompt and tools; compact a request they push over the limit."""
-        shape = self._request_check(request)
-        plan = self._plan(request.messages, shape) if shape is not None else None
-        if plan is not None:
-            result = self.compactor.compact(
-                plan.messages, policy=self.policy, count=plan.count, limit=plan.limit
-            )
-            if (messages := self._compacted(plan, result)) is not None:
-                request = request.override(messages=cast("list[AnyMessage]", messages))
-        return handler(request)
+    ) -> ModelResponse[ResponseT] | ExtendedModelResponse[ResponseT]:
+        """Compact a call that does not fit, send it, and keep the compaction in the state."""
+        plan = self._plan(request)
+        if plan is None:
+            return handler(request)
+        result = self.compactor_for(request.model).compact(
+            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit
+        )
+        compacted = self._compacted(plan, result)
+        if compacted is None:
+            return handler(request)
+        response = handler(request.override(messages=cast("list[AnyMessage]", compacted)))
+        return self._persisted(compacted, response)
 
     async def awrap_model_call(
         self,
         request: ModelRequest[ContextT],
         handler: Callable[[ModelRequest[ContextT]], Awaitable[ModelResponse[ResponseT]]],
-    ) -> ModelResponse[ResponseT]:
-        """Async :meth:`wrap_model_call`."""
-        shape = self._request_check(request)
-        plan = (
-            await asyncio.to_thread(self._plan, request.messages, shape)
-            if shape is not None
-            else None
+    ) -> ModelResponse[ResponseT] | ExtendedModelResponse[ResponseT]:
+        """Async :meth:`wrap_model_call` (counting and compacting run in worker threads)."""
+        plan = await asyncio.to_thread(self._plan, request)
+        if plan is None:
+            return await handler(request)
+        compactor = await asyncio.to_thread(self.compactor_for, request.model)
+        result = await compactor.acompact(
+            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit, offload=True
         )
-        if plan is not None:
-            result = await self.compactor.acompact(
-                plan.messages, policy=self.policy, count=plan.count, limit=plan.limit, offload=True
-            )
-            if (messages := self._compacted(plan, result)) is not None:
-                request = request.override(messages=cast("list[AnyMessage]", messages))
-        return await handler(request)
+        compacted = self._compacted(plan, result)
+        if compacted is None:
+            return await handler(request)
+        response = await handler(request.override(messages=cast("list[AnyMessage]", compacted)))
+        return self._persisted(compacted, response)
 
 
 def _profile_limit(model: BaseChatModel) -> int | None:
-    profile = getattr(model, "profile", None)
+    profile = model.profile
     if isinstance(profile, Mapping):
         limit = profile.get("max_input_tokens")
         if isinstance(limit, int) and limit > 0:
@@ -322,15 +278,6 @@ def _profile_limit(model: BaseChatModel) -> int | None:
 
 
 def _window_limit(model: BaseChatModel) -> int | None:
-    """A ChatVLLM's input limit: window less safety margin and minimum output room."""
-    get_window = getattr(model, "get_max_model_len", None)
-    if not callable(get_window):
-        return None
-    window = get_window()
-    budget = getattr(model, "budget", None)
-    reserved = (
-        getattr(budget, "safety_margin", 0) + getattr(budget, "min_output_tokens", 0)
-        if budget is not None
-        else 0
-    )
-    return int(window) - int(reserved)
+    """A budgeted model's input limit: window less safety margin and minimum output room."""
+    found = budgeted(model)
+    return found.get_budget().input_limit() if found is not None else None

@@ -39,7 +39,7 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.store.base import BaseStore
 from langgraph.types import Command
 
-from langchain_vllm_budget.compaction import text_counter_for
+from langchain_vllm_budget.capabilities import token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
@@ -213,7 +213,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
     def counter(self) -> TokenCounter:
         """Counts tool outputs: the model's own counter (ChatVLLM), else the approximate one."""
         if self._text_counter is None:
-            self._text_counter = text_counter_for(self.model)
+            self._text_counter = token_counter_of(self.model)
         return self._text_counter
 
     def _job(self, request: ToolCallRequest, result: ToolMessage | Command[Any]) -> _Job | None:

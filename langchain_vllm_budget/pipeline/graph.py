@@ -20,7 +20,7 @@ from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from langchain_vllm_budget import ChatVLLM, TokenBudget
-from langchain_vllm_budget._discovery import served_model_names
+from langchain_vllm_budget.chat_models._discovery import served_model_names
 from langchain_vllm_budget.pipeline import prompts
 from langchain_vllm_budget.pipeline.context import Context
 from langchain_vllm_budget.pipeline.state import InputState, State

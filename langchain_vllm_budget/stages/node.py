@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -52,17 +52,19 @@ from langgraph.store.base import BaseStore
 
 from langchain_vllm_budget import settings
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
     Query,
-    acompress_stage_result,
+    SummarySpec,
+    asummarize,
     better_for_query,
-    compress_stage_result,
     extractive_summary,
     needs_model,
     query_summary,
     render_stage_result,
+    summarize,
 )
 from langchain_vllm_budget.stages._usage import ModelCallUsage, track_model_calls
 from langchain_vllm_budget.stages.prompt import (
@@ -79,7 +81,7 @@ from langchain_vllm_budget.stages.state import (
     new_run_update,
 )
 from langchain_vllm_budget.stages.store import raw_output_namespace
-from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, TokenCounter
+from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
     "ROLLING_SUMMARY_PROMPT",
@@ -97,6 +99,8 @@ ModelSpec = BaseChatModel | Callable[[Runtime[Any]], BaseChatModel]
 
 RollingSummaryMode = Literal["extractive", "llm"]
 """How the rolling summary absorbs a stage summary once both no longer fit its cap."""
+
+_ROLLING_SUBJECT = "Stage summaries"
 
 
 ROLLING_SUMMARY_PROMPT = """Merge the stage summaries below into one running summary of the \
@@ -139,12 +143,7 @@ def _resolve(spec: ModelSpec | None, runtime: Runtime[Any]) -> BaseChatModel | N
 
 
 def _counter_of(model: BaseChatModel | None, configured: TokenCounter | None) -> TokenCounter:
-    if configured is not None:
-        return configured
-    counter = getattr(model, "resolved_token_counter", None)
-    if counter is not None and hasattr(counter, "count_messages"):
-        return cast("TokenCounter", counter)
-    return ApproximateTokenCounter()
+    return configured if configured is not None else token_counter_of(model)
 
 
 def _thread_id(runtime: Runtime[Any]) -> str:
@@ -283,9 +282,9 @@ class CompressedStage:
         return handoff
 
     def _plan(self, model: BaseChatModel, counter: TokenCounter) -> Callable[..., BudgetPlan]:
-        get_plan = getattr(model, "get_budget_plan", None)
-        if callable(get_plan):
-            return cast("Callable[..., BudgetPlan]", get_plan)
+        found = budgeted(model)
+        if found is not None:
+            return found.get_budget_plan
         budget = self.budget
         if budget is None or budget.max_model_len is None:
             msg = (
@@ -309,7 +308,7 @@ class CompressedStage:
     @staticmethod
     def _call_kwargs(model: BaseChatModel, plan: BudgetPlan) -> dict[str, Any]:
         """Send the plan itself to a model that takes one (ChatVLLM), else its max_tokens."""
-        if callable(getattr(model, "get_budget_plan", None)):
+        if budgeted(model) is not None:
             return {"budget_plan": plan}
         return {"max_tokens": plan.max_tokens}
 
@@ -324,9 +323,7 @@ class CompressedStage:
 
     def _merged_rolling(self, call: _Call, summary: str) -> str | None:
         """Previous rolling summary + this summary, if they fit its cap as they are."""
-        merged = "\n".join(
-            part for part in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if part
-        )
+        merged = self._rolling_input(call, summary)
         if call.counter.count_text(merged) <= call.handoff.rolling_summary_max_tokens:
             return merged
         if call.handoff.rolling_summary_mode == "extractive" or call.summarizer is None:
@@ -335,19 +332,11 @@ class CompressedStage:
             ).summary
         return None
 
-    def _rolling_kwargs(self, call: _Call, summary: str) -> dict[str, Any]:
-        return {
-            "model": call.summarizer,
-            "stage_name": "Stage summaries",
-            "user_request": call.stage_input.request,
-            "max_tokens": call.handoff.rolling_summary_max_tokens,
-            "tokenizer": call.counter,
-            "prompt_template": ROLLING_SUMMARY_PROMPT,
-            "strategy": "llm",
-            "raw": "\n".join(
-                p for p in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if p
-            ),
-        }
+    def _rolling_input(self, call: _Call, summary: str) -> str:
+        """The previous rolling summary and this stage's summary, as one text."""
+        return "\n".join(
+            p for p in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if p
+        )
 
     def _first(self, call: _Call, output: _Output) -> CompressionResult:
         """The extractive summary ranked by the stage's request."""
@@ -361,15 +350,26 @@ class CompressedStage:
     def _needs_model(self, call: _Call, first: CompressionResult) -> bool:
         return needs_model(first, call.handoff.compression, has_model=call.summarizer is not None)
 
-    def _compress_kwargs(self, call: _Call, output: _Output) -> dict[str, Any]:
-        return {
-            "model": call.summarizer,
-            "stage_name": self.name,
-            "user_request": call.stage_input.request,
-            "max_tokens": call.handoff.summary_max_tokens,
-            "tokenizer": call.counter,
-            "strategy": call.handoff.compression,
-        }
+    @staticmethod
+    def _rolling_spec(call: _Call) -> SummarySpec:
+        """How the rolling summary is rewritten by the model (``rolling_summary_mode="llm"``)."""
+        return SummarySpec(
+            max_tokens=call.handoff.rolling_summary_max_tokens,
+            strategy="llm",
+            model=call.summarizer,
+            counter=call.counter,
+            prompt_template=ROLLING_SUMMARY_PROMPT,
+        )
+
+    @staticmethod
+    def _summary_spec(call: _Call) -> SummarySpec:
+        """How the stage's output is summarized."""
+        return SummarySpec(
+            max_tokens=call.handoff.summary_max_tokens,
+            strategy=call.handoff.compression,
+            model=call.summarizer,
+            counter=call.counter,
+        )
 
     def _finish(
         self,
@@ -464,13 +464,21 @@ class CompressedStage:
             output = _Output(render_stage_result(raw))
         call.store.put(call.namespace, self.name, self._raw_record(call, output.text))
         with track_model_calls(call.counter) as usage:
+            request = call.stage_input.request
             summary = self._first(call, output)
             if self._needs_model(call, summary):
-                other = compress_stage_result(output.text, **self._compress_kwargs(call, output))
+                other = summarize(
+                    output.text, self._summary_spec(call), subject=self.name, user_request=request
+                )
                 summary = better_for_query(summary, other)
             rolling = self._merged_rolling(call, summary.summary)
             if rolling is None:
-                merged = compress_stage_result(**self._rolling_kwargs(call, summary.summary))
+                merged = summarize(
+                    self._rolling_input(call, summary.summary),
+                    self._rolling_spec(call),
+                    subject=_ROLLING_SUBJECT,
+                    user_request=request,
+                )
                 rolling = merged.summary
         return self._finish(call, output, summary, rolling, usage)
 
@@ -491,15 +499,21 @@ class CompressedStage:
         record = await asyncio.to_thread(self._raw_record, call, output.text)
         await call.store.aput(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
+            request = call.stage_input.request
             summary = await asyncio.to_thread(self._first, call, output)
             if self._needs_model(call, summary):
-                other = await acompress_stage_result(
-                    output.text, **self._compress_kwargs(call, output)
+                other = await asummarize(
+                    output.text, self._summary_spec(call), subject=self.name, user_request=request
                 )
                 summary = await asyncio.to_thread(better_for_query, summary, other)
             rolling = await asyncio.to_thread(self._merged_rolling, call, summary.summary)
             if rolling is None:
-                merged = await acompress_stage_result(**self._rolling_kwargs(call, summary.summary))
+                merged = await asummarize(
+                    self._rolling_input(call, summary.summary),
+                    self._rolling_spec(call),
+                    subject=_ROLLING_SUBJECT,
+                    user_request=request,
+                )
                 rolling = merged.summary
         return await asyncio.to_thread(self._finish, call, output, summary, rolling, usage)
 
@@ -518,12 +532,11 @@ def _check_handoff(name: str, handoff: _Handoff) -> None:
             f"{handoff.rolling_summary_mode!r}."
         )
         raise ValueError(msg)
-    if handoff.compression not in ("auto", "llm", "extractive"):
-        msg = (
-            f"Stage {name!r}: compression must be 'auto', 'llm' or 'extractive', got "
-            f"{handoff.compression!r}."
-        )
-        raise ValueError(msg)
+    try:
+        SummarySpec(max_tokens=handoff.summary_max_tokens, strategy=handoff.compression)
+    except ValueError as exc:
+        msg = f"Stage {name!r}: {exc}"
+        raise ValueError(msg) from exc
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:

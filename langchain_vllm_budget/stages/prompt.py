@@ -292,7 +292,7 @@ def fit_stage_prompt(
             stage_input.stage,
             input_tokens=budget.input_tokens,
             max_model_len=budget.max_model_len,
-            needed_output_tokens=budget.min_output_tokens,
+            needed_output_tokens=budget.needed_output_tokens,
             safety_margin=budget.safety_margin,
         )
     return FittedPrompt(messages, budget, current, degraded, folded)

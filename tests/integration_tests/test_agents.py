@@ -69,6 +69,11 @@ def test_the_profile_comes_from_the_server(tiny_qwen) -> None:
 
 async def test_summarization_fraction_trigger_fires_before_chatvllm_must_trim(tiny_qwen) -> None:
     model = _model(tiny_qwen, on_overflow="trim")
+    # In async code reading `profile` never asks the server (it would block the event loop):
+    # the server's facts come with the first call, or with aget_profile.
+    profile = await model.aget_profile()
+    assert profile is not None
+    assert model.profile == profile
     summarization = SummarizationMiddleware(
         model=model,
         trigger=("fraction", 0.8),

@@ -23,7 +23,7 @@ from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from langchain_vllm_budget import ChatVLLM
-from langchain_vllm_budget._discovery import served_model_names
+from langchain_vllm_budget.chat_models._discovery import served_model_names
 from langchain_vllm_budget.errors import VLLMError
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from langchain.agents.middleware import wrap_model_call
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
 
 from langchain_vllm_budget import ChatVLLM, TokenBudget, TransformersTokenCounter
@@ -248,6 +250,72 @@ def test_compaction_middleware_in_a_checkpointed_agent(tiny_qwen) -> None:
     for request_json, _ in main:
         assert request_json["messages"][0]["content"] == SYSTEM.content
         assert [t["function"]["name"] for t in request_json["tools"]] == ["lookup"]
+
+
+def test_concurrent_threads_of_one_agent_compact_on_their_own_shape(tiny_qwen) -> None:
+    """Two threads, one compiled agent: a long system prompt with tools, and a short one
+    without; each is compacted on its own shape (ChatVLLM raises rather than send a request
+    over the window, so a compaction counted on the other thread's shape would fail here)."""
+    recorder = Recorder()
+    counter = TransformersTokenCounter(tiny_qwen.model_path)
+    model = _model(tiny_qwen, recorder)
+    wide_system = SYSTEM.content + " Runbook: " + "Page the database on-call twice. " * 300
+
+    @tool
+    def lookup(host: str) -> str:
+        """Look up a host's status."""
+        return f"{host}: ok"
+
+    @tool
+    def restart(host: str) -> str:
+        """Restart a host."""
+        return f"{host}: restarted"
+
+    @wrap_model_call
+    def shape(request, handler):
+        wide = get_config()["configurable"]["thread_id"] == "wide"
+        return handler(
+            request.override(
+                system_message=SystemMessage(wide_system if wide else SYSTEM.content),
+                tools=[lookup, restart] if wide else [],
+            )
+        )
+
+    compaction = ContextCompactionMiddleware(model, policy="summarize", summarizer="extractive")
+    agent = create_agent(
+        model,
+        tools=[lookup, restart],
+        middleware=[shape, compaction],
+        checkpointer=InMemorySaver(),
+    )
+    turns = 12
+
+    def run(thread: str) -> None:
+        config = {"configurable": {"thread_id": thread}}
+        for i in range(turns):
+            text = _turn_text(i, tiny_qwen.max_model_len // 10, counter)
+            agent.invoke({"messages": [HumanMessage(text)]}, config)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, ["wide", "narrow"]))
+    _assert_inside_the_window(recorder.calls, tiny_qwen.max_model_len)
+    prompt_tokens: dict[str, list[int]] = {"wide": [], "narrow": []}
+    for request_json, response in recorder.main_calls():
+        wide = request_json["messages"][0]["content"] == wide_system
+        assert ("tools" in request_json) == wide
+        prompt_tokens["wide" if wide else "narrow"].append(response["usage"]["prompt_tokens"])
+    assert len(prompt_tokens["wide"]) == len(prompt_tokens["narrow"]) == turns
+    limit = model.get_budget().input_limit()
+    drops = {}
+    for thread, sizes in prompt_tokens.items():
+        assert max(sizes) <= limit, thread
+        drops[thread] = [i for i in range(1, turns) if sizes[i] < sizes[i - 1]]
+        assert drops[thread], f"{thread} never compacted"
+    # the wide shape leaves less room: its thread compacted first
+    assert drops["wide"][0] < drops["narrow"][0]
+    for thread in ("wide", "narrow"):
+        state = agent.get_state({"configurable": {"thread_id": thread}}).values["messages"]
+        assert is_summary_message(state[0])
 
 
 def test_tool_output_middleware_stores_summarizes_and_reads_back(tiny_qwen) -> None:

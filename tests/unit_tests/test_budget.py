@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from langchain_vllm_budget.budget import TokenBudget, plan_budget
+from langchain_vllm_budget.budget import TokenBudget, needed_output, plan_budget
+from langchain_vllm_budget.errors import VLLMContextOverflowError
 
 
 def test_seed_formula_caps_at_output_reserve() -> None:
@@ -152,3 +153,33 @@ def test_plan_budget_is_pure() -> None:
     }
     assert plan_budget(**args) == plan_budget(**args)
     assert plan_budget(**args).as_dict()["max_tokens"] == 300
+
+
+@pytest.mark.parametrize("requested", [None, 1, 100, 5000])
+def test_the_input_limit_is_the_largest_input_that_fits(requested: int | None) -> None:
+    budget = TokenBudget(max_model_len=4096, output_reserve=1000, min_output_tokens=200)
+    limit = budget.input_limit(requested)
+    assert budget.plan(limit, requested).fits
+    over = budget.plan(limit + 1, requested)
+    assert not over.fits
+    assert over.shortfall == 1
+    assert over.needed_output_tokens == needed_output(200, requested)
+
+
+def test_a_call_holds_the_window_less_the_margin() -> None:
+    budget = TokenBudget(max_model_len=4096, safety_margin=96)
+    assert budget.call_room() == 4000
+    assert budget.plan(budget.call_room() - 1).max_tokens == 1
+    with pytest.raises(ValueError, match="max_model_len is unknown"):
+        TokenBudget(max_model_len=None).call_room()
+
+
+def test_the_overflow_error_and_the_plan_agree_on_the_shortfall() -> None:
+    plan = TokenBudget(max_model_len=2048, output_reserve=512).plan(2000)
+    error = VLLMContextOverflowError(
+        input_tokens=plan.input_tokens,
+        max_model_len=plan.max_model_len,
+        safety_margin=plan.safety_margin,
+        min_output_tokens=plan.needed_output_tokens,
+    )
+    assert error.shortfall == plan.shortfall == VLLMContextOverflowError.from_plan(plan).shortfall

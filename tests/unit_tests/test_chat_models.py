@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import threading
+from dataclasses import replace
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -25,9 +28,11 @@ from langchain_vllm_budget import (
     TokenBudget,
     VLLMConnectionError,
 )
-from langchain_vllm_budget._error_mapping import ServerTarget, map_openai_error
-from langchain_vllm_budget._profile import server_profile
-from langchain_vllm_budget.chat_models import DEFAULT_API_BASE, _Prepared
+from langchain_vllm_budget.chat_models import DEFAULT_API_BASE
+from langchain_vllm_budget.chat_models._discovery import ServerDiscovery
+from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, map_openai_error
+from langchain_vllm_budget.chat_models._pipeline import Prepared, correct, read_request
+from langchain_vllm_budget.chat_models._profile import server_profile
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMInvalidRequestError,
@@ -353,11 +358,38 @@ def test_server_failures_map_to_a_typed_error() -> None:
 # ------------------------------------------------------------------------- the profile
 
 
-def test_building_a_model_asks_nothing_and_profile_asks_the_server() -> None:
-    """No request while the model is built; reading ``profile`` asks ``/v1/models``."""
-    model = ChatVLLM(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0)
+def test_a_down_server_never_makes_reading_the_profile_raise() -> None:
+    """Building a model asks nothing; reading ``profile`` with the server down gives the
+    configured profile (the window only when one is configured), and asks again later."""
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    model = ChatVLLM(model="m", base_url=url, max_retries=0)
+    assert model.profile == {"text_inputs": True, "text_outputs": True, "structured_output": True}
+    configured = ChatVLLM(
+        model="m", base_url=url, max_retries=0, budget=TokenBudget(max_model_len=4096)
+    )
+    assert configured.profile is not None
+    assert configured.profile["max_input_tokens"] == configured.budget.input_limit()
+    # Nothing was remembered: a call still reports the server being down.
     with pytest.raises(VLLMConnectionError):
-        _ = model.profile
+        configured.get_max_model_len()
+
+
+def test_reading_the_profile_in_an_event_loop_never_asks_the_server() -> None:
+    model = ChatVLLM(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0)
+
+    async def read() -> Any:
+        with mock.patch.object(
+            ServerDiscovery, "get", side_effect=AssertionError("asked on the event loop")
+        ):
+            return model.profile
+
+    assert "max_input_tokens" not in asyncio.run(read())
+    # Once the server's answer is known (a call asked it), the profile carries its window.
+    served = [{"id": "m", "root": "m", "max_model_len": 2048}]
+    model._discovery._remember(model.root_client, "m", served)
+    profile = asyncio.run(read())
+    assert profile["max_input_tokens"] == model.get_budget().input_limit()
+    assert profile["max_input_tokens"] == 2048 - 128 - model.budget.min_output_tokens
 
 
 def test_a_given_profile_wins_and_is_not_checked_against_a_server() -> None:
@@ -383,8 +415,11 @@ def test_subclasses_keep_the_server_profile() -> None:
 
     port = _closed_port()
     assert Mine(model="m", profile={"max_input_tokens": 5}).profile == {"max_input_tokens": 5}
-    with pytest.raises(VLLMConnectionError):
-        _ = Mine(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0).profile
+    mine = Mine(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    served = [{"id": "m", "root": "m", "max_model_len": 2048}]
+    mine._discovery._remember(mine.root_client, "m", served)
+    assert mine.profile is not None
+    assert mine.profile["max_input_tokens"] == mine.get_budget().input_limit()
 
 
 def test_server_profile_leaves_room_for_the_output() -> None:
@@ -522,10 +557,10 @@ def test_send_kwargs_carry_the_plan_and_leave_the_answer_room_after_thinking() -
         thinking_budget=1000,
         extra_body={"top_k": 5, "max_completion_tokens": 9000},
     )
-    request = model._request([HumanMessage("hi")], {"max_tokens": 9000})
+    request = read_request(model, [HumanMessage("hi")], {"max_tokens": 9000})
     assert request.requested_max_tokens == 9000  # vLLM reads max_completion_tokens first
     plan = budget.plan(100)
-    prepared = _Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
+    prepared = Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
     sent = prepared.send_kwargs()
     assert sent["max_tokens"] == plan.max_tokens == 600
     # The thinking cap leaves min_output_tokens of max_tokens to the answer.
@@ -533,8 +568,37 @@ def test_send_kwargs_carry_the_plan_and_leave_the_answer_room_after_thinking() -
     assert prepared.report()["thinking_token_budget"] == 344
     assert prepared.report()["plan_source"] == "given"
     small = budget.plan(100, requested_max_tokens=100)
-    prepared = _Prepared(request, BudgetOutcome(request.messages, small, "none", 100), None)
+    prepared = Prepared(request, BudgetOutcome(request.messages, small, "none", 100), None)
     assert prepared.thinking_token_budget == 0  # no room to think beside a 100-token answer
+
+
+def _rejection(message: str) -> openai.BadRequestError:
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    return openai.BadRequestError(message, response=httpx.Response(400, request=request), body=None)
+
+
+def test_the_retry_reads_the_typed_fields_of_the_length_error() -> None:
+    model = _offline(budget=TokenBudget(max_model_len=4096))
+    request = read_request(model, [HumanMessage("hi")], {})
+    plan = model.budget.plan(100)
+    prepared = Prepared(request, BudgetOutcome(request.messages, plan, "none", 100), None)
+    other = _rejection("temperature must be non-negative")
+    with pytest.raises(openai.BadRequestError):
+        correct(model, other, prepared)
+    # A max_tokens below 1 refused by the engine: the prompt filled the window.
+    zero = _rejection("max_tokens must be at least 1, got 0.")
+    with pytest.raises(VLLMContextOverflowError) as caught:
+        correct(model, zero, replace(prepared, retried=True))
+    assert caught.value.source == "server"
+    assert caught.value.input_tokens == 4096
+    # Already retried once: the typed error with the server's numbers, no second retry.
+    lower = _rejection(
+        "This model's maximum context length is 4096 tokens. However, your prompt contains "
+        "at least 4097 input tokens, which exceeds this limit even without any output tokens."
+    )
+    with pytest.raises(VLLMContextOverflowError) as caught:
+        correct(model, lower, replace(prepared, retried=True))
+    assert (caught.value.input_tokens, caught.value.max_model_len) == (4097, 4096)
 
 
 # ------------------------------------------------------------------------- reasoning

@@ -21,7 +21,7 @@ from langchain_vllm_budget.compaction import (
     is_summary_message,
     summary_message,
 )
-from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
+from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT, SummarySpec
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 from tests.fakes import RecordingFakeModel, ThreadRecordingCounter
 
@@ -127,9 +127,7 @@ def test_one_summarizer_call_per_compaction() -> None:
         Compactor(
             target=0.6,
             memory=CompactionMemory(),
-            summarizer=summarizer,
-            text_counter=COUNTER,
-            strategy="llm",
+            summary=SummarySpec(model=summarizer, counter=COUNTER, strategy="llm"),
         ),
         "summarize",
     )
@@ -155,9 +153,7 @@ def test_auto_calls_the_summarizer_only_when_the_extract_loses_entities() -> Non
     compactor = Compactor(
         target=0.6,
         memory=CompactionMemory(),
-        summarizer=summarizer,
-        text_counter=COUNTER,
-        strategy="auto",
+        summary=SummarySpec(model=summarizer, counter=COUNTER, strategy="auto"),
     )
     loop = _Loop(compactor, "summarize")
     for i in range(40):
@@ -180,15 +176,15 @@ def test_auto_calls_the_summarizer_only_when_the_extract_loses_entities() -> Non
 def test_strategy_reads_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     summarizer = RecordingFakeModel(responses=["- reviewed"], prompts=[])
     monkeypatch.setenv("VLLM_BUDGET_COMPRESSION", "extractive")
-    compactor = Compactor(summarizer=summarizer, text_counter=COUNTER)
-    assert compactor.strategy == "extractive"
+    compactor = Compactor(summary=SummarySpec(model=summarizer, counter=COUNTER))
+    assert compactor.summary.strategy == "extractive"
     history = [SYSTEM, *[m for i in range(14) for m in _turn(i)]]
     result = compactor.compact(history, policy="summarize", count=count, limit=LIMIT)
     assert result.fits
     assert summarizer.prompts == []
     assert result.report.summarizer_calls == 0
     with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
-        Compactor(strategy="always")  # type: ignore[arg-type]
+        SummarySpec(strategy="always")  # type: ignore[arg-type]
 
 
 def test_entities_survive_rolling_summaries() -> None:
@@ -348,7 +344,7 @@ async def test_async_summarize_never_counts_on_the_event_loop() -> None:
     loop_thread = threading.get_ident()
     counter = ThreadRecordingCounter()
     summarizer = RecordingFakeModel(responses=["- INC tickets reviewed"], prompts=[])
-    compactor = Compactor(summarizer=summarizer, text_counter=counter, strategy="llm")
+    compactor = Compactor(summary=SummarySpec(model=summarizer, counter=counter, strategy="llm"))
     history = [SYSTEM, *[m for i in range(14) for m in _turn(i)]]
     result = await compactor.acompact(
         history, policy="summarize", count=counter.count_messages, limit=LIMIT, offload=True
@@ -364,8 +360,8 @@ def test_bad_settings_are_typed_errors() -> None:
         Compactor(target=0.0)
     with pytest.raises(ValueError, match="compaction target"):
         Compactor(target=1.5)
-    with pytest.raises(ValueError, match="summary_max_tokens"):
-        Compactor(summary_max_tokens=0)
+    with pytest.raises(ValueError, match="max_tokens must be at least 1"):
+        Compactor(summary=SummarySpec(max_tokens=0))
     with pytest.raises(ValueError, match="max_entries"):
         CompactionMemory(max_entries=-1)
     with pytest.raises(ValueError, match="'trim' or 'summarize'"):
@@ -395,9 +391,10 @@ def _chat_vllm(**kwargs: Any) -> Any:
 
 
 def _report(model: Any, history: list[BaseMessage]) -> dict[str, Any]:
-    from langchain_vllm_budget._discovery import UNKNOWN_SERVER
+    from langchain_vllm_budget.chat_models._discovery import UNKNOWN_SERVER
+    from langchain_vllm_budget.chat_models._pipeline import prepare, read_request
 
-    prepared = model._prepare(model._request(history, {}), info=UNKNOWN_SERVER)
+    prepared = prepare(model, read_request(model, history, {}), info=UNKNOWN_SERVER)
     report = prepared.report()
     assert report["input_tokens"] + report["max_tokens"] <= 1600 - report["safety_margin"]
     return report

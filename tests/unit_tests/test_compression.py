@@ -839,3 +839,54 @@ def test_the_model_is_needed_only_when_the_focus_was_lost() -> None:
     other = extractive_summary("nothing relevant here " * 40, max_tokens=12, tokenizer=COUNTER)
     assert better_for_query(kept, other).summary == kept.summary
     assert better_for_query(kept, kept).query_missing == ()
+
+
+# ------------------------------------------------------------------------- one typed spec
+
+
+def test_the_summary_spec_reads_the_settings_and_is_checked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import FrozenInstanceError
+
+    from langchain_vllm_budget import ChatVLLM
+    from langchain_vllm_budget.compression import SummarySpec
+    from langchain_vllm_budget.middleware import ContextCompactionMiddleware
+
+    monkeypatch.setenv("VLLM_BUDGET_SUMMARY_MAX_TOKENS", "120")
+    monkeypatch.setenv("VLLM_BUDGET_COMPRESSION", "extractive")
+    spec = SummarySpec()
+    assert (spec.max_tokens, spec.strategy) == (120, "extractive")
+    with pytest.raises(FrozenInstanceError):
+        spec.max_tokens = 5  # type: ignore[misc]
+    # every entry point that writes summaries takes the same defaults
+    assert ChatVLLM(model="m").summary_max_tokens == 120
+    compaction = ContextCompactionMiddleware(ChatVLLM(model="m"), max_input_tokens=900)
+    assert compaction.summary.max_tokens == 120
+    assert SummarySpec.from_settings(max_tokens=30).max_tokens == 30
+    # one check, one message, wherever the strategy comes from
+    for make in (
+        lambda: SummarySpec(strategy="sometimes"),  # type: ignore[arg-type]
+        lambda: ContextCompactionMiddleware(
+            ChatVLLM(model="m"),
+            max_input_tokens=900,
+            strategy="sometimes",  # type: ignore[arg-type]
+        ),
+        lambda: compress_stage_result("x", strategy="sometimes"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValueError, match="strategy must be 'auto', 'llm' or 'extractive'"):
+            make()
+
+
+def test_summarize_with_a_spec_equals_the_keyword_form() -> None:
+    from langchain_vllm_budget.compression import SummarySpec, summarize
+
+    text = "Deploy job-7f3a with replicas=4 to /srv/app. " + "It went fine. " * 40
+    counter = ApproximateTokenCounter()
+    spec = SummarySpec(max_tokens=40, counter=counter, strategy="auto")
+    by_spec = summarize(text, spec, subject="deploy")
+    by_keywords = compress_stage_result(
+        text, stage_name="deploy", max_tokens=40, tokenizer=counter, strategy="auto"
+    )
+    assert by_spec == by_keywords
+    assert by_spec.summary_tokens <= 40

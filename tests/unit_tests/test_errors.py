@@ -14,8 +14,8 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
-from langchain_vllm_budget._error_mapping import ServerTarget, map_openai_error
 from langchain_vllm_budget._length_errors import WORDINGS
+from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, map_openai_error
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
     VLLMContextOverflowError,

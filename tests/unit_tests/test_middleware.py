@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import wrap_model_call
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -21,9 +22,12 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
 from pydantic import Field
 
+from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compaction import is_summary_message
 from langchain_vllm_budget.compression import extract_entities
 from langchain_vllm_budget.middleware import (
@@ -188,7 +192,7 @@ def test_compaction_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="compaction target"):
         ContextCompactionMiddleware(_model(), target=2.0)
     middleware = ContextCompactionMiddleware(ScriptedModel(), max_input_tokens=900)
-    assert middleware._limit() == 900
+    assert middleware._limit(ScriptedModel()) == 900
 
 
 def test_missing_agents_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,13 +352,29 @@ def test_without_a_store_nothing_is_compressed_silently() -> None:
 
 
 class CountingScriptedModel(ScriptedModel):
-    """A scripted model with its own text counter, as a ChatVLLM has."""
+    """A scripted model that is a BudgetedModel: its own counter and window, as ChatVLLM."""
 
     counter: Any = None
 
-    @property
-    def resolved_token_counter(self) -> Any:
+    def get_token_counter(self) -> Any:
         return self.counter
+
+    def get_budget(self) -> TokenBudget:
+        return TokenBudget(max_model_len=4 * LIMIT)
+
+    def get_budget_plan(self, messages: Any, **kwargs: Any) -> BudgetPlan:
+        return self.get_budget().plan(self.counter.count_messages(messages))
+
+    async def aget_budget_plan(self, messages: Any, **kwargs: Any) -> BudgetPlan:
+        return self.get_budget_plan(messages, **kwargs)
+
+
+def test_the_scripted_model_with_a_counter_is_a_budgeted_model() -> None:
+    model = CountingScriptedModel(counter=ApproximateTokenCounter())
+    assert budgeted(model) is model
+    assert token_counter_of(model) is model.counter
+    assert budgeted(_model()) is None
+    assert token_counter_of(_model()).name == "approximate"
 
 
 async def test_async_tool_compression_never_counts_on_the_event_loop() -> None:
@@ -390,10 +410,10 @@ def test_settings_come_from_the_environment_and_are_checked(
     tools = ToolOutputCompressionMiddleware(_model(), threshold_tokens=500)
     assert (tools.summary_max_tokens, tools.strategy) == (120, "extractive")
     compaction = ContextCompactionMiddleware(_model())
-    assert compaction.compactor.summary_max_tokens == 120
-    assert compaction.compactor.strategy == "extractive"
+    assert compaction.compactor.summary.max_tokens == 120
+    assert compaction.compactor.summary.strategy == "extractive"
     explicit = ContextCompactionMiddleware(_model(), summary_max_tokens=90, strategy="llm")
-    assert (explicit.compactor.summary_max_tokens, explicit.compactor.strategy) == (90, "llm")
+    assert (explicit.summary.max_tokens, explicit.compactor.summary.strategy) == (90, "llm")
     with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
         ToolOutputCompressionMiddleware(_model(), strategy="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'auto', 'llm' or 'extractive'"):
@@ -422,3 +442,67 @@ def test_no_summarizer_call_when_the_ranked_summary_keeps_what_the_request_asks(
     assert savings["method"] == "extractive"
     assert savings["query_missing"] == []
     assert "s3://runs/job_0042/model.safetensors" in result.text
+
+
+WIDE_SYSTEM = SYSTEM + " Runbook: " + "Escalate to the database on-call after two pages. " * 40
+
+
+@tool
+def restart(host: str) -> str:
+    """Restart a host."""
+    return f"{host}: restarted"
+
+
+def _shaped_agent(model: ScriptedModel, compaction: ContextCompactionMiddleware) -> Any:
+    """One compiled agent; each thread gets its own system prompt and tools from middleware."""
+
+    @wrap_model_call
+    def shape(request: Any, handler: Any) -> Any:
+        wide = get_config()["configurable"]["thread_id"] == "wide"
+        return handler(
+            request.override(
+                system_message=SystemMessage(WIDE_SYSTEM if wide else SYSTEM),
+                tools=[lookup, restart] if wide else [],
+            )
+        )
+
+    return create_agent(
+        model,
+        tools=[lookup, restart],
+        middleware=[shape, compaction],
+        checkpointer=InMemorySaver(),
+    )
+
+
+def test_concurrent_threads_each_compact_on_their_own_shape() -> None:
+    model = _model()
+    compaction = ContextCompactionMiddleware(model, policy="summarize", summarizer="extractive")
+    attributes = dict(vars(compaction))
+    agent = _shaped_agent(model, compaction)
+
+    def run(thread: str) -> None:
+        config = {"configurable": {"thread_id": thread}}
+        for i in range(24):
+            agent.invoke({"messages": [HumanMessage(_ticket(i))]}, config)
+
+    workers = [threading.Thread(target=run, args=(name,)) for name in ("wide", "narrow")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    tools = {"wide": tools_to_openai_dicts([lookup, restart]), "narrow": None}
+    sizes: dict[str, list[int]] = {"wide": [], "narrow": []}
+    for prompt in model.prompts:
+        thread = "wide" if prompt[0].text == WIDE_SYSTEM else "narrow"
+        sizes[thread].append(COUNTER.count_messages(prompt, tools[thread]))
+    assert len(sizes["wide"]) == len(sizes["narrow"]) == 24
+    for thread, counted in sizes.items():
+        assert max(counted) <= LIMIT, f"{thread}: a request over the limit"
+    # each thread compacted on its own shape: the wide one sooner
+    drops = {t: [i for i in range(1, 24) if s[i] < s[i - 1]] for t, s in sizes.items()}
+    assert drops["narrow"]
+    assert drops["wide"]
+    assert drops["wide"][0] < drops["narrow"][0]
+    # nothing about a run was kept on the middleware
+    assert vars(compaction).keys() == attributes.keys()
+    assert all(vars(compaction)[k] is v for k, v in attributes.items())

@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.compaction import CompactionMemory, Compactor, is_summary_message
-from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
+from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT, SummarySpec
 from langchain_vllm_budget.errors import VLLMContextOverflowError
 from langchain_vllm_budget.overflow import SUMMARY_PREFIX, aapply_budget, apply_budget
 from langchain_vllm_budget.serving.local_models import ensure_local_model
@@ -144,7 +144,7 @@ def test_summarize_uses_the_entity_checked_compressor(counter) -> None:
         count=counter.count_messages,
         policy="summarize",
         compactor=Compactor(
-            summarizer=summarizer, summary_max_tokens=200, text_counter=counter, strategy="llm"
+            summary=SummarySpec(max_tokens=200, model=summarizer, counter=counter, strategy="llm")
         ),
     )
     assert outcome.action == "summarized"

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.chat_models import ChatVLLM
 from langchain_vllm_budget.compaction import Compactor
+from langchain_vllm_budget.compression import SummarySpec
 from langchain_vllm_budget.errors import VLLMContextOverflowError, parse_length_error
 from langchain_vllm_budget.overflow import apply_budget
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
@@ -216,7 +217,7 @@ def test_every_policy_fits_the_window_or_raises_typed(
             policy=policy,  # type: ignore[arg-type]
             requested_max_tokens=requested,
             # the extractive (model-free) summary: deterministic
-            compactor=Compactor(summary_max_tokens=32, text_counter=counter),
+            compactor=Compactor(summary=SummarySpec(max_tokens=32, counter=counter)),
         )
     except VLLMContextOverflowError as exc:
         assert exc.shortfall > 0 or exc.input_tokens + exc.safety_margin >= window

@@ -7,9 +7,11 @@ the ``on_overflow`` policy. The plan applied is reported in ``response_metadata[
 :meth:`ChatVLLM.get_budget_plan` makes the same plan without sending, and a call given
 ``budget_plan=`` sends with that plan without counting again.
 
-The pieces live in private modules: server discovery (``_discovery``), the profile
-(``_profile``), error mapping (``_error_mapping``), reasoning text (``_reasoning``) and the
-repair of tool calls with non-object arguments (``_tool_calls``).
+This module holds the class: its fields and the hooks of ``BaseChatOpenAI`` it extends. The
+request pipeline (request, count, plan, policy, send, the retry after a length 400) is
+:mod:`~langchain_vllm_budget.chat_models._pipeline`; the package's other private modules are
+server discovery (``_discovery``), the profile (``_profile``), error mapping
+(``_error_mapping``) and the repair of tool calls with non-object arguments (``_tool_calls``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import openai
 from langchain_core.callbacks import (
@@ -38,35 +39,36 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
-from langchain_openai.chat_models._client_utils import (
-    _get_default_async_httpx_client,
-    _get_default_httpx_client,
-)
-from langchain_openai.chat_models.base import BaseChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from langchain_vllm_budget import settings
-from langchain_vllm_budget._discovery import UNKNOWN_SERVER, ServerDiscovery, ServerInfo
-from langchain_vllm_budget._error_mapping import ServerTarget, mapped_openai_errors
-from langchain_vllm_budget._profile import ServerProfileAttribute, check_profile, server_profile
+from langchain_vllm_budget._openai_compat import (
+    BaseChatOpenAI,
+    default_async_httpx_client,
+    default_httpx_client,
+)
 from langchain_vllm_budget._reasoning import REASONING_KEY, reasoning_in, with_reasoning
-from langchain_vllm_budget._tool_calls import set_aside_non_object_tool_calls
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
-from langchain_vllm_budget.compaction import CompactionMemory, Compactor
+from langchain_vllm_budget.chat_models import _pipeline
+from langchain_vllm_budget.chat_models._discovery import UNKNOWN_SERVER, ServerDiscovery, ServerInfo
+from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, mapped_openai_errors
+from langchain_vllm_budget.chat_models._profile import (
+    ServerProfileAttribute,
+    check_profile,
+    configured_profile,
+    server_profile,
+)
+from langchain_vllm_budget.chat_models._tool_calls import set_aside_non_object_tool_calls
+from langchain_vllm_budget.compaction import CompactionMemory
 from langchain_vllm_budget.concurrency import InFlightLimit
 from langchain_vllm_budget.counter_resolution import resolve_token_counter
 from langchain_vllm_budget.errors import (
-    VLLMContextOverflowError,
     VLLMError,
     VLLMInvalidRequestError,
-    parse_length_error,
 )
 from langchain_vllm_budget.overflow import (
-    BudgetOutcome,
     OverflowPolicy,
-    aapply_budget,
-    apply_budget,
 )
 from langchain_vllm_budget.routing import (
     SessionAffinity,
@@ -75,7 +77,6 @@ from langchain_vllm_budget.routing import (
     with_headers,
 )
 from langchain_vllm_budget.tokenizers import (
-    AsyncTokenCounter,
     PromptOptions,
     ServerTokenCounter,
     TokenCounter,
@@ -97,9 +98,6 @@ _PROVIDER = "vllm"
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
 _LIMIT_LOCK = threading.Lock()
-_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens")
-_END: Any = object()
-"""Stands for "no first item": a request whose answer yields nothing."""
 
 # A conversation and a tool to probe what the chat template renders (for the profile).
 _PROBE = [HumanMessage("Hi")]
@@ -107,137 +105,6 @@ _PROBE_TOOL = {
     "type": "function",
     "function": {"name": "probe", "description": "", "parameters": {"type": "object"}},
 }
-
-_Item = TypeVar("_Item", ChatResult, ChatGenerationChunk)
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class _Request:
-    """One call as vLLM will receive it: what shapes the prompt, and the output it asks for.
-
-    Attributes:
-        messages: The conversation.
-        kwargs: The call's keyword arguments, ``budget_plan`` taken out.
-        extra_body: The vLLM fields sent beside the OpenAI ones (the call's or the model's).
-        tools: The tool definitions sent.
-        options: The other request fields that change the rendered prompt.
-        requested_max_tokens: The output limit asked for, if any.
-        thinking_budget: The most thinking tokens wanted, if limited.
-        plan: A plan made earlier (``budget_plan=``), sent without counting again.
-    """
-
-    messages: list[BaseMessage]
-    kwargs: dict[str, Any]
-    extra_body: dict[str, Any] | None
-    tools: list[dict[str, Any]] | None
-    options: PromptOptions
-    requested_max_tokens: int | None
-    thinking_budget: int | None
-    plan: BudgetPlan | None
-
-    def count(self, counter: TokenCounter, messages: Sequence[BaseMessage]) -> int:
-        """The prompt of ``messages`` with this request's tools and options, by ``counter``."""
-        return counter.count_messages(messages, self.tools, self.options)
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A request after budgeting: what to send, and the plan to report."""
-
-    request: _Request
-    outcome: BudgetOutcome
-    counter: TokenCounter | None
-    """The counter that counted the prompt; ``None`` when the plan was given."""
-    retried: bool = False
-
-    @property
-    def messages(self) -> list[BaseMessage]:
-        return self.outcome.messages
-
-    @property
-    def plan(self) -> BudgetPlan:
-        return self.outcome.plan
-
-    @property
-    def thinking_token_budget(self) -> int | None:
-        """The cap on thinking tokens sent to vLLM: the budget, leaving room for the answer.
-
-        Thinking tokens come out of ``max_tokens``; the cap leaves the output a fitting
-        request needs (``min_output_tokens``, or the smaller ``max_tokens`` asked for) to the
-        answer after the thinking.
-        """
-        wanted = self.request.thinking_budget
-        if wanted is None or wanted < 0:  # -1 is vLLM's "no limit"
-            return wanted
-        return max(0, min(wanted, self.plan.max_tokens - self.plan.needed_output_tokens))
-
-    def send_kwargs(self) -> dict[str, Any]:
-        """The call's keyword arguments with the planned output limit (and thinking cap)."""
-        kwargs = {k: v for k, v in self.request.kwargs.items() if k not in _MAX_TOKENS_KEYS}
-        kwargs["max_tokens"] = self.plan.max_tokens
-        given = self.request.extra_body
-        extra = {
-            k: v
-            for k, v in (given or {}).items()
-            if k not in (*_MAX_TOKENS_KEYS, "thinking_token_budget")
-        }
-        thinking = self.thinking_token_budget
-        if thinking is not None:
-            extra["thinking_token_budget"] = thinking
-        if extra or given is not None:
-            kwargs["extra_body"] = extra
-        return kwargs
-
-    def report(self) -> dict[str, Any]:
-        """The plan applied, for ``response_metadata["budget"]`` and logs."""
-        plan = self.plan
-        return {
-            "input_tokens": plan.input_tokens,
-            "original_input_tokens": self.outcome.original_input_tokens,
-            "plan_source": "counted" if self.counter is not None else "given",
-            "counter": self.counter.name if self.counter is not None else None,
-            "counter_exact": self.counter.exact if self.counter is not None else None,
-            "max_model_len": plan.max_model_len,
-            "safety_margin": plan.safety_margin,
-            "output_reserve": plan.output_reserve,
-            "requested_max_tokens": plan.requested_max_tokens,
-            "max_tokens": plan.max_tokens,
-            "thinking_token_budget": self.thinking_token_budget,
-            "action": self.outcome.action,
-            "dropped_messages": self.outcome.dropped_messages,
-            "retried": self.retried,
-            "compaction": (self.outcome.compaction.as_dict() if self.outcome.compaction else None),
-        }
-
-
-def _requested_max_tokens(body: Mapping[str, Any]) -> int | None:
-    """The output limit vLLM would read from ``body`` (``max_completion_tokens`` first)."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                msg = f"must be a whole number of tokens, got {value!r}."
-                raise VLLMInvalidRequestError(key, msg)
-            return value
-    return None
-
-
-def _thinking_budget(body: Mapping[str, Any], default: int | None) -> int | None:
-    """The thinking budget: vLLM's ``thinking_token_budget`` if the call sets it, else ours."""
-    value = body.get("thinking_token_budget", default)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-        msg = f"must be a whole number of tokens (or -1 for no limit), got {value!r}."
-        raise VLLMInvalidRequestError("thinking_token_budget", msg)
-    return value
-
-
-async def _once(awaitable: Awaitable[_T]) -> AsyncIterator[_T]:
-    yield await awaitable
-
-
-def _once_sync(call: Callable[[], _T]) -> Iterator[_T]:
-    yield call()
 
 
 class ChatVLLM(BaseChatOpenAI):
@@ -263,8 +130,11 @@ class ChatVLLM(BaseChatOpenAI):
     :meth:`get_budget_plan` returns the same plan without sending, and ``budget_plan=``
     (on ``invoke``/``stream``/``ainvoke``/``astream`` or ``bind``) sends with it.
 
-    ``profile`` is read from the server too (``max_input_tokens`` is the largest prompt sent
-    without the overflow policy acting, so LangChain's fractional triggers fire first).
+    ``profile`` carries the server's facts once it has been asked (``max_input_tokens`` is
+    the largest prompt sent without the overflow policy acting, so LangChain's fractional
+    triggers fire first). Reading it never raises on a down server and never blocks an event
+    loop: until then it is the configured profile (``await aget_profile()`` fills it in
+    async code).
     Reasoning models served with ``--reasoning-parser`` keep their thinking text in
     ``additional_kwargs["reasoning_content"]`` (and the standard ``reasoning`` content
     block); ``thinking_budget`` caps it so that the answer keeps its room in ``max_tokens``.
@@ -343,8 +213,11 @@ class ChatVLLM(BaseChatOpenAI):
     ``"warn"``."""
     summarizer: BaseChatModel | None = None
     """The model that writes summaries for ``on_overflow="summarize"`` (default: this one)."""
-    summary_max_tokens: int = Field(default=400, gt=0)
-    """Output limit of a summary written by ``on_overflow="summarize"``."""
+    summary_max_tokens: int = Field(
+        default_factory=settings.SUMMARY_MAX_TOKENS.required_factory(), gt=0
+    )
+    """The hard cap on a summary written by ``on_overflow="summarize"`` (env
+    ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, as for every compaction)."""
     thinking_budget: int | None = Field(default_factory=settings.THINKING_BUDGET.factory(), ge=0)
     """Most thinking tokens per request of a reasoning model (env
     ``VLLM_BUDGET_THINKING_BUDGET``); ``None``: no limit. Sent as vLLM's
@@ -466,7 +339,7 @@ class ChatVLLM(BaseChatOpenAI):
             raise VLLMInvalidRequestError("use_responses_api", msg)
         check_profile(self.__dict__.get("profile"))
         # The model's own request fields are checked once here, as each call checks its own.
-        self._request([], {})
+        _pipeline.read_request(self, [], {})
         api_key = self.openai_api_key.get_secret_value() if self.openai_api_key else _NO_KEY
         client_params: dict[str, Any] = {
             k: v
@@ -483,13 +356,13 @@ class ChatVLLM(BaseChatOpenAI):
         if not self.client:
             # langchain-openai's cached default clients: building an SSL context per
             # instance would cost ~60 ms.
-            http_client = self.http_client or _get_default_httpx_client(
+            http_client = self.http_client or default_httpx_client(
                 self.openai_api_base, self.request_timeout
             )
             self.root_client = openai.OpenAI(**client_params, http_client=http_client)
             self.client = self.root_client.chat.completions
         if not self.async_client:
-            http_async_client = self.http_async_client or _get_default_async_httpx_client(
+            http_async_client = self.http_async_client or default_async_httpx_client(
                 self.openai_api_base, self.request_timeout
             )
             self.root_async_client = openai.AsyncOpenAI(
@@ -568,26 +441,67 @@ class ChatVLLM(BaseChatOpenAI):
             )
         return self.budget.with_max_model_len(served)
 
+    def get_budget(self) -> TokenBudget:
+        """The budget in use: ``budget`` with the server's window (asked once).
+
+        The configured ``max_model_len`` is kept when the server does not report one.
+        """
+        return self._effective_budget(self._server_info())
+
     def get_max_model_len(self) -> int:
         """The context window in use: the server's, or the configured one if not reported."""
-        window = self._effective_budget(self._server_info()).max_model_len
+        window = self.get_budget().max_model_len
         assert window is not None
         return window
 
-    def _server_profile(self) -> ModelProfile:
-        """The profile from the server's window and what the chat template renders."""
-        info = self._server_info()
-        budget = self._effective_budget(info)
+    def _current_profile(self, *, ask: bool) -> ModelProfile:
+        """The profile from what is known now; ``ask``: the server may be asked (sync code).
+
+        Never raises for a server that cannot be reached or does not report its window:
+        the configured profile (:func:`configured_profile`) stands in until a discovery
+        succeeds. Never asks the server, nor loads a tokenizer, when ``ask`` is false.
+        """
+        info = self._discovery.cached(self.root_client, self.model_name)
+        try:
+            if info is None and ask:
+                info = self._server_info()
+            if info is None:
+                return configured_profile(self.budget)
+            budget = self._effective_budget(info)
+        except (VLLMError, ValueError) as exc:
+            logger.debug("profile of %r without server facts: %s", self.model_name, exc)
+            return configured_profile(self.budget)
+        if self._capabilities is None and ask:
+            try:
+                self._capabilities = self._probe_capabilities(self._get_counter(info))
+            except (VLLMError, ValueError) as exc:  # no counter: capabilities stay unknown
+                logger.debug("capabilities of %r unknown: %s", self.model_name, exc)
+                self._capabilities = (None, None)
         assert budget.max_model_len is not None
-        if self._capabilities is None:
-            self._capabilities = self._probe_capabilities(self._get_counter(info))
-        tool_calling, reasoning_output = self._capabilities
+        tool_calling, reasoning_output = self._capabilities or (None, None)
         return server_profile(
             max_model_len=budget.max_model_len,
             budget=budget,
             tool_calling=tool_calling,
             reasoning_output=reasoning_output,
         )
+
+    async def aget_profile(self) -> ModelProfile | None:
+        """The profile with the server's facts, asked without blocking the event loop.
+
+        In async code ``model.profile`` does not ask the server (that would block the event
+        loop): it holds the server's facts once a call or this method has asked. Await it
+        before building something that needs ``max_input_tokens`` (``SummarizationMiddleware``
+        with a fractional trigger) when ``budget.max_model_len`` is not set.
+
+        Returns:
+            ``profile=`` when one was given, else the server's profile (or the configured
+            one when the server cannot be reached).
+        """
+        given = self.__dict__.get("profile")
+        if isinstance(given, Mapping):
+            return cast("ModelProfile", given)
+        return await asyncio.to_thread(self._current_profile, ask=True)
 
     @staticmethod
     def _probe_capabilities(counter: TokenCounter) -> tuple[bool | None, bool | None]:
@@ -641,51 +555,19 @@ class ChatVLLM(BaseChatOpenAI):
             endpoint=endpoint,
         )
 
-    @property
-    def resolved_token_counter(self) -> TokenCounter:
+    def get_token_counter(self) -> TokenCounter:
         """The counter in use (resolving ``"auto"`` may ask the server for its model root)."""
         if self._counter is None:
             needs_server = self.token_counter in ("auto", "transformers") and not self.tokenizer
             return self._get_counter(self._server_info() if needs_server else UNKNOWN_SERVER)
         return self._counter
 
+    @property
+    def resolved_token_counter(self) -> TokenCounter:
+        """The counter in use: :meth:`get_token_counter`."""
+        return self.get_token_counter()
+
     # ------------------------------------------------------------------ counting
-
-    def _request(self, messages: Sequence[BaseMessage], kwargs: Mapping[str, Any]) -> _Request:
-        """The call as vLLM will receive it: the model's request fields, then the call's.
-
-        Raises:
-            VLLMInvalidRequestError: A field vLLM would reject, or ChatVLLM cannot budget.
-        """
-        call = dict(kwargs)
-        plan = call.pop("budget_plan", None)
-        if plan is not None and not isinstance(plan, BudgetPlan):
-            msg = f"must be the BudgetPlan that get_budget_plan returned, got {plan!r}."
-            raise VLLMInvalidRequestError("budget_plan", msg)
-        params = {**self._default_params, **call}
-        if params.get("reasoning") is not None:
-            msg = (
-                "is the Responses API's setting, which vLLM's chat completions do not take; "
-                "use reasoning_effort, extra_body={'chat_template_kwargs': {'enable_thinking': "
-                "...}} or thinking_budget."
-            )
-            raise VLLMInvalidRequestError("reasoning", msg)
-        extra = params.get("extra_body")
-        if extra is not None and not isinstance(extra, Mapping):
-            msg = f"must be a dict of vLLM request fields, got {extra!r}."
-            raise VLLMInvalidRequestError("extra_body", msg)
-        # What the OpenAI client sends: extra_body's fields beside (and over) the others.
-        body = {**{k: v for k, v in params.items() if k != "extra_body"}, **(extra or {})}
-        return _Request(
-            messages=list(messages),
-            kwargs=call,
-            extra_body=dict(extra) if extra is not None else None,
-            tools=tools_to_openai_dicts(body.get("tools")),
-            options=PromptOptions.from_request(body),
-            requested_max_tokens=_requested_max_tokens(body),
-            thinking_budget=_thinking_budget(body, self.thinking_budget),
-            plan=plan,
-        )
 
     def get_num_tokens_from_messages(
         self,
@@ -707,7 +589,7 @@ class ChatVLLM(BaseChatOpenAI):
         """
         openai_tools = tools_to_openai_dicts(tools)
         call = {**kwargs, "tools": openai_tools} if openai_tools else kwargs
-        request = self._request(messages, call)
+        request = _pipeline.read_request(self, messages, call)
         return request.count(self.resolved_token_counter, request.messages)
 
     def get_num_tokens(self, text: str) -> int:
@@ -755,264 +637,13 @@ class ChatVLLM(BaseChatOpenAI):
             The plan; ``plan.fits`` says whether the prompt leaves the output room needed,
             ``plan.shortfall`` how many input tokens to remove otherwise.
         """
-        request = self._request(self._convert_input(messages).to_messages(), kwargs)
-        info = self._server_info()
-        budget = self._effective_budget(info)
-        counter = self._get_counter(info)
-        return budget.plan(request.count(counter, request.messages), request.requested_max_tokens)
+        request = _pipeline.read_request(self, self._convert_input(messages).to_messages(), kwargs)
+        return _pipeline.plan_call(self, request)
 
     async def aget_budget_plan(self, messages: LanguageModelInput, **kwargs: Any) -> BudgetPlan:
         """Async :meth:`get_budget_plan`: the server is asked without blocking the event loop."""
-        request = self._request(self._convert_input(messages).to_messages(), kwargs)
-        info = await self._aserver_info()
-        budget = self._effective_budget(info)
-        counter = await self._aget_counter(info)
-        if isinstance(counter, AsyncTokenCounter):  # over async HTTP, on the loop
-            count = await counter.acount_messages(request.messages, request.tools, request.options)
-        else:  # Every other counter blocks (see _afit): off the event loop.
-            count = await asyncio.to_thread(request.count, counter, request.messages)
-        return budget.plan(count, request.requested_max_tokens)
-
-    def _compactor(self, counter: TokenCounter, budget: TokenBudget) -> Compactor:
-        """The compaction for ``trim``/``summarize``: this model's memory and settings."""
-        summarizer = None
-        window = None
-        if self.on_overflow == "summarize":
-            summarizer = self.summarizer or self.model_copy(update={"on_overflow": "raise"})
-            if self.summarizer is None and budget.max_model_len is not None:
-                window = budget.max_model_len - budget.safety_margin
-        return Compactor(
-            target=self.compaction_target,
-            memory=self._compaction_memory,
-            summarizer=summarizer,
-            summary_max_tokens=self.summary_max_tokens,
-            text_counter=counter if self.summarizer is None else None,
-            summarizer_window=window,
-        )
-
-    def _budget_args(
-        self, request: _Request, counter: TokenCounter, budget: TokenBudget
-    ) -> dict[str, Any]:
-        """What ``apply_budget`` and ``aapply_budget`` take besides the messages."""
-        return {
-            "budget": budget,
-            "count": lambda msgs: request.count(counter, msgs),
-            "policy": self.on_overflow,
-            "requested_max_tokens": request.requested_max_tokens,
-            "compactor": (
-                self._compactor(counter, budget)
-                if self.on_overflow in ("trim", "summarize")
-                else None
-            ),
-        }
-
-    def _fit(self, request: _Request, counter: TokenCounter, budget: TokenBudget) -> BudgetOutcome:
-        """Count, plan, and apply the overflow policy: the one call into the policies."""
-        return apply_budget(request.messages, **self._budget_args(request, counter, budget))
-
-    async def _afit(
-        self, request: _Request, counter: TokenCounter, budget: TokenBudget
-    ) -> BudgetOutcome:
-        """Async :meth:`_fit`: the summarizer is awaited, counting stays off the event loop."""
-        if isinstance(counter, AsyncTokenCounter):  # counted over async HTTP; then a cache hit
-            await counter.acount_messages(request.messages, request.tools, request.options)
-        return await aapply_budget(
-            request.messages,
-            **self._budget_args(request, counter, budget),
-            # Always in a worker thread: the server's /tokenize is sync HTTP, and a local
-            # count is CPU work too (a first count of a 12K-token conversation tokenizes it,
-            # ~40 ms on a small CPU; a long one grown by a turn still renders the chat
-            # template, several ms). On the loop that stalls every other task; the hop costs
-            # about 0.1 ms. A compaction, which counts many times, counts there as well.
-            offload=True,
-        )
-
-    @staticmethod
-    def _given(request: _Request) -> _Prepared:
-        """A request sent with the plan it was given: nothing is counted again."""
-        plan = request.plan
-        assert plan is not None
-        if not plan.fits:
-            raise VLLMContextOverflowError.from_plan(plan)
-        outcome = BudgetOutcome(request.messages, plan, "none", plan.input_tokens)
-        return _Prepared(request, outcome, counter=None)
-
-    def _prepare(
-        self,
-        request: _Request,
-        *,
-        info: ServerInfo | None = None,
-        counter: TokenCounter | None = None,
-        budget: TokenBudget | None = None,
-    ) -> _Prepared:
-        if request.plan is not None:
-            return self._given(request)
-        info = info or self._server_info()
-        budget = budget or self._effective_budget(info)
-        counter = counter or self._get_counter(info)
-        return _Prepared(request, self._fit(request, counter, budget), counter)
-
-    async def _aprepare(self, request: _Request) -> _Prepared:
-        if request.plan is not None:
-            return self._given(request)
-        info = await self._aserver_info()
-        counter = await self._aget_counter(info)
-        budget = self._effective_budget(info)
-        return _Prepared(request, await self._afit(request, counter, budget), counter)
-
-    def _after_rejection(self, exc: openai.BadRequestError, prepared: _Prepared) -> _Prepared:
-        """The corrected request after vLLM rejected one for length, or the typed error.
-
-        The one retry rule of every path (sync and async, invoke and stream). vLLM's own
-        count in the message can be a lower bound ("at least N input tokens": it stops
-        tokenizing past the window), so it is never planned with: the prompt is counted
-        again by the server's ``/tokenize`` (exact) and planned anew, or, if the server's
-        window is not the one planned with, the window is asked again. One retry at most.
-
-        Raises:
-            VLLMContextOverflowError: The request does not fit, or was already retried.
-            openai.BadRequestError: ``exc``, when it is not a length error.
-        """
-        details = parse_length_error(str(exc.message))
-        if details is None:
-            raise exc
-        plan = prepared.plan
-        window = details.max_model_len or plan.max_model_len
-        server_input = details.input_tokens
-        if server_input is None and details.wording == "max_tokens_zero":
-            server_input = window
-        error = VLLMContextOverflowError(
-            input_tokens=server_input if server_input is not None else plan.input_tokens,
-            max_model_len=window,
-            safety_margin=plan.safety_margin,
-            min_output_tokens=1,
-            requested_max_tokens=plan.max_tokens,
-            source="server",
-            server_message=str(exc.message),
-        )
-        if prepared.retried:
-            raise error from exc
-        request = replace(prepared.request, plan=None)
-        if window != plan.max_model_len:
-            # Not the window planned with (the server restarted with another one, or a
-            # given plan was made for another): ask the server again.
-            self._discovery.forget(self.root_client, self.model_name)
-            info = self._server_info()
-            budget = self._effective_budget(info).with_max_model_len(window)
-            corrected = self._prepare(request, info=info, budget=budget)
-        elif not isinstance(prepared.counter, ServerTokenCounter):
-            server = self._server_counter()
-            try:
-                exact = request.count(server, prepared.messages)
-            except VLLMError:
-                raise error from exc
-            if exact <= plan.input_tokens:  # the count was right: nothing to correct
-                raise error from exc
-            corrected = self._prepare(request, counter=server)
-        else:
-            raise error from exc
-        logger.warning(
-            "vLLM rejected the request for length (planned %d input tokens, server %s%s, "
-            "window %d); correcting and retrying once.",
-            plan.input_tokens,
-            "at least " if details.wording == "prompt_tokens" else "",
-            server_input,
-            window,
-        )
-        return replace(corrected, retried=True)
-
-    # ------------------------------------------------------------------ requests
-
-    def _mark(
-        self, item: ChatResult | ChatGenerationChunk, report: dict[str, Any], *, first: bool
-    ) -> None:
-        """Put the plan on the first item's message(s); log the usage where it arrives."""
-        if isinstance(item, ChatResult):
-            messages = [generation.message for generation in item.generations]
-        else:
-            messages = [item.message]
-        for message in messages:
-            if first:
-                message.response_metadata["budget"] = report
-            if isinstance(message, AIMessage) and message.usage_metadata:
-                self._log_usage(message, report)
-
-    def _log_usage(self, message: AIMessage, report: dict[str, Any]) -> None:
-        usage: dict[str, Any] = dict(message.usage_metadata or {})
-        logger.info(
-            "vLLM %s: input_tokens=%s (planned %d, %s) output_tokens=%s max_tokens=%d "
-            "window=%d action=%s",
-            self.model_name,
-            usage.get("input_tokens"),
-            report["input_tokens"],
-            report["counter"] or "given plan",
-            usage.get("output_tokens"),
-            report["max_tokens"],
-            report["max_model_len"],
-            report["action"],
-        )
-
-    def _budgeted(
-        self,
-        messages: list[BaseMessage],
-        kwargs: dict[str, Any],
-        send: Callable[[_Prepared], Iterator[_Item]],
-    ) -> Iterator[_Item]:
-        """Plan, send within a slot, and after a length rejection send the corrected request.
-
-        ``send`` makes the request (``_generate`` yields one result, ``_stream`` its
-        chunks); vLLM accepts or rejects it when the first item is asked for. A stream keeps
-        its slot until it ends. :meth:`_abudgeted` is the async twin; the retry rule itself
-        is :meth:`_after_rejection`, shared by both.
-        """
-        with self._mapped_errors():
-            prepared = self._prepare(self._request(messages, kwargs))
-            while True:
-                with self._slot():
-                    items = send(prepared)
-                    try:
-                        first = next(items, _END)
-                    except openai.BadRequestError as exc:
-                        rejection = exc
-                    else:
-                        report = prepared.report()
-                        if first is not _END:
-                            self._mark(first, report, first=True)
-                            yield first
-                            for item in items:
-                                self._mark(item, report, first=False)
-                                yield item
-                        return
-                # Re-counting or summarizing may call the model: outside the slot.
-                prepared = self._after_rejection(rejection, prepared)
-
-    async def _abudgeted(
-        self,
-        messages: list[BaseMessage],
-        kwargs: dict[str, Any],
-        send: Callable[[_Prepared], AsyncIterator[_Item]],
-    ) -> AsyncIterator[_Item]:
-        """Async :meth:`_budgeted`: discovery and counting never block the event loop."""
-        with self._mapped_errors():
-            prepared = await self._aprepare(self._request(messages, kwargs))
-            while True:
-                async with self._aslot():
-                    items = send(prepared)
-                    try:
-                        first = await anext(items, _END)
-                    except openai.BadRequestError as exc:
-                        rejection = exc
-                    else:
-                        report = prepared.report()
-                        if first is not _END:
-                            self._mark(first, report, first=True)
-                            yield first
-                            async for item in items:
-                                self._mark(item, report, first=False)
-                                yield item
-                        return
-                # Counting with the server's /tokenize (and re-planning) blocks: in a thread.
-                prepared = await asyncio.to_thread(self._after_rejection, rejection, prepared)
+        request = _pipeline.read_request(self, self._convert_input(messages).to_messages(), kwargs)
+        return await _pipeline.aplan_call(self, request)
 
     def _generate(
         self,
@@ -1022,10 +653,11 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         generate = super()._generate
-        (result,) = self._budgeted(
+        (result,) = _pipeline.run(
+            self,
             messages,
             kwargs,
-            lambda p: _once_sync(
+            lambda p: _pipeline.once(
                 lambda: generate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs())
             ),
         )
@@ -1039,10 +671,11 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         agenerate = super()._agenerate
-        results = self._abudgeted(
+        results = _pipeline.arun(
+            self,
             messages,
             kwargs,
-            lambda p: _once(
+            lambda p: _pipeline.aonce(
                 agenerate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs())
             ),
         )
@@ -1057,7 +690,8 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         stream = super()._stream
-        yield from self._budgeted(
+        yield from _pipeline.run(
+            self,
             messages,
             kwargs,
             lambda p: stream(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs()),
@@ -1071,7 +705,8 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         astream = super()._astream
-        async for chunk in self._abudgeted(
+        async for chunk in _pipeline.arun(
+            self,
             messages,
             kwargs,
             lambda p: astream(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs()),

@@ -8,13 +8,22 @@ overflow policy acting: ``max_model_len - safety_margin - min_output_tokens``. A
 trigger below 1.0 therefore always fires before ``ChatVLLM`` has to trim or raise.
 
 LangChain fills ``profile`` once, when the model is built; a server's window is only known
-once the server is asked. :class:`ServerProfileAttribute` makes ``ChatVLLM.profile`` read the
-server on first access (and remember it, like the window), while a ``profile=`` given to the
-constructor, or assigned later, is returned unchanged.
+once the server is asked. :class:`ServerProfileAttribute` makes ``ChatVLLM.profile`` follow
+what is known, without surprises:
+
+* a ``profile=`` given to the constructor, or assigned later, is returned unchanged;
+* once the server has been asked (any call, ``get_budget_plan``, ``aget_profile``), the
+  server's profile: its window, and what the chat template renders;
+* in sync code, the first read asks the server (once, as a call would);
+* inside a running event loop the read never asks (that would block the loop), and a server
+  that cannot be reached never makes the read raise: until a discovery succeeds the profile
+  is :func:`configured_profile`, built from ``budget`` alone (with ``max_input_tokens`` only
+  when ``budget.max_model_len`` is set).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,7 +32,7 @@ from langchain_core.language_models import ModelProfile
 if TYPE_CHECKING:
     from langchain_vllm_budget.budget import TokenBudget
 
-__all__ = ["ServerProfileAttribute", "check_profile", "server_profile"]
+__all__ = ["ServerProfileAttribute", "check_profile", "configured_profile", "server_profile"]
 
 
 def server_profile(
@@ -58,7 +67,8 @@ def server_profile(
         >>> profile["max_input_tokens"], profile["max_output_tokens"]
         (11904, 3000)
     """
-    input_room = max_model_len - budget.safety_margin - budget.min_output_tokens
+    served = budget.with_max_model_len(max_model_len)
+    input_room = served.input_limit()
     if input_room < 1:
         msg = (
             f"The window of {max_model_len} tokens leaves no room for input after "
@@ -68,7 +78,8 @@ def server_profile(
         raise ValueError(msg)
     profile = ModelProfile(
         max_input_tokens=input_room,
-        max_output_tokens=min(budget.output_reserve, max_model_len - budget.safety_margin - 1),
+        # What a one-token prompt that asks for no limit gets.
+        max_output_tokens=served.plan(1).max_tokens,
         text_inputs=True,
         text_outputs=True,
         structured_output=True,
@@ -81,6 +92,29 @@ def server_profile(
     if reasoning_output is not None:
         profile["reasoning_output"] = reasoning_output
     return profile
+
+
+def configured_profile(budget: TokenBudget) -> ModelProfile:
+    """The profile before the server is known: from the configured window, if any.
+
+    Example:
+        >>> from langchain_vllm_budget.budget import TokenBudget
+        >>> configured_profile(TokenBudget(max_model_len=12288))["max_input_tokens"]
+        11904
+        >>> "max_input_tokens" in configured_profile(TokenBudget(max_model_len=None))
+        False
+    """
+    if budget.max_model_len is not None:
+        return server_profile(max_model_len=budget.max_model_len, budget=budget)
+    return ModelProfile(text_inputs=True, text_outputs=True, structured_output=True)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def check_profile(profile: Mapping[str, Any] | None) -> None:
@@ -114,11 +148,11 @@ class _ProfiledModel(Protocol):
     __dict__: dict[str, Any]
     __pydantic_private__: dict[str, Any] | None
 
-    def _server_profile(self) -> ModelProfile: ...
+    def _current_profile(self, *, ask: bool) -> ModelProfile: ...
 
 
 class ServerProfileAttribute:
-    """The ``profile`` attribute of ``ChatVLLM``: given, else the server's (asked once).
+    """The ``profile`` attribute of ``ChatVLLM``: given, else the server's, else configured.
 
     Installed on the class after pydantic built it (a data descriptor wins over the
     instance's ``__dict__``, where pydantic keeps the field). While the model is being built
@@ -135,7 +169,7 @@ class ServerProfileAttribute:
         private = instance.__pydantic_private__ or {}
         if not private.get("_profile_ready"):
             return None
-        return instance._server_profile()
+        return instance._current_profile(ask=not _in_event_loop())
 
     def __set__(self, instance: _ProfiledModel, value: Any) -> None:
         instance.__dict__["profile"] = value
