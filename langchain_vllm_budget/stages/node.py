@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
@@ -394,7 +394,7 @@ class CompressedStage:
             "method": summary.method,
             "fallback_reason": summary.fallback_reason,
             "rolling_summary_tokens": counter.count_text(rolling) if rolling else 0,
-            "counter": str(getattr(counter, "name", type(counter).__name__)),
+            "counter": counter.name,
             "summarizer_calls": usage.calls,
             "summarizer_input_tokens": usage.input_tokens,
             "summarizer_output_tokens": usage.output_tokens,
@@ -403,7 +403,9 @@ class CompressedStage:
         folded: list[str] = []
         if output.fitted is not None and output.reply is not None:
             plan = output.fitted.plan
-            usage_meta = getattr(output.reply, "usage_metadata", None) or {}
+            usage_meta: Mapping[str, Any] = (
+                output.reply.usage_metadata if isinstance(output.reply, AIMessage) else None
+            ) or {}
             reported = output.reply.response_metadata.get("budget")
             entry.update(
                 {
@@ -423,7 +425,7 @@ class CompressedStage:
                         **_plain(reported if isinstance(reported, dict) else plan.as_dict()),
                         # the plan was counted here, with the stage's counter
                         "counter": entry["counter"],
-                        "counter_exact": bool(getattr(counter, "exact", False)),
+                        "counter_exact": counter.exact,
                     },
                 }
             )
