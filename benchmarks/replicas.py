@@ -48,6 +48,7 @@ __all__ = [
     "TURNS",
     "TURN_TOKENS",
     "VARIANTS",
+    "cpu_replica_spec",
     "replicas_md",
     "run_replicas",
     "write",
@@ -198,15 +199,19 @@ def _run_variant(
     }
 
 
-@contextmanager
-def _replicas(count: int) -> Iterator[list[LocalVLLMServer]]:
-    spec = LocalServerSpec(
+def cpu_replica_spec() -> LocalServerSpec:
+    """One CPU replica: tiny-qwen, the benchmark's window, prefix caching on."""
+    return LocalServerSpec(
         model=str(ensure_local_model("tiny-qwen")),
         served_model_name="tiny-qwen",
         max_model_len=WINDOW,
         max_num_seqs=4,
         extra_args=("--enable-prefix-caching",),
     )
+
+
+@contextmanager
+def _replicas(count: int, spec: LocalServerSpec) -> Iterator[list[LocalVLLMServer]]:
     logs = cache_dir() / "logs"
     with ExitStack() as stack:
         servers = [
@@ -220,9 +225,23 @@ def _replicas(count: int) -> Iterator[list[LocalVLLMServer]]:
         yield servers
 
 
-def run_replicas(*, quick: bool = False) -> dict[str, Any]:
-    """Run every :data:`VARIANTS` over two fresh replicas; return the figures."""
+def run_replicas(
+    *,
+    quick: bool = False,
+    spec: LocalServerSpec | None = None,
+    sessions_turns: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Run every :data:`VARIANTS` over two fresh replicas; return the figures.
+
+    Args:
+        quick: Fewer threads and turns (4 and 9).
+        spec: Each replica's server; default: :func:`cpu_replica_spec`. It must serve
+            tiny-qwen with the :data:`WINDOW`-token window (the workload is sized for it).
+        sessions_turns: Threads and turns per thread, instead of the defaults.
+    """
     sessions, turns = (4, 9) if quick else (SESSIONS, TURNS)
+    if sessions_turns is not None:
+        sessions, turns = sessions_turns
     result: dict[str, Any] = {
         "settings": {
             "model": "tiny-qwen",
@@ -236,7 +255,7 @@ def run_replicas(*, quick: bool = False) -> dict[str, Any]:
         },
         "variants": {},
     }
-    with _replicas(2) as servers:
+    with _replicas(2, spec or cpu_replica_spec()) as servers:
         roots = [s.base_url.removesuffix("/v1") for s in servers]
         for variant in VARIANTS:
             if variant.policy is None:
@@ -245,8 +264,8 @@ def run_replicas(*, quick: bool = False) -> dict[str, Any]:
                     variant, url, measured, sessions, turns
                 )
                 continue
-            spec = RouterSpec(worker_urls=tuple(roots), policy=variant.policy)
-            router = LocalRouter(spec, log_path=cache_dir() / "logs" / "bench-router.log")
+            router_spec = RouterSpec(worker_urls=tuple(roots), policy=variant.policy)
+            router = LocalRouter(router_spec, log_path=cache_dir() / "logs" / "bench-router.log")
             with ExitStack() as stack:
                 stack.callback(router.stop)
                 router.start()
