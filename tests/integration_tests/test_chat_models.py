@@ -118,11 +118,16 @@ GET_WEATHER = {
 }
 
 
+FORCED_MAX_TOKENS = 160
+
+
 def _forced_tool_call(arguments: str) -> dict:
     """vLLM structured-output settings that make the model write exactly this tool call.
 
     The tiny Qwen's random weights are steered by a regex to the hermes ``<tool_call>`` text;
-    the server's hermes parser then returns it as a tool call with these ``arguments``.
+    the server's hermes parser then returns it as a tool call with these ``arguments``. The
+    regex fixes the text, not its tokenization: random weights sometimes spell it in short
+    tokens (up to ~60 for this call), so the tests leave ``FORCED_MAX_TOKENS`` of room.
     """
     text = f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}}}\n</tool_call>'
     return {"structured_outputs": {"regex": re.escape(text)}}
@@ -130,7 +135,9 @@ def _forced_tool_call(arguments: str) -> dict:
 
 @pytest.mark.parametrize("arguments", ['["Oslo", "c"]', '"Oslo"'], ids=["array", "string"])
 def test_non_object_tool_arguments_are_invalid_tool_calls(tiny_qwen, arguments: str) -> None:
-    model = ChatVLLM(model=tiny_qwen.model, base_url=tiny_qwen.base_url, max_tokens=40)
+    model = ChatVLLM(
+        model=tiny_qwen.model, base_url=tiny_qwen.base_url, max_tokens=FORCED_MAX_TOKENS
+    )
     bound = model.bind_tools([GET_WEATHER], tool_choice="auto")
     reply = bound.invoke("Weather in Oslo?", extra_body=_forced_tool_call(arguments))
     assert isinstance(reply, AIMessage)
@@ -155,7 +162,9 @@ def test_non_object_tool_arguments_are_invalid_tool_calls(tiny_qwen, arguments: 
 
 
 def test_object_tool_arguments_are_tool_calls(tiny_qwen) -> None:
-    model = ChatVLLM(model=tiny_qwen.model, base_url=tiny_qwen.base_url, max_tokens=40)
+    model = ChatVLLM(
+        model=tiny_qwen.model, base_url=tiny_qwen.base_url, max_tokens=FORCED_MAX_TOKENS
+    )
     bound = model.bind_tools([GET_WEATHER], tool_choice="auto")
     reply = bound.invoke("Weather in Oslo?", extra_body=_forced_tool_call('{"city": "Oslo"}'))
     assert isinstance(reply, AIMessage)
