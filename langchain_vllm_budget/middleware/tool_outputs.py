@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from langchain.agents.middleware.types import AgentMiddleware, AgentState, ContextT, ResponseT
 from langchain.tools import ToolRuntime
@@ -44,14 +44,14 @@ from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
     Query,
-    acompress_stage_result,
+    SummarySpec,
+    asummarize,
     better_for_query,
-    compress_stage_result,
     needs_model,
     query_summary,
+    summarize,
     truncate_to_tokens,
 )
-from langchain_vllm_budget.settings import COMPRESSION, SUMMARY_MAX_TOKENS
 from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
@@ -180,32 +180,32 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         strategy: CompressionStrategy | None = None,
     ) -> None:
         super().__init__()
-        cap = (
-            summary_max_tokens
-            if summary_max_tokens is not None
-            else SUMMARY_MAX_TOKENS.required_factory()()
+        self.model = model
+        self.summarizer = None if summarizer == "extractive" else (summarizer or model)
+        self.summary = SummarySpec.from_settings(
+            max_tokens=summary_max_tokens, strategy=strategy, model=self.summarizer
         )
-        if cap < 1 or threshold_tokens <= cap:
+        if threshold_tokens <= self.summary.max_tokens:
             msg = (
                 f"threshold_tokens ({threshold_tokens}) must be above summary_max_tokens "
-                f"({cap}) >= 1: a result is compressed only when its summary is smaller."
+                f"({self.summary.max_tokens}): a result is compressed only when its summary "
+                "is smaller."
             )
             raise ValueError(msg)
-        self.model = model
         self.threshold_tokens = threshold_tokens
-        self.summary_max_tokens = cap
-        self.summarizer = None if summarizer == "extractive" else (summarizer or model)
-        chosen = strategy if strategy is not None else COMPRESSION.get()
-        if chosen not in ("auto", "llm", "extractive"):
-            msg = (
-                f"strategy must be 'auto', 'llm' or 'extractive', got {chosen!r}; set "
-                "strategy= or VLLM_BUDGET_COMPRESSION."
-            )
-            raise ValueError(msg)
-        self.strategy = cast("CompressionStrategy", chosen)
         self.namespace = tuple(namespace)
         self._text_counter: TokenCounter | None = None
         self.tools = [self._read_tool()]
+
+    @property
+    def summary_max_tokens(self) -> int:
+        """The hard cap on a summary (the spec's)."""
+        return self.summary.max_tokens
+
+    @property
+    def strategy(self) -> CompressionStrategy:
+        """When the summarizer is called (the spec's)."""
+        return self.summary.strategy
 
     # ------------------------------------------------------------------------ shared steps
 
@@ -266,15 +266,10 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
     def _needs_model(self, first: CompressionResult) -> bool:
         return needs_model(first, self.strategy, has_model=self.summarizer is not None)
 
-    def _compress_kwargs(self, job: _Job) -> dict[str, Any]:
-        return {
-            "model": self.summarizer,
-            "stage_name": f"{job.value['tool']} tool",
-            "user_request": truncate_to_tokens(job.request, _REQUEST_TOKENS, self.counter),
-            "max_tokens": self.summary_max_tokens,
-            "tokenizer": self.counter,
-            "strategy": self.strategy if self.summarizer is not None else "extractive",
-        }
+    def _summarize(self, job: _Job) -> tuple[str, SummarySpec, str]:
+        """What :func:`summarize` takes for ``job``: the output, the spec, the user's request."""
+        request = truncate_to_tokens(job.request, _REQUEST_TOKENS, self.counter)
+        return job.text, self.summary.with_(counter=self.counter), request
 
     def _replace(self, job: _Job, compressed: CompressionResult) -> ToolMessage:
         """The ToolMessage with the summary, a note on where the raw output is, and savings."""
@@ -317,7 +312,10 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         job.store.put(job.namespace, job.message.tool_call_id, job.value)
         compressed = self._first(job)
         if self._needs_model(compressed):
-            other = compress_stage_result(job.text, **self._compress_kwargs(job))
+            text, spec, user_request = self._summarize(job)
+            other = summarize(
+                text, spec, subject=f"{job.value['tool']} tool", user_request=user_request
+            )
             compressed = better_for_query(compressed, other)
         return self._replace(job, compressed)
 
@@ -334,8 +332,10 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         await job.store.aput(job.namespace, job.message.tool_call_id, job.value)
         compressed = await asyncio.to_thread(self._first, job)
         if self._needs_model(compressed):
-            kwargs = await asyncio.to_thread(self._compress_kwargs, job)
-            other = await acompress_stage_result(job.text, **kwargs)
+            text, spec, user_request = await asyncio.to_thread(self._summarize, job)
+            other = await asummarize(
+                text, spec, subject=f"{job.value['tool']} tool", user_request=user_request
+            )
             compressed = await asyncio.to_thread(better_for_query, compressed, other)
         return self._replace(job, compressed)
 
