@@ -19,7 +19,8 @@ mkdir -p benchmarks/results
     echo "fresh venv: $([ -n "$(grep -l 'Setting up' "$log" 2>/dev/null)" ] && echo yes || echo no)"
     echo "exit status: $rc"
     echo "wall seconds: $((SECONDS - start))"
-    echo "pytest: $(grep -E '^=+ .*[0-9]+ (passed|failed|error).* in [0-9.]+s' "$log" | tail -n 1 | tr -d '=' | xargs)"
+    summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error).* in [0-9.]+s' "$log" | tail -n 1 | tr -d '=' | xargs)
+    [ -z "$summary" ] || echo "pytest: $summary"
 } >"benchmarks/results/$name.txt"
 rm -f "$log"
 exit "$rc"
