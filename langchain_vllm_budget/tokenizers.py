@@ -404,8 +404,23 @@ def _conversation_for_template(payload_messages: list[dict[str, Any]]) -> list[d
     return conversation
 
 
-@functools.lru_cache(maxsize=8)
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer at ``name_or_path``, loaded once per process.
+
+    transformers resolves ``AutoTokenizer`` through lazy module imports that are not
+    thread-safe: threads that load their first tokenizer at the same moment (agent threads
+    of one process counting their first request) can fail with "cannot import name
+    'AutoTokenizer'". One lock serializes the loads; each is cached, so it is taken once.
+    """
+    with _LOAD_LOCK:
+        return _cached_tokenizer(name_or_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(name_or_path: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name_or_path)

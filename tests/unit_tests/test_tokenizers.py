@@ -385,3 +385,31 @@ def test_a_long_conversation_counts_as_its_whole_prompt(qwen: TransformersTokenC
         )
         ids = whole["input_ids"] if isinstance(whole, dict) or hasattr(whole, "keys") else whole
         assert qwen.count_messages(messages) == len(ids)
+
+
+def test_threads_that_load_a_tokenizer_at_once_all_get_it() -> None:
+    import threading
+
+    from langchain_vllm_budget import tokenizers
+
+    tokenizers._cached_tokenizer.cache_clear()
+    path = str(ensure_local_model("tiny-qwen"))
+    loaded: list[object] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def load() -> None:
+        barrier.wait()
+        try:
+            loaded.append(tokenizers._load_tokenizer(path))
+        except BaseException as exc:  # the race this guards against raised ImportError
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(loaded) == 6
+    assert all(t is loaded[0] for t in loaded)  # loaded once, shared
