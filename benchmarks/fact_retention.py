@@ -37,6 +37,7 @@ from langgraph.prebuilt import ToolRuntime
 from langgraph.store.memory import InMemoryStore
 
 from benchmarks.retention import MustKeep, Retention, must_keep_retention
+from benchmarks.section import write_section
 from langchain_vllm_budget import ChatVLLM
 from langchain_vllm_budget.compression import compress_stage_result
 from langchain_vllm_budget.middleware import ToolOutputCompressionMiddleware
@@ -169,13 +170,7 @@ def fact_retention_md(result: dict[str, Any]) -> list[str]:
 
 def write(result: dict[str, Any], out: Path, command: str) -> list[Path]:
     """Write ``results.json`` and ``summary.md`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "summary.md"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    paths[1].write_text(
-        "\n".join([f"Run {result['started']}: `{command}`.", "", *fact_retention_md(result), ""])
-    )
-    return paths
+    return write_section(result, out, command, fact_retention_md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import re
 import statistics
@@ -52,6 +51,7 @@ import httpx
 
 from benchmarks.overflow_sweep import conversation_of
 from benchmarks.overhead import _all_new, _next_turn
+from benchmarks.section import write_section
 from benchmarks.servers import QWEN, server_spec
 from langchain_vllm_budget import ChatVLLM, TokenBudget
 from langchain_vllm_budget.serving.hub_cache import install_in_hub_cache
@@ -280,13 +280,7 @@ def remote_counting_md(result: dict[str, Any]) -> list[str]:
 
 def write(result: dict[str, Any], out: Path, command: str) -> list[Path]:
     """Write ``results.json`` and ``summary.md`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "summary.md"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    paths[1].write_text(
-        "\n".join([f"Run {result['started']}: `{command}`.", "", *remote_counting_md(result), ""])
-    )
-    return paths
+    return write_section(result, out, command, remote_counting_md)
 
 
 def main(argv: list[str] | None = None) -> int:

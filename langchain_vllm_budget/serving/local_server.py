@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -338,9 +339,12 @@ class ServerState:
         path = cls.path_for(name)
         if not path.is_file():
             return None
-        values = json.loads(path.read_text())
-        values["extra_args"] = tuple(values.get("extra_args", ()))
-        return cls(**values)
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ServerState:
+        """The state a state file recorded (JSON holds ``extra_args`` as a list)."""
+        return cls(**{**values, "extra_args": tuple(values.get("extra_args", ()))})
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

@@ -274,10 +274,7 @@ class ReplicaSetState:
         if not path.is_file():
             return None
         values = json.loads(path.read_text())
-        replicas = tuple(
-            ServerState(**{**r, "extra_args": tuple(r.get("extra_args", ()))})
-            for r in values.pop("replicas")
-        )
+        replicas = tuple(ServerState.from_dict(r) for r in values.pop("replicas"))
         return cls(**values, replicas=replicas)
 
     def stop(self) -> list[tuple[int, bool]]:
