@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 
-__all__ = ["BudgetedModel", "budgeted", "token_counter_of"]
+__all__ = ["BudgetedModel", "budgeted", "call_room_of", "token_counter_of"]
 
 
 @runtime_checkable
@@ -66,3 +66,18 @@ def token_counter_of(model: object) -> TokenCounter:
     """
     found = budgeted(model)
     return found.get_token_counter() if found is not None else ApproximateTokenCounter()
+
+
+def call_room_of(model: object) -> int | None:
+    """What one call of ``model`` may hold, prompt and output together, if it knows its window.
+
+    :meth:`~langchain_vllm_budget.budget.TokenBudget.call_room` of a
+    :class:`BudgetedModel` (asking the server for the window once if needed); ``None`` for
+    any other model.
+
+    Example:
+        >>> call_room_of(None) is None
+        True
+    """
+    found = budgeted(model)
+    return found.get_budget().call_room() if found is not None else None

@@ -14,6 +14,10 @@ byte-identical prefix until the limit is reached again:
   kept, hard token cap; with the default ``strategy="auto"`` the summarizer model is called
   only when the extractive summary would lose entities, and never without a summarizer
   model): at most one compressor run per compaction, none on the calls that reuse it.
+  When the summarizer is the chat model itself (``prefix`` set), its request sends the
+  conversation as it was sent, up to the cut, and appends the instruction
+  (:class:`~langchain_vllm_budget.compression.prefix.PrefixCall`): vLLM serves the span
+  from its prefix cache instead of prefilling it again.
 
 What was done is remembered in a :class:`CompactionMemory`, keyed by a hash of the messages
 it replaced (what is sent of them, as langchain-openai sends it), bounded (least recently
@@ -59,7 +63,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.messages import (
@@ -70,7 +74,7 @@ from langchain_core.messages import (
 )
 
 from langchain_vllm_budget import settings
-from langchain_vllm_budget.capabilities import token_counter_of
+from langchain_vllm_budget.capabilities import call_room_of, token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
     SummarySpec,
@@ -78,6 +82,7 @@ from langchain_vllm_budget.compression import (
     summarize,
     truncate_to_tokens,
 )
+from langchain_vllm_budget.compression.prefix import PrefixCall, SummarizerRequest
 from langchain_vllm_budget.tokenizers import messages_to_openai_dicts
 
 if TYPE_CHECKING:
@@ -91,6 +96,7 @@ __all__ = [
     "CompactionResult",
     "Compactor",
     "MessageCounter",
+    "SummaryRequest",
     "is_summary_message",
     "summary_message",
 ]
@@ -100,6 +106,11 @@ CompactionPolicy = Literal["trim", "summarize"]
 
 MessageCounter = Callable[[Sequence[BaseMessage]], int]
 """Counts the prompt of a message list exactly (tool definitions included)."""
+
+SummaryRequest = Literal["prefix", "fresh"]
+"""How the summarizer was asked: ``"prefix"``, the conversation as it was sent with the
+instruction appended (served from vLLM's prefix cache); ``"fresh"``, the compression prompt
+with the span rendered as text."""
 
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
 """The first line of a summary message."""
@@ -260,6 +271,8 @@ class CompactionReport:
             (:meth:`~langchain_vllm_budget.compression.CompressionResult.to_dict` without the
             summary and entity texts; ``missing`` is the number of entities that did not
             fit).
+        summary_request: How the summarizer model was asked on this call (see
+            :data:`SummaryRequest`); ``None`` when it was not called.
     """
 
     policy: CompactionPolicy
@@ -272,6 +285,7 @@ class CompactionReport:
     summary_tokens: int | None = None
     summarizer_calls: int = 0
     compression: dict[str, Any] | None = None
+    summary_request: SummaryRequest | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a plain dict."""
@@ -343,6 +357,8 @@ class _Pending:
     count: MessageCounter
     limit: int
     target_tokens: int
+    prefixed: bool = False
+    """The summarizer was sent the conversation's prefix (not the fresh prompt)."""
 
     def span(self) -> list[BaseMessage]:
         """The messages the summary replaces (the pinned one stays)."""
@@ -388,6 +404,10 @@ class Compactor:
             summarizer's own, else the approximate one), the strategy (default
             ``VLLM_BUDGET_COMPRESSION``) and the summarizer model (``None``: a model-free
             extractive summary).
+        prefix: What the conversation is sent with, when the summarizer model is the chat
+            model itself: its summarizer request then sends the conversation as it was
+            sent, up to the cut, with the instruction appended, if that fits the
+            summarizer's call room (else, and when ``None``, the fresh compression prompt).
 
     Raises:
         ValueError: ``target`` is not in (0, 1].
@@ -396,6 +416,7 @@ class Compactor:
     target: float = field(default_factory=settings.COMPACTION_TARGET.required_factory())
     memory: CompactionMemory | None = None
     summary: SummarySpec = field(default_factory=SummarySpec)
+    prefix: PrefixCall | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target <= 1.0:
@@ -433,8 +454,11 @@ class Compactor:
             return step
         summary = None
         if step.policy == "summarize":
-            spec, request = self._summary_call(step)
-            summary = summarize(step.span(), spec, subject=_SUBJECT, user_request=request)
+            spec, request, prefix = self._summary_call(step)
+            summary = summarize(
+                step.span(), spec, subject=_SUBJECT, user_request=request, prefix=prefix
+            )
+            step.prefixed = prefix is not None
         return self._complete(step, summary)
 
     async def acompact(
@@ -467,8 +491,11 @@ class Compactor:
             return step
         summary = None
         if step.policy == "summarize":
-            spec, request = await _call(offload, self._summary_call, step)
-            summary = await asummarize(step.span(), spec, subject=_SUBJECT, user_request=request)
+            spec, request, prefix = await _call(offload, self._summary_call, step)
+            summary = await asummarize(
+                step.span(), spec, subject=_SUBJECT, user_request=request, prefix=prefix
+            )
+            step.prefixed = prefix is not None
         return await _call(offload, self._complete, step, summary)
 
     # ------------------------------------------------------------------------ steps
@@ -539,12 +566,29 @@ class Compactor:
             fallbacks.append((last_turn, None))
         return next((choice for choice in fallbacks if size(*choice) <= step.limit), None)
 
-    def _summary_call(self, step: _Pending) -> tuple[SummarySpec, str]:
-        """The spec of the summary of ``step`` (its counter resolved) and the user's request."""
+    def _summary_call(self, step: _Pending) -> tuple[SummarySpec, str, SummarizerRequest | None]:
+        """The summary's spec (counter resolved), the user's request, and the prefix request.
+
+        The prefix request is made when the summarizer is the chat model and it fits.
+        """
         counter = self._counter()
         request = truncate_to_tokens(step.request(), _REQUEST_TOKENS, counter)
         # chunk_tokens None: what one call of the summarizer may hold (budget.py's rule).
-        return self.summary.with_(counter=counter), request
+        spec = self.summary.with_(counter=counter)
+        prefix = None
+        model = spec.model
+        if self.prefix is not None and model is not None and spec.strategy != "extractive":
+            # The messages as they were sent (a remembered summary head included), system
+            # message first, up to the cut; the summarizer's call room, else the limit.
+            room = call_room_of(model)
+            prefix = self.prefix.request(
+                [*step.system, *step.view.messages[: step.cut]],
+                max_tokens=spec.max_tokens,
+                user_request=request,
+                count=step.count,
+                room=room if room is not None else step.limit,
+            )
+        return spec, request, prefix
 
     def _counter(self) -> TokenCounter:
         return self.summary.counter or token_counter_of(self.summary.model)
@@ -580,6 +624,9 @@ class Compactor:
         report = _report(
             step.policy, entry, step.limit, step.target_tokens, reused=False, compression=summary
         )
+        if summary is not None and summary.model_calls:
+            path: SummaryRequest = "prefix" if step.prefixed else "fresh"
+            report = replace(report, summary_request=path)
         return CompactionResult(messages, tokens, fits, report)
 
 

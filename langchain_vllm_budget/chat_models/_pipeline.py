@@ -32,6 +32,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.compaction import Compactor
 from langchain_vllm_budget.compression import SummarySpec
+from langchain_vllm_budget.compression.prefix import PrefixCall
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMError,
@@ -258,20 +259,31 @@ async def aplan_call(model: ChatVLLM, request: Request) -> BudgetPlan:
     return model._effective_budget(info).plan(count, request.requested_max_tokens)
 
 
-def _compactor(model: ChatVLLM, counter: TokenCounter) -> Compactor | None:
-    """The compaction of ``trim``/``summarize``: the model's memory and settings."""
+def _compactor(model: ChatVLLM, counter: TokenCounter, request: Request) -> Compactor | None:
+    """The compaction of ``trim``/``summarize``: the model's memory and settings.
+
+    The default summarizer is the model itself, copied with ``on_overflow="raise"`` (its
+    request never compacts again) and asked with the request's own prefix: the same tools
+    and prompt fields (:class:`~langchain_vllm_budget.compression.prefix.PrefixCall`).
+    """
     if model.on_overflow not in ("trim", "summarize"):
         return None
     summarizer = None
+    prefix = None
     if model.on_overflow == "summarize":
         summarizer = model.summarizer or model.model_copy(update={"on_overflow": "raise"})
+        if model.summarizer is None:
+            prefix = PrefixCall.from_call(request.tools, request.kwargs)
     summary = SummarySpec(
         max_tokens=model.summary_max_tokens,
         model=summarizer,
         counter=counter if model.summarizer is None else None,
     )
     return Compactor(
-        target=model.compaction_target, memory=model._compaction_memory, summary=summary
+        target=model.compaction_target,
+        memory=model._compaction_memory,
+        summary=summary,
+        prefix=prefix,
     )
 
 
@@ -310,7 +322,7 @@ def prepare(
         budget=budget,
         count=count,
         policy=model.on_overflow,
-        compactor=_compactor(model, counter),
+        compactor=_compactor(model, counter, request),
     )
     return Prepared(request, outcome, counter)
 
@@ -342,7 +354,7 @@ async def aprepare(model: ChatVLLM, request: Request) -> Prepared:
         budget=budget,
         count=count,
         policy=model.on_overflow,
-        compactor=_compactor(model, counter),
+        compactor=_compactor(model, counter, request),
     )
     return Prepared(request, outcome, counter)
 

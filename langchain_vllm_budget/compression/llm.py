@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from langchain_vllm_budget.capabilities import budgeted, token_counter_of
+from langchain_vllm_budget.capabilities import call_room_of, token_counter_of
 from langchain_vllm_budget.compression.extractive import truncate_to_tokens
 from langchain_vllm_budget.compression.guard import (
     DEFAULT_MIN_RETENTION,
@@ -25,6 +25,7 @@ from langchain_vllm_budget.compression.guard import (
     CompressionResult,
     clean_llm_summary,
 )
+from langchain_vllm_budget.compression.prefix import SummarizerRequest
 from langchain_vllm_budget.compression.spec import CompressionStrategy, SummarySpec
 
 if TYPE_CHECKING:
@@ -67,9 +68,7 @@ consecutive calls share a prompt prefix that vLLM's prefix cache reuses."""
 _MAX_MERGE_ROUNDS = 3
 _PROMPT_MARGIN_TOKENS = 32
 
-Request = tuple[str, str]
-"""One summarizer request: ``(text, what it is, for the prompt)``."""
-Plan = Generator[list[Request], list[str], tuple[str, int]]
+Plan = Generator[list[SummarizerRequest], list[str], tuple[str, int]]
 """A map-reduce plan: yields a round of requests, receives their replies, returns
 ``(summary, chunks)``."""
 
@@ -94,6 +93,10 @@ class _Prompting:
         at the limit loses its unfinished last line (:func:`_reply_text`).
         """
         return max(16, self.cap)
+
+    def request(self, text: str, subject: str) -> SummarizerRequest:
+        """The fresh summarizer request for one piece of text (``subject``: what it is)."""
+        return SummarizerRequest(self.messages(text, subject), {"max_tokens": self.max_tokens})
 
     def messages(self, text: str, subject: str) -> list[BaseMessage]:
         """The compression prompt for one piece of text."""
@@ -146,23 +149,40 @@ def _map_reduce(job: CompressionJob, prompting: _Prompting) -> Plan:
     name = prompting.subject
     budget = prompting.chunk_budget()
     if budget is None or job.raw_tokens <= budget:
-        (summary,) = yield [(job.text, name)]
+        (summary,) = yield [prompting.request(job.text, name)]
         return summary, 1
     pieces = prompting.split(job.text, budget)
     partials = yield [
-        (piece, f"{name} (part {i}/{len(pieces)})") for i, piece in enumerate(pieces, 1)
+        prompting.request(piece, f"{name} (part {i}/{len(pieces)})")
+        for i, piece in enumerate(pieces, 1)
     ]
     merged = _merged(partials)
     for _ in range(_MAX_MERGE_ROUNDS):
         if job.counter.count_text(merged) <= job.cap:
             break
         if job.counter.count_text(merged) <= budget:
-            (reply,) = yield [(merged, f"{name} (merged parts)")]
+            (reply,) = yield [prompting.request(merged, f"{name} (merged parts)")]
             merged = clean_llm_summary(reply)
             break
         parts = prompting.split(merged, budget)
-        merged = _merged((yield [(part, f"{name} (merged parts)") for part in parts]))
+        merged = _merged(
+            (yield [prompting.request(part, f"{name} (merged parts)") for part in parts])
+        )
     return merged, len(pieces)
+
+
+def _single(request: SummarizerRequest) -> Plan:
+    """One request that holds the whole span (the conversation's prefix, already fitted)."""
+    (summary,) = yield [request]
+    return summary, 1
+
+
+def _plan(compression: _Compression, prefix: SummarizerRequest | None) -> Plan:
+    """The prefix request when there is one, else the fresh prompt's map-reduce."""
+    if prefix is not None:
+        return _single(prefix)
+    assert compression.prompting is not None
+    return _map_reduce(compression.job, compression.prompting)
 
 
 def _reply_text(reply: BaseMessage) -> str:
@@ -178,12 +198,6 @@ def _reply_text(reply: BaseMessage) -> str:
     if reply.response_metadata.get("finish_reason") == "length" and "\n" in text.strip():
         return text.strip().rsplit("\n", 1)[0]
     return text
-
-
-def _call_room(model: BaseChatModel) -> int | None:
-    """What one summarizer call may hold, when the model knows its window (a ChatVLLM)."""
-    found = budgeted(model)
-    return found.get_budget().call_room() if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -223,14 +237,19 @@ def _start(raw: Any, spec: SummarySpec, *, subject: str, user_request: str) -> _
         subject=subject,
         user_request=user_request,
         cap=spec.max_tokens,
-        window=spec.chunk_tokens if spec.chunk_tokens is not None else _call_room(model),
+        window=spec.chunk_tokens if spec.chunk_tokens is not None else call_room_of(model),
         counter=counter,
     )
     return _Compression(job, prompting, extractive)
 
 
 def summarize(
-    raw: Any, spec: SummarySpec | None = None, *, subject: str = "result", user_request: str = ""
+    raw: Any,
+    spec: SummarySpec | None = None,
+    *,
+    subject: str = "result",
+    user_request: str = "",
+    prefix: SummarizerRequest | None = None,
 ) -> CompressionResult:
     """Summarize ``raw`` as ``spec`` says: at most ``spec.max_tokens`` tokens, entities kept.
 
@@ -243,6 +262,10 @@ def summarize(
         subject: What ``raw`` is, for the prompt ("earlier conversation", a tool's name, a
             stage's name).
         user_request: The user's request, for the prompt.
+        prefix: When the model is called, send this request instead of the fresh prompt:
+            the conversation ``raw`` was cut from, as it was sent, and the instruction
+            (:meth:`~langchain_vllm_budget.compression.prefix.PrefixCall.request`). Its reply
+            is guarded like any other.
 
     Returns:
         The summary and its measurements. A result that already fits the cap is returned
@@ -267,16 +290,20 @@ def summarize(
         assert compression.done is not None
         return compression.done
 
-    def call(request: Request) -> str:
-        reply = model.invoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
-        return _reply_text(reply)
+    def call(request: SummarizerRequest) -> str:
+        return _reply_text(model.invoke(request.messages, **request.kwargs))
 
-    summary, chunks, calls = _run(_map_reduce(compression.job, prompting), call)
+    summary, chunks, calls = _run(_plan(compression, prefix), call)
     return compression.finish(summary, chunks, calls)
 
 
 async def asummarize(
-    raw: Any, spec: SummarySpec | None = None, *, subject: str = "result", user_request: str = ""
+    raw: Any,
+    spec: SummarySpec | None = None,
+    *,
+    subject: str = "result",
+    user_request: str = "",
+    prefix: SummarizerRequest | None = None,
 ) -> CompressionResult:
     """Async :func:`summarize` (same arguments and guarantees).
 
@@ -289,6 +316,8 @@ async def asummarize(
         spec: How (see :func:`summarize`).
         subject: What ``raw`` is, for the prompt.
         user_request: The user's request, for the prompt.
+        prefix: The prefix request to send instead of the fresh prompt (see
+            :func:`summarize`).
 
     Returns:
         The summary and its measurements.
@@ -303,11 +332,10 @@ async def asummarize(
         assert compression.done is not None
         return compression.done
 
-    async def call(request: Request) -> str:
-        reply = await model.ainvoke(prompting.messages(*request), max_tokens=prompting.max_tokens)
-        return _reply_text(reply)
+    async def call(request: SummarizerRequest) -> str:
+        return _reply_text(await model.ainvoke(request.messages, **request.kwargs))
 
-    summary, chunks, calls = await _arun(_map_reduce(compression.job, prompting), call)
+    summary, chunks, calls = await _arun(_plan(compression, prefix), call)
     return await asyncio.to_thread(compression.finish, summary, chunks, calls)
 
 
@@ -421,7 +449,7 @@ async def acompress_stage_result(
     return await asummarize(raw, spec, subject=stage_name, user_request=user_request)
 
 
-def _run(plan: Plan, call: Callable[[Request], str]) -> tuple[str, int, int]:
+def _run(plan: Plan, call: Callable[[SummarizerRequest], str]) -> tuple[str, int, int]:
     """Drive a map-reduce plan with a sync call; returns ``(summary, chunks, calls)``."""
     calls = 0
     try:
@@ -434,7 +462,7 @@ def _run(plan: Plan, call: Callable[[Request], str]) -> tuple[str, int, int]:
         return summary, chunks, calls
 
 
-def _advance(plan: Plan, replies: list[str] | None) -> list[Request] | tuple[str, int]:
+def _advance(plan: Plan, replies: list[str] | None) -> list[SummarizerRequest] | tuple[str, int]:
     """The plan's next round of requests, or its ``(summary, chunks)`` when it is done."""
     try:
         return next(plan) if replies is None else plan.send(replies)
@@ -442,7 +470,9 @@ def _advance(plan: Plan, replies: list[str] | None) -> list[Request] | tuple[str
         return done.value  # type: ignore[no-any-return]
 
 
-async def _arun(plan: Plan, call: Callable[[Request], Awaitable[str]]) -> tuple[str, int, int]:
+async def _arun(
+    plan: Plan, call: Callable[[SummarizerRequest], Awaitable[str]]
+) -> tuple[str, int, int]:
     """Drive a map-reduce plan with an async call, each round's requests concurrently.
 
     The plan's own steps (splitting and counting) run in a worker thread.

@@ -54,6 +54,7 @@ from langchain_vllm_budget.compaction import (
     MessageCounter,
 )
 from langchain_vllm_budget.compression import CompressionStrategy, SummarySpec
+from langchain_vllm_budget.compression.prefix import PrefixCall
 from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
 
 __all__ = ["ContextCompactionMiddleware"]
@@ -61,12 +62,16 @@ __all__ = ["ContextCompactionMiddleware"]
 
 @dataclass(frozen=True)
 class _Plan:
-    """A call that does not fit: what to compact, how to count it, and the limit."""
+    """A call that does not fit: what to compact, how to count it, the limit, what else.
+
+    ``sent`` is what the call sends besides its messages: its tools and prompt fields.
+    """
 
     messages: list[BaseMessage]
     system_len: int
     count: MessageCounter
     limit: int
+    sent: PrefixCall
 
 
 class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], ContextT, ResponseT]):
@@ -81,7 +86,9 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         max_input_tokens: The input limit; default: from the model (its profile, and for a
             ChatVLLM its window less safety margin and minimum output room).
         summarizer: Writes the summaries: a chat model, ``"extractive"`` (model-free), or
-            ``None`` for ``model`` itself.
+            ``None`` for the call's model itself, asked with the call's own prefix (its
+            messages as sent, its tools and prompt fields, then the instruction), which
+            vLLM serves from its prefix cache.
         summary_max_tokens: The hard cap on a summary (default
             ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``).
         memory: Where compactions are remembered (a cache keyed by the messages: a call
@@ -145,6 +152,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         self.max_input_tokens = max_input_tokens
         writer = None if summarizer == "extractive" else (summarizer or model)
         self.summarizer = writer if isinstance(writer, BaseChatModel) else None
+        # The summarizer is the call's model: its requests reuse the call's prefix.
+        self.summarizer_is_model = summarizer is None
         self.memory = memory if memory is not None else CompactionMemory()
         # Checked now, once; unset values are the settings' (VLLM_BUDGET_*).
         self.summary = SummarySpec.from_settings(
@@ -157,17 +166,27 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
 
     # ------------------------------------------------------------------------ shared steps
 
-    def compactor_for(self, model: BaseChatModel) -> Compactor:
+    def compactor_for(self, model: BaseChatModel, prefix: PrefixCall | None = None) -> Compactor:
         """The compaction engine for a call of ``model`` (its text counter caps the summary).
 
         Args:
             model: The call's model (``request.model``).
+            prefix: What the call is sent with (tools, prompt fields); when the summarizer
+                is the model itself, its request sends the call's prefix again.
 
         Returns:
             A compactor with this middleware's settings and memory.
         """
         summary = self.summary.with_(counter=token_counter_of(model))
-        return Compactor(target=self.target, memory=self.memory, summary=summary)
+        if not self.summarizer_is_model or self.summarizer is None:
+            return Compactor(target=self.target, memory=self.memory, summary=summary)
+        # The call's model writes the summary: the one whose cache holds this conversation.
+        return Compactor(
+            target=self.target,
+            memory=self.memory,
+            summary=summary.with_(model=model),
+            prefix=prefix,
+        )
 
     @property
     def compactor(self) -> Compactor:
@@ -202,7 +221,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         limit = self._limit(model)
         if count(full) <= limit:
             return None
-        return _Plan(full, len(system), count, limit)
+        sent = PrefixCall.from_call(tools, request.model_settings)
+        return _Plan(full, len(system), count, limit, sent)
 
     @staticmethod
     def _compacted(plan: _Plan, result: CompactionResult) -> list[BaseMessage] | None:
@@ -239,7 +259,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         plan = self._plan(request)
         if plan is None:
             return handler(request)
-        result = self.compactor_for(request.model).compact(
+        result = self.compactor_for(request.model, plan.sent).compact(
             plan.messages, policy=self.policy, count=plan.count, limit=plan.limit
         )
         compacted = self._compacted(plan, result)
@@ -257,7 +277,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         plan = await asyncio.to_thread(self._plan, request)
         if plan is None:
             return await handler(request)
-        compactor = await asyncio.to_thread(self.compactor_for, request.model)
+        compactor = await asyncio.to_thread(self.compactor_for, request.model, plan.sent)
         result = await compactor.acompact(
             plan.messages, policy=self.policy, count=plan.count, limit=plan.limit, offload=True
         )
