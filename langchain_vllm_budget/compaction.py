@@ -579,14 +579,15 @@ class Compactor:
         model = spec.model
         if self.prefix is not None and model is not None and spec.strategy != "extractive":
             # The messages as they were sent (a remembered summary head included), system
-            # message first, up to the cut; the summarizer's call room, else the limit.
+            # message first, up to the cut. Within the summarizer's call room; a model that
+            # knows no window is held to the compaction's input limit for the prompt.
             room = call_room_of(model)
             prefix = self.prefix.request(
                 [*step.system, *step.view.messages[: step.cut]],
                 max_tokens=spec.max_tokens,
                 user_request=request,
                 count=step.count,
-                room=room if room is not None else step.limit,
+                room=room if room is not None else step.limit + spec.max_tokens,
             )
         return spec, request, prefix
 

@@ -59,6 +59,7 @@ class _Shared:
     max_model_len: int
     env_var: str
     setup: str
+    extra_args: tuple[str, ...] = ()
 
 
 SHARED = (
@@ -70,7 +71,13 @@ SHARED = (
         "tools",
     ),
     _Shared(
-        "tiny_qwen", "tiny-qwen", QWEN_MAX_MODEL_LEN, "VLLM_BUDGET_TEST_QWEN_URL", "tool-parser"
+        "tiny_qwen",
+        "tiny-qwen",
+        QWEN_MAX_MODEL_LEN,
+        "VLLM_BUDGET_TEST_QWEN_URL",
+        "tool-parser",
+        # cached prompt tokens in each response's usage (the compaction tests read them)
+        ("--enable-prompt-tokens-details",),
     ),
 )
 _BOOTING: dict[str, LocalVLLMServer] = {}
@@ -82,6 +89,7 @@ def _server(shared: _Shared) -> LocalVLLMServer:
         served_model_name=shared.name,
         max_model_len=shared.max_model_len,
         setup=shared.setup,
+        extra_args=shared.extra_args,
     )
     return LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{shared.name}.log")
 
