@@ -18,6 +18,7 @@ import httpx
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import wrap_model_call
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -27,6 +28,7 @@ from langgraph.store.memory import InMemoryStore
 from langchain_vllm_budget import ChatVLLM, TokenBudget, TransformersTokenCounter
 from langchain_vllm_budget.compaction import is_summary_message
 from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
+from langchain_vllm_budget.compression.prefix import PREFIX_SUMMARY_INSTRUCTION
 from langchain_vllm_budget.middleware import (
     ContextCompactionMiddleware,
     ToolOutputCompressionMiddleware,
@@ -37,6 +39,7 @@ from langchain_vllm_budget.middleware.tool_outputs import METADATA_KEY, READ_TOO
 pytestmark = pytest.mark.integration
 
 SYSTEM = SystemMessage("You are an operations assistant. Keep track of every ticket and host.")
+INSTRUCTION_START = PREFIX_SUMMARY_INSTRUCTION.split("\n", 1)[0]
 
 
 class Recorder:
@@ -72,7 +75,41 @@ class Recorder:
 
 
 def _is_summarizer(request: dict[str, Any]) -> bool:
-    return request["messages"][0].get("content") == COMPRESSION_SYSTEM_PROMPT
+    """A summarizer request: the fresh compression prompt, or the prefix and instruction."""
+    last = request["messages"][-1].get("content")
+    return request["messages"][0].get("content") == COMPRESSION_SYSTEM_PROMPT or (
+        isinstance(last, str) and last.startswith(INSTRUCTION_START)
+    )
+
+
+class Usage(BaseCallbackHandler):
+    """Each chat model call's prompt and usage (vLLM's cached prompt tokens included, which
+    the server reports with ``--enable-prompt-tokens-details``)."""
+
+    def __init__(self) -> None:
+        self.prompts: dict[Any, list[BaseMessage]] = {}
+        self.calls: list[tuple[list[BaseMessage], int, int | None]] = []
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: list[list[BaseMessage]], *, run_id: Any, **kwargs: Any
+    ) -> None:
+        self.prompts[run_id] = messages[0]
+
+    def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
+        prompt = self.prompts.pop(run_id, [])
+        for generations in response.generations:
+            for generation in generations:
+                usage = generation.message.usage_metadata or {}
+                cached = (usage.get("input_token_details") or {}).get("cache_read")
+                self.calls.append((prompt, int(usage.get("input_tokens", 0)), cached))
+
+    def summarizer_calls(self) -> list[tuple[int, int | None]]:
+        """``(prompt tokens, cached tokens)`` of each prefix summarizer request."""
+        return [
+            (tokens, cached)
+            for prompt, tokens, cached in self.calls
+            if prompt and prompt[-1].text.startswith(INSTRUCTION_START)
+        ]
 
 
 def _model(served, recorder: Recorder, **kwargs: Any) -> ChatVLLM:
@@ -187,6 +224,82 @@ async def test_async_summarize_compacts_the_same_way(tiny_qwen) -> None:
     assert all(kept == (i not in compacted) for i, kept in enumerate(stable, start=1))
 
 
+@tool
+def lookup(host: str) -> str:
+    """Look up a host's status."""
+    return f"{host}: ok"
+
+
+def _served_from_cache(usage: Usage, recorder: Recorder) -> dict[str, Any]:
+    """The one summarizer request: vLLM served most of its prompt from the prefix cache, and
+    it is the previous agent request up to the cut, the same tools, then the instruction."""
+    ((prompt_tokens, cached),) = usage.summarizer_calls()
+    assert cached is not None, "the server reports cached prompt tokens"
+    assert cached >= 0.8 * prompt_tokens, (cached, prompt_tokens)
+    ((request_json, _),) = recorder.summarizer_calls()
+    index = next(i for i, call in enumerate(recorder.calls) if call[0] is request_json)
+    previous = next(c[0] for c in reversed(recorder.calls[:index]) if not _is_summarizer(c[0]))
+    sent = request_json["messages"]
+    assert sent[:-1] == previous["messages"][: len(sent) - 1]
+    assert sent[-1]["role"] == "user"
+    assert request_json["tools"] == previous["tools"]
+    assert request_json["tool_choice"] == "none"
+    return request_json
+
+
+def test_the_summarizer_request_is_served_from_the_prefix_cache(tiny_qwen, monkeypatch) -> None:
+    monkeypatch.setenv("VLLM_BUDGET_COMPRESSION", "llm")  # the model writes every summary
+    recorder, usage = Recorder(), Usage()
+    counter = TransformersTokenCounter(tiny_qwen.model_path)
+    model = _model(
+        tiny_qwen, recorder, on_overflow="summarize", summary_max_tokens=48, callbacks=[usage]
+    )
+    agent_model = model.bind_tools([lookup])
+    history: list[BaseMessage] = [SYSTEM]
+    report = None
+    for i in range(14):
+        history.append(HumanMessage(_turn_text(i, tiny_qwen.max_model_len // 10, counter)))
+        reply = agent_model.invoke(history)
+        history.append(AIMessage(reply.text))
+        report = reply.response_metadata["budget"]["compaction"]
+        if report is not None:
+            break
+    assert report is not None, "the chat passed the window"
+    assert report["summary_request"] == "prefix"
+    assert report["summarizer_calls"] == 1
+    request_json = _served_from_cache(usage, recorder)
+    assert request_json["max_tokens"] == 48
+    _assert_inside_the_window(recorder.calls, tiny_qwen.max_model_len)
+
+
+async def test_the_middlewares_summarizer_request_is_served_from_the_prefix_cache(
+    tiny_qwen,
+) -> None:
+    recorder, usage = Recorder(), Usage()
+    counter = TransformersTokenCounter(tiny_qwen.model_path)
+    model = _model(tiny_qwen, recorder, callbacks=[usage])
+    middleware = ContextCompactionMiddleware(
+        model, summary_max_tokens=48, max_input_tokens=3000, strategy="llm"
+    )
+    agent = create_agent(
+        model,
+        tools=[lookup],
+        system_prompt=SYSTEM.content,
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "cache"}}
+    for i in range(12):
+        text = _turn_text(i, 500, counter)
+        await agent.ainvoke({"messages": [HumanMessage(text)]}, config)
+        if usage.summarizer_calls():
+            break
+    _served_from_cache(usage, recorder)
+    state = (await agent.aget_state(config)).values["messages"]
+    assert is_summary_message(state[0])
+    assert max(r["usage"]["prompt_tokens"] for _, r in recorder.main_calls()) <= 3000
+
+
 def test_tool_calls_stay_with_their_results(tiny_qwen) -> None:
     # one request, then a long tool loop (the agent case): the cut falls inside the turn
     recorder = Recorder()
@@ -219,11 +332,6 @@ def test_compaction_middleware_in_a_checkpointed_agent(tiny_qwen) -> None:
     recorder = Recorder()
     counter = TransformersTokenCounter(tiny_qwen.model_path)
     model = _model(tiny_qwen, recorder)
-
-    @tool
-    def lookup(host: str) -> str:
-        """Look up a host's status."""
-        return f"{host}: ok"
 
     middleware = ContextCompactionMiddleware(model, policy="summarize", summary_max_tokens=48)
     agent = create_agent(
