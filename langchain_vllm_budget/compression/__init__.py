@@ -14,7 +14,10 @@ checks it instead of trusting it (:func:`summarize` takes the same choices as on
    tool call and the user's request), :func:`query_summary` ranks lines and entities by it
    and the model is needed only when an entity the request points at was lost.
 3. **A summarizer model** (:mod:`~langchain_vllm_budget.compression.llm`) otherwise, with the
-   seed's instructions, map-reduced over chunks when the result exceeds its window.
+   seed's instructions, map-reduced over chunks when the result exceeds its window; or, for a
+   compaction whose summarizer is the chat model itself, the conversation's own prefix and an
+   instruction (:mod:`~langchain_vllm_budget.compression.prefix`), served from vLLM's prefix
+   cache.
 4. **The guard** (:mod:`~langchain_vllm_budget.compression.guard`): entities missing from the
    model's summary are restored; an empty, repetitive, over-the-cap or low-retention summary
    is replaced by the extractive one; the cap is enforced (counted, never just requested),
@@ -49,6 +52,11 @@ from langchain_vllm_budget.compression.llm import (
     compress_stage_result,
     summarize,
 )
+from langchain_vllm_budget.compression.prefix import (
+    PREFIX_SUMMARY_INSTRUCTION,
+    PrefixCall,
+    SummarizerRequest,
+)
 from langchain_vllm_budget.compression.query import Query
 from langchain_vllm_budget.compression.render import render_stage_result
 from langchain_vllm_budget.compression.spec import CompressionStrategy, SummarySpec
@@ -56,12 +64,15 @@ from langchain_vllm_budget.compression.spec import CompressionStrategy, SummaryS
 __all__ = [
     "COMPRESSION_PROMPT",
     "COMPRESSION_SYSTEM_PROMPT",
+    "PREFIX_SUMMARY_INSTRUCTION",
     "CompressionMethod",
     "CompressionResult",
     "CompressionStrategy",
     "Entity",
     "EntityKind",
+    "PrefixCall",
     "Query",
+    "SummarizerRequest",
     "SummarySpec",
     "acompress_stage_result",
     "asummarize",
