@@ -20,9 +20,14 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.outputs import LLMResult
 
-from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
+from langchain_vllm_budget.compression import (
+    COMPRESSION_SYSTEM_PROMPT,
+    PREFIX_SUMMARY_INSTRUCTION,
+)
 
 __all__ = ["CallRecord", "CallRecorder", "percentile"]
+
+_INSTRUCTION_START = PREFIX_SUMMARY_INSTRUCTION.split("\n", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,13 @@ class CallRecord:
 
 
 def _is_compression(messages: Sequence[BaseMessage]) -> bool:
+    """A summarizer request: the fresh compression prompt, or a conversation's prefix with
+    the summary instruction last (a compaction whose summarizer is the chat model)."""
     first = messages[0] if messages else None
-    return isinstance(first, SystemMessage) and first.text == COMPRESSION_SYSTEM_PROMPT
+    last = messages[-1] if messages else None
+    return (isinstance(first, SystemMessage) and first.text == COMPRESSION_SYSTEM_PROMPT) or (
+        last is not None and last.text.startswith(_INSTRUCTION_START)
+    )
 
 
 class CallRecorder(BaseCallbackHandler):

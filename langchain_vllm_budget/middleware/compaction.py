@@ -86,7 +86,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         max_input_tokens: The input limit; default: from the model (its profile, and for a
             ChatVLLM its window less safety margin and minimum output room).
         summarizer: Writes the summaries: a chat model, ``"extractive"`` (model-free), or
-            ``None`` for the call's model itself, asked with the call's own prefix (its
+            ``None`` (or ``model``) for the call's model itself, asked with the call's own
+            prefix (its
             messages as sent, its tools and prompt fields, then the instruction), which
             vLLM serves from its prefix cache.
         summary_max_tokens: The hard cap on a summary (default
@@ -153,7 +154,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         writer = None if summarizer == "extractive" else (summarizer or model)
         self.summarizer = writer if isinstance(writer, BaseChatModel) else None
         # The summarizer is the call's model: its requests reuse the call's prefix.
-        self.summarizer_is_model = summarizer is None
+        self.summarizer_is_model = summarizer is None or summarizer is model
         self.memory = memory if memory is not None else CompactionMemory()
         # Checked now, once; unset values are the settings' (VLLM_BUDGET_*).
         self.summary = SummarySpec.from_settings(

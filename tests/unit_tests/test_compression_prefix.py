@@ -288,10 +288,12 @@ def _agent(model: Recording, **kwargs: Any) -> Any:
     )
 
 
-@pytest.mark.parametrize("use_async", [False, True])
-def test_the_middleware_asks_the_calls_model_with_the_calls_prefix(use_async: bool) -> None:
+@pytest.mark.parametrize(("use_async", "itself"), [(False, False), (True, False), (False, True)])
+def test_the_middleware_asks_the_calls_model_with_the_calls_prefix(
+    use_async: bool, itself: bool
+) -> None:
     model = Recording(responses=["ok"] * 40, profile={"max_input_tokens": LIMIT // 2})
-    agent = _agent(model)
+    agent = _agent(model, summarizer=model) if itself else _agent(model)
     config = {"configurable": {"thread_id": "t"}}
     for turn in _history()[1::2]:
         payload = {"messages": [turn]}
