@@ -41,6 +41,7 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
+from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
@@ -67,6 +68,7 @@ class _Plan:
     system_len: int
     count: MessageCounter
     limit: int
+    output_limit: int | None = None
 
 
 class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], ContextT, ResponseT]):
@@ -77,7 +79,9 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         policy: ``"summarize"`` (default) replaces the oldest turns by one loss-checked
             summary; ``"trim"`` drops them.
         target: After a compaction the input fills at most this share of the input limit
-            (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6).
+            (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6), and, for a ChatVLLM, no more
+            than leaves the call's ``max_tokens`` and the safety margin in the window
+            (:meth:`~langchain_vllm_budget.budget.TokenBudget.compaction_target`).
         max_input_tokens: The input limit; default: from the model (its profile, and for a
             ChatVLLM its window less safety margin and minimum output room).
         summarizer: Writes the summaries: a chat model, ``"extractive"`` (model-free), or
@@ -202,7 +206,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         limit = self._limit(model)
         if count(full) <= limit:
             return None
-        return _Plan(full, len(system), count, limit)
+        return _Plan(full, len(system), count, limit, _output_limit(model, request))
 
     @staticmethod
     def _compacted(plan: _Plan, result: CompactionResult) -> list[BaseMessage] | None:
@@ -240,7 +244,11 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         if plan is None:
             return handler(request)
         result = self.compactor_for(request.model).compact(
-            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit
+            plan.messages,
+            policy=self.policy,
+            count=plan.count,
+            limit=plan.limit,
+            output_limit=plan.output_limit,
         )
         compacted = self._compacted(plan, result)
         if compacted is None:
@@ -259,7 +267,12 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             return await handler(request)
         compactor = await asyncio.to_thread(self.compactor_for, request.model)
         result = await compactor.acompact(
-            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit, offload=True
+            plan.messages,
+            policy=self.policy,
+            count=plan.count,
+            limit=plan.limit,
+            output_limit=plan.output_limit,
+            offload=True,
         )
         compacted = self._compacted(plan, result)
         if compacted is None:
@@ -281,3 +294,22 @@ def _window_limit(model: BaseChatModel) -> int | None:
     """A budgeted model's input limit: window less safety margin and minimum output room."""
     found = budgeted(model)
     return found.get_budget().input_limit() if found is not None else None
+
+
+def _output_limit(model: BaseChatModel, request: ModelRequest[ContextT]) -> int | None:
+    """For a budgeted model: the most input that leaves the call's ``max_tokens`` and margin.
+
+    The call's ``max_tokens`` is the request's setting (``max_completion_tokens`` first, as
+    vLLM reads it), else the model's own; ``None`` when neither is set or the window is not
+    known (the compaction then aims at ``target`` of the limit alone).
+    """
+    found = budgeted(model)
+    if found is None:
+        return None
+    options = request.model_settings
+    requested = options.get("max_completion_tokens", options.get("max_tokens"))
+    if requested is None and isinstance(model, BaseChatOpenAI):
+        requested = model.max_tokens
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+        return None
+    return found.get_budget().output_limit(requested)
