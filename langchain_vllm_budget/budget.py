@@ -29,6 +29,17 @@ own headroom. A compacted request therefore keeps its whole ``max_tokens`` and t
 inside the window; a system prompt and tool set that alone leave no room raise
 :class:`~langchain_vllm_budget.errors.VLLMFixedPromptOverflowError`, which names what to
 lower (:meth:`TokenBudget.check_fixed_part`, :func:`harness_room`).
+
+The worked example of the docs, with the default budget on a 12,288-token window:
+
+    >>> budget = TokenBudget(max_model_len=12288)
+    >>> budget.input_limit(), budget.compaction_target(0.6), budget.compaction_target(0.6, 64)
+    (11904, 7142, 7257)
+    >>> budget.compaction_target(0.6, 8000), budget.harness_reserve_limit(0.6, 512)
+    (4160, 4762)
+    >>> room = harness_room(max_input_tokens=11904, max_tokens=64, headroom=1190)
+    >>> room, budget.compaction_target(0.6, 64) <= room
+    (10650, True)
 """
 
 from __future__ import annotations

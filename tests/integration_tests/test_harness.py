@@ -1,8 +1,9 @@
 """A harness built on ``create_agent`` past the window: its own budget check always has room.
 
 Harnesses check their requests against ``model.profile["max_input_tokens"]`` less their output
-reserve (``max_tokens``) and a headroom of their own, and compact with LangChain's
-``SummarizationMiddleware`` triggered at a fraction of the same profile. On the real server
+reserve (``max_tokens``) and a headroom of their own (``budget.harness_room``), and compact with
+LangChain's ``SummarizationMiddleware`` triggered at a fraction of the same profile, or with
+this package's ``ContextCompactionMiddleware`` given that room as its limit. On the real server
 (tiny-qwen, 12,288-token window) with a system prompt and tool set of more than 3,000 tokens,
 such an agent runs 15 turns past the window: no request over the harness's budget, none over
 the window, no error.
@@ -20,6 +21,9 @@ from langchain_core.tools import StructuredTool
 from langgraph.checkpoint.memory import InMemorySaver
 
 from langchain_vllm_budget import TransformersTokenCounter
+from langchain_vllm_budget.budget import harness_room
+from langchain_vllm_budget.compaction import is_summary_message
+from langchain_vllm_budget.middleware import ContextCompactionMiddleware
 from langchain_vllm_budget.tokenizers import tools_to_openai_dicts
 from tests.integration_tests.test_compaction import (
     Recorder,
@@ -65,7 +69,10 @@ def _tools(n: int) -> list[StructuredTool]:
     return [make(k) for k in range(n)]
 
 
-def test_a_harness_with_its_own_headroom_runs_15_turns_past_the_window(tiny_qwen) -> None:
+@pytest.mark.parametrize("compaction", ["langchain", "package"])
+def test_a_harness_with_its_own_headroom_runs_15_turns_past_the_window(
+    tiny_qwen, compaction: str
+) -> None:
     recorder = Recorder()
     counter = TransformersTokenCounter(tiny_qwen.model_path)
     model = _model(tiny_qwen, recorder)
@@ -77,8 +84,14 @@ def test_a_harness_with_its_own_headroom_runs_15_turns_past_the_window(tiny_qwen
     )
     assert fixed >= 3000, "the system prompt and tool set are at least 3,000 tokens"
     limit = model.profile["max_input_tokens"]
-    budget = limit - MAX_TOKENS - int(HEADROOM * limit)
-    assert fixed < budget
+    # the harness's room; it raises VLLMFixedPromptOverflowError if the fixed part filled it
+    budget = harness_room(
+        max_input_tokens=limit,
+        max_tokens=MAX_TOKENS,
+        headroom=int(HEADROOM * limit),
+        fixed_tokens=fixed,
+    )
+    assert fixed < budget == limit - MAX_TOKENS - int(HEADROOM * limit)
     sizes: list[int] = []
 
     @wrap_model_call
@@ -98,7 +111,12 @@ def test_a_harness_with_its_own_headroom_runs_15_turns_past_the_window(tiny_qwen
         tools=tools,
         system_prompt=system,
         middleware=[
-            SummarizationMiddleware(model, trigger=("fraction", TRIGGER), keep=("fraction", 0.2)),
+            SummarizationMiddleware(model, trigger=("fraction", TRIGGER), keep=("fraction", 0.2))
+            if compaction == "langchain"
+            # the package's compaction, given the harness's room as its limit
+            else ContextCompactionMiddleware(
+                model, max_input_tokens=budget, policy="summarize", summarizer="extractive"
+            ),
             harness_budget,
         ],
         checkpointer=InMemorySaver(),
@@ -120,4 +138,10 @@ def test_a_harness_with_its_own_headroom_runs_15_turns_past_the_window(tiny_qwen
     assert sent_total > tiny_qwen.max_model_len + 14 * turn_tokens
     assert max(sizes) <= budget
     _assert_inside_the_window(recorder.calls, tiny_qwen.max_model_len)
-    assert len(recorder.calls) > turn  # the summaries were written by the same server
+    if compaction == "langchain":
+        assert len(recorder.calls) > turn  # the summaries were written by the same server
+    else:
+        state = agent.get_state(config).values["messages"]
+        assert is_summary_message(state[0])
+        # compacted below the target: the package's target leaves the harness its room
+        assert model.get_budget().compaction_target(0.6, MAX_TOKENS) <= budget

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -358,3 +361,20 @@ def test_a_fixed_part_that_fills_the_input_limit_is_a_typed_error(
     assert caught.value.room == limit
     assert caught.value.terms[0] == ("max_model_len", budget.call_room() + budget.safety_margin)
     assert budget.check_fixed_part(fixed - caught.value.shortfall, requested) == 1
+
+
+def test_the_docs_state_what_the_functions_compute() -> None:
+    """Each ``call  # value`` line of the docs' worked example is what the call returns."""
+    docs = (Path(__file__).parents[2] / "docs" / "compaction.md").read_text()
+    section = docs[docs.index("## Harnesses with their own budget") :]
+    block = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    namespace: dict[str, object] = {}
+    checked = 0
+    for line in block.strip().splitlines():
+        code, _, comment = line.partition("  # ")
+        exec(code, namespace)
+        value = re.match(r"\d+", comment)
+        if value is not None and not code.startswith(("from", "budget =")):
+            assert eval(code, namespace) == int(value.group())
+            checked += 1
+    assert checked == 6
