@@ -219,7 +219,8 @@ async def aapply_policy(
         output_limit=budget.output_limit(plan.requested_max_tokens),
         offload=True,
     )
-    return _finish(result, plan, budget, count)
+    # Off the event loop: a result that does not fit counts its system prompt.
+    return await asyncio.to_thread(_finish, result, plan, budget, count)
 
 
 def apply_budget(

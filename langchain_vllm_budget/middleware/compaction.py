@@ -83,7 +83,9 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             than leaves the call's ``max_tokens`` and the safety margin in the window
             (:meth:`~langchain_vllm_budget.budget.TokenBudget.compaction_target`).
         max_input_tokens: The input limit; default: from the model (its profile, and for a
-            ChatVLLM its window less safety margin and minimum output room).
+            ChatVLLM its window less safety margin and minimum output room). A harness that
+            checks requests against its own budget passes that budget
+            (:func:`~langchain_vllm_budget.budget.harness_room`).
         summarizer: Writes the summaries: a chat model, ``"extractive"`` (model-free), or
             ``None`` for ``model`` itself.
         summary_max_tokens: The hard cap on a summary (default
