@@ -25,8 +25,8 @@ budget")::
     compaction leaves room      when M + H <= harness_reserve_limit(share, M) = P - t
 
 with W the window, S the safety margin, M the request's ``max_tokens`` and H the harness's
-own headroom. A compacted request therefore keeps its whole ``max_tokens`` and the margin
-inside the window; a system prompt and tool set that alone leave no room raise
+own headroom. A request compacted to the target therefore keeps its whole ``max_tokens`` and
+the margin inside the window; a system prompt and tool set that alone leave no room raise
 :class:`~langchain_vllm_budget.errors.VLLMFixedPromptOverflowError`, which names what to
 lower (:meth:`TokenBudget.check_fixed_part`, :func:`harness_room`).
 
