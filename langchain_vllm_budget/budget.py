@@ -14,12 +14,38 @@ This module is the only place the rule is written: the output a fitting request 
 (:func:`needed_output`), the largest input that still fits (:meth:`TokenBudget.input_limit`),
 the shortfall (:func:`shortfall`) and what one summarizer call may hold
 (:meth:`TokenBudget.call_room`). Every other module asks it.
+
+It also holds the contract between ``profile``, ``max_tokens`` and compaction, for agent
+harnesses that budget their own requests (docs/compaction.md, "Harnesses with their own
+budget")::
+
+    profile["max_input_tokens"] = P = input_limit()      = W - S - min_output_tokens
+    harness room                R = harness_room(P, M, H) = P - M - H
+    compaction target           t = compaction_target()   = min(share * input_limit(M), W - S - M)
+    compaction leaves room      when M + H <= harness_reserve_limit(share, M) = P - t
+
+with W the window, S the safety margin, M the request's ``max_tokens`` and H the harness's
+own headroom. A request compacted to the target therefore keeps its whole ``max_tokens`` and
+the margin inside the window; a system prompt and tool set that alone leave no room raise
+:class:`~langchain_vllm_budget.errors.VLLMFixedPromptOverflowError`, which names what to
+lower (:meth:`TokenBudget.check_fixed_part`, :func:`harness_room`).
+
+The worked example of the docs, with the default budget on a 12,288-token window:
+
+    >>> budget = TokenBudget(max_model_len=12288)
+    >>> budget.input_limit(), budget.compaction_target(0.6), budget.compaction_target(0.6, 64)
+    (11904, 7142, 7257)
+    >>> budget.compaction_target(0.6, 8000), budget.harness_reserve_limit(0.6, 512)
+    (4160, 4762)
+    >>> room = harness_room(max_input_tokens=11904, max_tokens=64, headroom=1190)
+    >>> room, budget.compaction_target(0.6, 64) <= room
+    (10650, True)
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.load.serializable import Serializable
 from pydantic import ConfigDict, Field, model_validator
@@ -27,7 +53,18 @@ from typing_extensions import Self
 
 from langchain_vllm_budget import settings
 
-__all__ = ["BudgetPlan", "TokenBudget", "needed_output", "plan_budget", "shortfall"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "BudgetPlan",
+    "TokenBudget",
+    "compaction_target",
+    "harness_room",
+    "needed_output",
+    "plan_budget",
+    "shortfall",
+]
 
 _BUDGET_SETTINGS = (
     settings.MAX_MODEL_LEN,
@@ -246,6 +283,124 @@ class TokenBudget(Serializable):
         """
         return self._window() - self.safety_margin
 
+    def output_limit(self, requested_max_tokens: int | None) -> int | None:
+        """The most input that leaves the caller's whole ``max_tokens`` and the margin.
+
+        ``max_model_len - safety_margin - requested_max_tokens``; ``None`` when the caller
+        asked for no limit (the request then gets what remains, at least
+        ``min_output_tokens``: :meth:`input_limit` already keeps that).
+
+        Args:
+            requested_max_tokens: The caller's ``max_tokens``, if any.
+
+        Returns:
+            The limit (zero or negative when ``max_tokens`` alone fills the window), or
+            ``None``.
+
+        Raises:
+            ValueError: ``max_model_len`` is not known yet.
+
+        Example:
+            >>> TokenBudget(max_model_len=12288).output_limit(2000)
+            10160
+        """
+        if requested_max_tokens is None:
+            return None
+        return self._window() - self.safety_margin - requested_max_tokens
+
+    def compaction_target(self, share: float, requested_max_tokens: int | None = None) -> int:
+        """What a compaction of a request asking ``requested_max_tokens`` aims at, in tokens.
+
+        :func:`compaction_target` of this budget's :meth:`input_limit` and
+        :meth:`output_limit`: the compacted input, the request's ``max_tokens`` and the
+        safety margin fit the window together.
+
+        Args:
+            share: The compaction target, a share of the input limit (``compaction_target``
+                / ``VLLM_BUDGET_COMPACTION_TARGET``).
+            requested_max_tokens: The caller's ``max_tokens``, if any.
+
+        Returns:
+            The target (at least 1).
+
+        Raises:
+            ValueError: ``max_model_len`` is not known yet.
+
+        Example:
+            >>> budget = TokenBudget(max_model_len=12288)
+            >>> budget.compaction_target(0.6), budget.compaction_target(0.6, 8000)
+            (7142, 4160)
+        """
+        return compaction_target(
+            input_limit=self.input_limit(requested_max_tokens),
+            share=share,
+            output_limit=self.output_limit(requested_max_tokens),
+        )
+
+    def harness_reserve_limit(self, share: float, max_tokens: int) -> int:
+        """The most a harness may reserve (``max_tokens`` + headroom) and still have room.
+
+        A harness that checks its requests against ``profile["max_input_tokens"]`` (``P``,
+        :meth:`input_limit`) less its ``max_tokens`` ``M`` and a headroom ``H`` accepts a
+        request compacted to :meth:`compaction_target` when ``M + H`` is at most
+        ``P - compaction_target(share, M)``.
+
+        Args:
+            share: The compaction target, a share of the input limit.
+            max_tokens: The harness's ``max_tokens`` (its output reserve).
+
+        Returns:
+            The largest ``M + H`` that leaves the harness room after a compaction.
+
+        Raises:
+            ValueError: ``max_model_len`` is not known yet.
+
+        Example:
+            >>> budget = TokenBudget(max_model_len=12288)
+            >>> budget.harness_reserve_limit(0.6, max_tokens=512)
+            4762
+            >>> budget.harness_reserve_limit(0.6, max_tokens=64)
+            4647
+        """
+        return self.input_limit() - self.compaction_target(share, max_tokens)
+
+    def check_fixed_part(self, fixed_tokens: int, requested_max_tokens: int | None = None) -> int:
+        """The input left for messages after the system prompt and tools.
+
+        Args:
+            fixed_tokens: The count of the system prompt and tool definitions alone.
+            requested_max_tokens: The caller's ``max_tokens``, if any.
+
+        Returns:
+            ``input_limit(requested_max_tokens) - fixed_tokens`` (at least 1).
+
+        Raises:
+            VLLMFixedPromptOverflowError: The fixed part alone leaves no room.
+            ValueError: ``max_model_len`` is not known yet.
+
+        Example:
+            >>> TokenBudget(max_model_len=4096).check_fixed_part(3000)
+            712
+            >>> TokenBudget(max_model_len=4096).check_fixed_part(3800)
+            Traceback (most recent call last):
+            ...
+            langchain_vllm_budget.errors.VLLMFixedPromptOverflowError: The system prompt and \
+tool definitions alone take 3800 input tokens, but the input may hold only 3712 \
+(max_model_len 4096 - safety_margin 128 - min_output_tokens 256): ...
+        """
+        needed = needed_output(self.min_output_tokens, requested_max_tokens)
+        output_name = (
+            "min_output_tokens"
+            if requested_max_tokens is None or needed == self.min_output_tokens
+            else "max_tokens"
+        )
+        terms = (
+            ("max_model_len", self._window()),
+            ("safety_margin", self.safety_margin),
+            (output_name, needed),
+        )
+        return _room_after(fixed_tokens, terms)
+
     def plan(self, input_tokens: int, requested_max_tokens: int | None = None) -> BudgetPlan:
         """Decide the output room for a prompt of ``input_tokens`` tokens.
 
@@ -338,3 +493,85 @@ def shortfall(
         96
     """
     return max(0, input_tokens + safety_margin + needed_output_tokens - max_model_len)
+
+
+def compaction_target(*, input_limit: int, share: float, output_limit: int | None = None) -> int:
+    """What a compaction aims at, in tokens: ``share`` of the input limit, within ``output_limit``.
+
+    ``min(int(share * input_limit), output_limit)``, at least 1. ``output_limit`` is the most
+    input that leaves the request's own ``max_tokens`` and the safety margin inside the
+    window (:meth:`TokenBudget.output_limit`; ``None``: no ``max_tokens`` asked for): a
+    request compacted to the target keeps all of its ``max_tokens``. A ``max_tokens`` that
+    alone fills the window gives a target of 1 (the compaction keeps as little as it can).
+
+    Args:
+        input_limit: The most input tokens allowed (:meth:`TokenBudget.input_limit`, or a
+            profile's ``max_input_tokens``).
+        share: The target share of ``input_limit``, in (0, 1].
+        output_limit: The most input that leaves the request's output reserve, if known.
+
+    Returns:
+        The target.
+
+    Example:
+        >>> compaction_target(input_limit=11904, share=0.6)
+        7142
+        >>> compaction_target(input_limit=3712, share=0.6, output_limit=4096 - 128 - 3000)
+        968
+    """
+    aim = int(input_limit * share)
+    if output_limit is not None:
+        aim = min(aim, output_limit)
+    return max(1, aim)
+
+
+def harness_room(
+    *, max_input_tokens: int, max_tokens: int, headroom: int, fixed_tokens: int = 0
+) -> int:
+    """The input a harness allows itself: ``R = max_input_tokens - max_tokens - headroom``.
+
+    A harness built on ``create_agent`` that checks each request against the model's
+    ``profile["max_input_tokens"]`` less its own output reserve (``max_tokens``) and a
+    headroom accepts requests of at most ``R`` tokens, system prompt and tools included.
+
+    Args:
+        max_input_tokens: The model's ``profile["max_input_tokens"]``.
+        max_tokens: The harness's output reserve.
+        headroom: The harness's own headroom, in tokens.
+        fixed_tokens: The system prompt and tool definitions, when known.
+
+    Returns:
+        ``R``, greater than ``fixed_tokens`` (so greater than 0).
+
+    Raises:
+        VLLMFixedPromptOverflowError: ``R`` leaves no room beyond ``fixed_tokens`` (with
+            ``fixed_tokens=0``: ``max_tokens + headroom`` do not fit ``max_input_tokens``).
+
+    Example:
+        >>> harness_room(max_input_tokens=11904, max_tokens=64, headroom=1190)
+        10650
+        >>> harness_room(max_input_tokens=11904, max_tokens=8000, headroom=1190,
+        ...              fixed_tokens=3100)
+        Traceback (most recent call last):
+        ...
+        langchain_vllm_budget.errors.VLLMFixedPromptOverflowError: The system prompt and \
+tool definitions alone take 3100 input tokens, but the input may hold only 2714 \
+(max_input_tokens 11904 - max_tokens 8000 - headroom 1190): ...
+    """
+    terms = (
+        ("max_input_tokens", max_input_tokens),
+        ("max_tokens", max_tokens),
+        ("headroom", headroom),
+    )
+    return _room_after(fixed_tokens, terms) + fixed_tokens
+
+
+def _room_after(fixed_tokens: int, terms: Sequence[tuple[str, int]]) -> int:
+    """``terms[0]`` less the other terms and ``fixed_tokens``; the typed error when < 1."""
+    room = terms[0][1] - sum(value for _, value in terms[1:])
+    if fixed_tokens >= room:
+        # Imported here: errors.py computes its shortfall with this module.
+        from langchain_vllm_budget.errors import VLLMFixedPromptOverflowError
+
+        raise VLLMFixedPromptOverflowError(fixed_tokens=fixed_tokens, room=room, terms=terms)
+    return room - fixed_tokens

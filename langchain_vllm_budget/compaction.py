@@ -74,6 +74,7 @@ from langchain_core.messages import (
 )
 
 from langchain_vllm_budget import settings
+from langchain_vllm_budget.budget import compaction_target
 from langchain_vllm_budget.capabilities import call_room_of, token_counter_of
 from langchain_vllm_budget.compression import (
     CompressionResult,
@@ -264,7 +265,9 @@ class CompactionReport:
         replaced: Messages of the input not sent as they were (dropped or summarized).
         pinned: The human message of a turn cut in the middle was kept in front.
         input_limit: The most input tokens allowed.
-        target_tokens: What a new compaction aims at (``target`` of the input limit).
+        target_tokens: What a new compaction aims at (``target`` of the input limit, and
+            no more than leaves the request's ``max_tokens``:
+            :func:`~langchain_vllm_budget.budget.compaction_target`).
         summary_tokens: Tokens of the summary in the prompt, if any.
         summarizer_calls: Model calls made to write the summary on this call.
         compression: The compressor's report of a summary written on this call
@@ -435,6 +438,7 @@ class Compactor:
         policy: CompactionPolicy,
         count: MessageCounter,
         limit: int,
+        output_limit: int | None = None,
     ) -> CompactionResult:
         """Make ``messages`` fit ``limit`` tokens, reusing a remembered compaction if any.
 
@@ -445,11 +449,14 @@ class Compactor:
             policy: ``"trim"`` or ``"summarize"``.
             count: Exact prompt counter (tools included).
             limit: The most input tokens allowed.
+            output_limit: The most input that leaves the request's own ``max_tokens`` and
+                the safety margin (:meth:`~langchain_vllm_budget.budget.TokenBudget.output_limit`);
+                a new compaction aims below it too.
 
         Returns:
             The messages to send and their count; ``fits=False`` when nothing fits.
         """
-        step = self._begin(messages, policy, count, limit)
+        step = self._begin(messages, policy, count, limit, output_limit)
         if isinstance(step, CompactionResult):
             return step
         summary = None
@@ -468,6 +475,7 @@ class Compactor:
         policy: CompactionPolicy,
         count: MessageCounter,
         limit: int,
+        output_limit: int | None = None,
         offload: bool = True,
     ) -> CompactionResult:
         """Async :meth:`compact`: the same steps; the summarizer is awaited.
@@ -480,13 +488,14 @@ class Compactor:
             policy: ``"trim"`` or ``"summarize"``.
             count: Exact prompt counter (tools included).
             limit: The most input tokens allowed.
+            output_limit: As in :meth:`compact`.
             offload: Count in a worker thread (for counters that block: a server's
                 ``/tokenize``, or long conversations), keeping the event loop free.
 
         Returns:
             The messages to send and their count; ``fits=False`` when nothing fits.
         """
-        step = await _call(offload, self._begin, messages, policy, count, limit)
+        step = await _call(offload, self._begin, messages, policy, count, limit, output_limit)
         if isinstance(step, CompactionResult):
             return step
         summary = None
@@ -506,6 +515,7 @@ class Compactor:
         policy: CompactionPolicy,
         count: MessageCounter,
         limit: int,
+        output_limit: int | None = None,
     ) -> CompactionResult | _Pending:
         """Reuse a remembered compaction that still fits, or choose a new cut."""
         if policy not in ("trim", "summarize"):
@@ -515,7 +525,9 @@ class Compactor:
         keys = _prefix_keys(conversation)
         entry = self.memory._recall(policy, keys) if self.memory is not None else None
         view = _View(conversation, entry)
-        target_tokens = max(1, int(limit * self.target))
+        target_tokens = compaction_target(
+            input_limit=limit, share=self.target, output_limit=output_limit
+        )
         if entry is not None:
             reused = [*system, *view.messages]
             tokens = count(reused)

@@ -11,6 +11,7 @@ from release to release; :func:`parse_length_error` turns every one of them (vLL
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "VLLMConnectionError",
     "VLLMContextOverflowError",
     "VLLMError",
+    "VLLMFixedPromptOverflowError",
     "VLLMInvalidRequestError",
     "VLLMModelNotFoundError",
     "VLLMServerError",
@@ -144,6 +146,50 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         if self.server_message:
             text += f" Server said: {self.server_message}"
         return text
+
+
+class VLLMFixedPromptOverflowError(VLLMError, ContextOverflowError):
+    """The system prompt and tool definitions alone leave no room for the conversation.
+
+    Raised by a compaction that cannot fit even the newest message because the fixed part of
+    the prompt fills the input limit, and by
+    :func:`~langchain_vllm_budget.budget.harness_room` when a harness's own reserve leaves
+    nothing. No compaction can help: the fixed part, or one of the reserves it must share
+    the input limit with, has to shrink.
+
+    Attributes:
+        fixed_tokens: The system prompt and tool definitions, in tokens.
+        room: The most input tokens allowed: the first of ``terms`` less the others.
+        terms: The named numbers ``room`` is made of, e.g. ``(("max_model_len", 4096),
+            ("safety_margin", 128), ("min_output_tokens", 256))``.
+        shortfall: Tokens to remove from the fixed part (or to free in the other terms) so
+            that at least one token is left for the messages.
+
+    Example:
+        >>> err = VLLMFixedPromptOverflowError(
+        ...     fixed_tokens=3100, room=2714,
+        ...     terms=(("max_input_tokens", 11904), ("max_tokens", 8000), ("headroom", 1190)),
+        ... )
+        >>> err.shortfall
+        387
+        >>> "lower max_tokens or headroom" in str(err)
+        True
+    """
+
+    def __init__(self, *, fixed_tokens: int, room: int, terms: Sequence[tuple[str, int]]) -> None:
+        self.fixed_tokens = fixed_tokens
+        self.room = room
+        self.terms = tuple(terms)
+        self.shortfall = fixed_tokens - room + 1
+        formula = " - ".join(f"{name} {value}" for name, value in self.terms)
+        reserves = " or ".join(name for name, _ in self.terms[1:])
+        super().__init__(
+            f"The system prompt and tool definitions alone take {fixed_tokens} input tokens, "
+            f"but the input may hold only {room} ({formula}): no room is left for the "
+            f"conversation. Remove at least {self.shortfall} tokens from the system prompt "
+            f"or the tool definitions, lower {reserves} by as much, or serve the model with "
+            "a larger --max-model-len."
+        )
 
 
 class VLLMModelNotFoundError(VLLMError, ModelNotFoundError):

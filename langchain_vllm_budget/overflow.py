@@ -5,11 +5,15 @@
 ``min_output_tokens``, applies the overflow policy; :func:`apply_budget` counts and plans
 first. ``"trim"`` and ``"summarize"`` compact the conversation with a
 :class:`~langchain_vllm_budget.compaction.Compactor`: once, down to a target below the input
-limit, remembered so that the following calls send the same prefix and only append (vLLM's
-prefix cache keeps hitting). Whatever the policy, the returned
+limit that also leaves the request's own ``max_tokens``
+(:meth:`~langchain_vllm_budget.budget.TokenBudget.compaction_target`), remembered so that
+the following calls send the same prefix and only append (vLLM's prefix cache keeps
+hitting). Whatever the policy, the returned
 request satisfies ``input_tokens + max_tokens <= max_model_len - safety_margin``, or an
-:class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` is raised: no policy
-produces a request vLLM rejects for length.
+:class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` is raised (a
+:class:`~langchain_vllm_budget.errors.VLLMFixedPromptOverflowError` when the system prompt
+and tools alone fill the input limit): no policy produces a request vLLM rejects for
+length.
 
 :func:`aapply_policy` and :func:`aapply_budget` are the async twins: the same steps, with the
 summarizer awaited and the counting of a compaction done in a worker thread.
@@ -23,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, SystemMessage
 
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.compaction import (
@@ -113,9 +117,15 @@ def _check(
     return None
 
 
-def _finish(result: CompactionResult, original: BudgetPlan, budget: TokenBudget) -> BudgetOutcome:
-    """The compacted request's plan; the original numbers in the error if nothing fits."""
+def _finish(
+    result: CompactionResult, original: BudgetPlan, budget: TokenBudget, count: MessageCounter
+) -> BudgetOutcome:
+    """The compacted request's plan; the typed error naming what to change if nothing fits."""
     if not result.fits:
+        fixed = result.messages[:1]
+        if fixed and isinstance(fixed[0], SystemMessage):
+            # The system prompt and tools alone fill the limit: say so, not "compact".
+            budget.check_fixed_part(count(fixed), original.requested_max_tokens)
         raise VLLMContextOverflowError.from_plan(original)
     plan = budget.plan(result.tokens, original.requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit
@@ -160,6 +170,7 @@ def apply_policy(
 
     Raises:
         VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
+        VLLMFixedPromptOverflowError: The system prompt and tools alone fill the limit.
         ValueError: An unknown policy.
     """
     done = _check(messages, plan, policy)
@@ -170,8 +181,9 @@ def apply_policy(
         policy="trim" if policy == "trim" else "summarize",
         count=count,
         limit=budget.input_limit(plan.requested_max_tokens),
+        output_limit=budget.output_limit(plan.requested_max_tokens),
     )
-    return _finish(result, plan, budget)
+    return _finish(result, plan, budget, count)
 
 
 async def aapply_policy(
@@ -204,9 +216,11 @@ async def aapply_policy(
         policy="trim" if policy == "trim" else "summarize",
         count=count,
         limit=budget.input_limit(plan.requested_max_tokens),
+        output_limit=budget.output_limit(plan.requested_max_tokens),
         offload=True,
     )
-    return _finish(result, plan, budget)
+    # Off the event loop: a result that does not fit counts its system prompt.
+    return await asyncio.to_thread(_finish, result, plan, budget, count)
 
 
 def apply_budget(
@@ -233,6 +247,7 @@ def apply_budget(
 
     Raises:
         VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
+        VLLMFixedPromptOverflowError: The system prompt and tools alone fill the limit.
         ValueError: An unknown policy.
 
     Example:
@@ -278,6 +293,7 @@ async def aapply_budget(
 
     Raises:
         VLLMContextOverflowError: The policy is ``"raise"``, or nothing fits.
+        VLLMFixedPromptOverflowError: The system prompt and tools alone fill the limit.
         ValueError: An unknown policy.
     """
     tokens = await asyncio.to_thread(count, list(messages)) if offload else count(list(messages))

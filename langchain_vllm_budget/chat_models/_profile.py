@@ -5,7 +5,11 @@ triggers (``SummarizationMiddleware(trigger=("fraction", 0.8))``), and ``create_
 ``structured_output``. vLLM's window (``max_model_len``) covers input *and* output, so the
 profile's ``max_input_tokens`` is the largest prompt that ``ChatVLLM`` sends without its
 overflow policy acting: ``max_model_len - safety_margin - min_output_tokens``. A fractional
-trigger below 1.0 therefore always fires before ``ChatVLLM`` has to trim or raise.
+trigger below 1.0 therefore always fires before ``ChatVLLM`` has to trim or raise. How this
+number, a request's ``max_tokens`` and the compaction target fit together (for harnesses that
+subtract their own reserve and headroom) is the contract written in
+:mod:`langchain_vllm_budget.budget` (:meth:`~langchain_vllm_budget.budget.TokenBudget.input_limit`,
+:func:`~langchain_vllm_budget.budget.harness_room`).
 
 LangChain fills ``profile`` once, when the model is built; a server's window is only known
 once the server is asked. :class:`ServerProfileAttribute` makes ``ChatVLLM.profile`` follow

@@ -41,6 +41,7 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
+from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
@@ -72,6 +73,7 @@ class _Plan:
     count: MessageCounter
     limit: int
     sent: PrefixCall
+    output_limit: int | None = None
 
 
 class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], ContextT, ResponseT]):
@@ -82,9 +84,13 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         policy: ``"summarize"`` (default) replaces the oldest turns by one loss-checked
             summary; ``"trim"`` drops them.
         target: After a compaction the input fills at most this share of the input limit
-            (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6).
+            (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6), and, for a ChatVLLM, no more
+            than leaves the call's ``max_tokens`` and the safety margin in the window
+            (:meth:`~langchain_vllm_budget.budget.TokenBudget.compaction_target`).
         max_input_tokens: The input limit; default: from the model (its profile, and for a
-            ChatVLLM its window less safety margin and minimum output room).
+            ChatVLLM its window less safety margin and minimum output room). A harness that
+            checks requests against its own budget passes that budget
+            (:func:`~langchain_vllm_budget.budget.harness_room`).
         summarizer: Writes the summaries: a chat model, ``"extractive"`` (model-free), or
             ``None`` (or ``model``) for the call's model itself, asked with the call's own
             prefix (its
@@ -223,7 +229,7 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         if count(full) <= limit:
             return None
         sent = PrefixCall.from_call(tools, request.model_settings)
-        return _Plan(full, len(system), count, limit, sent)
+        return _Plan(full, len(system), count, limit, sent, _output_limit(model, request))
 
     @staticmethod
     def _compacted(plan: _Plan, result: CompactionResult) -> list[BaseMessage] | None:
@@ -261,7 +267,11 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         if plan is None:
             return handler(request)
         result = self.compactor_for(request.model, plan.sent).compact(
-            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit
+            plan.messages,
+            policy=self.policy,
+            count=plan.count,
+            limit=plan.limit,
+            output_limit=plan.output_limit,
         )
         compacted = self._compacted(plan, result)
         if compacted is None:
@@ -280,7 +290,12 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
             return await handler(request)
         compactor = await asyncio.to_thread(self.compactor_for, request.model, plan.sent)
         result = await compactor.acompact(
-            plan.messages, policy=self.policy, count=plan.count, limit=plan.limit, offload=True
+            plan.messages,
+            policy=self.policy,
+            count=plan.count,
+            limit=plan.limit,
+            output_limit=plan.output_limit,
+            offload=True,
         )
         compacted = self._compacted(plan, result)
         if compacted is None:
@@ -302,3 +317,22 @@ def _window_limit(model: BaseChatModel) -> int | None:
     """A budgeted model's input limit: window less safety margin and minimum output room."""
     found = budgeted(model)
     return found.get_budget().input_limit() if found is not None else None
+
+
+def _output_limit(model: BaseChatModel, request: ModelRequest[ContextT]) -> int | None:
+    """For a budgeted model: the most input that leaves the call's ``max_tokens`` and margin.
+
+    The call's ``max_tokens`` is the request's setting (``max_completion_tokens`` first, as
+    vLLM reads it), else the model's own; ``None`` when neither is set or the window is not
+    known (the compaction then aims at ``target`` of the limit alone).
+    """
+    found = budgeted(model)
+    if found is None:
+        return None
+    options = request.model_settings
+    requested = options.get("max_completion_tokens", options.get("max_tokens"))
+    if requested is None and isinstance(model, BaseChatOpenAI):
+        requested = model.max_tokens
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+        return None
+    return found.get_budget().output_limit(requested)

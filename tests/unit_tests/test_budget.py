@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from langchain_vllm_budget.budget import TokenBudget, needed_output, plan_budget
-from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.budget import (
+    TokenBudget,
+    compaction_target,
+    harness_room,
+    needed_output,
+    plan_budget,
+)
+from langchain_vllm_budget.errors import VLLMContextOverflowError, VLLMFixedPromptOverflowError
 
 
 def test_seed_formula_caps_at_output_reserve() -> None:
@@ -183,3 +192,189 @@ def test_the_overflow_error_and_the_plan_agree_on_the_shortfall() -> None:
         min_output_tokens=plan.needed_output_tokens,
     )
     assert error.shortfall == plan.shortfall == VLLMContextOverflowError.from_plan(plan).shortfall
+
+
+# --------------------------------------------------------------------------- the contract
+# between profile, max_tokens and the compaction target (docs/compaction.md, "Harnesses with
+# their own budget"), over windows from 2,048 to 131,072 tokens.
+
+
+@st.composite
+def budgets(draw: st.DrawFn) -> TokenBudget:
+    window = draw(st.integers(2048, 131_072))
+    margin = draw(st.integers(0, 512))
+    min_output = draw(st.integers(1, 1024))
+    reserve = draw(st.integers(min_output, window - 1))
+    return TokenBudget(
+        max_model_len=window,
+        output_reserve=reserve,
+        safety_margin=margin,
+        min_output_tokens=min_output,
+    )
+
+
+shares = st.floats(0.05, 1.0)
+
+
+@given(budget=budgets(), share=shares, data=st.data())
+def test_a_compaction_target_leaves_the_requests_max_tokens_and_the_margin(
+    budget: TokenBudget, share: float, data: st.DataObject
+) -> None:
+    window = budget.call_room() + budget.safety_margin
+    requested = data.draw(st.none() | st.integers(1, 2 * window))
+    target = budget.compaction_target(share, requested)
+    assert target >= 1
+    # never above the input limit: the compacted request fits without the policy acting
+    assert target <= max(1, budget.input_limit(requested))
+    assert budget.plan(target, requested).fits or budget.input_limit(requested) < 1
+    if requested is not None and window - budget.safety_margin - requested >= 1:
+        # compacted input + the request's own output reserve + margin <= window
+        assert target + requested + budget.safety_margin <= window
+        assert budget.plan(target, requested).max_tokens == requested
+    elif requested is None:
+        assert target + budget.min_output_tokens + budget.safety_margin <= window
+    else:  # max_tokens alone fills the window: keep as little as possible
+        assert target == 1
+
+
+@given(
+    input_limit=st.integers(1, 131_072),
+    share=shares,
+    output_limit=st.none() | st.integers(-1000, 131_072),
+)
+def test_the_target_is_the_share_within_the_output_limit(
+    input_limit: int, share: float, output_limit: int | None
+) -> None:
+    target = compaction_target(input_limit=input_limit, share=share, output_limit=output_limit)
+    assert 1 <= target <= max(1, int(input_limit * share))
+    if output_limit is not None:
+        assert target <= max(1, output_limit)
+    if output_limit is None or output_limit >= input_limit * share:
+        assert target == max(1, int(input_limit * share))
+
+
+@given(budget=budgets(), data=st.data())
+def test_a_harness_has_room_exactly_when_its_reserve_and_fixed_part_fit(
+    budget: TokenBudget, data: st.DataObject
+) -> None:
+    profile_limit = budget.input_limit()  # profile["max_input_tokens"]
+    max_tokens = data.draw(st.integers(1, profile_limit + 10))
+    headroom = data.draw(st.integers(0, profile_limit))
+    fixed = data.draw(st.integers(0, profile_limit))
+    room = profile_limit - max_tokens - headroom
+    if fixed < room:
+        got = harness_room(
+            max_input_tokens=profile_limit,
+            max_tokens=max_tokens,
+            headroom=headroom,
+            fixed_tokens=fixed,
+        )
+        assert got == room > fixed >= 0
+        return
+    with pytest.raises(VLLMFixedPromptOverflowError) as caught:
+        harness_room(
+            max_input_tokens=profile_limit,
+            max_tokens=max_tokens,
+            headroom=headroom,
+            fixed_tokens=fixed,
+        )
+    error = caught.value
+    assert error.room == room
+    assert error.fixed_tokens == fixed
+    assert f"Remove at least {error.shortfall} tokens" in str(error)
+    assert "lower max_tokens or headroom" in str(error)
+    # the advice is exact: that many tokens fewer, and the harness has room
+    if fixed - error.shortfall >= 0:
+        assert (
+            harness_room(
+                max_input_tokens=profile_limit,
+                max_tokens=max_tokens,
+                headroom=headroom,
+                fixed_tokens=fixed - error.shortfall,
+            )
+            == room
+        )
+
+
+@given(budget=budgets(), share=shares, data=st.data())
+def test_compacting_to_the_target_leaves_a_harness_room_when_its_reserve_fits(
+    budget: TokenBudget, share: float, data: st.DataObject
+) -> None:
+    profile_limit = budget.input_limit()
+    max_tokens = data.draw(st.integers(1, profile_limit))
+    reserve_limit = budget.harness_reserve_limit(share, max_tokens)
+    headroom = data.draw(st.integers(0, profile_limit))
+    target = budget.compaction_target(share, max_tokens)
+    if max_tokens + headroom <= reserve_limit:
+        room = harness_room(
+            max_input_tokens=profile_limit, max_tokens=max_tokens, headroom=headroom
+        )
+        assert 0 < target <= room
+    else:
+        assert target > profile_limit - max_tokens - headroom
+
+
+@pytest.mark.parametrize("window", [2048, 4096, 8192, 12288, 32768, 131_072])
+@pytest.mark.parametrize("headroom_share", [0.0, 0.1, 0.25])
+@pytest.mark.parametrize("max_tokens", [64, 512, 2048])
+def test_the_documented_defaults_leave_a_harness_room(
+    window: int, headroom_share: float, max_tokens: int
+) -> None:
+    # the defaults, with the window discovered from the server (as ChatVLLM gets it)
+    budget = TokenBudget(max_model_len=None).with_max_model_len(window)
+    profile_limit = budget.input_limit()
+    headroom = int(headroom_share * profile_limit)
+    if max_tokens + headroom >= profile_limit:
+        with pytest.raises(VLLMFixedPromptOverflowError):
+            harness_room(max_input_tokens=profile_limit, max_tokens=max_tokens, headroom=headroom)
+        return
+    room = harness_room(max_input_tokens=profile_limit, max_tokens=max_tokens, headroom=headroom)
+    assert room == profile_limit - max_tokens - headroom > 0
+    target = budget.compaction_target(0.6, max_tokens)
+    fits = max_tokens + headroom <= budget.harness_reserve_limit(0.6, max_tokens)
+    assert fits == (target <= room)
+
+
+def test_the_worked_example_of_the_docs() -> None:
+    budget = TokenBudget(max_model_len=12288)
+    assert budget.input_limit() == 11904
+    assert budget.compaction_target(0.6) == 7142
+    assert budget.compaction_target(0.6, 64) == 7257
+    assert budget.harness_reserve_limit(0.6, 512) == 4762
+    room = harness_room(max_input_tokens=11904, max_tokens=64, headroom=1190)
+    assert room == 10650
+    assert budget.compaction_target(0.6, 64) <= room
+
+
+@given(budget=budgets(), data=st.data())
+def test_a_fixed_part_that_fills_the_input_limit_is_a_typed_error(
+    budget: TokenBudget, data: st.DataObject
+) -> None:
+    requested = data.draw(st.none() | st.integers(1, 4096))
+    limit = budget.input_limit(requested)
+    fixed = data.draw(st.integers(0, limit + 100))
+    if fixed < limit:
+        assert budget.check_fixed_part(fixed, requested) == limit - fixed
+        return
+    with pytest.raises(VLLMFixedPromptOverflowError) as caught:
+        budget.check_fixed_part(fixed, requested)
+    assert caught.value.room == limit
+    assert caught.value.terms[0] == ("max_model_len", budget.call_room() + budget.safety_margin)
+    assert budget.check_fixed_part(fixed - caught.value.shortfall, requested) == 1
+
+
+def test_the_docs_state_what_the_functions_compute() -> None:
+    """Each ``call  # value`` line of the docs' worked example is what the call returns."""
+    docs = (Path(__file__).parents[2] / "docs" / "compaction.md").read_text()
+    section = docs[docs.index("## Harnesses with their own budget") :]
+    block = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    namespace: dict[str, object] = {}
+    checked = 0
+    for line in block.strip().splitlines():
+        code, _, comment = line.partition("  # ")
+        exec(code, namespace)
+        value = re.match(r"\d+", comment)
+        if value is not None and not code.startswith(("from", "budget =")):
+            assert eval(code, namespace) == int(value.group())
+            checked += 1
+    assert checked == 6

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain.agents.middleware import wrap_model_call
+from langchain.agents.middleware import ModelRequest, ModelResponse, wrap_model_call
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -26,7 +26,7 @@ from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
 from pydantic import Field
 
-from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
+from langchain_vllm_budget.budget import BudgetPlan, TokenBudget, compaction_target
 from langchain_vllm_budget.capabilities import budgeted, token_counter_of
 from langchain_vllm_budget.compaction import is_summary_message
 from langchain_vllm_budget.compression import extract_entities
@@ -506,3 +506,40 @@ def test_concurrent_threads_each_compact_on_their_own_shape() -> None:
     # nothing about a run was kept on the middleware
     assert vars(compaction).keys() == attributes.keys()
     assert all(vars(compaction)[k] is v for k, v in attributes.items())
+
+
+@pytest.mark.parametrize("max_tokens", [None, 64, 5200])
+def test_a_compaction_leaves_the_calls_max_tokens_inside_the_window(
+    max_tokens: int | None,
+) -> None:
+    """The target is within what leaves the call's max_tokens and margin (budget.py's rule)."""
+    model = CountingScriptedModel(counter=COUNTER, profile={"max_input_tokens": LIMIT})
+    budget = model.get_budget()
+    middleware = ContextCompactionMiddleware(model, policy="trim")
+    history: list[Any] = []
+    for i in range(20):
+        history += [HumanMessage(_ticket(i)), AIMessage(f"Noted INC-{1000 + i}.")]
+    history.append(HumanMessage("Which hosts were slow?"))
+    settings = {} if max_tokens is None else {"max_tokens": max_tokens}
+    request = ModelRequest(
+        model=model,
+        messages=history,
+        system_message=SystemMessage(SYSTEM),
+        model_settings=settings,
+    )
+    sent: list[ModelRequest[Any]] = []
+
+    def handler(request: ModelRequest[Any]) -> ModelResponse[Any]:
+        sent.append(request)
+        return ModelResponse(result=[AIMessage("ok")])
+
+    middleware.wrap_model_call(request, handler)
+    tokens = COUNTER.count_messages([SystemMessage(SYSTEM), *sent[0].messages])
+    target = compaction_target(
+        input_limit=LIMIT, share=middleware.target, output_limit=budget.output_limit(max_tokens)
+    )
+    assert tokens <= target
+    if max_tokens is not None:
+        assert tokens + max_tokens + budget.safety_margin <= 4 * LIMIT
+    if max_tokens == 5200:  # the call's own reserve, not the share, set the target
+        assert target < int(middleware.target * LIMIT)

@@ -9,12 +9,20 @@ from __future__ import annotations
 import logging
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.compaction import CompactionMemory, Compactor, is_summary_message
 from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT, SummarySpec
-from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.errors import VLLMContextOverflowError, VLLMFixedPromptOverflowError
 from langchain_vllm_budget.overflow import SUMMARY_PREFIX, aapply_budget, apply_budget
 from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
@@ -201,3 +209,89 @@ async def test_async_apply_budget_matches_sync(counter) -> None:
 def test_unknown_policy_is_a_clear_error(counter) -> None:
     with pytest.raises(ValueError, match="on_overflow must be"):
         apply_budget(_conversation(1), budget=BUDGET, count=counter.count_messages, policy="drop")
+
+
+# --------------------------------------------------------------------------- the contract
+# A compacted request keeps its own max_tokens and the safety margin inside the window
+# (budget.compaction_target); a system prompt that alone fills the limit is a typed error that
+# names what to change (budget.TokenBudget.check_fixed_part). Windows 2,048 to 131,072.
+
+
+def _words(messages: list[BaseMessage]) -> int:
+    """One token per word: exact and cheap, so that sizes are known in advance."""
+    return sum(len(str(message.content).split()) for message in messages)
+
+
+def _chat(system: int, turn: int, turns: int) -> list[BaseMessage]:
+    chat: list[BaseMessage] = [SystemMessage("rule " * system)]
+    for i in range(turns):
+        chat += [HumanMessage(f"q{i} " * turn), AIMessage(f"a{i} " * 8)]
+    return [*chat, HumanMessage("and now? " * (turn // 3))]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    window=st.integers(2048, 131_072),
+    margin=st.integers(0, 512),
+    share=st.floats(0.1, 1.0),
+    requested=st.none() | st.integers(1, 6000),
+    system_share=st.floats(0.0, 0.6),
+    policy=st.sampled_from(["trim", "summarize"]),
+)
+def test_a_compaction_keeps_the_requests_max_tokens_inside_the_window(
+    window: int,
+    margin: int,
+    share: float,
+    requested: int | None,
+    system_share: float,
+    policy: str,
+) -> None:
+    budget = TokenBudget(max_model_len=window, output_reserve=1024, safety_margin=margin)
+    system = int(system_share * window)
+    turn = max(1, window // 24)
+    chat = _chat(system, turn, turns=30)
+    compactor = Compactor(target=share, summary=SummarySpec(max_tokens=64))
+    target = budget.compaction_target(share, requested)
+    newest = _words([chat[0], chat[-1]])
+    # the summary's cap, its slack and its message's prefix (trim needs none)
+    summary_room = 64 + 64 if policy == "summarize" else 0
+    try:
+        outcome = apply_budget(
+            chat,
+            budget=budget,
+            count=_words,
+            policy=policy,  # type: ignore[arg-type]
+            requested_max_tokens=requested,
+            compactor=compactor,
+        )
+    except VLLMFixedPromptOverflowError as error:
+        assert system >= budget.input_limit(requested) == error.room  # noqa: PT017
+        return
+    except VLLMContextOverflowError:
+        assert newest + summary_room > budget.input_limit(requested)
+        return
+    assert outcome.action in ("trimmed", "summarized")
+    assert outcome.plan.fits
+    assert outcome.compaction is not None
+    assert outcome.compaction.target_tokens == target
+    # what a compaction aims at is reachable (the system prompt, the summary's room and the
+    # newest turn fit the target): it is reached, and the request keeps its whole max_tokens
+    if newest + summary_room <= target:
+        assert outcome.plan.input_tokens <= target
+        if requested is not None:
+            assert outcome.plan.input_tokens + requested + margin <= window
+            assert outcome.plan.max_tokens == requested
+
+
+def test_a_system_prompt_that_fills_the_limit_says_what_to_shorten() -> None:
+    budget = TokenBudget(max_model_len=4096, output_reserve=1024)
+    chat = _chat(system=3800, turn=100, turns=4)
+    with pytest.raises(VLLMFixedPromptOverflowError) as caught:
+        apply_budget(chat, budget=budget, count=_words, policy="trim")
+    error = caught.value
+    assert (error.fixed_tokens, error.room, error.shortfall) == (3800, 3712, 89)
+    assert "Remove at least 89 tokens from the system prompt or the tool definitions" in str(error)
+    assert "lower safety_margin or min_output_tokens" in str(error)
+    # a system prompt that leaves room, with a newest turn that does not: today's error
+    with pytest.raises(VLLMContextOverflowError):
+        apply_budget(_chat(3000, 2400, 4), budget=budget, count=_words, policy="trim")
