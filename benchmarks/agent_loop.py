@@ -22,10 +22,13 @@ and costs no model call). The variants:
   (``ClearToolUsesEdit``, which replaces older tool results by a placeholder) in the same
   graph, with the exact token counter and the same trigger, near the limit.
 
-This package's summarizer is the chat model itself (the default); LangChain's is a copy of
-it with the same summary cap. Every variant has the same system prompt and three tool
-definitions. Its models send their requests through one recording HTTP client, so what is
-measured is what was sent, after any compaction: per request, vLLM's
+The server's prefix cache is emptied before each variant (``POST /reset_prefix_cache``; the
+server started here runs with ``VLLM_SERVER_DEV_MODE=1``; the summary says so when a server
+given by URL does not allow it). This package's summarizer is the chat model itself (the
+default); LangChain's is a copy of it with the same summary cap. Every variant has the
+same system prompt and three tool definitions. Its models send their requests through one
+recording HTTP client, so what is measured is what was sent, after any compaction: per
+request, vLLM's
 ``usage.prompt_tokens`` and ``prompt_tokens_details.cached_tokens`` (the server runs with
 ``--enable-prompt-tokens-details``); in a turn, the last request is the agent's call and the
 ones before it are the summarizer's. Reported per variant: the prefix-cache hit rate under
@@ -530,11 +533,23 @@ def _make_variant(name: str, served: Served, wire: _Wire, limit: int) -> _Varian
     raise ValueError(msg)
 
 
+def _reset_prefix_cache(served: Served) -> bool:
+    """Empty the server's prefix cache, so that a variant cannot hit the previous variant's
+    prompts; ``False`` where the server does not offer it (started without
+    ``VLLM_SERVER_DEV_MODE=1``)."""
+    response = httpx.post(f"{served.server_root}/reset_prefix_cache", timeout=60)
+    if response.status_code == 404:
+        return False
+    response.raise_for_status()
+    return True
+
+
 def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
     counter = TransformersTokenCounter(served.model_path)
     wire = _Wire()
     limit = _input_limit(served)
     variant = _make_variant(name, served, wire, limit)
+    cache_reset = _reset_prefix_cache(served)
     started = time.perf_counter()
     calls: list[Call] = []
     previous: list[dict[str, Any]] | None = None
@@ -573,6 +588,7 @@ def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
             [t.facts for t in turns], prompt_text(previous or [])
         ),
         "seconds": round(time.perf_counter() - started, 1),
+        "prefix_cache_reset_before": cache_reset,
     }
 
 
@@ -718,6 +734,7 @@ def _server(window: int, url: str | None) -> Iterator[Served]:
             "hermes",
             "--enable-prompt-tokens-details",  # cached tokens per request, in usage
         ),
+        env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache between variants
     )
     log = cache_dir() / "logs" / f"bench-agent-loop-{window}.log"
     # A loaded machine can take many minutes to start vLLM.
@@ -859,6 +876,13 @@ def _chat_markdown(chat: dict[str, Any]) -> list[str]:
             f"{run['seconds_per_call_p95']} | {_errors(run)} "
             f"| {_pct(facts['share'])} ({facts['present']}/{facts['total']}) |"
         )
+    if not all(r.get("prefix_cache_reset_before", True) for r in chat["runs"]):
+        lines += [
+            "",
+            "**The server's prefix cache could not be emptied between variants** (a server "
+            "given by URL, started without `VLLM_SERVER_DEV_MODE=1`): a variant may hit the "
+            "cache of an earlier one.",
+        ]
     if not any(r["policy"] == "summarize, every call (before)" for r in chat["runs"]):
         lines += [
             "",

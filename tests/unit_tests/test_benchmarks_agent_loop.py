@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from benchmarks import agent_loop
 from benchmarks.agent_loop import (
     Call,
     SentRequest,
@@ -73,7 +76,7 @@ def test_a_turn_grows_to_its_size_and_not_past_it() -> None:
 
 
 def test_prompt_text_reads_contents_parts_and_tool_arguments() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": [{"type": "text", "text": "part"}]},
         {
@@ -139,3 +142,34 @@ def test_hit_rates_split_agent_calls_and_summarizer_requests() -> None:
 def test_hit_rate_without_requests_is_none() -> None:
     assert hit_rate([]) is None
     assert summarize_calls([])["summarizer_hit_rate"] is None
+
+
+def test_a_crashed_variant_is_marked_and_fails_the_run_after_the_others_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @contextlib.contextmanager
+    def server(window: int, url: str | None) -> Iterator[Any]:
+        class Served:
+            max_model_len = window
+            model_path = "unused"
+
+        yield Served()
+
+    def run_chat(served: Any, name: str, turns: Any) -> dict[str, Any]:
+        if name == "trim":
+            raise TypeError(name)
+        return {"policy": name}
+
+    monkeypatch.setattr(agent_loop, "_server", server)
+    monkeypatch.setattr(agent_loop, "_turns", lambda counter, calls: [ticket_turn(0, counter)])
+    monkeypatch.setattr(agent_loop, "TransformersTokenCounter", lambda path: _WordCounter())
+    monkeypatch.setattr(agent_loop, "_run_chat", run_chat)
+    saved: list[dict[str, Any]] = []
+    with pytest.raises(agent_loop.VariantsCrashed, match="trim"):
+        agent_loop.run_agent_loop(
+            quick=True, variants=("trim", "summarize"), parts=("chat",), done=saved.append
+        )
+    runs = saved[-1]["chat"]["runs"]
+    assert runs == [{"policy": "trim", "crashed": "TypeError"}, {"policy": "summarize"}]
+    table = agent_loop._chat_markdown(saved[-1]["chat"] | {"runs": runs[:1]})
+    assert "| trim | **CRASHED: TypeError** |" in "\n".join(table)
