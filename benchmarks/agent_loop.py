@@ -12,7 +12,7 @@ and costs no model call). The variants:
 
 * ``trim``/``summarize`` *every call*: ``ChatVLLM(compaction_target=1.0)``, which compacts
   just enough on every over-window call: the behaviour before cache-friendly compaction
-  (the summarize one, the slowest, runs only when named with ``--only``);
+  (the summarize one, the slowest, runs only with ``--all-variants`` or ``--only``);
 * ``trim``/``summarize``: ``ChatVLLM(on_overflow=...)`` with the default target (0.6): the
   compaction in the model;
 * ``middleware (summarize, in state)``:
@@ -602,7 +602,7 @@ CHAT_VARIANTS: tuple[str, ...] = (
     "LangChain ContextEditingMiddleware",
 )
 # Summarizing on every over-window call took ~400 s of the ~1,900 s of part 1: left out of
-# the default run (``--only`` runs it).
+# the default run (``--all-variants`` runs it).
 DEFAULT_CHAT_VARIANTS: tuple[str, ...] = tuple(
     v for v in CHAT_VARIANTS if v != "summarize, every call (before)"
 )
@@ -887,7 +887,7 @@ def _chat_markdown(chat: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "Not run: `summarize, every call (before)` (the slowest baseline; "
-            '`--only "summarize, every call (before)"` runs it).',
+            "`--all-variants` runs it with the others).",
         ]
     return lines
 
@@ -1003,6 +1003,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'; '.join(DEFAULT_CHAT_VARIANTS)})",
     )
     parser.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="run every compaction variant, the summarize-every-call baseline included",
+    )
+    parser.add_argument(
         "--parts",
         default=",".join(PARTS),
         help="chat (also called compaction), tools or both; a part not run keeps its "
@@ -1010,7 +1015,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT)
     args = parser.parse_args(argv)
-    variants = tuple(args.only) if args.only else DEFAULT_CHAT_VARIANTS
+    variants = (
+        CHAT_VARIANTS
+        if args.all_variants
+        else tuple(args.only)
+        if args.only
+        else DEFAULT_CHAT_VARIANTS
+    )
     parts = tuple("chat" if p == "compaction" else p for p in args.parts.split(","))
     if set(parts) - set(PARTS):
         parser.error("--parts takes chat (or compaction) and tools")
