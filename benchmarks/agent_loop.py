@@ -88,7 +88,7 @@ from langgraph.store.memory import InMemoryStore
 
 from benchmarks.calls import percentile
 from benchmarks.corpus import build_stage_outputs
-from benchmarks.servers import QWEN, Served, server_spec
+from benchmarks.servers import QWEN, Served, reset_prefix_cache, server_spec
 from langchain_vllm_budget import ChatVLLM, TokenBudget, TokenCounter, TransformersTokenCounter
 from langchain_vllm_budget.compression import extract_entities, is_entity_present
 from langchain_vllm_budget.errors import VLLMContextOverflowError
@@ -533,23 +533,13 @@ def _make_variant(name: str, served: Served, wire: _Wire, limit: int) -> _Varian
     raise ValueError(msg)
 
 
-def _reset_prefix_cache(served: Served) -> bool:
-    """Empty the server's prefix cache, so that a variant cannot hit the previous variant's
-    prompts; ``False`` where the server does not offer it (started without
-    ``VLLM_SERVER_DEV_MODE=1``)."""
-    response = httpx.post(f"{served.server_root}/reset_prefix_cache", timeout=60)
-    if response.status_code == 404:
-        return False
-    response.raise_for_status()
-    return True
-
-
 def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
     counter = TransformersTokenCounter(served.model_path)
     wire = _Wire()
     limit = _input_limit(served)
     variant = _make_variant(name, served, wire, limit)
-    cache_reset = _reset_prefix_cache(served)
+    # A variant must not hit the previous variant's prompts.
+    cache_reset = reset_prefix_cache(served)
     started = time.perf_counter()
     calls: list[Call] = []
     previous: list[dict[str, Any]] | None = None
