@@ -38,7 +38,9 @@ does not extend the previous prompt), summarizer calls, wall time per turn over 
 (median / p95), errors (the typed overflow error of a conversation that no longer fits; any
 other exception is a crash: the variant is marked, the others still run, and the run fails),
 and the share of every labelled fact of every ticket of the run present in the last prompt
-the model was sent (the summary included): present, not proven answerable.
+the model was sent (the summary included): present, not proven answerable; and, less
+dependent on where the last compaction fell, the mean over the calls over the window of the
+share of the facts told so far present in each call's prompt.
 
 Part 2, **tool outputs**: an agent on a 12,288-token window whose tools return 2-5K-token
 results (incident tickets, config diffs, plans and run reports from
@@ -543,6 +545,7 @@ def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
     started = time.perf_counter()
     calls: list[Call] = []
     previous: list[dict[str, Any]] | None = None
+    shares: list[float] = []
     # The whole conversation, never compacted: says whether a call is over the window.
     full: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT)]
     for i, turn in enumerate(turns):
@@ -562,6 +565,9 @@ def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
         rewrote = agent is not None and not extends(previous, agent.messages)
         previous = agent.messages if agent is not None else previous
         calls.append(Call(over, agent, new[:-1] if agent else new, seconds, error, rewrote))
+        if over and agent is not None:  # the facts told so far, in the prompt of this call
+            told = [t.facts for t in turns[: i + 1]]
+            shares.append(facts_present(told, prompt_text(agent.messages))["share"] or 0.0)
         full.append(AIMessage(reply))
         rate = hit_rate([*calls[-1].summarizer, *([agent] if agent else [])])
         print(
@@ -576,6 +582,10 @@ def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
         # The last prompt the model was sent (summary included) against every ticket's facts.
         "facts_in_final_prompt": facts_present(
             [t.facts for t in turns], prompt_text(previous or [])
+        ),
+        # Less dependent on where the last compaction fell than the final prompt alone.
+        "facts_so_far_present_mean_over_window": (
+            round(statistics.mean(shares), 4) if shares else None
         ),
         "seconds": round(time.perf_counter() - started, 1),
         "prefix_cache_reset_before": cache_reset,
@@ -843,17 +853,20 @@ def _chat_markdown(chat: dict[str, Any]) -> list[str]:
         "one. The last column: the share of all labelled facts of the run's "
         f"{chat['calls']} tickets ({chat.get('facts_per_turn', 5)} each: ticket ID, address, "
         "time, p99, trace path) present in the last prompt the model was sent (summary "
-        "included); it does not say the model can answer from it.",
+        "included); it does not say the model can answer from it. As it depends on where "
+        "the last compaction fell, the next column averages, over the calls over the "
+        "window, the share of the facts told so far present in each call's prompt.",
         "",
         "| policy | hit rate under the window | over the window: all requests "
         "| agent calls | summarizer requests | tokens prefilled over the window "
         "| prompt rewrites | summarizer calls | s per call (median / p95) | errors "
-        "| must-keep facts present in the final prompt |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| must-keep facts present in the final prompt "
+        "| facts told so far present, mean over the window |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in chat["runs"]:
         if "crashed" in run:
-            lines.append(f"| {run['policy']} | **CRASHED: {run['crashed']}** |" + " |" * 9)
+            lines.append(f"| {run['policy']} | **CRASHED: {run['crashed']}** |" + " |" * 10)
             continue
         facts = run["facts_in_final_prompt"]
         lines.append(
@@ -864,7 +877,8 @@ def _chat_markdown(chat: dict[str, Any]) -> list[str]:
             f"| {run['tokens_prefilled_over_window']:,} | {run['prompt_rewrites']} "
             f"| {run['summarizer_calls']} | {run['seconds_per_call_median']} / "
             f"{run['seconds_per_call_p95']} | {_errors(run)} "
-            f"| {_pct(facts['share'])} ({facts['present']}/{facts['total']}) |"
+            f"| {_pct(facts['share'])} ({facts['present']}/{facts['total']}) "
+            f"| {_pct(run.get('facts_so_far_present_mean_over_window'))} |"
         )
     if not all(r.get("prefix_cache_reset_before", True) for r in chat["runs"]):
         lines += [
