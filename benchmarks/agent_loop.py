@@ -2,25 +2,45 @@
 
 ``python -m benchmarks.agent_loop`` (or ``python -m benchmarks.run --only agent_loop``).
 
-Part 1, **compaction**: a chat that grows by one ~280-token turn per call (a ticket full of
-IDs, plus the model's short reply), run to about three times a 4,096-token window
-(tiny-qwen, random weights, the real Qwen tokenizer and template), once per policy:
+Part 1, **compaction** (``--parts chat``, also called ``compaction``): a chat that grows by
+one ~280-token turn per call, run to about three times a 4,096-token window (tiny-qwen, random
+weights, the real Qwen tokenizer and template), on one server, once per variant. A turn is the
+user's request about a ticket, a scripted ``get_ticket`` tool call and the ticket (IDs,
+addresses, times, numbers, paths) as its tool result, then the model's real call, which
+replies (the random model cannot choose tools, so the tool call is scripted, as in part 2,
+and costs no model call). The variants:
 
 * ``trim``/``summarize`` *every call*: ``ChatVLLM(compaction_target=1.0)``, which compacts
-  just enough on every over-window call: the behaviour before cache-friendly compaction;
-* ``trim``/``summarize``: ``ChatVLLM(on_overflow=...)`` with the default target (0.6);
-* ``middleware (summarize)``: :class:`~langchain_vllm_budget.middleware.ContextCompactionMiddleware`
-  in a ``create_agent`` graph with a checkpointer (the compaction lives in state);
-* LangChain's stock ``SummarizationMiddleware`` in the same graph (exact token counter,
-  triggered near the same limit, keeping the same target).
+  just enough on every over-window call: the behaviour before cache-friendly compaction
+  (the summarize one, the slowest, runs only with ``--all-variants`` or ``--only``);
+* ``trim``/``summarize``: ``ChatVLLM(on_overflow=...)`` with the default target (0.6): the
+  compaction in the model;
+* ``middleware (summarize, in state)``:
+  :class:`~langchain_vllm_budget.middleware.ContextCompactionMiddleware` in a
+  ``create_agent`` graph with a checkpointer (the compaction lives in state);
+* LangChain's ``SummarizationMiddleware`` and ``ContextEditingMiddleware``
+  (``ClearToolUsesEdit``, which replaces older tool results by a placeholder) in the same
+  graph, with the exact token counter and the same trigger, near the limit.
 
-Every variant has the same system prompt and three tool definitions. Before and after each
-call the server's ``/metrics`` counters ``vllm:prefix_cache_queries`` and
-``vllm:prefix_cache_hits`` are read: their differences are the prompt tokens the server
-looked up and the ones it found cached (summarizer requests included: they run on the same
-server). Reported per policy: hit rate on the calls under the window and on the calls whose
-conversation no longer fits, the same for the agent's own requests only, tokens prefilled
-(looked up minus found), compactions, summarizer calls, wall time per call, errors.
+The server's prefix cache is emptied before each variant (``POST /reset_prefix_cache``; the
+server started here runs with ``VLLM_SERVER_DEV_MODE=1``; the summary says so when a server
+given by URL does not allow it). This package's summarizer is the chat model itself (the
+default); LangChain's is a copy of it with the same summary cap. Every variant has the
+same system prompt and three tool definitions. Its models send their requests through one
+recording HTTP client, so what is measured is what was sent, after any compaction: per
+request, vLLM's
+``usage.prompt_tokens`` and ``prompt_tokens_details.cached_tokens`` (the server runs with
+``--enable-prompt-tokens-details``); in a turn, the last request is the agent's call and the
+ones before it are the summarizer's. Reported per variant: the prefix-cache hit rate under
+the window and over it (all requests, the agent's calls only, the summarizer requests apart),
+tokens prefilled (prompted minus cached) over the window, prompt rewrites (calls whose prompt
+does not extend the previous prompt), summarizer calls, wall time per turn over the window
+(median / p95), errors (the typed overflow error of a conversation that no longer fits; any
+other exception is a crash: the variant is marked, the others still run, and the run fails),
+and the share of every labelled fact of every ticket of the run present in the last prompt
+the model was sent (the summary included): present, not proven answerable; and, less
+dependent on where the last compaction fell, the mean over the calls over the window of the
+share of the facts told so far present in each call's prompt.
 
 Part 2, **tool outputs**: an agent on a 12,288-token window whose tools return 2-5K-token
 results (incident tickets, config diffs, plans and run reports from
@@ -42,29 +62,36 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 from langchain.agents import create_agent
-from langchain.agents.middleware import SummarizationMiddleware, wrap_model_call
+from langchain.agents.middleware import (
+    ClearToolUsesEdit,
+    ContextEditingMiddleware,
+    SummarizationMiddleware,
+    wrap_model_call,
+)
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
+from benchmarks.calls import percentile
 from benchmarks.corpus import build_stage_outputs
-from benchmarks.servers import QWEN, Served, server_spec
-from langchain_vllm_budget import ChatVLLM, TokenBudget, TransformersTokenCounter
+from benchmarks.servers import QWEN, Served, reset_prefix_cache, server_spec
+from langchain_vllm_budget import ChatVLLM, TokenBudget, TokenCounter, TransformersTokenCounter
 from langchain_vllm_budget.compression import extract_entities, is_entity_present
 from langchain_vllm_budget.errors import VLLMContextOverflowError
 from langchain_vllm_budget.middleware import (
@@ -74,11 +101,24 @@ from langchain_vllm_budget.middleware import (
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import LocalVLLMServer
 
-__all__ = ["main", "run_agent_loop"]
+__all__ = [
+    "Call",
+    "SentRequest",
+    "Turn",
+    "extends",
+    "facts_present",
+    "hit_rate",
+    "main",
+    "prompt_text",
+    "run_agent_loop",
+    "summarize_calls",
+    "ticket_facts",
+    "ticket_turn",
+]
 
 CHAT_WINDOW = 4096
 TOOL_WINDOW = 12288
-TURN_TOKENS = 250  # the human part of a turn; the reply and template bring it to ~280
+TURN_TOKENS = 280  # a turn: request, tool call, ticket and reply, as the template renders them
 SUMMARY_CAP = 250
 REPLY_TOKENS = 16
 _DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "agent_loop"
@@ -111,115 +151,270 @@ def restart_service(service: str, drain_timeout_s: int = 30) -> str:
 CHAT_TOOLS: list[BaseTool] = [get_ticket, query_metrics, restart_service]
 
 
+# ------------------------------------------------------------------------------ the workload
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of the chat: the user's request, the scripted ``get_ticket`` call, its result.
+
+    Attributes:
+        messages: The user's request, the assistant's tool call and the tool's result.
+        facts: The ticket's labelled must-keep facts (label to value), each unique to it.
+    """
+
+    messages: tuple[BaseMessage, ...]
+    facts: dict[str, str]
+
+
+def ticket_facts(i: int) -> dict[str, str]:
+    """The labelled must-keep facts of ticket ``i`` (every value unique to its ticket).
+
+    Example:
+        >>> ticket_facts(3)["ticket"], ticket_facts(3)["address"]
+        ('INC-7003', '10.4.3.121')
+    """
+    return {
+        "ticket": f"INC-{7000 + i}",
+        "address": f"10.4.{i}.{10 + (37 * i) % 200}",
+        "since": f"2024-05-{1 + i % 28:02d}T{i % 24:02d}:{(7 * i) % 60:02d}Z",
+        "p99": f"{1200 + 13 * i} ms",
+        "trace": f"/var/log/checkout/web-{i:02d}/trace-{(97 * i) % 1000:03d}.log",
+    }
+
+
+def ticket_turn(i: int, counter: TokenCounter, tokens: int = TURN_TOKENS) -> Turn:
+    """Turn ``i``: the user asks about a ticket, ``get_ticket`` returns it (~``tokens`` in all).
+
+    The ticket grows by log lines until the turn, with a reply of ``REPLY_TOKENS``, would
+    pass ``tokens`` tokens of the rendered prompt.
+    """
+    facts = ticket_facts(i)
+    head = (
+        f"Ticket {facts['ticket']}: checkout-api on host web-{i:02d}.prod "
+        f"({facts['address']}) is slow since {facts['since']}; p99 {facts['p99']}, first "
+        f"trace in {facts['trace']}."
+    )
+    call_id = f"call_{i}"
+    ask = HumanMessage(f"Ticket {facts['ticket']} came in: what should I check first?")
+    call = AIMessage(
+        "",
+        tool_calls=[{"name": "get_ticket", "args": {"ticket_id": facts["ticket"]}, "id": call_id}],
+    )
+
+    def turn(lines: list[str]) -> tuple[BaseMessage, ...]:
+        result = ToolMessage("\n".join(lines), tool_call_id=call_id, name="get_ticket")
+        return (ask, call, result)
+
+    system = [SystemMessage(SYSTEM_PROMPT)]
+    base = counter.count_messages(system)
+    lines = [head]
+    for j in range(64):
+        line = (
+            f"- log /var/log/checkout/web-{i:02d}-{j}.log: p99 {150 + 7 * j + i} ms, "
+            f"pool_size={8 + j}, queue orders.v{j % 3} depth {40 * j + i}."
+        )
+        grown = counter.count_messages([*system, *turn([*lines, line])]) - base
+        if grown + REPLY_TOKENS > tokens:
+            break
+        lines.append(line)
+    return Turn(turn(lines), facts)
+
+
 # ------------------------------------------------------------------------------ measuring
 
 
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE):
-        total += float(match.group(1))
-    return total
+@dataclass(frozen=True)
+class SentRequest:
+    """One chat-completions request as sent, and the server's usage for it.
+
+    Attributes:
+        messages: The request's ``messages`` (JSON), the prompt the model was sent.
+        prompt_tokens: ``usage.prompt_tokens``.
+        cached_tokens: ``usage.prompt_tokens_details.cached_tokens`` (prefix-cache hits).
+    """
+
+    messages: list[dict[str, Any]]
+    prompt_tokens: int
+    cached_tokens: int
 
 
-@dataclass
-class _Counters:
-    """The server's prefix-cache counters (cumulative)."""
+class _Wire:
+    """Records every chat-completions request sent through :attr:`client`, with its usage.
 
-    queries: float
-    hits: float
+    The models of a variant (the agent's and the summarizer's) share the client, so what
+    was really sent, after any compaction inside the model, is what is measured.
+    """
 
+    def __init__(self) -> None:
+        self.sent: list[SentRequest] = []
+        self.client = httpx.Client(timeout=600, event_hooks={"response": [self._record]})
 
-def _read_counters(root: str) -> _Counters:
-    text = httpx.get(f"{root}/metrics", timeout=30).text
-    return _Counters(
-        _metric(text, "vllm:prefix_cache_queries_total"),
-        _metric(text, "vllm:prefix_cache_hits_total"),
-    )
+    def _record(self, response: httpx.Response) -> None:
+        if not response.request.url.path.endswith("/chat/completions"):
+            return
+        response.read()
+        if not response.is_success:
+            return
+        usage = response.json().get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is None:
+            msg = (
+                "the server reports no usage.prompt_tokens_details.cached_tokens: start it "
+                "with --enable-prompt-tokens-details"
+            )
+            raise RuntimeError(msg)
+        body = json.loads(response.request.content)
+        self.sent.append(SentRequest(body["messages"], int(usage["prompt_tokens"]), int(cached)))
 
 
 class _Requests(BaseCallbackHandler):
-    """Usage of every chat model call it is attached to, in call order: prompt tokens and
-    the cached ones (vLLM's ``prompt_tokens_details.cached_tokens``, reported when the server
-    runs with ``--enable-prompt-tokens-details``)."""
+    """Usage of every chat model call it is attached to, in call order (part 2)."""
 
     def __init__(self) -> None:
         self.prompt_tokens: list[int] = []
-        self.cached_tokens: list[int | None] = []
 
     def on_llm_end(self, response: Any, **kwargs: Any) -> None:
         for generations in response.generations:
             for generation in generations:
                 usage = getattr(generation.message, "usage_metadata", None) or {}
                 self.prompt_tokens.append(int(usage.get("input_tokens", 0)))
-                cached = (usage.get("input_token_details") or {}).get("cache_read")
-                self.cached_tokens.append(None if cached is None else int(cached))
+
+
+def prompt_text(messages: list[dict[str, Any]]) -> str:
+    """The text of a chat-completions request's messages: contents and tool-call arguments.
+
+    Example:
+        >>> prompt_text([{"role": "user", "content": "a"}, {"role": "assistant",
+        ...     "content": None, "tool_calls": [{"function": {"arguments": '{"x": 1}'}}]}])
+        'a\\n{"x": 1}'
+    """
+    parts: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+        for call in message.get("tool_calls") or []:
+            parts.append(str((call.get("function") or {}).get("arguments", "")))
+    return "\n".join(p for p in parts if p)
+
+
+def facts_present(facts: list[dict[str, str]], prompt: str) -> dict[str, Any]:
+    """How many of the run's labelled facts ``prompt`` still holds, in all and per label.
+
+    Example:
+        >>> facts_present([{"ticket": "INC-1", "p99": "5 ms"}, {"ticket": "INC-2"}],
+        ...               "INC-1 had 5ms")["by_label"]
+        {'ticket': 0.5, 'p99': 1.0}
+    """
+    found: dict[str, list[bool]] = {}
+    for ticket in facts:
+        for label, value in ticket.items():
+            found.setdefault(label, []).append(is_entity_present(value, prompt))
+    flags = [flag for values in found.values() for flag in values]
+    return {
+        "total": len(flags),
+        "present": sum(flags),
+        "share": round(sum(flags) / len(flags), 4) if flags else None,
+        "by_label": {label: round(sum(v) / len(v), 4) for label, v in found.items()},
+    }
+
+
+def extends(previous: list[dict[str, Any]] | None, messages: list[dict[str, Any]]) -> bool:
+    """Whether a prompt only appends to the previous one (what the prefix cache rewards).
+
+    Example:
+        >>> a, b = {"role": "user", "content": "a"}, {"role": "user", "content": "b"}
+        >>> extends([a], [a, b]), extends([a, b], [b]), extends(None, [a])
+        (True, False, True)
+    """
+    return previous is None or messages[: len(previous)] == previous
 
 
 @dataclass
-class _Call:
-    index: int
+class Call:
+    """One turn of a variant: its requests (the agent's last; the ones before it are the
+    summarizer's), whether the conversation was over the window, time and error.
+
+    Attributes:
+        over_window: The whole conversation no longer fit the input limit.
+        agent: The agent's request (``None`` when the turn failed before sending it).
+        summarizer: The summarizer requests of the turn.
+        seconds: Wall time of the turn.
+        error: The error's type, when the turn failed.
+        rewrote: The agent's prompt did not extend its previous prompt.
+    """
+
     over_window: bool
-    queries: float
-    hits: float
-    summarizer_queries: int
-    summarizer_hits: int
+    agent: SentRequest | None
+    summarizer: list[SentRequest]
     seconds: float
     error: str | None = None
-    compacted: bool = False
-
-    @property
-    def rate(self) -> float:
-        return self.hits / self.queries if self.queries else 0.0
+    rewrote: bool = False
 
 
-@dataclass
-class _Run:
-    name: str
-    calls: list[_Call] = field(default_factory=list)
-    summarizer_calls: int = 0
-    compactions: int = 0
+def hit_rate(requests: list[SentRequest]) -> float | None:
+    """Cached prompt tokens over prompt tokens (``None`` without requests).
 
-    def summary(self) -> dict[str, Any]:
-        def rate(calls: list[_Call], *, agent_only: bool = False) -> float | None:
-            queries = sum(c.queries - (c.summarizer_queries if agent_only else 0) for c in calls)
-            hits = sum(c.hits - (c.summarizer_hits if agent_only else 0) for c in calls)
-            return round(hits / queries, 4) if queries else None
-
-        under = [c for c in self.calls if not c.over_window and c.index > 0 and not c.error]
-        over = [c for c in self.calls if c.over_window and not c.error]
-        seconds = [c.seconds for c in over]
-        return {
-            "policy": self.name,
-            "calls": len(self.calls),
-            "over_window_calls": len(over),
-            "hit_rate_under_window": rate(under),
-            "hit_rate_over_window": rate(over),
-            "hit_rate_over_window_agent_calls": rate(over, agent_only=True),
-            "tokens_prefilled_over_window": int(sum(c.queries - c.hits for c in over)),
-            "tokens_looked_up_over_window": int(sum(c.queries for c in over)),
-            "compactions": self.compactions,
-            "summarizer_calls": self.summarizer_calls,
-            "seconds_per_call_median": round(statistics.median(seconds), 3) if seconds else None,
-            "seconds_per_call_max": round(max(seconds), 3) if seconds else None,
-            "errors": sum(1 for c in self.calls if c.error),
-            "per_call_hit_rate": [round(c.rate, 4) for c in self.calls],
-            "per_call_over_window": [c.over_window for c in self.calls],
-        }
+    Example:
+        >>> hit_rate([SentRequest([], 100, 80), SentRequest([], 300, 0)])
+        0.2
+    """
+    prompted = sum(r.prompt_tokens for r in requests)
+    return round(sum(r.cached_tokens for r in requests) / prompted, 4) if prompted else None
 
 
-def _ticket(i: int, counter: TransformersTokenCounter) -> str:
-    lines = [
-        f"Ticket INC-{7000 + i}: checkout-api on host web-{i % 17:02d}.prod "
-        f"(10.4.{i % 250}.{10 + i % 200}) is slow since 2024-05-{1 + i % 28:02d}T0{i % 10}:15Z."
-    ]
-    j = 0
-    while counter.count_text("\n".join(lines)) < TURN_TOKENS:
-        lines.append(
-            f"- log /var/log/checkout/web-{i % 17:02d}-{j}.log: p99 {150 + 7 * j + i} ms, "
-            f"pool_size={8 + j}, queue orders.v{j % 3} depth {40 * j + i}."
-        )
-        j += 1
-    return "\n".join(lines)
+def summarize_calls(calls: list[Call]) -> dict[str, Any]:
+    """The columns of a variant's turns (see the module docstring).
+
+    Hit rates are per request (``cached_tokens / prompt_tokens``, summed); "under the window"
+    leaves out the first call (nothing to hit yet); latency is per turn over the window
+    (summarizer requests included).
+    """
+
+    def requests(
+        selected: list[Call], *, agent: bool = True, summary: bool = True
+    ) -> list[SentRequest]:
+        out: list[SentRequest] = []
+        for call in selected:
+            out += call.summarizer if summary else []
+            out += [call.agent] if agent and call.agent is not None else []
+        return out
+
+    under = [c for c in calls[1:] if not c.over_window]
+    over = [c for c in calls if c.over_window]
+    over_requests = requests(over)
+    seconds = [c.seconds for c in over if c.error is None]
+    errors: dict[str, int] = {}
+    for call in calls:
+        if call.error:
+            errors[call.error] = errors.get(call.error, 0) + 1
+    return {
+        "calls": len(calls),
+        "over_window_calls": len(over),
+        "hit_rate_under_window": hit_rate(requests(under)),
+        "hit_rate_over_window": hit_rate(over_requests),
+        "hit_rate_over_window_agent_calls": hit_rate(requests(over, summary=False)),
+        "summarizer_hit_rate": hit_rate(requests(calls, agent=False)),
+        "tokens_prefilled_over_window": sum(
+            r.prompt_tokens - r.cached_tokens for r in over_requests
+        ),
+        "tokens_prompted_over_window": sum(r.prompt_tokens for r in over_requests),
+        "prompt_rewrites": sum(c.rewrote for c in calls),
+        "summarizer_calls": sum(len(c.summarizer) for c in calls),
+        "seconds_per_call_median": round(statistics.median(seconds), 3) if seconds else None,
+        "seconds_per_call_p95": round(percentile(seconds, 95), 3) if seconds else None,
+        "errors": sum(errors.values()),
+        "error_types": errors,
+        "per_call_hit_rate": [hit_rate(requests([c])) for c in calls],
+        "per_call_over_window": [c.over_window for c in calls],
+    }
+
+
+def _turns(counter: TokenCounter, calls: int) -> list[Turn]:
+    return [ticket_turn(i, counter) for i in range(calls)]
 
 
 # ------------------------------------------------------------------------------ part 1
@@ -249,33 +444,28 @@ def _summarizer(served: Served, requests: _Requests) -> ChatVLLM:
 @dataclass
 class _Variant:
     name: str
-    # sends one turn; returns the reply's text and its budget metadata (or {})
-    step: Callable[[str], tuple[str, dict[str, Any]]]
+    # sends one turn; returns the reply's text
+    step: Callable[[Turn], str]
 
 
-def _direct_variant(
-    name: str, served: Served, summarize_requests: _Requests, **kwargs: Any
-) -> _Variant:
+def _direct_variant(name: str, served: Served, wire: _Wire, **kwargs: Any) -> _Variant:
+    # The summarizer is the model itself (the default).
     model = _chat_model(
-        served,
-        [],
-        summarizer=_summarizer(served, summarize_requests),
-        summary_max_tokens=SUMMARY_CAP,
-        **kwargs,
+        served, [], http_client=wire.client, summary_max_tokens=SUMMARY_CAP, **kwargs
     )
     bound = model.bind_tools(CHAT_TOOLS, tool_choice="none")
     history: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT)]
 
-    def step(text: str) -> tuple[str, dict[str, Any]]:
-        history.append(HumanMessage(text))
+    def step(turn: Turn) -> str:
+        history.extend(turn.messages)
         reply = bound.invoke(history)
         history.append(AIMessage(reply.text))
-        return reply.text, dict(reply.response_metadata.get("budget", {}))
+        return reply.text
 
     return _Variant(name, step)
 
 
-def _agent_variant(name: str, served: Served, middleware: Any, model: ChatVLLM) -> _Variant:
+def _agent_variant(name: str, middleware: Any, model: ChatVLLM) -> _Variant:
     agent = create_agent(
         model,
         tools=CHAT_TOOLS,
@@ -283,12 +473,14 @@ def _agent_variant(name: str, served: Served, middleware: Any, model: ChatVLLM) 
         middleware=[middleware],
         checkpointer=InMemorySaver(),
     )
-    config = {"configurable": {"thread_id": name}}
+    config: RunnableConfig = {"configurable": {"thread_id": name}}
 
-    def step(text: str) -> tuple[str, dict[str, Any]]:
-        result = agent.invoke({"messages": [HumanMessage(text)]}, config)
-        last = result["messages"][-1]
-        return last.text, dict(last.response_metadata.get("budget", {}))
+    def step(turn: Turn) -> str:
+        # The scripted tool call and its result enter the state with the request: the
+        # graph's one model call per turn reads the ticket and replies.
+        inputs: Any = {"messages": list(turn.messages)}
+        result = agent.invoke(inputs, config)
+        return str(result["messages"][-1].text)
 
     return _Variant(name, step)
 
@@ -298,91 +490,106 @@ def _input_limit(served: Served) -> int:
     return served.max_model_len - budget.safety_margin - REPLY_TOKENS
 
 
-def _run_chat(served: Served, variant_name: str, calls: int) -> _Run:
-    counter = TransformersTokenCounter(served.model_path)
-    summarize_requests = _Requests()
-    limit = _input_limit(served)
-    variant = _make_variant(variant_name, served, summarize_requests, limit)
-    run = _Run(variant_name)
-    # The whole conversation, never compacted: says whether a call is over the window.
-    full: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT)]
-    for i in range(calls):
-        text = _ticket(i, counter)
-        full.append(HumanMessage(text))
-        over = counter.count_messages(full, _tool_dicts()) > limit
-        before = _read_counters(served.server_root)
-        summarized_before = len(summarize_requests.prompt_tokens)
-        started = time.perf_counter()
-        error = None
-        reply, budget = "", {}
-        try:
-            reply, budget = variant.step(text)
-        except Exception as exc:  # a failed call is counted, not fatal
-            error = type(exc).__name__
-        seconds = time.perf_counter() - started
-        after = _read_counters(served.server_root)
-        new_summaries = summarize_requests.prompt_tokens[summarized_before:]
-        summary_hits = summarize_requests.cached_tokens[summarized_before:]
-        compacted = bool((budget.get("compaction") or {}).get("compacted")) or bool(new_summaries)
-        run.calls.append(
-            _Call(
-                i,
-                over,
-                after.queries - before.queries,
-                after.hits - before.hits,
-                sum(new_summaries),
-                sum(h or 0 for h in summary_hits),
-                seconds,
-                error,
-                compacted,
-            )
-        )
-        run.summarizer_calls += len(new_summaries)
-        run.compactions += compacted
-        full.append(AIMessage(reply))
-        print(
-            f"[agent_loop] {variant_name} call {i}: over={over} "
-            f"hit={run.calls[-1].rate:.2f} compacted={compacted} {seconds:.1f}s {error or ''}",
-            flush=True,
-        )
-    return run
-
-
 def _tool_dicts() -> list[dict[str, Any]]:
     return [convert_to_openai_tool(t) for t in CHAT_TOOLS]
 
 
-def _make_variant(name: str, served: Served, requests: _Requests, limit: int) -> _Variant:
+def _make_variant(name: str, served: Served, wire: _Wire, limit: int) -> _Variant:
     if name == "trim, every call (before)":
-        return _direct_variant(name, served, requests, on_overflow="trim", compaction_target=1.0)
+        return _direct_variant(name, served, wire, on_overflow="trim", compaction_target=1.0)
     if name == "summarize, every call (before)":
-        return _direct_variant(
-            name, served, requests, on_overflow="summarize", compaction_target=1.0
-        )
+        return _direct_variant(name, served, wire, on_overflow="summarize", compaction_target=1.0)
     if name == "trim":
-        return _direct_variant(name, served, requests, on_overflow="trim")
+        return _direct_variant(name, served, wire, on_overflow="trim")
     if name == "summarize":
-        return _direct_variant(name, served, requests, on_overflow="summarize")
-    model = _chat_model(served, [])
+        return _direct_variant(name, served, wire, on_overflow="summarize")
+    model = _chat_model(served, [], http_client=wire.client)
     if name == "middleware (summarize, in state)":
-        middleware: Any = ContextCompactionMiddleware(
-            model, summarizer=_summarizer(served, requests), summary_max_tokens=SUMMARY_CAP
-        )
-        return _agent_variant(name, served, middleware, model)
+        middleware: Any = ContextCompactionMiddleware(model, summary_max_tokens=SUMMARY_CAP)
+        return _agent_variant(name, middleware, model)
+    counter = model.resolved_token_counter
+    # LangChain's counters see the messages only: leave the system prompt and tools their
+    # room, and trigger a little before the limit, as the other variants compact at it.
+    overhead = counter.count_messages([SystemMessage(SYSTEM_PROMPT)], _tool_dicts())
+    trigger = limit - overhead - 300
+
+    def count(messages: Iterable[Any]) -> int:
+        return counter.count_messages(list(messages))
+
     if name == "LangChain SummarizationMiddleware":
-        counter = model.resolved_token_counter
-        # Its counter sees the messages only: leave the system prompt and tools their room.
-        overhead = counter.count_messages([SystemMessage(SYSTEM_PROMPT)], _tool_dicts())
+        summarizer = _chat_model(served, [], http_client=wire.client, max_tokens=SUMMARY_CAP)
         middleware = SummarizationMiddleware(
-            model,
-            trigger=("tokens", limit - overhead - 300),
+            summarizer,
+            trigger=("tokens", trigger),
             keep=("tokens", int(0.6 * limit) - overhead - SUMMARY_CAP),
-            token_counter=lambda messages: counter.count_messages(list(messages)),
-            summarizer=_summarizer(served, requests),
+            token_counter=count,
         )
-        return _agent_variant(name, served, middleware, model)
+        return _agent_variant(name, middleware, model)
+    if name == "LangChain ContextEditingMiddleware":
+        # Its defaults otherwise: keep the 3 latest tool results, clear all older ones.
+        middleware = ContextEditingMiddleware(
+            edits=[ClearToolUsesEdit(trigger=trigger)], token_counter=count
+        )
+        return _agent_variant(name, middleware, model)
     msg = f"unknown variant {name!r}"
     raise ValueError(msg)
+
+
+def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
+    counter = TransformersTokenCounter(served.model_path)
+    wire = _Wire()
+    limit = _input_limit(served)
+    variant = _make_variant(name, served, wire, limit)
+    # A variant must not hit the previous variant's prompts.
+    cache_reset = reset_prefix_cache(served)
+    started = time.perf_counter()
+    calls: list[Call] = []
+    previous: list[dict[str, Any]] | None = None
+    shares: list[float] = []
+    # The whole conversation, never compacted: says whether a call is over the window.
+    full: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT)]
+    for i, turn in enumerate(turns):
+        full.extend(turn.messages)
+        over = counter.count_messages(full, _tool_dicts()) > limit
+        sent = len(wire.sent)
+        began = time.perf_counter()
+        error, reply = None, ""
+        try:
+            reply = variant.step(turn)
+        except VLLMContextOverflowError as exc:  # the policy let the prompt overflow: counted
+            error = type(exc).__name__
+        # Any other exception is a crash of the variant: it propagates.
+        seconds = time.perf_counter() - began
+        new = wire.sent[sent:]
+        agent = new[-1] if new and error is None else None
+        rewrote = agent is not None and not extends(previous, agent.messages)
+        previous = agent.messages if agent is not None else previous
+        calls.append(Call(over, agent, new[:-1] if agent else new, seconds, error, rewrote))
+        if over and agent is not None:  # the facts told so far, in the prompt of this call
+            told = [t.facts for t in turns[: i + 1]]
+            shares.append(facts_present(told, prompt_text(agent.messages))["share"] or 0.0)
+        full.append(AIMessage(reply))
+        rate = hit_rate([*calls[-1].summarizer, *([agent] if agent else [])])
+        print(
+            f"[agent_loop] {name} call {i}: over={over} hit={rate} "
+            f"summaries={len(calls[-1].summarizer)} rewrote={rewrote} {seconds:.1f}s "
+            f"{error or ''}",
+            flush=True,
+        )
+    return {
+        "policy": name,
+        **summarize_calls(calls),
+        # The last prompt the model was sent (summary included) against every ticket's facts.
+        "facts_in_final_prompt": facts_present(
+            [t.facts for t in turns], prompt_text(previous or [])
+        ),
+        # Less dependent on where the last compaction fell than the final prompt alone.
+        "facts_so_far_present_mean_over_window": (
+            round(statistics.mean(shares), 4) if shares else None
+        ),
+        "seconds": round(time.perf_counter() - started, 1),
+        "prefix_cache_reset_before": cache_reset,
+    }
 
 
 CHAT_VARIANTS: tuple[str, ...] = (
@@ -392,6 +599,12 @@ CHAT_VARIANTS: tuple[str, ...] = (
     "summarize",
     "middleware (summarize, in state)",
     "LangChain SummarizationMiddleware",
+    "LangChain ContextEditingMiddleware",
+)
+# Summarizing on every over-window call took ~400 s of the ~1,900 s of part 1: left out of
+# the default run (``--all-variants`` runs it).
+DEFAULT_CHAT_VARIANTS: tuple[str, ...] = tuple(
+    v for v in CHAT_VARIANTS if v != "summarize, every call (before)"
 )
 
 
@@ -460,7 +673,10 @@ def _run_tools(served: Served, *, cap: int | None, steps: int) -> dict[str, Any]
         checkpointer=InMemorySaver(),
         store=InMemoryStore(),
     )
-    config = {"configurable": {"thread_id": "tools"}, "recursion_limit": 4 * steps + 10}
+    config: RunnableConfig = {
+        "configurable": {"thread_id": "tools"},
+        "recursion_limit": 4 * steps + 10,
+    }
     hit_window_at: int | None = None
     started = time.perf_counter()
     try:
@@ -518,6 +734,7 @@ def _server(window: int, url: str | None) -> Iterator[Served]:
             "hermes",
             "--enable-prompt-tokens-details",  # cached tokens per request, in usage
         ),
+        env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache between variants
     )
     log = cache_dir() / "logs" / f"bench-agent-loop-{window}.log"
     # A loaded machine can take many minutes to start vLLM.
@@ -537,30 +754,49 @@ def _run_info(started: float) -> dict[str, Any]:
     }
 
 
+class VariantsCrashed(RuntimeError):
+    """Some compaction variants raised an unexpected error (their tracebacks were printed)."""
+
+
 def run_agent_loop(
     *,
     quick: bool = False,
     chat_url: str | None = None,
     tools_url: str | None = None,
-    variants: tuple[str, ...] = CHAT_VARIANTS,
+    variants: tuple[str, ...] = DEFAULT_CHAT_VARIANTS,
     parts: tuple[str, ...] = PARTS,
     done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the parts; return the results (see the module docstring).
 
     ``done`` is called with the results after each part (to save them as they come).
+
+    Raises:
+        VariantsCrashed: A compaction variant crashed (after both parts ran and ``done``
+            saw the results, where the variant is marked ``crashed``).
     """
-    calls = 24 if quick else 42
+    calls = 20 if quick else 42
     steps = 6 if quick else 12
     results: dict[str, Any] = {}
+    crashed: list[str] = []
     if "chat" in parts:
         started = time.perf_counter()
         with _server(CHAT_WINDOW, chat_url) as served:
-            chat = [_run_chat(served, name, calls).summary() for name in variants]
+            turns = _turns(TransformersTokenCounter(served.model_path), calls)
+            chat = []
+            for name in variants:
+                try:
+                    chat.append(_run_chat(served, name, turns))
+                except Exception as exc:  # reported, and the section fails at the end
+                    traceback.print_exc()
+                    print(f"[agent_loop] {name} CRASHED: {type(exc).__name__}", flush=True)
+                    chat.append({"policy": name, "crashed": type(exc).__name__})
+                    crashed.append(name)
             results["chat"] = {
                 "window": served.max_model_len,
                 "calls": calls,
                 "turn_tokens": TURN_TOKENS,
+                "facts_per_turn": len(turns[0].facts),
                 "runs": chat,
                 **_run_info(started),
             }
@@ -578,6 +814,9 @@ def run_agent_loop(
             }
         if done is not None:
             done(results)
+    if crashed:
+        msg = f"compaction variant(s) crashed: {', '.join(crashed)} (tracebacks above)"
+        raise VariantsCrashed(msg)
     return results
 
 
@@ -603,25 +842,63 @@ def summary_markdown(results: dict[str, Any], command: str) -> list[str]:
 def _chat_markdown(chat: dict[str, Any]) -> list[str]:
     lines = [
         f"## Compaction: a chat to ~3x a {chat['window']}-token window "
-        f"({chat['calls']} calls, one ~{chat['turn_tokens'] + 30}-token turn per call)",
+        f"({chat['calls']} calls, one ~{chat['turn_tokens']}-token turn per call: a request, "
+        "a scripted `get_ticket` call and the ticket as its tool result)",
         "",
         _info(chat),
         "",
-        "| policy | hit rate under the window | hit rate over the window (all requests) "
-        "| over the window, agent calls only | tokens prefilled over the window "
-        "| compactions | summarizer calls | s per call (median / max) | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Hit rates are the server's `cached_tokens` over `prompt_tokens`, summed over the "
+        "requests; over the window: all requests, the agent's own calls, and the summarizer "
+        "requests apart. A prompt rewrite is a call whose prompt does not extend the previous "
+        "one. The last column: the share of all labelled facts of the run's "
+        f"{chat['calls']} tickets ({chat.get('facts_per_turn', 5)} each: ticket ID, address, "
+        "time, p99, trace path) present in the last prompt the model was sent (summary "
+        "included); it does not say the model can answer from it. As it depends on where "
+        "the last compaction fell, the next column averages, over the calls over the "
+        "window, the share of the facts told so far present in each call's prompt.",
+        "",
+        "| policy | hit rate under the window | over the window: all requests "
+        "| agent calls | summarizer requests | tokens prefilled over the window "
+        "| prompt rewrites | summarizer calls | s per call (median / p95) | errors "
+        "| must-keep facts present in the final prompt "
+        "| facts told so far present, mean over the window |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in chat["runs"]:
+        if "crashed" in run:
+            lines.append(f"| {run['policy']} | **CRASHED: {run['crashed']}** |" + " |" * 10)
+            continue
+        facts = run["facts_in_final_prompt"]
         lines.append(
             f"| {run['policy']} | {_pct(run['hit_rate_under_window'])} "
             f"| {_pct(run['hit_rate_over_window'])} "
             f"| {_pct(run['hit_rate_over_window_agent_calls'])} "
-            f"| {run['tokens_prefilled_over_window']:,} | {run['compactions']} "
+            f"| {_pct(run['summarizer_hit_rate'])} "
+            f"| {run['tokens_prefilled_over_window']:,} | {run['prompt_rewrites']} "
             f"| {run['summarizer_calls']} | {run['seconds_per_call_median']} / "
-            f"{run['seconds_per_call_max']} | {run['errors']} |"
+            f"{run['seconds_per_call_p95']} | {_errors(run)} "
+            f"| {_pct(facts['share'])} ({facts['present']}/{facts['total']}) "
+            f"| {_pct(run.get('facts_so_far_present_mean_over_window'))} |"
         )
+    if not all(r.get("prefix_cache_reset_before", True) for r in chat["runs"]):
+        lines += [
+            "",
+            "**The server's prefix cache could not be emptied between variants** (a server "
+            "given by URL, started without `VLLM_SERVER_DEV_MODE=1`): a variant may hit the "
+            "cache of an earlier one.",
+        ]
+    if not any(r["policy"] == "summarize, every call (before)" for r in chat["runs"]):
+        lines += [
+            "",
+            "Not run: `summarize, every call (before)` (the slowest baseline; "
+            "`--all-variants` runs it with the others).",
+        ]
     return lines
+
+
+def _errors(run: dict[str, Any]) -> str:
+    types = ", ".join(f"{n} {t}" for t, n in run["error_types"].items())
+    return f"{run['errors']} ({types})" if types else str(run["errors"])
 
 
 def _info(part: dict[str, Any]) -> str:
@@ -674,10 +951,11 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_chat(axes: Any, chat: dict[str, Any]) -> None:
-    for run in chat["runs"]:
-        rates = run["per_call_hit_rate"]
+    runs = [run for run in chat["runs"] if "crashed" not in run]
+    for run in runs:
+        rates = [float("nan") if r is None else r for r in run["per_call_hit_rate"]]
         axes.plot(range(len(rates)), rates, label=run["policy"])
-    over = chat["runs"][0]["per_call_over_window"]
+    over = runs[0]["per_call_over_window"] if runs else []
     first_over = next((i for i, flag in enumerate(over) if flag), None)
     if first_over is not None:
         axes.axvline(first_over, color="grey", linestyle=":", label="chat passes the window")
@@ -720,21 +998,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tools-url", help=f"a running tiny-qwen server with a {TOOL_WINDOW} window"
     )
-    parser.add_argument("--only", help="comma-separated chat variants", default=None)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=CHAT_VARIANTS,
+        metavar="VARIANT",
+        help="a compaction variant to run (repeat the flag for more; default: "
+        f"{'; '.join(DEFAULT_CHAT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="run every compaction variant, the summarize-every-call baseline included",
+    )
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
-        help="chat, tools or both; a part not run keeps its results already in --out",
+        help="chat (also called compaction), tools or both; a part not run keeps its "
+        "results already in --out",
     )
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT)
     args = parser.parse_args(argv)
-    variants = tuple(args.only.split(",")) if args.only else CHAT_VARIANTS
-    parts = tuple(args.parts.split(","))
+    variants = (
+        CHAT_VARIANTS
+        if args.all_variants
+        else tuple(args.only)
+        if args.only
+        else DEFAULT_CHAT_VARIANTS
+    )
+    parts = tuple("chat" if p == "compaction" else p for p in args.parts.split(","))
     if set(parts) - set(PARTS):
-        parser.error(f"--parts takes {', '.join(PARTS)}")
+        parser.error("--parts takes chat (or compaction) and tools")
     previous = args.out / "results.json"
     kept = json.loads(previous.read_text()) if previous.is_file() else {}
-    command = "python -m benchmarks.agent_loop" + (" --quick" if args.quick else "")
+    command = " ".join(["python -m benchmarks.agent_loop", *(argv or sys.argv[1:])])
 
     def save(results: dict[str, Any]) -> None:
         merged = {k: v for k, v in kept.items() if k in PARTS and k not in parts}

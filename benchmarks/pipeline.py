@@ -40,7 +40,6 @@ from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
 import openai
 from langchain_core.runnables import RunnableConfig
 from langchain_openai import ChatOpenAI
@@ -52,7 +51,7 @@ from benchmarks.metrics import counter_delta, scrape
 from benchmarks.overflow_sweep import classify, seed_max_tokens
 from benchmarks.requests import PipelineRequest, request_variant
 from benchmarks.retention import Retention, must_keep_retention
-from benchmarks.servers import Served
+from benchmarks.servers import Served, reset_prefix_cache
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.cli.run import _LOCAL_DEFAULTS
 from langchain_vllm_budget.errors import VLLMContextOverflowError
@@ -378,15 +377,6 @@ async def run_raw_forward(
 # The two scenarios
 
 
-def _reset_prefix_cache(served: Served) -> bool:
-    """Empty vLLM's prefix cache (dev-mode endpoint); ``False`` when the server refuses."""
-    try:
-        response = httpx.post(f"{served.server_root}/reset_prefix_cache", timeout=30.0)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
-
-
 async def _measured(served: Served, run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     """Await ``run`` (it starts only then) between two reads of vLLM's counters."""
     before = await asyncio.to_thread(scrape, served.server_root)
@@ -407,7 +397,7 @@ async def _relaxed(
     runs: list[dict[str, Any]] = []
     reset_ok = True
     for index, variant in enumerate(plan):
-        reset_ok = await asyncio.to_thread(_reset_prefix_cache, served) and reset_ok
+        reset_ok = await asyncio.to_thread(reset_prefix_cache, served) and reset_ok
         recorder = CallRecorder()
         first = variant not in plan[:index]
         run = (

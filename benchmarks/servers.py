@@ -19,7 +19,7 @@ import httpx
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 
-__all__ = ["QWEN", "SMOLLM2", "BenchServers", "Served", "server_spec"]
+__all__ = ["QWEN", "SMOLLM2", "BenchServers", "Served", "reset_prefix_cache", "server_spec"]
 
 QWEN = "tiny-qwen"
 """Random-weight Qwen2 with the real Qwen tokenizer: the seed's 12288-token window."""
@@ -74,6 +74,18 @@ def server_spec(name: str, **changes: object) -> LocalServerSpec:
     }
     values.update(changes)
     return LocalServerSpec(**values)  # type: ignore[arg-type]
+
+
+def reset_prefix_cache(served: Served) -> bool:
+    """Empty vLLM's prefix cache (dev-mode endpoint); ``False`` when the server refuses.
+
+    The endpoint exists only on a server started with ``VLLM_SERVER_DEV_MODE=1``.
+    """
+    try:
+        response = httpx.post(f"{served.server_root}/reset_prefix_cache", timeout=30.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 class BenchServers:
