@@ -8,10 +8,11 @@ retriever, a chain, an agent, a subgraph) into a node that
    chat model it builds the prompt and fits it to the window with the degrade order, planning
    the budget once per candidate and sending the call with the plan that fits;
 2. stores the stage's raw output in the LangGraph store, per thread and run;
-3. compresses the output (ranked by the request with
-   :func:`~langchain_vllm_budget.compression.query_summary`, the summarizer asked only when
-   that lost an entity the request points at, or always with ``compression="llm"``; entities
-   kept, hard cap) and updates the run's rolling summary;
+3. hands the output off as it is when it fits a share of the window
+   (:func:`~langchain_vllm_budget.compression.spec.verbatim_limit`), else compresses it
+   (ranked by the request with :func:`~langchain_vllm_budget.compression.query_summary`, the
+   summarizer asked only when that lost an entity the request points at, or always with
+   ``compression="llm"``; entities kept, hard cap), and updates the run's rolling summary;
 4. writes the summary, the rolling summary and a ledger entry into the state, and logs the
    compression ratio.
 
