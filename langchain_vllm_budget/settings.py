@@ -37,6 +37,7 @@ __all__ = [
     "CHECKPOINTER_DSN",
     "COMPACTION_TARGET",
     "COMPRESSION",
+    "HANDOFF_VERBATIM_SHARE",
     "MAX_CONCURRENCY",
     "MAX_MODEL_LEN",
     "MIN_OUTPUT_TOKENS",
@@ -267,6 +268,15 @@ SUMMARY_MAX_TOKENS: Setting[int] = Setting(
     250,
     "The hard cap on a compressed summary, in tokens.",
 )
+HANDOFF_VERBATIM_SHARE: Setting[float] = Setting(
+    "handoff_verbatim_share",
+    "VLLM_BUDGET_HANDOFF_VERBATIM_SHARE",
+    float,
+    0.2,
+    "A stage output of at most this share of the stage model's window is handed off "
+    "verbatim; a longer one is compressed to summary_max_tokens (0: compress every output "
+    "over the cap).",
+)
 
 COMPACTION_TARGET: Setting[float] = Setting(
     "compaction_target",
@@ -362,6 +372,7 @@ SETTINGS: tuple[Setting[str] | Setting[int] | Setting[float], ...] = (
     SUMMARIZER_MAX_MODEL_LEN,
     SUMMARIZER_TOKENIZER,
     SUMMARY_MAX_TOKENS,
+    HANDOFF_VERBATIM_SHARE,
     COMPACTION_TARGET,
     ROLLING_SUMMARY_MAX_TOKENS,
     ROLLING_SUMMARY_MODE,

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 
     from langchain_vllm_budget.tokenizers import TokenCounter
 
-__all__ = ["STRATEGIES", "CompressionStrategy", "SummarySpec"]
+__all__ = [
+    "STRATEGIES",
+    "CompressionStrategy",
+    "SummarySpec",
+    "check_verbatim_share",
+    "verbatim_limit",
+]
 
 CompressionStrategy = Literal["auto", "llm", "extractive"]
 """When to call the summarizer model:
@@ -117,3 +123,51 @@ class SummarySpec:
     def with_(self, **changes: Any) -> SummarySpec:
         """A copy with ``changes`` (checked again)."""
         return replace(self, **changes)
+
+
+def check_verbatim_share(share: float) -> None:
+    """Check a hand-off's verbatim share (see :func:`verbatim_limit`).
+
+    Raises:
+        ValueError: ``share`` outside [0, 1).
+    """
+    if not 0.0 <= share < 1.0:
+        msg = (
+            f"handoff_verbatim_share must be at least 0 and below 1 (a share of the window), "
+            f"got {share}; set it or VLLM_BUDGET_HANDOFF_VERBATIM_SHARE."
+        )
+        raise ValueError(msg)
+
+
+def verbatim_limit(max_tokens: int, max_model_len: int | None, share: float) -> int:
+    """The most tokens of a stage output that are handed off as they are, uncompressed.
+
+    The rule of every stage hand-off: an output that fits ``share`` of the stage model's
+    window costs the later stages less than compressing it would (no summarizer call, nothing
+    lost), so it passes verbatim; a longer one is compressed to ``max_tokens``. The limit is
+    never below the cap (an output within the cap is never compressed), and without a known
+    window it is the cap.
+
+    Args:
+        max_tokens: The summary cap (``summary_max_tokens``).
+        max_model_len: The stage model's window; ``None``: unknown.
+        share: ``handoff_verbatim_share`` (0: compress every output over the cap).
+
+    Returns:
+        The limit in tokens.
+
+    Raises:
+        ValueError: ``share`` outside [0, 1).
+
+    Example:
+        >>> verbatim_limit(250, 2048, 0.2), verbatim_limit(250, 32768, 0.2)
+        (409, 6553)
+        >>> verbatim_limit(250, 1024, 0.2), verbatim_limit(250, None, 0.2)
+        (250, 250)
+        >>> verbatim_limit(48, 2048, 0.0)
+        48
+    """
+    check_verbatim_share(share)
+    if max_model_len is None:
+        return max_tokens
+    return max(max_tokens, int(max_model_len * share))

@@ -47,6 +47,7 @@ class Context:
     safety_margin: int = _from(settings.SAFETY_MARGIN)
     min_output_tokens: int = _from(settings.MIN_OUTPUT_TOKENS)
     summary_max_tokens: int = _from(settings.SUMMARY_MAX_TOKENS)
+    handoff_verbatim_share: float = _from(settings.HANDOFF_VERBATIM_SHARE)
     rolling_summary_max_tokens: int = _from(settings.ROLLING_SUMMARY_MAX_TOKENS)
     rolling_summary_mode: str = _from(settings.ROLLING_SUMMARY_MODE)
     compression: str = _from(settings.COMPRESSION)

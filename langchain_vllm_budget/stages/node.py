@@ -8,10 +8,11 @@ retriever, a chain, an agent, a subgraph) into a node that
    chat model it builds the prompt and fits it to the window with the degrade order, planning
    the budget once per candidate and sending the call with the plan that fits;
 2. stores the stage's raw output in the LangGraph store, per thread and run;
-3. compresses the output (ranked by the request with
-   :func:`~langchain_vllm_budget.compression.query_summary`, the summarizer asked only when
-   that lost an entity the request points at, or always with ``compression="llm"``; entities
-   kept, hard cap) and updates the run's rolling summary;
+3. hands the output off as it is when it fits a share of the window
+   (:func:`~langchain_vllm_budget.compression.spec.verbatim_limit`), else compresses it
+   (ranked by the request with :func:`~langchain_vllm_budget.compression.query_summary`, the
+   summarizer asked only when that lost an entity the request points at, or always with
+   ``compression="llm"``; entities kept, hard cap), and updates the run's rolling summary;
 4. writes the summary, the rolling summary and a ledger entry into the state, and logs the
    compression ratio.
 
@@ -66,6 +67,7 @@ from langchain_vllm_budget.compression import (
     render_stage_result,
     summarize,
 )
+from langchain_vllm_budget.compression.spec import check_verbatim_share, verbatim_limit
 from langchain_vllm_budget.stages._usage import ModelCallUsage, track_model_calls
 from langchain_vllm_budget.stages.prompt import (
     FittedPrompt,
@@ -159,6 +161,7 @@ class _Handoff:
     """How a stage's output is handed off, resolved for one run."""
 
     summary_max_tokens: int
+    handoff_verbatim_share: float
     rolling_summary_max_tokens: int
     rolling_summary_mode: RollingSummaryMode
     compression: CompressionStrategy
@@ -188,6 +191,12 @@ class _Output:
     reply: BaseMessage | None = None
     fitted: FittedPrompt | None = None
 
+    def window(self, budget: TokenBudget | None) -> int | None:
+        """The stage model's window: the one its call was planned against, else the budget's."""
+        if self.fitted is not None:
+            return self.fitted.plan.max_model_len
+        return budget.max_model_len if budget is not None else None
+
 
 @dataclass(frozen=True)
 class CompressedStage:
@@ -200,6 +209,7 @@ class CompressedStage:
     stage_input: Callable[[StageInput], Any]
     summarizer: ModelSpec | None
     summary_max_tokens: int | None
+    handoff_verbatim_share: float | None
     rolling_summary_max_tokens: int | None
     rolling_summary_mode: RollingSummaryMode | None
     compression: CompressionStrategy | None
@@ -272,6 +282,9 @@ class CompressedStage:
 
         handoff = _Handoff(
             summary_max_tokens=int(pick("summary_max_tokens", settings.SUMMARY_MAX_TOKENS.get())),
+            handoff_verbatim_share=float(
+                pick("handoff_verbatim_share", settings.HANDOFF_VERBATIM_SHARE.get())
+            ),
             rolling_summary_max_tokens=int(
                 pick("rolling_summary_max_tokens", settings.ROLLING_SUMMARY_MAX_TOKENS.get())
             ),
@@ -338,12 +351,24 @@ class CompressedStage:
             p for p in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if p
         )
 
+    def _verbatim_limit(self, call: _Call, output: _Output) -> int:
+        """The most tokens of this output handed off verbatim (:func:`verbatim_limit`)."""
+        return verbatim_limit(
+            call.handoff.summary_max_tokens,
+            output.window(self.budget),
+            call.handoff.handoff_verbatim_share,
+        )
+
     def _first(self, call: _Call, output: _Output) -> CompressionResult:
-        """The extractive summary ranked by the stage's request."""
+        """The output as it is within the verbatim limit, else the query-ranked summary."""
+        limit = self._verbatim_limit(call, output)
+        fits = limit > call.handoff.summary_max_tokens and (
+            call.counter.count_text(output.text) <= limit
+        )
         return query_summary(
             output.text,
             query=Query.of(call.stage_input.request),
-            max_tokens=call.handoff.summary_max_tokens,
+            max_tokens=limit if fits else call.handoff.summary_max_tokens,
             tokenizer=call.counter,
         )
 
@@ -387,6 +412,7 @@ class CompressedStage:
             "raw_tokens": summary.raw_tokens,
             "summary_tokens": summary.summary_tokens,
             "summary_cap": call.handoff.summary_max_tokens,
+            "verbatim_limit": self._verbatim_limit(call, output),
             "ratio": summary.ratio,
             "retention": summary.retention,
             "entities": len(summary.entities),
@@ -528,6 +554,11 @@ def _check_handoff(name: str, handoff: _Handoff) -> None:
             "least 1 token."
         )
         raise ValueError(msg)
+    try:
+        check_verbatim_share(handoff.handoff_verbatim_share)
+    except ValueError as exc:
+        msg = f"Stage {name!r}: {exc}"
+        raise ValueError(msg) from exc
     if handoff.rolling_summary_mode not in ("extractive", "llm"):
         msg = (
             f"Stage {name!r}: rolling_summary_mode must be 'extractive' or 'llm', got "
@@ -560,6 +591,7 @@ def compressed_stage(
     stage_input: Callable[[StageInput], Any] | None = None,
     summarizer: ModelSpec | None = None,
     summary_max_tokens: int | None = None,
+    handoff_verbatim_share: float | None = None,
     rolling_summary_max_tokens: int | None = None,
     rolling_summary_mode: RollingSummaryMode | None = None,
     compression: CompressionStrategy | None = None,
@@ -590,6 +622,11 @@ def compressed_stage(
             extractive summary only.
         summary_max_tokens: The hard cap on the summary (default: env
             ``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, else 250).
+        handoff_verbatim_share: An output of at most this share of the stage model's window
+            is handed off verbatim, uncompressed; a longer one is compressed to
+            ``summary_max_tokens`` (default: env ``VLLM_BUDGET_HANDOFF_VERBATIM_SHARE``, else
+            0.2; 0: compress every output over the cap). The window is the one the stage's
+            call was planned against, else ``budget``'s; unknown, the cap is the limit.
         rolling_summary_max_tokens: The hard cap on the run's rolling summary (default: env
             ``VLLM_BUDGET_ROLLING_SUMMARY_MAX_TOKENS``, else 400).
         rolling_summary_mode: ``"extractive"`` (the default) merges the rolling summary
@@ -597,7 +634,7 @@ def compressed_stage(
         compression: When the summarizer is called (default ``"auto"``, see
             :data:`~langchain_vllm_budget.compression.CompressionStrategy`).
 
-            These four hand-off settings may also come from the run's context: a setting
+            These five hand-off settings may also come from the run's context: a setting
             left ``None`` here is read from the ``context_schema`` field of the same name,
             when the context has one, so one graph serves runs with different caps.
         counter: Counts summaries and prompts (default: the model's own exact counter).
@@ -622,6 +659,7 @@ def compressed_stage(
         name,
         _Handoff(
             summary_max_tokens=summary_max_tokens or 1,
+            handoff_verbatim_share=handoff_verbatim_share or 0.0,
             rolling_summary_max_tokens=rolling_summary_max_tokens or 1,
             rolling_summary_mode=rolling_summary_mode or "extractive",
             compression=compression or "auto",
@@ -638,6 +676,7 @@ def compressed_stage(
         stage_input=stage_input or StageInput.as_text,
         summarizer=summarizer,
         summary_max_tokens=summary_max_tokens,
+        handoff_verbatim_share=handoff_verbatim_share,
         rolling_summary_max_tokens=rolling_summary_max_tokens,
         rolling_summary_mode=rolling_summary_mode,
         compression=compression,

@@ -70,6 +70,8 @@ class StageLedger(TypedDict):
         raw_tokens: Tokens of the stage's raw output.
         summary_tokens: Tokens of its compressed summary.
         summary_cap: The summary's token cap.
+        verbatim_limit: The most tokens of the output handed off verbatim (see
+            :func:`~langchain_vllm_budget.compression.spec.verbatim_limit`).
         ratio: ``raw_tokens / summary_tokens``.
         retention: Share of the output's entities kept in the summary.
         entities: Number of entities extracted from the output.
@@ -99,6 +101,7 @@ class StageLedger(TypedDict):
     raw_tokens: int
     summary_tokens: int
     summary_cap: int
+    verbatim_limit: int
     ratio: float
     retention: float
     entities: int

@@ -35,6 +35,7 @@ def demo_run(smollm2: ServedModel) -> dict:
         min_output_tokens=32,
         safety_margin=SAFETY_MARGIN,
         summary_max_tokens=SUMMARY_CAP,
+        handoff_verbatim_share=0.0,  # compress every output over the cap
         rolling_summary_max_tokens=64,
         compression="llm",
         temperature=0.0,

@@ -52,6 +52,8 @@ class Models:
 def _ctx(**overrides: Any) -> Context:
     values: dict[str, Any] = {
         "summary_max_tokens": 120,
+        # every output over the cap is compressed (these tests are about compression)
+        "handoff_verbatim_share": 0.0,
         "rolling_summary_max_tokens": 80,
         "compression": "llm",
     }

@@ -34,6 +34,7 @@ VALUES: dict[str, str] = {
     "summarizer_max_model_len": "4000",
     "summarizer_tokenizer": "/srv/tokenizers/small",
     "summary_max_tokens": "111",
+    "handoff_verbatim_share": "0.35",
     "compaction_target": "0.45",
     "rolling_summary_max_tokens": "222",
     "rolling_summary_mode": "llm",

@@ -16,6 +16,7 @@ from langgraph.store.memory import InMemoryStore
 from typing_extensions import TypedDict
 
 from langchain_vllm_budget.budget import TokenBudget
+from langchain_vllm_budget.compression.spec import verbatim_limit
 from langchain_vllm_budget.stages import (
     StageInput,
     StageInputTooLargeError,
@@ -241,6 +242,81 @@ def test_explicit_handoff_settings_win_over_the_context() -> None:
     assert final["ledger"]["a"]["summary_cap"] == 80
     assert final["ledger"]["b"]["summary_cap"] == 20
     assert final["ledger"]["b"]["summary_tokens"] <= 20
+
+
+# ------------------------------------------------------------------ what is handed off verbatim
+
+
+def test_the_verbatim_limit_is_a_share_of_the_window_never_below_the_cap() -> None:
+    assert verbatim_limit(250, 2048, 0.2) == 409
+    assert verbatim_limit(250, 32768, 0.2) == 6553
+    assert verbatim_limit(250, 1024, 0.2) == 250  # a small window: the cap
+    assert verbatim_limit(250, None, 0.2) == 250  # no window known: the cap
+    assert verbatim_limit(48, 2048, 0.0) == 48  # 0: every output over the cap is compressed
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="handoff_verbatim_share"):
+            verbatim_limit(250, 2048, bad)
+
+
+def _lines(tokens: int) -> str:
+    """About ``tokens`` approximate tokens of output, every line holding entities."""
+    line = "- step {i:03d}: INC-{i:03d} /srv/app/{i:03d}.yaml retries=2"  # ~13 tokens
+    text = "\n".join(line.format(i=i) for i in range(tokens // 13 + 1))
+    return text
+
+
+def _ledger(stage: Any) -> tuple[dict[str, Any], str]:
+    final = _graph(stage).invoke({"request": "INC-001"}, {"configurable": {"thread_id": "t"}})
+    return final["ledger"]["a"], final["summaries"]["a"]
+
+
+def test_by_default_an_output_within_a_share_of_the_window_is_handed_off_verbatim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VLLM_BUDGET_HANDOFF_VERBATIM_SHARE", raising=False)
+    monkeypatch.delenv("VLLM_BUDGET_SUMMARY_MAX_TOKENS", raising=False)
+    output = _lines(300)  # over the 250-token cap, within a fifth of the 2,048-token window
+    assert 250 < COUNTER.count_text(output) <= 409
+    entry, summary = _ledger(compressed_stage("a", lambda _: output, budget=SMALL))
+    assert (entry["method"], entry["verbatim_limit"], entry["summary_cap"]) == (
+        "verbatim",
+        409,
+        250,
+    )
+    assert summary == output
+    assert entry["summarizer_calls"] == 0
+
+
+def test_an_output_over_the_verbatim_limit_is_compressed_to_the_cap() -> None:
+    output = _lines(600)
+    assert COUNTER.count_text(output) > 409
+    entry, summary = _ledger(compressed_stage("a", lambda _: output, budget=SMALL))
+    assert entry["method"] == "extractive"
+    assert entry["summary_tokens"] <= 250 == entry["summary_cap"]
+    assert COUNTER.count_text(summary) <= 250
+
+
+def test_share_zero_or_no_known_window_compresses_every_output_over_the_cap() -> None:
+    output = _lines(300)
+    for stage in (
+        compressed_stage("a", lambda _: output, budget=SMALL, handoff_verbatim_share=0.0),
+        compressed_stage("a", lambda _: output),  # a tool stage without a budget: no window
+    ):
+        entry, _ = _ledger(stage)
+        assert entry["verbatim_limit"] == 250
+        assert entry["method"] == "extractive"
+        assert entry["summary_tokens"] <= 250
+
+
+def test_the_verbatim_share_is_read_from_the_environment_and_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output = _lines(300)
+    monkeypatch.setenv("VLLM_BUDGET_HANDOFF_VERBATIM_SHARE", "0.05")
+    entry, _ = _ledger(compressed_stage("a", lambda _: output, budget=SMALL))
+    assert (entry["verbatim_limit"], entry["method"]) == (250, "extractive")
+    with pytest.raises(ValueError, match="handoff_verbatim_share must be at least 0"):
+        compressed_stage("a", lambda _: output, handoff_verbatim_share=1.0)
 
 
 def test_compression_ratio_is_logged(caplog: pytest.LogCaptureFixture) -> None:
