@@ -4,13 +4,19 @@
 tool_outputs``). No server: the summaries are extractive and the cap is counted with the real
 Qwen tokenizer (tiny-qwen's, the test servers' model).
 
-The data, ``benchmarks/data/tool_outputs.json`` (built by
-``benchmarks/data/make_tool_outputs.py``), holds 11 tool outputs of 2,000-5,000 tokens (logs,
-a diff, a config file, metric and SQL tables, a ticket, a pod description, a CI run, a JSON
-listing, a dependency scan, a trace), each with the tool call that produced it and the user's
-request; ``benchmarks/data/tool_output_facts.json`` the facts a good summary must keep, labelled
-by hand before the summaries were tuned. Tuning used other data (the stage outputs of
-``benchmarks/corpus.py`` and the unit tests), never these facts.
+Two sets, reported apart, each output with the tool call that produced it and the user's
+request, and facts labelled by hand (what a reader needs to answer the request):
+
+* **tuning**: ``benchmarks/data/tool_outputs.json`` (built by
+  ``benchmarks/data/make_tool_outputs.py``; 11 outputs of 2,000-5,000 tokens: logs, a diff, a
+  config file, metric and SQL tables, a ticket, a pod description, a CI run, a JSON listing, a
+  dependency scan, a trace) and ``tool_output_facts.json`` (61 facts). The query ranking was
+  tuned on it, so its figure is optimistic.
+* **held-out**: ``benchmarks/data/heldout/`` (built by
+  ``benchmarks/data/make_heldout_tool_outputs.py``; 12 outputs of 2,000-5,000 tokens: a build
+  log, a git diff, a TOML config, Helm values, a markdown table, a CSV export, a ticket search,
+  a trace, a SQL result, a ``kubectl describe node``, a journal, an alert listing) and
+  ``facts.json`` (75 facts), written before the ranking was tuned and never used to tune it.
 
 For each output, at the default cap (``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, 250), as
 :class:`~langchain_vllm_budget.middleware.ToolOutputCompressionMiddleware` does it:
