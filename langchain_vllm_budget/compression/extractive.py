@@ -22,7 +22,12 @@ from langchain_vllm_budget.compression.entities import (
     kind_label,
     strip_entities,
 )
-from langchain_vllm_budget.compression.query import Query, entity_scores, line_scores
+from langchain_vllm_budget.compression.query import (
+    Query,
+    entity_scores,
+    focus_entities,
+    line_scores,
+)
 
 if TYPE_CHECKING:
     from langchain_vllm_budget.tokenizers import TokenCounter
@@ -230,10 +235,13 @@ def query_extractive_text(
 ) -> str:
     """Deterministic summary ranked by ``query``: the lines and entities it points at first.
 
-    The degrade order: lines by their score for the query (quoted whole, up to 32 words);
-    a line that no longer fits gives its entities as bullets instead; then the other
-    entities, IDs, paths, parameters, names, values; the last line counts what was left out,
-    by kind.
+    The degrade order: first the lines that score at least half the best (quoted whole, up
+    to 24 words; a short indented block is one line, see :func:`query_units`) in half the
+    room; then the entities the request points at that those lines did not carry (the
+    guard's focus), as bullets; then, by value per token, the other lines (their score for
+    each entity they carry) and entities (their line's score times their kind's weight: IDs,
+    paths and parameters, names, values); bare headers and brackets are never quoted alone.
+    The last line counts what was left out, by kind.
 
     Args:
         text: The result.
@@ -275,7 +283,7 @@ def query_extractive_text(
     def quote(i: int, limit: int) -> bool:
         nonlocal summary
         line = _short(" ".join(lines[i].split()), _LINE_WORDS)
-        if line.lower() in seen:
+        if line.lower() in seen or not _says_something(line):
             return False
         candidate = render({**chosen, i: line}, bullets)
         if counter.count_text(candidate) > limit:
@@ -292,10 +300,14 @@ def query_extractive_text(
                 bullets.append(entity)
                 summary = candidate
 
-    # 1. the best lines, quoted (their context: keys, units, what failed), in half the room
+    # 1. the best lines, quoted (their context: keys, units, what failed), in half the room;
+    #    then what the request points at (the guard's focus) that they did not carry, as
+    #    bullets: a summary that keeps all of it needs no summarizer model
     for i in ranked:
         if scores[i] >= _FOCUS_SHARE * best:
             quote(i, room // 2)
+    for focused in focus_entities(lines, line_scores(lines, query, near=False), entities):
+        bullet(focused)
     # 2. then what keeps most per token: a bullet is worth its entity's score times its
     #    kind's weight (IDs most, values least), a line its score for each entity it carries
     #    (and once more for its words)
@@ -323,20 +335,64 @@ def query_extractive_text(
     return truncate_to_tokens("\n".join(p for p in (summary, left_out) if p), cap, counter)
 
 
+def _says_something(line: str) -> bool:
+    """Whether a line is worth quoting alone: not a bare header, bracket or rule.
+
+    Example:
+        >>> [_says_something(x) for x in ("Events:", "},", "-----", "Reason: OOMKilled")]
+        [False, False, False, True]
+    """
+    return len(re.findall(r"\w+", line)) >= 2
+
+
 def query_units(text: str) -> list[str]:
-    r"""The pieces a query ranks: lines, a long line (a paragraph) cut into its sentences.
+    r"""The pieces a query ranks: lines, small indented blocks joined, long lines cut.
+
+    A line with more-indented lines under it (a YAML or ``kubectl describe`` block, a JSON
+    object, a traceback frame) is one unit with them when the block is short (at most 24
+    words): ``Limits:`` alone says nothing, ``Limits: memory: 2Gi cpu: 1`` does, and a
+    quoted unit keeps its key with its value. A long line (a paragraph) is cut into its
+    sentences.
 
     Example:
         >>> [len(u.split()) for u in query_units("a: 1\n" + "Word " * 30 + "end. Next one.")]
         [2, 31, 2]
+        >>> query_units("Limits:\n  memory: 2Gi\n  cpu: 1\nRequests:")
+        ['Limits: memory: 2Gi cpu: 1', 'Requests:']
     """
+    lines = text.splitlines()
     units: list[str] = []
-    for line in text.splitlines():
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        end = _block_end(lines, i)
+        block = lines[i:end]
+        if end > i + 1 and sum(len(b.split()) for b in block) <= _LINE_WORDS:
+            indent = line[: len(line) - len(line.lstrip())]
+            units.append(indent + " ".join(b.strip() for b in block))
+            i = end
+            continue
         if len(line.split()) > _LINE_WORDS:
             units.extend(_SENTENCE_END.split(line.strip()))
         else:
             units.append(line)
+        i += 1
     return units
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _block_end(lines: Sequence[str], start: int) -> int:
+    """The index after the lines indented under ``lines[start]`` (``start + 1``: none)."""
+    if not lines[start].strip():
+        return start + 1
+    indent = _indent(lines[start])
+    end = start + 1
+    while end < len(lines) and lines[end].strip() and _indent(lines[end]) > indent:
+        end += 1
+    return end
 
 
 def _on(entity: Entity, line: str) -> bool:

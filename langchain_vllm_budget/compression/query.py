@@ -10,25 +10,36 @@ result by them:
   document frequency over lines: ``service=checkout`` on every line says little, ``qwen-72b``
   on one line says much); words match by stem and by prefix (``len`` matches ``length``) and
   identifiers count by their parts (``max_model_len``, ``PoolTimeoutError``);
-* severity words (error, failed, OOMKilled, critical, ...) count as a light query of their own;
-* a number that stands out of its table column or of its unit's other values (a p99 of
-  1,840 ms among 200-400 ms) counts like a rare query word;
-* a line near a better line shares half of the difference, halving with each line of distance:
-  the rest of a YAML block, a diff hunk or a JSON object whose name matched.
+* severity words (error, failed, OOMKilled, critical, ...) count as a light query of their
+  own, and as request words when the request asks what went wrong (``why``, ``failed``,
+  ``restart``, ``slow``, ...);
+* a number that stands out of its table column (``|`` tables and CSV), of its key's other
+  values (``"duration_ms": 5412`` among 1-45) or of its unit's (a p99 of 1,840 ms among
+  200-400 ms) counts like a rare query word;
+* a filter in the request (``more than 3 failed payments``, ``older than 1.20``, ``over 48
+  hours``) counts like a rare query word on the lines that pass it: versions anywhere on the
+  line, other numbers under the column or after the key named by the words that follow the
+  number; the filter's number is not itself a query word (``1.20`` must not match
+  ``1.20.6``);
+* a block's header and its lines share half of the difference with each other (the header
+  of a short block with each of its lines, a long block's header with its best line): the
+  ``diff --git`` line of a matching hunk, the ``[[routes]]`` table of a matching key, the
+  YAML parent of a matching setting; a neighbour shares a tenth, per line of distance.
 
 :func:`focus_entities` are the entities on the lines that score best on their own (without
-their neighbours' share): what a summary must keep for the request (the extractive summary is
-enough when it keeps them all).
+their block's share), dates left out: what a summary must keep for the request (the
+extractive summary is enough when it keeps them all).
 
 Example:
     >>> query = Query.of("Why does the ingest pod restart?", tool="kubectl_describe")
     >>> scores = line_scores(["Image: ingest:3.8", "Reason: OOMKilled", "cpu: 1"], query)
     >>> [round(s, 2) for s in scores]
-    [0.98, 0.98, 0.49]
+    [1.08, 1.96, 0.2]
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 import statistics
@@ -44,8 +55,11 @@ _REQUEST_WEIGHT = 1.0
 _ARG_VALUE_WEIGHT = 1.0
 _NAME_WEIGHT = 0.3  # the tool's name and argument names: "search_logs", "service"
 _SEVERITY_WEIGHT = 0.5
-_NEAR_DECAY = 0.5  # a line shares this much of a neighbour's score, per line of distance
-_NEAR_LINES = 8
+_DIAGNOSTIC_SEVERITY_WEIGHT = 1.0  # "why did it fail?": the error lines are the answer
+_PARENT_SHARE = 0.5  # a block's header and its lines share this much of each other's score
+_BLOCK_LINES = 8  # a header shares its score with the lines of a block this short
+_NEAR_DECAY = 0.1  # a line shares this much of a neighbour's score, per line of distance
+_NEAR_LINES = 2
 _FOCUS_SHARE = 0.5  # focus lines score over this share of the best line
 
 # camelCase and identifier parts, numbers and versions: "PoolTimeoutError" -> pool, timeout,
@@ -79,6 +93,19 @@ _SEVERITY = (
     "backoff",
     "traceback",
 )
+# a request with one of these asks what went wrong: severity words weigh as request words
+_DIAGNOSTIC = re.compile(
+    r"(?i)\b(?:why|fail\w*|error\w*|wrong|crash\w*|broke\w*|restart\w*|root cause|"
+    r"went down|outage|incident|slow\w*)\b"
+)
+# "more than 3", "older than 1.20", "over 48 hours", "at least 5": a filter on numbers
+_COMPARISON = re.compile(
+    r"(?i)\b(?P<word>more|greater|higher|larger|longer|bigger|above|over|exceed\w*|at least|"
+    r"less|fewer|lower|smaller|shorter|below|under|at most|older|newer|earlier|later|before|"
+    r"after)\s+(?:than\s+)?(?P<number>\d+(?:\.\d+)*)(?![\w.])"
+)
+_BELOW_WORDS = ("less", "fewer", "lower", "smaller", "shorter", "below", "under", "at most")
+_VERSION_WORDS = {"older": "<", "earlier": "<", "before": "<", "newer": ">", "later": ">"}
 _SUFFIXES = ("ing", "ed", "es", "s")
 # a number with its unit: "3,960 ms", "2.3%", "latency=87ms"
 _UNIT_NUMBER = re.compile(
@@ -134,10 +161,17 @@ class Query:
         names: ``(name, weight)`` pairs of the compound names in the query (``gpu-3``,
             ``INC-5512``, ``/etc/app.yaml``): matched whole, case-insensitively, where their
             parts alone (``gpu``, ``3``) would match every line.
+        bounds: The request's filters on numbers (``more than 3 failed payments``,
+            ``older than 1.20``); their numbers are not terms (``1.20`` must not match
+            ``1.20.6``).
+        diagnostic: Whether the request asks what went wrong (``why``, ``failed``, ...):
+            severity words then weigh as request words.
     """
 
     terms: tuple[tuple[str, float], ...] = ()
     names: tuple[tuple[str, float], ...] = ()
+    bounds: tuple[Bound, ...] = ()
+    diagnostic: bool = False
 
     @classmethod
     def of(
@@ -166,11 +200,66 @@ class Query:
         for key, value in _flatten(args or {}):
             add(key, _NAME_WEIGHT)
             add(value, _ARG_VALUE_WEIGHT)
-        add(request, _REQUEST_WEIGHT)
-        return cls(tuple(weights.items()), tuple(names.items()))
+        bounds = tuple(
+            Bound.of(m.group("word"), m.group("number"), request)
+            for m in _COMPARISON.finditer(request)
+        )
+        add(_COMPARISON.sub(lambda m: m.group("word"), request), _REQUEST_WEIGHT)
+        return cls(
+            tuple(weights.items()),
+            tuple(names.items()),
+            bounds,
+            diagnostic=_DIAGNOSTIC.search(request) is not None,
+        )
 
     def __bool__(self) -> bool:
-        return bool(self.terms or self.names)
+        return bool(self.terms or self.names or self.bounds)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A filter the request puts on numbers: ``more than 3 failed payments``.
+
+    Attributes:
+        op: ``">"`` or ``"<"``.
+        value: The threshold, as a version tuple (``1.20`` is ``(1, 20)``).
+        version: Whether values compare as versions (``older than 1.20``: ``1.18.3`` passes)
+            rather than as numbers.
+        subject: The stems of the request's words right after the number (``failed
+            payments``), which name the column or key the filter is on.
+    """
+
+    op: str
+    value: tuple[float, ...]
+    version: bool
+    subject: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, word: str, number: str, request: str = "") -> Bound:
+        """The filter of a comparison word and its number (``"older"``, ``"1.20"``).
+
+        Example:
+            >>> Bound.of("older", "1.20").passes("1.18.3"), Bound.of("more", "3").passes("7")
+            (True, True)
+        """
+        word = word.lower()
+        version = word in _VERSION_WORDS and "." in number
+        below = "<" if word.startswith(_BELOW_WORDS) else ">"
+        op = _VERSION_WORDS[word] if version else below
+        at = request.find(number)
+        subject = tuple(_words(request[at + len(number) : at + len(number) + 40])[:2])
+        return cls(op, _parts(number, version), version, subject if at >= 0 else ())
+
+    def passes(self, number: str) -> bool:
+        """Whether ``number`` passes the filter."""
+        value = _parts(number, self.version)
+        return value > self.value if self.op == ">" else value < self.value
+
+
+def _parts(number: str, version: bool) -> tuple[float, ...]:
+    if version:
+        return tuple(float(p) for p in number.split("."))
+    return (float(number.replace(",", "")),)
 
 
 def _flatten(args: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
@@ -200,28 +289,143 @@ def _outliers(values: Sequence[float]) -> tuple[float, float] | None:
     return q1 - 1.5 * spread, q3 + 1.5 * spread
 
 
-def _standing_out(lines: Sequence[str]) -> list[bool]:
-    """Per line: whether it holds a number outside its table column's or unit's fences."""
-    columns: dict[int, list[tuple[int, float]]] = {}
-    units: dict[str, list[tuple[int, float]]] = {}
+def _columns(lines: Sequence[str]) -> list[dict[int, str]]:
+    """Per line, its table cells by column (``|`` tables and CSV; ``{}`` for other lines).
+
+    A CSV line is one with at least two commas whose next or previous line has as many.
+    """
+    commas = [line.count(",") for line in lines]
+    cells: list[dict[int, str]] = []
     for i, line in enumerate(lines):
         if line.count("|") >= 2:
-            for c, cell in enumerate(line.split("|")):
-                match = _CELL_NUMBER.match(cell)
-                if match:
-                    columns.setdefault(c, []).append((i, _number(match.group(1))))
+            cells.append(dict(enumerate(line.split("|"))))
+        elif commas[i] >= 2 and commas[i] in (
+            commas[i - 1] if i else -1,
+            commas[i + 1] if i + 1 < len(lines) else -1,
+        ):
+            cells.append(dict(enumerate(line.split(","))))
+        else:
+            cells.append({})
+    return cells
+
+
+def _headers(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list[dict[int, str]]:
+    """Per line, the header cells of its table (the table's first row; ``{}`` for none).
+
+    A rule line (``-----``, ``|---|---|``) does not end a table.
+    """
+    headers: list[dict[int, str]] = []
+    current: dict[int, str] = {}
+    for line, row in zip(lines, cells, strict=True):
+        if not row:
+            if not _RULE.match(line):
+                current = {}
+            headers.append({})
+        elif not current or len(row) != len(current):
+            current = row  # a new table: its first row names the columns
+            headers.append({})
+        else:
+            headers.append(current)
+    return headers
+
+
+_RULE = re.compile(r"^[\s|:+=-]+$")
+
+
+# a key and its numeric value: "replicas": 11, latency_ms=87, hours_in_status: 49
+_KEY_NUMBER = re.compile(
+    r"(?P<key>[A-Za-z_][\w.-]*)[\"']?\s*[:=]\s*[\"']?(?P<value>\d+(?:\.\d+)?)(?![\w.])"
+)
+_VERSION = re.compile(r"(?<![\w.])v?(\d+(?:\.\d+)+)(?![\w.]*\d)")
+
+
+def _standing_out(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list[bool]:
+    """Per line: whether it holds a number outside its column's, key's or unit's fences."""
+    samples: dict[str, list[tuple[int, float]]] = {}
+    for i, line in enumerate(lines):
+        for c, cell in cells[i].items():
+            match = _CELL_NUMBER.match(cell)
+            if match:
+                samples.setdefault(f"column {c}", []).append((i, _number(match.group(1))))
         for match in _UNIT_NUMBER.finditer(line):
-            units.setdefault(match.group(2), []).append((i, _number(match.group(1))))
+            samples.setdefault(f"unit {match.group(2)}", []).append((i, _number(match.group(1))))
+        for match in _KEY_NUMBER.finditer(line):
+            samples.setdefault(f"key {match.group('key')}", []).append(
+                (i, _number(match.group("value")))
+            )
     out = [False] * len(lines)
-    for samples in (*columns.values(), *units.values()):
-        fences = _outliers([v for _, v in samples])
+    for found in samples.values():
+        fences = _outliers([v for _, v in found])
         if fences is None:
             continue
         low, high = fences
-        for i, value in samples:
+        for i, value in found:
             if value < low or value > high:
                 out[i] = True
     return out
+
+
+def _about(name: str, subject: Sequence[str]) -> bool:
+    """Whether a column or key name is what a filter is about (shares a word with it)."""
+    return any(_matches(word, term) for word in _words(name) for term in subject)
+
+
+def _passing(
+    lines: Sequence[str],
+    cells: Sequence[dict[int, str]],
+    headers: Sequence[dict[int, str]],
+    bounds: Sequence[Bound],
+) -> list[bool]:
+    """Per line: whether it passes one of the request's filters on numbers.
+
+    A version filter (``older than 1.20``) looks at every version on the line; a number
+    filter (``more than 3 failed payments``) at the numbers under a column, or after a key,
+    named like the words that follow the number in the request.
+    """
+    out = [False] * len(lines)
+    for bound in bounds:
+        for i, line in enumerate(lines):
+            if bound.version:
+                out[i] |= any(bound.passes(m.group(1)) for m in _VERSION.finditer(line))
+                continue
+            for c, cell in cells[i].items():
+                match = _CELL_NUMBER.match(cell)
+                name = headers[i].get(c, "")
+                if match and name and _about(name, bound.subject):
+                    out[i] |= bound.passes(match.group(1))
+            for match in _KEY_NUMBER.finditer(line):
+                if _about(match.group("key"), bound.subject):
+                    out[i] |= bound.passes(match.group("value"))
+    return out
+
+
+_SECTION = re.compile(r"^(?:diff --git |\[\[?[^\]]+\]\]?\s*$|#{1,6} )")
+
+
+def _parents(lines: Sequence[str]) -> list[int]:
+    """Per line, the line it belongs under (``-1``: none).
+
+    A more-indented line belongs under the last less-indented one (a YAML key, a JSON
+    object, a ``kubectl describe`` section); a line at the margin belongs under the last
+    section header (``diff --git``, a TOML or INI ``[table]``, a markdown heading).
+    """
+    parents: list[int] = []
+    stack: list[tuple[int, int]] = []  # (indent, line) of the open blocks
+    section = -1
+    for i, line in enumerate(lines):
+        if not line.strip():
+            parents.append(-1)
+            continue
+        if _SECTION.match(line):
+            section, stack = i, []
+            parents.append(-1)
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parents.append(stack[-1][1] if stack else section)
+        stack.append((indent, i))
+    return parents
 
 
 def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> list[float]:
@@ -230,15 +434,17 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
     Args:
         lines: The result's lines.
         query: What the summary is for.
-        near: Whether a line shares the score of a better line near it (its block);
-            :func:`focus_entities` asks without, for the lines the query itself points at.
+        near: Whether a line shares the score of a better line it belongs with (its block's
+            header and lines, and, less, its neighbours); :func:`focus_entities` asks
+            without, for the lines the query itself points at.
 
     Returns:
         One score per line.
     """
     terms = dict(query.terms)
+    severity = _DIAGNOSTIC_SEVERITY_WEIGHT if query.diagnostic else _SEVERITY_WEIGHT
     for word in _SEVERITY:
-        terms.setdefault(word, _SEVERITY_WEIGHT)
+        terms[word] = max(terms.get(word, 0.0), severity)
     line_words = [set(_words(line)) for line in lines]
     for name, weight in query.names:
         term = f"={name}"  # a key no stem can take
@@ -258,6 +464,13 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
                 )
     hits = [set().union(*(matched[w] for w in words)) if words else set() for words in line_words]
     count = len(lines)
+    cells = _columns(lines)
+    passing = _passing(lines, cells, _headers(lines, cells), query.bounds)
+    if any(passing):
+        terms["<filter>"] = _REQUEST_WEIGHT
+        for found, passed in zip(hits, passing, strict=True):
+            if passed:
+                found.add("<filter>")
     frequency: dict[str, int] = {}
     for found in hits:
         for term in found:
@@ -265,21 +478,34 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
     rare = _idf(count, 1)  # the weight of a word on one line only
     own = [
         sum(terms[t] * _idf(count, frequency[t]) for t in found) + (rare if outlier else 0.0)
-        for found, outlier in zip(hits, _standing_out(lines), strict=True)
+        for found, outlier in zip(hits, _standing_out(lines, cells), strict=True)
     ]
     if not near:
         return own
+    shared = list(own)
+    parents = _parents(lines)
+    children = collections.Counter(parents)
+    for i, parent in enumerate(parents):
+        if parent < 0:
+            continue
+        # a short block's lines share its header's score (a long block's are records of
+        # their own: the spans of a trace); a header shares its best line's
+        if children[parent] <= _BLOCK_LINES:
+            shared[i] = max(shared[i], own[i] + _PARENT_SHARE * max(0.0, own[parent] - own[i]))
+        shared[parent] = max(
+            shared[parent], own[parent] + _PARENT_SHARE * max(0.0, own[i] - own[parent])
+        )
     scores = []
-    for i, score in enumerate(own):
+    for i, score in enumerate(shared):
         bonus = max(
             (
-                max(0.0, own[j] - score) * _NEAR_DECAY ** abs(i - j)
+                max(0.0, own[j] - own[i]) * _NEAR_DECAY ** abs(i - j)
                 for j in range(max(0, i - _NEAR_LINES), min(count, i + _NEAR_LINES + 1))
                 if j != i
             ),
             default=0.0,
         )
-        scores.append(score + bonus)
+        scores.append(max(score, own[i] + bonus))
     return scores
 
 
@@ -293,6 +519,9 @@ def focus_entities(
 ) -> list[Entity]:
     r"""The entities on the best lines (over half the top score): what must be kept.
 
+    Dates and date-times are left out: on a log line they stamp it, and a summary that
+    lost one has not lost what the request asked for.
+
     Example:
         >>> from langchain_vllm_budget.compression.entities import extract_entity_list
         >>> lines = ["job ck-7 failed: pool_size=20", "job ck-8 ok"]
@@ -304,7 +533,13 @@ def focus_entities(
     if best <= 0:
         return []
     top = [line for line, score in zip(lines, scores, strict=True) if score > _FOCUS_SHARE * best]
-    return [e for e in entities if any(_on_line(e, line) for line in top)]
+    return [
+        e for e in entities if not _DATE.match(e.text) and any(_on_line(e, line) for line in top)
+    ]
+
+
+# a date or date-time: a log line's stamp says when, not what the request asked about
+_DATE = re.compile(r"^\d{4}-[01]\d-[0-3]\d(?:[T ][\d:.]+(?:Z|[+-][\d:]+)?)?$")
 
 
 def _on_line(entity: Entity, line: str) -> bool:

@@ -493,24 +493,30 @@ def test_the_summary_names_the_run_of_each_kept_section(tmp_path) -> None:
 
 def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
     import json
-    from pathlib import Path
 
+    from benchmarks.data.make_heldout_tool_outputs import HELDOUT_PATH, build_heldout_outputs
     from benchmarks.retention import MustKeep
-    from benchmarks.tool_output_retention import summary_md
+    from benchmarks.tool_output_retention import SETS, summary_md
     from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
-    data = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
-    outputs = json.loads((data / "tool_outputs.json").read_text())
-    facts = json.loads((data / "tool_output_facts.json").read_text())
-    assert len(outputs) >= 10
-    for item in outputs:
-        assert item["request"]
-        assert item["tool_call"]["name"]
-        # 2,000-5,000 tokens by the Qwen tokenizer (the benchmark counts them exactly)
-        assert 1000 <= ApproximateTokenCounter().count_text(item["output"]) <= 6000
-        labelled = [MustKeep.parse(f) for f in facts[item["name"]]]
-        assert labelled
-        assert all(f.found_in(item["output"]) for f in labelled), item["name"]
+    # the held-out set on disk is what its script builds (seeded)
+    assert json.loads(HELDOUT_PATH.read_text()) == build_heldout_outputs()
+    sizes = {"tuning": (10, 60), "held-out": (10, 60)}
+    for name, (outputs_path, facts_path) in SETS.items():
+        outputs = json.loads(outputs_path.read_text())
+        facts = json.loads(facts_path.read_text())
+        assert len(outputs) >= sizes[name][0]
+        labelled_total = 0
+        for item in outputs:
+            assert item["request"]
+            assert item["tool_call"]["name"]
+            # 2,000-5,000 tokens by the Qwen tokenizer (the benchmark counts them exactly)
+            assert 1000 <= ApproximateTokenCounter().count_text(item["output"]) <= 6000
+            labelled = [MustKeep.parse(f) for f in facts[item["name"]]]
+            assert labelled
+            assert all(f.found_in(item["output"]) for f in labelled), item["name"]
+            labelled_total += len(labelled)
+        assert labelled_total >= sizes[name][1]
     row = {
         "output": "o",
         "tool_call": "t({})",
@@ -531,9 +537,21 @@ def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
         "rate_without_query": 0.2,
         "under_cap": 1,
         "outputs": 1,
+        "raw_2k_to_5k": 1,
         "summarizer_calls": 0,
         "summarizer_calls_with_all_facts_kept": 0,
     }
-    lines = summary_md({"cap": 250, "tokenizer": "q", "rows": [row], "summary": total})
+    one_set = {
+        "outputs_file": "o.json",
+        "facts_file": "f.json",
+        "rows": [row],
+        "by_kind": {"id": {"kept": 9, "facts": 10, "rate": 0.9}},
+        "summary": total,
+    }
+    lines = summary_md(
+        {"cap": 250, "tokenizer": "q", "strategy": "auto", "sets": {"held-out": one_set}}
+    )
+    assert "#### held-out set (`o.json`, facts `f.json`)" in lines
     assert "| o | `t({})` | 3000 | 240 | 9/10 | 2/10 | no | `x` |" in lines
-    assert "90.0%; goal 90%: met" in lines[-1]
+    assert "Facts kept (held-out): 9/10 (90.0%; goal 90%: met)" in lines[-1]
+    assert "By kind: id 9/10." in lines[-1]

@@ -1,0 +1,148 @@
+"""Query-aware ranking: blocks, filters on numbers, columns, headers and the focus."""
+
+from __future__ import annotations
+
+from langchain_vllm_budget.compression import Query, needs_model, query_summary
+from langchain_vllm_budget.compression.entities import extract_entity_list
+from langchain_vllm_budget.compression.extractive import query_units
+from langchain_vllm_budget.compression.query import focus_entities, line_scores
+from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
+
+COUNTER = ApproximateTokenCounter()
+
+
+def test_a_short_indented_block_is_one_unit_and_a_long_one_is_not() -> None:
+    text = "\n".join(
+        [
+            "Containers:",
+            "  ingest:",
+            "    Last State:  Terminated",
+            "      Reason:    OOMKilled",
+            "      Exit Code: 137",
+            "    Limits:",
+            "      memory:  2Gi",
+            *(f"    OPT_{i}: {i}" for i in range(20)),
+        ]
+    )
+    units = query_units(text)
+    assert "    Last State:  Terminated Reason:    OOMKilled Exit Code: 137" in units
+    assert "    Limits: memory:  2Gi" in units
+    assert units[0] == "Containers:"  # its block is over 24 words: lines of their own
+    assert "    OPT_3: 3" in units
+
+
+def test_a_filter_in_the_request_is_parsed_and_its_number_is_no_query_word() -> None:
+    query = Query.of("Which deployments run an image older than 1.20, and where?")
+    (bound,) = query.bounds
+    assert (bound.op, bound.value, bound.version) == ("<", (1.0, 20.0), True)
+    assert bound.passes("1.18.3")
+    assert not bound.passes("1.20.6")
+    assert not bound.passes("1.24")
+    assert all(name != "1.20" for name, _ in query.names)
+    assert all(term != "1.20" for term, _ in query.terms)
+    more = Query.of("Which customers had more than 3 failed payments?").bounds[0]
+    assert (more.op, more.value, more.version, more.subject) == (
+        ">",
+        (3.0,),
+        False,
+        ("fail", "payment"),
+    )
+    assert Query.of("orders stuck for at least 48 hours").bounds[0].op == ">"
+    assert Query.of("services with fewer than 2 replicas").bounds[0].op == "<"
+
+
+def test_rows_passing_the_filter_outrank_the_others_in_pipe_tables_csv_and_json() -> None:
+    query = Query.of("Which customers had more than 3 failed payments this week?")
+    rows = [f"cus_{i:03d} | FR | {i % 3} | stripe" for i in range(30)]
+    rows[17] = "cus_017 | SE | 7 | adyen"
+    pipe = ["customer_id | country | failed_payments | psp", "-" * 40, *rows]
+    scores = line_scores(pipe, query)
+    assert max(range(2, len(pipe)), key=scores.__getitem__) == 2 + 17
+    csv = [line.replace(" | ", ",") for line in pipe if not line.startswith("-")]
+    scores = line_scores(csv, query)
+    assert max(range(1, len(csv)), key=scores.__getitem__) == 1 + 17
+    json_lines = [f'  "failed_payments": {i % 3},' for i in range(30)]
+    json_lines[5] = '  "failed_payments": 9,'
+    scores = line_scores(json_lines, query)
+    assert max(range(len(json_lines)), key=scores.__getitem__) == 5
+    # a version filter looks at the versions anywhere on the line
+    images = [f'"image": "reg.example/app-{i}:1.2{i % 9}.0",' for i in range(20)]
+    images[11] = '"image": "reg.example/ledger-sync:1.18.3",'
+    scores = line_scores(images, Query.of("Which images are older than 1.20?"))
+    assert max(range(len(images)), key=scores.__getitem__) == 11
+
+
+def test_a_number_standing_out_of_its_key_or_csv_column_scores() -> None:
+    query = Query.of("Why was the request slow?")
+    spans = [f'  "duration_ms": {10 + i % 30},' for i in range(30)]
+    spans[20] = '  "duration_ms": 5412,'
+    scores = line_scores(spans, query, near=False)
+    assert scores[20] > 0
+    assert max(s for i, s in enumerate(scores) if i != 20) == 0
+
+
+def test_the_header_of_a_matching_hunk_shares_its_score_and_a_long_block_does_not() -> None:
+    diff = [
+        "diff --git a/config/logging.yaml b/config/logging.yaml",
+        "+  level: debug",
+        "diff --git a/config/http_client.yaml b/config/http_client.yaml",
+        "   psp:",
+        "-    timeout_ms: 2000",
+        "+    timeout_ms: 800",
+        "diff --git a/src/fx.py b/src/fx.py",
+        "+    rate = fetch(rate)",
+    ]
+    scores = line_scores(diff, Query.of("What changed in the PSP timeouts?"))
+    assert scores[2] > scores[0]  # the header of the hunk that matched
+    assert scores[2] > scores[6]
+    # a trace's root line has many spans under it: they are records of their own
+    trace = ["trace 4f0a POST /v1/checkout 4,812 ms total"] + [
+        f"  span {i:04x} cart.get {10 + i} ms" for i in range(20)
+    ]
+    scores = line_scores(trace, Query.of("Why did this checkout take so long?"))
+    assert max(scores[1:]) < 0.5 * scores[0]
+
+
+def test_severity_weighs_as_the_request_when_it_asks_what_went_wrong() -> None:
+    lines = ["Restart Count: 14", "Reason: OOMKilled", "Image: ingest:3.8", "cpu: 1"] * 3
+    calm = line_scores(lines, Query.of("What image does the ingest pod run?"), near=False)
+    why = line_scores(lines, Query.of("Why does the ingest pod keep restarting?"), near=False)
+    assert Query.of("Why does it crash?").diagnostic
+    assert not Query.of("What image does it run?").diagnostic
+    assert why[1] > calm[1]
+
+
+def test_dates_are_not_focus_and_the_summary_bullets_the_focus_before_other_entities() -> None:
+    lines = ["2026-11-30T14:02:11Z ERROR job ck-88412 failed: pool_size=20", "ok"]
+    entities = extract_entity_list("\n".join(lines))
+    focus = [e.text for e in focus_entities(lines, [2.0, 0.0], entities)]
+    assert focus == ["ck-88412", "pool_size=20"]
+    log = "\n".join(
+        [
+            *(f"14:{i:02d} svc-{i} INFO heartbeat req=a{i:03d}f latency={i} ms" for i in range(40)),
+            "14:41 checkout-3 ERROR job ck-88412 failed: pool exhausted, waiting 143 requests",
+            *(
+                f"14:{i:02d} svc-{i} INFO heartbeat req=b{i:03d}f latency={i} ms"
+                for i in range(42, 80)
+            ),
+        ]
+    )
+    query = Query.of("Why do checkout jobs fail?", tool="search_logs", args={"service": "checkout"})
+    result = query_summary(log, query=query, max_tokens=60, tokenizer=COUNTER)
+    assert "ck-88412" in result.summary
+    assert "143 requests" in result.summary
+    assert result.query_missing == ()
+    assert not needs_model(result, "auto", has_model=True)
+
+
+def test_bare_headers_and_brackets_are_not_quoted_alone() -> None:
+    text = "\n".join(
+        ["Events:", "},", "-----"]
+        + [f"  Normal Pulled {i}m kubelet pulled image-{i}" for i in range(60)]
+    )
+    query = Query.of("What events happened?", tool="kubectl_describe")
+    result = query_summary(text, query=query, max_tokens=60, tokenizer=COUNTER)
+    quoted = result.summary.splitlines()
+    assert "- Events:" not in quoted
+    assert "- }," not in quoted
+    assert "- -----" not in quoted
