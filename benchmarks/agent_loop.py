@@ -824,11 +824,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f} %"
 
 
-def summary_markdown(results: dict[str, Any], command: str) -> list[str]:
+def summary_markdown(
+    results: dict[str, Any], command: str, server: str = "vLLM CPU build"
+) -> list[str]:
     lines = [
         "# Agent loop: compaction and tool outputs",
         "",
-        f"Command: `{command}` (vLLM CPU build; timings depend on the machine's load, the "
+        f"Command: `{command}` ({server}; timings depend on the machine's load, the "
         "token counts do not).",
         "",
     ]

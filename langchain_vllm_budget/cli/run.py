@@ -63,14 +63,12 @@ LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_MAX_MODEL_LEN = 2048
 # Budget settings for the embedded CPU server when they are not set (explicitly or in the
 # environment): a 135M model on a CPU and a 2K window, with stage outputs long enough (up to
-# 512 tokens) that forwarding them raw would outgrow the window by the last stage, while the
-# compressed hand-offs (summaries of at most 96 tokens) keep every stage prompt near 500.
+# 512 tokens) that forwarding them raw would outgrow the window by the last stage. The
+# hand-offs run at the package's defaults (summary caps, verbatim share): they fit every stage.
 _LOCAL_DEFAULTS: Mapping[str, int] = {
     "output_reserve": 512,
     "min_output_tokens": 128,
     "safety_margin": 32,
-    "summary_max_tokens": 96,
-    "rolling_summary_max_tokens": 128,
 }
 
 
