@@ -87,7 +87,8 @@ def _rate(calls: list[dict[str, Any]]) -> float | None:
     return round(sum(c["cached_tokens"] for c in calls) / tokens, 4) if tokens else None
 
 
-def _ticket(i: int, tokens: int, counter: TransformersTokenCounter) -> str:
+def ticket_text(i: int, tokens: int, counter: TransformersTokenCounter) -> str:
+    """A ticket of about ``tokens`` tokens, full of IDs, hosts and numbers."""
     lines = [f"Ticket INC-{4000 + i}: host db-{i}.prod at 10.2.{i % 250}.7 is slow."]
     j = 0
     while counter.count_text("\n".join(lines)) < tokens:
@@ -128,7 +129,7 @@ def run_one(base_url: str, name: str, *, separate: bool, turns: int) -> dict[str
     requests: list[str | None] = []
     started = time.perf_counter()
     for i in range(turns):
-        history.append(HumanMessage(_ticket(i, window // 10, counter)))
+        history.append(HumanMessage(ticket_text(i, window // 10, counter)))
         reply = agent.invoke(history)
         history.append(AIMessage(reply.text))
         report = reply.response_metadata["budget"]["compaction"]

@@ -25,6 +25,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
 
+from benchmarks.summarizer_cache import ticket_text as _turn_text
 from langchain_vllm_budget import ChatVLLM, TokenBudget, TransformersTokenCounter
 from langchain_vllm_budget.compaction import is_summary_message
 from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
@@ -125,19 +126,6 @@ def _model(served, recorder: Recorder, **kwargs: Any) -> ChatVLLM:
         extra_body={"return_token_ids": True},
         **kwargs,
     )
-
-
-def _turn_text(i: int, tokens: int, counter: TransformersTokenCounter) -> str:
-    """A ticket of about ``tokens`` tokens, full of IDs, hosts and numbers."""
-    lines = [f"Ticket INC-{4000 + i}: host db-{i}.prod at 10.2.{i % 250}.7 is slow."]
-    j = 0
-    while counter.count_text("\n".join(lines)) < tokens:
-        lines.append(
-            f"- check {j}: /var/log/db-{i}/shard-{j}.log shows p99 latency {180 + j} ms "
-            f"and queue depth {j * 3} on node node-{i}-{j}."
-        )
-        j += 1
-    return "\n".join(lines)
 
 
 def _prompt_prefix_stable(calls: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[bool]:
