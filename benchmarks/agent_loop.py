@@ -93,7 +93,7 @@ from benchmarks.corpus import build_stage_outputs
 from benchmarks.servers import QWEN, Served, reset_prefix_cache, server_spec
 from langchain_vllm_budget import ChatVLLM, TokenBudget, TokenCounter, TransformersTokenCounter
 from langchain_vllm_budget.compression import extract_entities, is_entity_present
-from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.errors import VLLMContextOverflowError, VLLMFixedPromptOverflowError
 from langchain_vllm_budget.middleware import (
     ContextCompactionMiddleware,
     ToolOutputCompressionMiddleware,
@@ -556,7 +556,7 @@ def _run_chat(served: Served, name: str, turns: list[Turn]) -> dict[str, Any]:
         error, reply = None, ""
         try:
             reply = variant.step(turn)
-        except VLLMContextOverflowError as exc:  # the policy let the prompt overflow: counted
+        except (VLLMContextOverflowError, VLLMFixedPromptOverflowError) as exc:  # counted
             error = type(exc).__name__
         # Any other exception is a crash of the variant: it propagates.
         seconds = time.perf_counter() - began
@@ -683,7 +683,7 @@ def _run_tools(served: Served, *, cap: int | None, steps: int) -> dict[str, Any]
         agent.invoke(
             {"messages": [HumanMessage("Review every record and list the open risks.")]}, config
         )
-    except VLLMContextOverflowError:
+    except (VLLMContextOverflowError, VLLMFixedPromptOverflowError):
         hit_window_at = len(calls.prompt_tokens) + 1
     seconds = time.perf_counter() - started
     state = agent.get_state(config).values["messages"]

@@ -46,6 +46,15 @@ class BudgetedModel(Protocol):
         """Async :meth:`get_budget_plan`."""
         ...
 
+    def get_requested_max_tokens(self, **kwargs: Any) -> int | None:
+        """The output limit a call with ``kwargs`` asks for, as the server will read it.
+
+        The call's fields over the model's own, ``extra_body`` over the others,
+        ``max_completion_tokens`` before ``max_tokens``; ``None`` when none is set. Counts
+        nothing.
+        """
+        ...
+
 
 def budgeted(model: object) -> BudgetedModel | None:
     """``model`` as a :class:`BudgetedModel`, or ``None`` when it is not one.

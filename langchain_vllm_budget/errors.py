@@ -183,13 +183,21 @@ class VLLMFixedPromptOverflowError(VLLMError, ContextOverflowError):
         self.shortfall = fixed_tokens - room + 1
         formula = " - ".join(f"{name} {value}" for name, value in self.terms)
         reserves = " or ".join(name for name, _ in self.terms[1:])
-        super().__init__(
-            f"The system prompt and tool definitions alone take {fixed_tokens} input tokens, "
-            f"but the input may hold only {room} ({formula}): no room is left for the "
-            f"conversation. Remove at least {self.shortfall} tokens from the system prompt "
-            f"or the tool definitions, lower {reserves} by as much, or serve the model with "
-            "a larger --max-model-len."
-        )
+        if fixed_tokens == 0:  # the reserves alone leave nothing (no prompt was counted)
+            message = (
+                f"The reserves leave no input: {formula} = {room}. Lower {reserves} by at "
+                f"least {self.shortfall} tokens, or serve the model with a larger "
+                "--max-model-len."
+            )
+        else:
+            message = (
+                f"The system prompt and tool definitions alone take {fixed_tokens} input "
+                f"tokens, but the input may hold only {room} ({formula}): no room is left "
+                f"for the conversation. Remove at least {self.shortfall} tokens from the "
+                f"system prompt or the tool definitions, lower {reserves} by as much, or "
+                "serve the model with a larger --max-model-len."
+            )
+        super().__init__(message)
 
 
 class VLLMModelNotFoundError(VLLMError, ModelNotFoundError):

@@ -9,11 +9,12 @@ limit that also leaves the request's own ``max_tokens``
 (:meth:`~langchain_vllm_budget.budget.TokenBudget.compaction_target`), remembered so that
 the following calls send the same prefix and only append (vLLM's prefix cache keeps
 hitting). Whatever the policy, the returned
-request satisfies ``input_tokens + max_tokens <= max_model_len - safety_margin``, or an
-:class:`~langchain_vllm_budget.errors.VLLMContextOverflowError` is raised (a
-:class:`~langchain_vllm_budget.errors.VLLMFixedPromptOverflowError` when the system prompt
-and tools alone fill the input limit): no policy produces a request vLLM rejects for
-length.
+request satisfies ``input_tokens + max_tokens <= max_model_len - safety_margin``, or a
+typed overflow error is raised: :class:`~langchain_vllm_budget.errors.VLLMContextOverflowError`,
+or :class:`~langchain_vllm_budget.errors.VLLMFixedPromptOverflowError` when the system prompt
+and tools alone fill the input limit (a separate class: no compaction can help; both are
+subclasses of LangChain's ``ContextOverflowError``). No policy produces a request vLLM
+rejects for length.
 
 :func:`aapply_policy` and :func:`aapply_budget` are the async twins: the same steps, with the
 summarizer awaited and the counting of a compaction done in a worker thread.
@@ -122,10 +123,10 @@ def _finish(
 ) -> BudgetOutcome:
     """The compacted request's plan; the typed error naming what to change if nothing fits."""
     if not result.fits:
-        fixed = result.messages[:1]
-        if fixed and isinstance(fixed[0], SystemMessage):
-            # The system prompt and tools alone fill the limit: say so, not "compact".
-            budget.check_fixed_part(count(fixed), original.requested_max_tokens)
+        # The system prompt and tools (the tools alone, without a system prompt) fill the
+        # limit: say so, not "compact".
+        fixed = [m for m in result.messages[:1] if isinstance(m, SystemMessage)]
+        budget.check_fixed_part(count(fixed), original.requested_max_tokens)
         raise VLLMContextOverflowError.from_plan(original)
     plan = budget.plan(result.tokens, original.requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit

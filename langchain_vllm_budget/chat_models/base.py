@@ -645,6 +645,31 @@ class ChatVLLM(BaseChatOpenAI):
         request = _pipeline.read_request(self, self._convert_input(messages).to_messages(), kwargs)
         return await _pipeline.aplan_call(self, request)
 
+    def get_requested_max_tokens(self, **kwargs: Any) -> int | None:
+        """The output limit a call with ``kwargs`` asks for, as vLLM will read it.
+
+        The call's fields over the model's own (``max_tokens``, ``model_kwargs``,
+        ``extra_body``), ``extra_body``'s over the others, ``max_completion_tokens`` before
+        ``max_tokens``. Counts nothing and asks no server.
+
+        Args:
+            **kwargs: The call's keyword arguments (an agent's ``model_settings``).
+
+        Returns:
+            The requested output limit, or ``None`` when none is set.
+
+        Raises:
+            VLLMInvalidRequestError: The limit is not a whole number of tokens.
+
+        Example:
+            >>> llm = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1", max_tokens=64)
+            >>> llm.get_requested_max_tokens(), llm.get_requested_max_tokens(
+            ...     extra_body={"max_completion_tokens": 32}
+            ... )
+            (64, 32)
+        """
+        return _pipeline.read_request(self, [], kwargs).requested_max_tokens
+
     def _generate(
         self,
         messages: list[BaseMessage],

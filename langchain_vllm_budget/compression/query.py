@@ -106,6 +106,8 @@ _COMPARISON = re.compile(
 )
 _BELOW_WORDS = ("less", "fewer", "lower", "smaller", "shorter", "below", "under", "at most")
 _VERSION_WORDS = {"older": "<", "earlier": "<", "before": "<", "newer": ">", "later": ">"}
+# points in time: "before 2024" is below it ("older than 3 days" is an age: above)
+_EARLIER_WORDS = ("before", "earlier")
 _SUFFIXES = ("ing", "ed", "es", "s")
 # a number with its unit: "3,960 ms", "2.3%", "latency=87ms"
 _UNIT_NUMBER = re.compile(
@@ -201,7 +203,7 @@ class Query:
             add(key, _NAME_WEIGHT)
             add(value, _ARG_VALUE_WEIGHT)
         bounds = tuple(
-            Bound.of(m.group("word"), m.group("number"), request)
+            Bound.of(m.group("word"), m.group("number"), request[m.end("number") :])
             for m in _COMPARISON.finditer(request)
         )
         add(_COMPARISON.sub(lambda m: m.group("word"), request), _REQUEST_WEIGHT)
@@ -235,24 +237,35 @@ class Bound:
     subject: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, word: str, number: str, request: str = "") -> Bound:
+    def of(cls, word: str, number: str, after: str = "") -> Bound:
         """The filter of a comparison word and its number (``"older"``, ``"1.20"``).
+
+        Args:
+            word: The comparison word (``"more"``, ``"older"``, ``"before"``, ...).
+            number: Its number; one with two dots or more is a version (``1.20.6``), and so
+                is a dotted number after a version word (``older than 1.20``).
+            after: The request's text right after the number: its first words name what
+                the filter is on.
 
         Example:
             >>> Bound.of("older", "1.20").passes("1.18.3"), Bound.of("more", "3").passes("7")
             (True, True)
+            >>> Bound.of("above", "1.20.6").passes("1.21.0"), Bound.of("before", "2024").op
+            (True, '<')
         """
         word = word.lower()
-        version = word in _VERSION_WORDS and "." in number
-        below = "<" if word.startswith(_BELOW_WORDS) else ">"
-        op = _VERSION_WORDS[word] if version else below
-        at = request.find(number)
-        subject = tuple(_words(request[at + len(number) : at + len(number) + 40])[:2])
-        return cls(op, _parts(number, version), version, subject if at >= 0 else ())
+        version = "." in number and (word in _VERSION_WORDS or number.count(".") >= 2)
+        below = word.startswith(_BELOW_WORDS) or word in _EARLIER_WORDS
+        op = _VERSION_WORDS[word] if version and word in _VERSION_WORDS else "<" if below else ">"
+        subject = tuple(_words(after[:40])[:2])
+        return cls(op, _parts(number, version), version, subject)
 
     def passes(self, number: str) -> bool:
-        """Whether ``number`` passes the filter."""
-        value = _parts(number, self.version)
+        """Whether ``number`` passes the filter (a number that does not parse does not)."""
+        try:
+            value = _parts(number, self.version)
+        except ValueError:
+            return False
         return value > self.value if self.op == ">" else value < self.value
 
 

@@ -41,7 +41,6 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
-from langchain_openai.chat_models.base import BaseChatOpenAI
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
@@ -188,11 +187,14 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         if not self.summarizer_is_model or self.summarizer is None:
             return Compactor(target=self.target, memory=self.memory, summary=summary)
         # The call's model writes the summary: the one whose cache holds this conversation.
+        # Only a budgeted model (a ChatVLLM) is sent the call's prefix again: its payload
+        # takes the tools and tool_choice="none" as vLLM reads them; any other model gets
+        # the fresh compression prompt, which every chat model accepts.
         return Compactor(
             target=self.target,
             memory=self.memory,
             summary=summary.with_(model=model),
-            prefix=prefix,
+            prefix=prefix if budgeted(model) is not None else None,
         )
 
     @property
@@ -322,17 +324,15 @@ def _window_limit(model: BaseChatModel) -> int | None:
 def _output_limit(model: BaseChatModel, request: ModelRequest[ContextT]) -> int | None:
     """For a budgeted model: the most input that leaves the call's ``max_tokens`` and margin.
 
-    The call's ``max_tokens`` is the request's setting (``max_completion_tokens`` first, as
-    vLLM reads it), else the model's own; ``None`` when neither is set or the window is not
-    known (the compaction then aims at ``target`` of the limit alone).
+    The call's ``max_tokens`` as the model reads it
+    (:meth:`~langchain_vllm_budget.capabilities.BudgetedModel.get_requested_max_tokens`: the
+    request's settings over the model's own); ``None`` when none is set (the compaction then
+    aims at ``target`` of the limit alone).
     """
     found = budgeted(model)
     if found is None:
         return None
-    options = request.model_settings
-    requested = options.get("max_completion_tokens", options.get("max_tokens"))
-    if requested is None and isinstance(model, BaseChatOpenAI):
-        requested = model.max_tokens
-    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+    requested = found.get_requested_max_tokens(**request.model_settings)
+    if requested is None or requested < 1:
         return None
     return found.get_budget().output_limit(requested)

@@ -281,8 +281,9 @@ def test_a_harness_has_room_exactly_when_its_reserve_and_fixed_part_fit(
     error = caught.value
     assert error.room == room
     assert error.fixed_tokens == fixed
-    assert f"Remove at least {error.shortfall} tokens" in str(error)
-    assert "lower max_tokens or headroom" in str(error)
+    if fixed:
+        assert f"Remove at least {error.shortfall} tokens" in str(error)
+    assert "ower max_tokens or headroom" in str(error)
     # the advice is exact: that many tokens fewer, and the harness has room
     if fixed - error.shortfall >= 0:
         assert (
@@ -378,3 +379,12 @@ def test_the_docs_state_what_the_functions_compute() -> None:
             assert eval(code, namespace) == int(value.group())
             checked += 1
     assert checked == 6
+
+
+def test_reserves_that_leave_nothing_name_the_reserves_only() -> None:
+    with pytest.raises(VLLMFixedPromptOverflowError) as caught:
+        harness_room(max_input_tokens=4000, max_tokens=3000, headroom=1000)
+    message = str(caught.value)
+    assert "The reserves leave no input" in message
+    assert "lower max_tokens or headroom by at least 1 tokens" in message.lower()
+    assert "system prompt" not in message

@@ -92,6 +92,10 @@ class WindowedRecording(Recording):
     async def aget_budget_plan(self, messages: Any, **kwargs: Any) -> BudgetPlan:
         raise NotImplementedError
 
+    def get_requested_max_tokens(self, **kwargs: Any) -> int | None:
+        requested = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
+        return requested if isinstance(requested, int) else None
+
 
 def _count(messages: Sequence[BaseMessage]) -> int:
     return COUNTER.count_messages(messages, TOOLS)
@@ -292,7 +296,7 @@ def _agent(model: Recording, **kwargs: Any) -> Any:
 def test_the_middleware_asks_the_calls_model_with_the_calls_prefix(
     use_async: bool, itself: bool
 ) -> None:
-    model = Recording(responses=["ok"] * 40, profile={"max_input_tokens": LIMIT // 2})
+    model = WindowedRecording(responses=["ok"] * 40, profile={"max_input_tokens": LIMIT // 2})
     agent = _agent(model, summarizer=model) if itself else _agent(model)
     config = {"configurable": {"thread_id": "t"}}
     for turn in _history()[1::2]:
@@ -311,6 +315,18 @@ def test_the_middleware_asks_the_calls_model_with_the_calls_prefix(
     assert isinstance(messages[0], SystemMessage)
     assert messages[0].text == SYSTEM.text
     assert kwargs == {"tools": TOOLS, "tool_choice": "none", "max_tokens": CAP}
+
+
+def test_a_model_that_is_not_budgeted_gets_the_fresh_prompt() -> None:
+    """Tools and tool_choice as call arguments are vLLM's (ChatVLLM's); other models may
+    reject them, so they summarize from the fresh compression prompt."""
+    model = Recording(responses=["ok"] * 40, profile={"max_input_tokens": LIMIT // 2})
+    agent = _agent(model)
+    config = {"configurable": {"thread_id": "t"}}
+    for turn in _history()[1::2]:
+        agent.invoke({"messages": [turn]}, config)
+    assert any(m[0] == SystemMessage(COMPRESSION_SYSTEM_PROMPT) for m, _ in model.calls)
+    assert not any(m[-1].text.startswith(FIRST_LINE) for m, _ in model.calls)
 
 
 def test_the_middleware_with_a_separate_summarizer_sends_the_fresh_prompt() -> None:

@@ -146,3 +146,24 @@ def test_bare_headers_and_brackets_are_not_quoted_alone() -> None:
     assert "- Events:" not in quoted
     assert "- }," not in quoted
     assert "- -----" not in quoted
+
+
+def test_a_number_with_two_dots_is_a_version_whatever_the_word() -> None:
+    (bound,) = Query.of("Which nodes run kubelet above 1.20.6?").bounds
+    assert bound.version
+    assert bound.op == ">"
+    assert bound.passes("1.21.0")
+    assert not bound.passes("1.20.5")
+    assert not bound.passes("n/a")  # a value that does not parse does not pass
+
+
+def test_a_filter_names_the_words_after_its_own_number() -> None:
+    query = Query.of("On node 3 the jobs restart: which had more than 3 failed payments?")
+    (bound,) = query.bounds
+    assert bound.subject == ("fail", "payment")
+
+
+def test_before_and_earlier_point_below_a_plain_number() -> None:
+    assert Query.of("invoices issued before 2024").bounds[0].op == "<"
+    assert Query.of("runs earlier than 1700000000").bounds[0].op == "<"
+    assert Query.of("backups older than 3 days").bounds[0].op == ">"  # an age

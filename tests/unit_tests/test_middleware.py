@@ -368,6 +368,10 @@ class CountingScriptedModel(ScriptedModel):
     async def aget_budget_plan(self, messages: Any, **kwargs: Any) -> BudgetPlan:
         return self.get_budget_plan(messages, **kwargs)
 
+    def get_requested_max_tokens(self, **kwargs: Any) -> int | None:
+        requested = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
+        return requested if isinstance(requested, int) else None
+
 
 def test_the_scripted_model_with_a_counter_is_a_budgeted_model() -> None:
     model = CountingScriptedModel(counter=ApproximateTokenCounter())

@@ -295,3 +295,15 @@ def test_a_system_prompt_that_fills_the_limit_says_what_to_shorten() -> None:
     # a system prompt that leaves room, with a newest turn that does not: today's error
     with pytest.raises(VLLMContextOverflowError):
         apply_budget(_chat(3000, 2400, 4), budget=budget, count=_words, policy="trim")
+
+
+def test_tools_that_fill_the_limit_without_a_system_prompt_say_what_to_shorten() -> None:
+    budget = TokenBudget(max_model_len=4096, output_reserve=1024)
+    chat = _chat(system=0, turn=100, turns=4)[1:]  # no system message
+
+    def with_tools(messages: list[BaseMessage]) -> int:
+        return 3800 + _words(messages)  # 3,800 tokens of tool definitions in every prompt
+
+    with pytest.raises(VLLMFixedPromptOverflowError) as caught:
+        apply_budget(chat, budget=budget, count=with_tools, policy="trim")
+    assert (caught.value.fixed_tokens, caught.value.shortfall) == (3800, 89)
