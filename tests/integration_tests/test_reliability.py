@@ -185,13 +185,17 @@ def test_server_killed_mid_request_is_a_typed_error(
     killer = threading.Thread(target=_kill_when_busy, args=(doomed_server, started))
     killer.start()
 
+    # ignore_eos: the random-weight model may end its answer at once; this one has to run
+    # for its whole 3,000 tokens (over a minute), so the kill lands mid-generation.
+    long = {"max_tokens": 3000, "extra_body": {"ignore_eos": True}}
+
     def ask() -> None:
         started.set()
         if streaming:
-            for _ in model.stream("Tell me everything.", max_tokens=3000):
+            for _ in model.stream("Tell me everything.", **long):
                 pass
         else:
-            model.invoke("Tell me everything.", max_tokens=3000)
+            model.invoke("Tell me everything.", **long)
 
     try:
         with pytest.raises(VLLMError) as caught:
