@@ -17,17 +17,12 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-from langchain_vllm_budget.compression import (
-    COMPRESSION_SYSTEM_PROMPT,
-    PREFIX_SUMMARY_INSTRUCTION,
-)
+from langchain_vllm_budget.compression import is_summarizer_prompt
 
 __all__ = ["CallRecord", "CallRecorder", "percentile"]
-
-_INSTRUCTION_START = PREFIX_SUMMARY_INSTRUCTION.split("\n", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -57,16 +52,6 @@ class CallRecord:
     error: str | None = None
 
 
-def _is_compression(messages: Sequence[BaseMessage]) -> bool:
-    """A summarizer request: the fresh compression prompt, or a conversation's prefix with
-    the summary instruction last (a compaction whose summarizer is the chat model)."""
-    first = messages[0] if messages else None
-    last = messages[-1] if messages else None
-    return (isinstance(first, SystemMessage) and first.text == COMPRESSION_SYSTEM_PROMPT) or (
-        last is not None and last.text.startswith(_INSTRUCTION_START)
-    )
-
-
 class CallRecorder(BaseCallbackHandler):
     """Collects a :class:`CallRecord` per chat-model call (thread- and task-safe)."""
 
@@ -88,7 +73,7 @@ class CallRecorder(BaseCallbackHandler):
     ) -> None:
         meta = metadata or {}
         stage = str(meta.get("langgraph_node") or meta.get("stage") or "?")
-        kind = "summarizer" if messages and _is_compression(messages[0]) else "stage"
+        kind = "summarizer" if messages and is_summarizer_prompt(messages[0]) else "stage"
         pipeline = meta.get("pipeline")
         with self._lock:
             self._open[run_id] = (stage, kind, pipeline, time.perf_counter())

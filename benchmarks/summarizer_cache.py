@@ -38,12 +38,10 @@ from langchain_core.tools import tool
 
 from benchmarks.section import write_section
 from langchain_vllm_budget import ChatVLLM, TokenBudget, TransformersTokenCounter
-from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT
-from langchain_vllm_budget.compression.prefix import PREFIX_SUMMARY_INSTRUCTION
+from langchain_vllm_budget.compression import is_summarizer_prompt
 from langchain_vllm_budget.serving.local_models import ensure_local_model
 
 _DEFAULT_OUT = Path(__file__).parent / "results" / "summarizer_cache"
-_FIRST_LINE = PREFIX_SUMMARY_INSTRUCTION.split("\n", 1)[0]
 
 
 @tool
@@ -66,9 +64,7 @@ class _Usage(BaseCallbackHandler):
 
     def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
         prompt = self.prompts.pop(run_id, [])
-        summarizer = bool(prompt) and (
-            prompt[-1].text.startswith(_FIRST_LINE) or prompt[0].text == COMPRESSION_SYSTEM_PROMPT
-        )
+        summarizer = is_summarizer_prompt(prompt)
         for generations in response.generations:
             for generation in generations:
                 usage = generation.message.usage_metadata or {}

@@ -50,6 +50,7 @@ from langchain_vllm_budget.compression.llm import (
     acompress_stage_result,
     asummarize,
     compress_stage_result,
+    is_summarizer_prompt,
     summarize,
 )
 from langchain_vllm_budget.compression.prefix import (
@@ -82,6 +83,7 @@ __all__ = [
     "extract_entity_list",
     "extractive_summary",
     "is_entity_present",
+    "is_summarizer_prompt",
     "needs_model",
     "query_summary",
     "render_stage_result",

@@ -25,7 +25,7 @@ from langchain_vllm_budget.compression.guard import (
     CompressionResult,
     clean_llm_summary,
 )
-from langchain_vllm_budget.compression.prefix import SummarizerRequest
+from langchain_vllm_budget.compression.prefix import PREFIX_SUMMARY_INSTRUCTION, SummarizerRequest
 from langchain_vllm_budget.compression.spec import CompressionStrategy, SummarySpec
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ __all__ = [
     "acompress_stage_result",
     "asummarize",
     "compress_stage_result",
+    "is_summarizer_prompt",
     "summarize",
 ]
 
@@ -64,6 +65,31 @@ Summary:"""
 placeholders ``{stage_name}``, ``{user_request}``, ``{result}`` and ``{max_tokens}``. What stays
 the same between calls (instructions, then the request) comes first and the result last, so
 consecutive calls share a prompt prefix that vLLM's prefix cache reuses."""
+
+_INSTRUCTION_START = PREFIX_SUMMARY_INSTRUCTION.split("\n", 1)[0]
+
+
+def is_summarizer_prompt(messages: Sequence[BaseMessage]) -> bool:
+    """Whether ``messages`` are a summarizer request of this package.
+
+    Either the fresh compression prompt (:data:`COMPRESSION_SYSTEM_PROMPT` first) or a
+    conversation's prefix with the summary instruction last
+    (:data:`~langchain_vllm_budget.compression.PREFIX_SUMMARY_INSTRUCTION`): how a callback
+    tells a compaction's summarizer calls from the agent's own.
+
+    Example:
+        >>> is_summarizer_prompt([SystemMessage(COMPRESSION_SYSTEM_PROMPT), HumanMessage("x")])
+        True
+        >>> is_summarizer_prompt([HumanMessage("What failed?")])
+        False
+    """
+    if not messages:
+        return False
+    first, last = messages[0], messages[-1]
+    return (isinstance(first, SystemMessage) and first.text == COMPRESSION_SYSTEM_PROMPT) or (
+        last.text.startswith(_INSTRUCTION_START)
+    )
+
 
 _MAX_MERGE_ROUNDS = 3
 _PROMPT_MARGIN_TOKENS = 32
