@@ -10,6 +10,7 @@ from langchain_vllm_budget.errors import (
     VLLMFixedPromptOverflowError,
     VLLMInvalidRequestError,
     VLLMModelNotFoundError,
+    VLLMRequestAbortedError,
     VLLMServerError,
     VLLMTimeoutError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "VLLMFixedPromptOverflowError",
     "VLLMInvalidRequestError",
     "VLLMModelNotFoundError",
+    "VLLMRequestAbortedError",
     "VLLMServerError",
     "VLLMTimeoutError",
     "__version__",

@@ -36,12 +36,15 @@ __all__ = [
     "VLLMFixedPromptOverflowError",
     "VLLMInvalidRequestError",
     "VLLMModelNotFoundError",
+    "VLLMRequestAbortedError",
     "VLLMServerError",
     "VLLMTimeoutError",
     "parse_length_error",
 ]
 
 if TYPE_CHECKING:
+    from langchain_core.messages import AIMessage
+
     from langchain_vllm_budget.budget import BudgetPlan
 
 OverflowSource = Literal["budget", "server"]
@@ -275,6 +278,30 @@ class VLLMServerError(VLLMError):
         super().__init__(
             f"The vLLM server at {base_url} failed while answering{status}: {server_message}. "
             "Check the server's log; the request can be retried once the server is healthy."
+        )
+
+
+class VLLMRequestAbortedError(VLLMServerError):
+    """vLLM aborted the request before it finished (``finish_reason="abort"``).
+
+    vLLM answers a request it aborts, e.g. because the server is shutting down (SIGTERM
+    aborts every request in flight) or an operator cancelled it, with an ordinary-looking
+    reply whose finish reason is ``"abort"``: the text stops wherever generation stopped.
+    Taking that as the model's answer would silently hand a truncated reply on, so it is an
+    error; the text generated so far is kept in :attr:`partial`, nothing is lost.
+
+    Attributes:
+        partial: The reply as far as it was generated (its text, usage and metadata); None
+            when streaming, where the chunks before the abort were already delivered.
+    """
+
+    def __init__(self, base_url: str, partial: AIMessage | None = None) -> None:
+        self.partial = partial
+        super().__init__(
+            base_url,
+            "it aborted the request before the reply was finished (finish_reason 'abort': "
+            "the server is shutting down, or the request was cancelled); the text generated "
+            "so far is in the error's `partial`",
         )
 
 

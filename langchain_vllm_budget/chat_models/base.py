@@ -66,6 +66,7 @@ from langchain_vllm_budget.counter_resolution import resolve_token_counter
 from langchain_vllm_budget.errors import (
     VLLMError,
     VLLMInvalidRequestError,
+    VLLMRequestAbortedError,
 )
 from langchain_vllm_budget.overflow import (
     OverflowPolicy,
@@ -95,6 +96,8 @@ CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 """Which token counter to use; ``"auto"`` prefers a local tokenizer, then the server."""
 
 _PROVIDER = "vllm"
+# The finish reason vLLM gives a request it aborted (server shutdown, cancellation).
+_ABORTED = "abort"
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
 _LIMIT_LOCK = threading.Lock()
@@ -774,6 +777,11 @@ class ChatVLLM(BaseChatOpenAI):
         (a list, a string). They are reported in ``AIMessage.invalid_tool_calls`` (name, the
         arguments as written, id, and why) instead of failing the whole response, as
         langchain-core already does for streamed tool calls.
+
+        Raises:
+            VLLMRequestAbortedError: vLLM aborted the request (``finish_reason="abort"``,
+                e.g. the server is shutting down); the reply so far is the error's
+                ``partial``.
         """
         cleaned, set_aside = set_aside_non_object_tool_calls(response)
         result = super()._create_chat_result(cleaned, generation_info)
@@ -792,6 +800,8 @@ class ChatVLLM(BaseChatOpenAI):
                 message.additional_kwargs[REASONING_KEY] = thinking
             if index in set_aside:
                 message.invalid_tool_calls = [*message.invalid_tool_calls, *set_aside[index]]
+            if (choice or {}).get("finish_reason") == _ABORTED:
+                raise VLLMRequestAbortedError(self.openai_api_base, partial=message)
         return result
 
     def _convert_chunk_to_generation_chunk(
@@ -800,7 +810,15 @@ class ChatVLLM(BaseChatOpenAI):
         default_chunk_class: type,
         base_generation_info: dict[str, Any] | None,
     ) -> ChatGenerationChunk | None:
-        """A stream chunk: provider ``vllm``, and the thinking text of its delta kept."""
+        """A stream chunk: provider ``vllm``, and the thinking text of its delta kept.
+
+        Raises:
+            VLLMRequestAbortedError: vLLM aborted the request (``finish_reason="abort"``);
+                the chunks before this one were what it generated.
+        """
+        choices = chunk.get("choices") or chunk.get("chunk", {}).get("choices") or []
+        if choices and choices[0].get("finish_reason") == _ABORTED:
+            raise VLLMRequestAbortedError(self.openai_api_base)
         generation = super()._convert_chunk_to_generation_chunk(
             chunk, default_chunk_class, base_generation_info
         )
@@ -808,7 +826,6 @@ class ChatVLLM(BaseChatOpenAI):
             return None
         message = generation.message
         message.response_metadata["model_provider"] = _PROVIDER
-        choices = chunk.get("choices") or chunk.get("chunk", {}).get("choices") or []
         thinking = reasoning_in(choices[0].get("delta")) if choices else None
         if thinking is not None and isinstance(message, AIMessage):
             message.additional_kwargs[REASONING_KEY] = thinking

@@ -94,8 +94,9 @@ def _server(shared: _Shared) -> LocalVLLMServer:
     return LocalVLLMServer(spec, log_path=cache_dir() / "logs" / f"test-{shared.name}.log")
 
 
+@pytest.hookimpl(trylast=True)  # after ``-k`` / ``-m`` deselected what will not run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the shared servers the collected tests need as soon as collection ends.
+    """Start the shared servers the selected tests need as soon as collection ends.
 
     They boot while the offline tests run (``make test`` puts ``tests/unit_tests`` first);
     the session fixtures then only wait for ``/health``.
@@ -107,6 +108,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         booting = shared.fixture in _BOOTING or os.environ.get(shared.env_var)
         if shared.fixture in needed and not booting:
             _BOOTING[shared.fixture] = _server(shared).start(wait=False)
+
+
+def pytest_sessionfinish() -> None:
+    """Stop the servers started for tests that never asked for them (e.g. all failed early)."""
+    while _BOOTING:
+        _BOOTING.popitem()[1].stop()
 
 
 def _served(shared: _Shared) -> Iterator[ServedModel]:

@@ -2,8 +2,9 @@
 
 * Property-style requests of any size around the window never get a length 400: each is
   answered, or refused before sending with a typed overflow error.
-* Faults: no server listening, the server killed mid-request (a server of this module's own,
-  never the shared fixtures), a response slower than the timeout: each is a typed error.
+* Faults: no server listening, the server stopped mid-request (a server of this module's own,
+  never the shared fixtures; vLLM aborts what is in flight), a response slower than the
+  timeout: each is a typed error.
 * Load: 20 concurrent requests against a server with ``--max-num-seqs 2`` all succeed, also
   through ``ChatVLLM(max_concurrency=2)``, the client-side limit matching the server's slots.
 * Secrets: the API key never shows in logs, reprs, serialised models or error messages.
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -36,6 +37,7 @@ from langchain_vllm_budget.errors import (
     VLLMConnectionError,
     VLLMContextOverflowError,
     VLLMError,
+    VLLMRequestAbortedError,
     VLLMServerError,
     VLLMTimeoutError,
 )
@@ -149,61 +151,122 @@ def test_slower_than_the_timeout_is_a_typed_timeout(smollm2: ServedModel) -> Non
     assert "1 s" in str(caught.value)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def doomed_server() -> Iterator[LocalVLLMServer]:
-    """A tiny-qwen server of this test's own, to be killed mid-request."""
+    """A tiny-qwen server of this module's own, to abort requests on and to kill.
+
+    Started with ``VLLM_SERVER_DEV_MODE=1`` for vLLM's ``/pause?mode=abort`` (abort every
+    request in flight, as a shutdown does, while the server stays up).
+    """
     spec = LocalServerSpec(
         model=str(ensure_local_model("tiny-qwen")),
         served_model_name="doomed",
         max_model_len=4096,
+        env={"VLLM_SERVER_DEV_MODE": "1"},
     )
     server = LocalVLLMServer(spec, log_path=cache_dir() / "logs" / "test-reliability-kill.log")
     with server:
         yield server
 
 
-def _kill_when_busy(server: LocalVLLMServer, started: threading.Event) -> None:
+def _doomed_model(server: LocalVLLMServer) -> ChatVLLM:
+    if server.pid is None:  # a kill test stopped it: start it again, on a fresh port
+        server.port = None
+        server.start()
+    return ChatVLLM(
+        model="doomed",
+        base_url=server.base_url,
+        tokenizer=server.spec.model,
+        max_retries=0,
+        timeout=120.0,
+    )
+
+
+# ignore_eos: the random-weight model may end its answer at once; this one has to run for its
+# whole 3,000 tokens (over a minute), so what the tests do to the server lands mid-generation.
+_LONG = {"max_tokens": 3000, "extra_body": {"ignore_eos": True}}
+
+
+def _ask_long(model: ChatVLLM, started: threading.Event, streaming: bool, into: list[str]) -> None:
+    started.set()
+    if streaming:
+        into.extend(chunk.text for chunk in model.stream("Tell me everything.", **_LONG))
+    else:
+        model.invoke("Tell me everything.", **_LONG)
+
+
+def _running(server: LocalVLLMServer) -> float:
+    root = server.base_url.removesuffix("/v1")
+    metrics = httpx.get(f"{root}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:num_requests_running{")
+    )
+
+
+def _when_busy(
+    server: LocalVLLMServer, action: Callable[[], object], started: threading.Event
+) -> None:
+    """Run ``action`` once the server is generating (its ``/metrics``: a request running)."""
     started.wait(30)
-    time.sleep(1.5)  # the request is generating by now (up to 3000 tokens at ~40 tokens/s)
-    server.stop()
+    deadline = time.monotonic() + 60
+    while _running(server) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a few tokens generated
+    action()
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "stream"])
+def test_a_request_vllm_aborts_is_a_typed_error_that_keeps_the_text_so_far(
+    doomed_server: LocalVLLMServer, streaming: bool
+) -> None:
+    model = _doomed_model(doomed_server)
+    root = doomed_server.base_url.removesuffix("/v1")
+
+    def abort_in_flight() -> None:
+        httpx.post(f"{root}/pause", params={"mode": "abort"}, timeout=30).raise_for_status()
+
+    started = threading.Event()
+    aborter = threading.Thread(target=_when_busy, args=(doomed_server, abort_in_flight, started))
+    aborter.start()
+    streamed: list[str] = []
+    try:
+        with pytest.raises(VLLMRequestAbortedError) as caught:
+            _ask_long(model, started, streaming, streamed)
+    finally:
+        started.set()
+        aborter.join()
+        httpx.post(f"{root}/resume", timeout=30).raise_for_status()
+    if streaming:  # the chunks before the abort were delivered as they came
+        assert caught.value.partial is None
+        assert "".join(streamed)
+    else:  # the reply so far is on the error
+        partial = caught.value.partial
+        assert partial is not None
+        assert partial.usage_metadata is not None
+        assert 0 < partial.usage_metadata["output_tokens"] < 3000
+    # The server stays up: the next request is answered as usual.
+    reply = model.invoke("Hi", max_tokens=4, extra_body={"ignore_eos": True})
+    assert reply.response_metadata["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "stream"])
 def test_server_killed_mid_request_is_a_typed_error(
     doomed_server: LocalVLLMServer, streaming: bool
 ) -> None:
-    if doomed_server.pid is None:  # the previous case killed it: start it again
-        doomed_server.start()
-    model = ChatVLLM(
-        model="doomed",
-        base_url=doomed_server.base_url,
-        tokenizer=doomed_server.spec.model,
-        max_retries=0,
-        timeout=120.0,
-    )
+    model = _doomed_model(doomed_server)
     started = threading.Event()
-    killer = threading.Thread(target=_kill_when_busy, args=(doomed_server, started))
+    killer = threading.Thread(target=_when_busy, args=(doomed_server, doomed_server.stop, started))
     killer.start()
-
-    # ignore_eos: the random-weight model may end its answer at once; this one has to run
-    # for its whole 3,000 tokens (over a minute), so the kill lands mid-generation.
-    long = {"max_tokens": 3000, "extra_body": {"ignore_eos": True}}
-
-    def ask() -> None:
-        started.set()
-        if streaming:
-            for _ in model.stream("Tell me everything.", **long):
-                pass
-        else:
-            model.invoke("Tell me everything.", **long)
-
     try:
         with pytest.raises(VLLMError) as caught:
-            ask()
+            _ask_long(model, started, streaming, [])
     finally:
         started.set()
         killer.join()
-    # Dropped connection, or (when the engine process dies first) vLLM's own error event.
+    # vLLM aborts what is in flight on SIGTERM: its "abort" reply (VLLMRequestAbortedError,
+    # a VLLMServerError), its error event when the engine dies first, or a dropped connection.
     assert isinstance(caught.value, (VLLMConnectionError, VLLMServerError)), repr(caught.value)
     # And the next request, with nothing listening, is refused the same typed way.
     with pytest.raises(VLLMConnectionError):

@@ -36,6 +36,7 @@ from langchain_vllm_budget.chat_models._profile import server_profile
 from langchain_vllm_budget.errors import (
     VLLMContextOverflowError,
     VLLMInvalidRequestError,
+    VLLMRequestAbortedError,
     VLLMServerError,
 )
 from langchain_vllm_budget.overflow import BudgetOutcome
@@ -353,6 +354,51 @@ def test_server_failures_map_to_a_typed_error() -> None:
 
     bad = openai.BadRequestError("bad", response=httpx.Response(400, request=request), body=None)
     assert map_openai_error(bad, target) is bad
+
+
+def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
+    """vLLM answers a request it aborts (SIGTERM, cancellation) with finish_reason "abort"."""
+    body = {
+        "id": "chatcmpl-3",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "abort",
+                "message": {"role": "assistant", "content": "Once upon a"},
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+    model = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(VLLMRequestAbortedError) as caught:
+        model._create_chat_result(body)
+    assert isinstance(caught.value, VLLMServerError)
+    assert caught.value.base_url == "http://127.0.0.1:9/v1"
+    assert caught.value.partial is not None
+    assert caught.value.partial.text == "Once upon a"
+    assert "finish_reason 'abort'" in str(caught.value)
+
+    body["choices"][0]["finish_reason"] = "stop"
+    assert model._create_chat_result(body).generations[0].message.text == "Once upon a"
+
+
+def test_a_streamed_abort_is_a_typed_error() -> None:
+    model = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1")
+    chunk: dict[str, Any] = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": " a"}, "finish_reason": None}],
+    }
+    assert model._convert_chunk_to_generation_chunk(chunk, AIMessageChunk, {}) is not None
+    chunk["choices"][0]["finish_reason"] = "abort"
+    with pytest.raises(VLLMRequestAbortedError) as caught:
+        model._convert_chunk_to_generation_chunk(chunk, AIMessageChunk, {})
+    assert caught.value.partial is None
 
 
 # ------------------------------------------------------------------------- the profile
