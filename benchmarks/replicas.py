@@ -1,10 +1,11 @@
 """Benchmark 10: agent sessions over two vLLM replicas behind ``vllm-router``.
 
-Two tiny-qwen replicas (2K window, prefix caching) serve :data:`SESSIONS` concurrent agent
-threads (LangGraph graphs whose node calls ``ChatVLLM`` with ``on_overflow="trim"``), each
-:data:`TURNS` turns of about :data:`TURN_TOKENS` tokens: every thread grows past the window
-and is compacted, so the prefix cache only pays off if a thread's turns meet its cached
-prefix again. The same workload runs under each routing variant:
+Two tiny-qwen replicas (prefix caching) serve :data:`SESSIONS` concurrent agent threads
+(LangGraph graphs whose node calls ``ChatVLLM`` with ``on_overflow="trim"``), each turn about
+380 tokens: every thread grows past the window and is compacted, so the prefix cache only
+pays off if a thread's turns meet its cached prefix again. It runs on each of
+:data:`SETUPS` (two replicas at 2,048 and 4,096 tokens, four at 2,048; :func:`turns_for`
+turns per thread), and on each the same workload under each routing variant:
 
 * ``consistent_hash + key``: ChatVLLM sends the thread's session key (``X-Session-ID``);
 * ``consistent_hash, no key``: ``session_affinity="off"``, every thread hashes alike;
@@ -13,15 +14,16 @@ prefix again. The same workload runs under each routing variant:
 * ``single replica``: the replica alone, without the router (the reference hit rate).
 
 Every variant's threads have text of their own, so no variant reuses another's prefixes.
-Read from each replica's ``/metrics``: the prefix-cache hit rate over the turns after each
-thread first passed the window (turns :data:`OVER_WINDOW_FROM` on), tokens prefilled
-(prompt tokens minus cache hits), each replica's share of the requests; timed per turn on
-the client: throughput and p50/p95 latency.
+Read from each replica's ``/metrics``: the prefix-cache hit rate over the turns from the first
+one over the window (:func:`over_window_from`), tokens prefilled (prompt tokens minus cache
+hits), each replica's share of the requests; timed per turn on the client: throughput and
+p50/p95 latency.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -41,26 +43,69 @@ from langchain_vllm_budget import ChatVLLM, TokenBudget
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 from langchain_vllm_budget.serving.router import LocalRouter, RouterSpec
+from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 
 __all__ = [
-    "OVER_WINDOW_FROM",
     "SESSIONS",
-    "TURNS",
+    "SETUPS",
     "TURN_TOKENS",
     "VARIANTS",
     "cpu_replica_spec",
+    "over_window_from",
     "replicas_md",
+    "run_replica_setups",
     "run_replicas",
+    "turn_tokens",
+    "turns_for",
     "write",
 ]
 
 WINDOW = 2048
+"""The window of the first run (and of the GPU run, :mod:`benchmarks.gpu_replicas`)."""
+SETUPS = ((2, 2048), (2, 4096), (4, 2048))
+"""The (replicas, window) setups ``make bench`` runs the workload on, one after the other:
+two replicas at two windows (the window sets how often a thread is compacted: every ~2 turns
+at 2,048 tokens, every ~5 at 4,096; each compaction is a cold prompt on every replica,
+whatever the routing), and four replicas (under round robin, a thread's next turn finds the
+replica that holds its latest prefix less often)."""
 TURN_TOKENS = 260
-SESSIONS, TURNS = 6, 12
-"""Concurrent threads and turns per thread (``quick``: 4 and 9)."""
-OVER_WINDOW_FROM = 7
-"""The first turn after which every thread has passed the window once (7 x 260 > 1856)."""
+"""Sizes a turn's text (10 check lines); tiny-qwen's tokenizer makes ~380 tokens of it, the
+figure the summary reports (:func:`turn_tokens`)."""
+SESSIONS = 6
+"""Concurrent threads (``quick``: 4)."""
 SYSTEM = "You are an operations assistant. Keep track of every ticket and host."
+_BUDGET = TokenBudget(output_reserve=64, min_output_tokens=16)
+_ANSWER_TOKENS = 4
+
+
+def over_window_from(window: int) -> int:
+    """The first turn whose prompt is over ``window``'s input limit (4 at 2,048), counted
+    with tiny-qwen's tokenizer on a thread's real text.
+
+    Args:
+        window: The replicas' ``--max-model-len``.
+    """
+    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+    limit = _BUDGET.with_max_model_len(window).input_limit(_ANSWER_TOKENS)
+    messages: list[BaseMessage] = [SystemMessage(SYSTEM)]
+    turn = 0
+    while True:
+        messages.append(HumanMessage(_turn_text("consisk0", turn)))
+        if counter.count_messages(messages) > limit:
+            return turn
+        messages.append(AIMessage("x" * _ANSWER_TOKENS))
+        turn += 1
+
+
+def turns_for(window: int) -> int:
+    """Turns per thread at ``window``: twice the turns to pass it, and 4 more (12 at 2,048)."""
+    return 2 * over_window_from(window) + 4
+
+
+def turn_tokens() -> int:
+    """A turn's text in tiny-qwen's tokens (its first thread's first turn)."""
+    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+    return counter.count_text(_turn_text("consisk0", 0))
 
 
 @dataclass(frozen=True)
@@ -96,8 +141,8 @@ def _agent(base_url: str, *, session_key: bool) -> Any:
         model="tiny-qwen",
         base_url=base_url,
         tokenizer=str(ensure_local_model("tiny-qwen")),
-        max_tokens=4,
-        budget=TokenBudget(output_reserve=64, min_output_tokens=16),
+        max_tokens=_ANSWER_TOKENS,
+        budget=_BUDGET,
         on_overflow="trim",
         session_affinity="thread" if session_key else "off",
     )
@@ -172,19 +217,20 @@ def _summary(deltas: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def _run_variant(
-    variant: Variant, url: str, roots: list[str], sessions: int, turns: int
+    variant: Variant, url: str, roots: list[str], sessions: int, turns: range
 ) -> dict[str, Any]:
+    """Run ``turns`` of ``sessions`` threads; ``turns.start`` is the first over the window."""
     agent = _agent(url, session_key=variant.session_key)
     tag = variant.name.split()[0].replace("_", "")[:6]
     threads = [f"{tag}{'k' if variant.session_key else 'n'}{i}" for i in range(sessions)]
     started = time.perf_counter()
     before = [scrape(r) for r in roots]
-    first = _phase(agent, threads, range(OVER_WINDOW_FROM))
+    first = _phase(agent, threads, range(turns.start))
     middle = [scrape(r) for r in roots]
-    over = _phase(agent, threads, range(OVER_WINDOW_FROM, turns))
+    over = _phase(agent, threads, turns)
     seconds = time.perf_counter() - started
-    whole = _settled(roots, before, sessions * turns)
-    over_window = _settled(roots, middle, sessions * (turns - OVER_WINDOW_FROM))
+    whole = _settled(roots, before, sessions * turns.stop)
+    over_window = _settled(roots, middle, sessions * len(turns))
     latencies = first + over
     return {
         "policy": variant.policy,
@@ -199,12 +245,12 @@ def _run_variant(
     }
 
 
-def cpu_replica_spec() -> LocalServerSpec:
-    """One CPU replica: tiny-qwen, the benchmark's window, prefix caching on."""
+def cpu_replica_spec(window: int = WINDOW) -> LocalServerSpec:
+    """One CPU replica: tiny-qwen, the ``window``, prefix caching on."""
     return LocalServerSpec(
         model=str(ensure_local_model("tiny-qwen")),
         served_model_name="tiny-qwen",
-        max_model_len=WINDOW,
+        max_model_len=window,
         max_num_seqs=4,
         extra_args=("--enable-prefix-caching",),
     )
@@ -230,38 +276,44 @@ def run_replicas(
     quick: bool = False,
     spec: LocalServerSpec | None = None,
     sessions_turns: tuple[int, int] | None = None,
+    window: int = WINDOW,
+    replicas: int = 2,
 ) -> dict[str, Any]:
-    """Run every :data:`VARIANTS` over two fresh replicas; return the figures.
+    """Run every :data:`VARIANTS` over ``replicas`` fresh replicas; return the figures.
 
     Args:
         quick: Fewer threads and turns (4 and 9).
         spec: Each replica's server; default: :func:`cpu_replica_spec`. It must serve
-            tiny-qwen with the :data:`WINDOW`-token window (the workload is sized for it).
+            tiny-qwen with the ``window`` (the workload is sized for it).
         sessions_turns: Threads and turns per thread, instead of the defaults.
+        window: The replicas' window; the turns follow from it (:func:`turns_for`).
+        replicas: How many replicas the router spreads the threads over.
     """
-    sessions, turns = (4, 9) if quick else (SESSIONS, TURNS)
+    first = over_window_from(window)
+    sessions, turns = (4, 9) if quick else (SESSIONS, turns_for(window))
     if sessions_turns is not None:
         sessions, turns = sessions_turns
     result: dict[str, Any] = {
         "settings": {
             "model": "tiny-qwen",
-            "replicas": 2,
-            "window": WINDOW,
+            "replicas": replicas,
+            "window": window,
             "sessions": sessions,
             "turns": turns,
-            "turn_tokens": TURN_TOKENS,
-            "over_window_from_turn": OVER_WINDOW_FROM,
+            "turn_tokens": turn_tokens(),
+            "over_window_from_turn": first,
             "compaction": "on_overflow=trim",
         },
         "variants": {},
     }
-    with _replicas(2, spec or cpu_replica_spec()) as servers:
+    measured = range(first, turns)
+    with _replicas(replicas, spec or cpu_replica_spec(window)) as servers:
         roots = [s.base_url.removesuffix("/v1") for s in servers]
         for variant in VARIANTS:
             if variant.policy is None:
-                url, measured = servers[0].base_url, roots[:1]
+                url = servers[0].base_url
                 result["variants"][variant.name] = _run_variant(
-                    variant, url, measured, sessions, turns
+                    variant, url, roots[:1], sessions, measured
                 )
                 continue
             router_spec = RouterSpec(worker_urls=tuple(roots), policy=variant.policy)
@@ -270,10 +322,25 @@ def run_replicas(
                 stack.callback(router.stop)
                 router.start()
                 result["variants"][variant.name] = _run_variant(
-                    variant, router.base_url, roots, sessions, turns
+                    variant, router.base_url, roots, sessions, measured
                 )
     result["goal"] = _goal(result["variants"])
     return result
+
+
+def run_replica_setups(*, quick: bool = False) -> dict[str, Any]:
+    """:func:`run_replicas` on each of :data:`SETUPS` (``quick``: two replicas, the
+    :data:`WINDOW`).
+
+    Returns:
+        ``{"setups": [result, ...]}``, one :func:`run_replicas` result per setup.
+    """
+    setups = ((2, WINDOW),) if quick else SETUPS
+    return {
+        "setups": [
+            run_replicas(quick=quick, replicas=count, window=window) for count, window in setups
+        ]
+    }
 
 
 def _goal(variants: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +365,8 @@ def _pct(value: float | None) -> str:
 
 
 def replicas_md(result: dict[str, Any]) -> list[str]:
-    """The summary's section for :func:`run_replicas`'s result.
+    """The summary's section for a :func:`run_replicas` result, or one table per window of a
+    :func:`run_replica_setups` result.
 
     Example:
         >>> row = {"policy": "round_robin", "session_key": False, "calls": 4, "seconds": 2.0,
@@ -317,6 +385,8 @@ def replicas_md(result: dict[str, Any]) -> list[str]:
         >>> replicas_md(result)[6]
         '| rr | 50.0% | 60.0% | 5 | 2.00 | 0.40 | 0.60 | 2 / 2 |'
     """
+    if "setups" in result:
+        return [line for run in result["setups"] for line in (*replicas_md(run), "")][:-1]
     s, goal = result["settings"], result["goal"]
     lines = [
         f"### 10. Agent sessions over {s['replicas']} replicas behind vllm-router "
@@ -324,7 +394,7 @@ def replicas_md(result: dict[str, Any]) -> list[str]:
         f"turns of ~{s['turn_tokens']} tokens, {s['compaction']})",
         "",
         f"Hit rate over the window: vLLM's prefix-cache hits / queries from turn "
-        f"{s['over_window_from_turn']} on (every thread past the window once).",
+        f"{s['over_window_from_turn']} on (the first turn whose prompt is over the window).",
         "",
         "| variant | hit rate over the window | whole run | tokens prefilled (over window) "
         "| calls/s | p50 s | p95 s | requests per replica |",
@@ -354,18 +424,19 @@ def write(result: dict[str, Any], out: Path, meta: dict[str, Any]) -> list[Path]
     """Write ``results.json`` and ``summary.md`` for this benchmark into ``out``.
 
     Args:
-        result: :func:`run_replicas`'s result.
+        result: A :func:`run_replicas` or :func:`run_replica_setups` result.
         out: The folder.
         meta: The run's ``meta`` (command, start, machine, load averages).
     """
     out.mkdir(parents=True, exist_ok=True)
     data = out / "results.json"
     data.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    at_end = [round(load, 1) for load in os.getloadavg()]
     run = (
         f"Run {meta['started']} on {meta['machine']}; vLLM {meta['vllm']}. Command: "
         f"`{meta['command']}`. Load average (1/5/15 min) at the start "
-        f"{meta.get('load_average_start')}, at the end {meta.get('load_average_end')}: other "
-        "work shared the cores, so the timings vary. So do the round_robin and cache_aware hit "
+        f"{meta.get('load_average_start')}, at the end {at_end}: the replicas share the "
+        "machine's cores, so the timings vary, and so do the round_robin and cache_aware hit "
         "rates: where a thread's next turn lands depends on how the threads' turns interleave."
     )
     summary = out / "summary.md"

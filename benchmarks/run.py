@@ -40,7 +40,7 @@ from benchmarks.pipeline import run_pipeline
 from benchmarks.planner import run_planner
 from benchmarks.remote_counting import run_remote_counting
 from benchmarks.remote_counting import write as write_remote_counting
-from benchmarks.replicas import run_replicas
+from benchmarks.replicas import run_replica_setups
 from benchmarks.replicas import write as write_replicas
 from benchmarks.report import write_results
 from benchmarks.servers import QWEN, SMOLLM2, BenchServers
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             write_tool_outputs(
                 results["tool_outputs"], args.out / "tool_outputs", results["meta"]["command"]
             )
-    if "replicas" in selected:  # starts two tiny-qwen replicas and vllm-router in front
-        _timed("replicas", results, lambda: run_replicas(quick=args.quick))
+    if "replicas" in selected:  # tiny-qwen replicas and vllm-router, each setup
+        _timed("replicas", results, lambda: run_replica_setups(quick=args.quick))
         if "error" not in results["replicas"]:
             write_replicas(results["replicas"], args.out / "replicas", results["meta"])
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)

@@ -97,7 +97,7 @@ __all__ = [
     "CompactionResult",
     "Compactor",
     "MessageCounter",
-    "SummaryRequest",
+    "SummaryRequestKind",
     "is_summary_message",
     "summary_message",
 ]
@@ -108,7 +108,7 @@ CompactionPolicy = Literal["trim", "summarize"]
 MessageCounter = Callable[[Sequence[BaseMessage]], int]
 """Counts the prompt of a message list exactly (tool definitions included)."""
 
-SummaryRequest = Literal["prefix", "fresh"]
+SummaryRequestKind = Literal["prefix", "fresh"]
 """How the summarizer was asked: ``"prefix"``, the conversation as it was sent with the
 instruction appended (served from vLLM's prefix cache); ``"fresh"``, the compression prompt
 with the span rendered as text."""
@@ -275,7 +275,7 @@ class CompactionReport:
             summary and entity texts; ``missing`` is the number of entities that did not
             fit).
         summary_request: How the summarizer model was asked on this call (see
-            :data:`SummaryRequest`); ``None`` when it was not called.
+            :data:`SummaryRequestKind`); ``None`` when it was not called.
     """
 
     policy: CompactionPolicy
@@ -288,7 +288,7 @@ class CompactionReport:
     summary_tokens: int | None = None
     summarizer_calls: int = 0
     compression: dict[str, Any] | None = None
-    summary_request: SummaryRequest | None = None
+    summary_request: SummaryRequestKind | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a plain dict."""
@@ -638,7 +638,7 @@ class Compactor:
             step.policy, entry, step.limit, step.target_tokens, reused=False, compression=summary
         )
         if summary is not None and summary.model_calls:
-            path: SummaryRequest = "prefix" if step.prefixed else "fresh"
+            path: SummaryRequestKind = "prefix" if step.prefixed else "fresh"
             report = replace(report, summary_request=path)
         return CompactionResult(messages, tokens, fits, report)
 

@@ -359,12 +359,13 @@ class CompressedStage:
             call.handoff.handoff_verbatim_share,
         )
 
-    def _first(self, call: _Call, output: _Output) -> CompressionResult:
-        """The output as it is within the verbatim limit, else the query-ranked summary."""
+    def _first(self, call: _Call, output: _Output, tokens: int) -> CompressionResult:
+        """The output as it is within the verbatim limit, else the query-ranked summary.
+
+        ``tokens`` is the output's length, counted once for its raw record.
+        """
         limit = self._verbatim_limit(call, output)
-        fits = limit > call.handoff.summary_max_tokens and (
-            call.counter.count_text(output.text) <= limit
-        )
+        fits = limit > call.handoff.summary_max_tokens and tokens <= limit
         return query_summary(
             output.text,
             query=Query.of(call.stage_input.request),
@@ -490,10 +491,11 @@ class CompressedStage:
             assert self.runnable is not None
             raw = self.runnable.invoke(self.stage_input(call.stage_input), config)
             output = _Output(render_stage_result(raw))
-        call.store.put(call.namespace, self.name, self._raw_record(call, output.text))
+        record = self._raw_record(call, output.text)
+        call.store.put(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
             request = call.stage_input.request
-            summary = self._first(call, output)
+            summary = self._first(call, output, record["tokens"])
             if self._needs_model(call, summary):
                 other = summarize(
                     output.text, self._summary_spec(call), subject=self.name, user_request=request
@@ -528,7 +530,7 @@ class CompressedStage:
         await call.store.aput(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
             request = call.stage_input.request
-            summary = await asyncio.to_thread(self._first, call, output)
+            summary = await asyncio.to_thread(self._first, call, output, record["tokens"])
             if self._needs_model(call, summary):
                 other = await asummarize(
                     output.text, self._summary_spec(call), subject=self.name, user_request=request

@@ -1,0 +1,87 @@
+"""Benchmark 10's workload sizing and summary (offline: the tokenizer only, no server)."""
+
+from __future__ import annotations
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from benchmarks import replicas
+from langchain_vllm_budget.serving.local_models import ensure_local_model
+from langchain_vllm_budget.tokenizers import TransformersTokenCounter
+
+
+def _prompt_tokens(turns: int) -> int:
+    """The prompt of a thread's turn ``turns`` (every earlier turn answered)."""
+    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+    messages: list[BaseMessage] = [SystemMessage(replicas.SYSTEM)]
+    for turn in range(turns):
+        messages += [HumanMessage(replicas._turn_text("consisk0", turn)), AIMessage("x" * 4)]
+    messages.append(HumanMessage(replicas._turn_text("consisk0", turns)))
+    return counter.count_messages(messages)
+
+
+def test_the_measured_turns_start_at_the_first_prompt_over_the_window() -> None:
+    for window in (2048, 4096):
+        first = replicas.over_window_from(window)
+        limit = replicas._BUDGET.with_max_model_len(window).input_limit(4)
+        assert _prompt_tokens(first - 1) <= limit < _prompt_tokens(first)
+        assert replicas.turns_for(window) >= 2 * first  # as many turns again past the window
+
+
+def test_the_turn_size_reported_is_the_counted_one() -> None:
+    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+    text = replicas._turn_text("consisk0", 0)
+    assert replicas.turn_tokens() == counter.count_text(text)
+    assert replicas.turn_tokens() > replicas.TURN_TOKENS  # paths and numbers: more tokens
+
+
+def _run(count: int, window: int) -> dict[str, object]:
+    row = {
+        "policy": "round_robin",
+        "session_key": False,
+        "calls": 4,
+        "seconds": 1.0,
+        "calls_per_s": 4.0,
+        "latency_p50_s": 0.1,
+        "latency_p95_s": 0.2,
+        "over_window": {
+            "hit_rate": 0.4,
+            "prompt_tokens": 10,
+            "tokens_prefilled": 6,
+            "requests_per_replica": [1] * count,
+        },
+        "whole_run": {
+            "hit_rate": 0.5,
+            "prompt_tokens": 20,
+            "tokens_prefilled": 10,
+            "requests_per_replica": [2] * count,
+        },
+    }
+    return {
+        "settings": {
+            "model": "tiny-qwen",
+            "replicas": count,
+            "window": window,
+            "sessions": 6,
+            "turns": 12,
+            "turn_tokens": 378,
+            "over_window_from_turn": 4,
+            "compaction": "on_overflow=trim",
+        },
+        "variants": {"round_robin, no key": row},
+        "goal": {
+            "key_minus_round_robin_points": 20.0,
+            "single_minus_key_points": 1.0,
+            "at_least_25_points_above_round_robin": False,
+            "within_5_points_of_single_replica": True,
+        },
+    }
+
+
+def test_the_summary_has_one_table_per_setup() -> None:
+    lines = replicas.replicas_md({"setups": [_run(2, 2048), _run(4, 2048)]})
+    headings = [line for line in lines if line.startswith("### 10.")]
+    assert len(headings) == 2
+    assert "over 2 replicas" in headings[0]
+    assert "over 4 replicas" in headings[1]
+    assert "| round_robin, no key | 40.0% | 50.0% | 6 |" in "\n".join(lines)
+    assert "2 / 2 / 2 / 2 |" in lines[lines.index(headings[1]) + 6]
