@@ -1,8 +1,8 @@
-"""Benchmark 10: agent sessions over two vLLM replicas behind ``vllm-router``.
+"""Benchmark 10: agent sessions over vLLM replicas behind ``vllm-router``.
 
-Two tiny-qwen replicas (prefix caching) serve :data:`SESSIONS` concurrent agent threads
+Tiny-qwen replicas (prefix caching) serve :data:`SESSIONS` concurrent agent threads
 (LangGraph graphs whose node calls ``ChatVLLM`` with ``on_overflow="trim"``), each turn about
-380 tokens: every thread grows past the window and is compacted, so the prefix cache only
+390 tokens: every thread grows past the window and is compacted, so the prefix cache only
 pays off if a thread's turns meet its cached prefix again. It runs on each of
 :data:`SETUPS` (two replicas at 2,048 and 4,096 tokens, four at 2,048; :func:`turns_for`
 turns per thread), and on each the same workload under each routing variant:
@@ -55,6 +55,7 @@ __all__ = [
     "replicas_md",
     "run_replica_setups",
     "run_replicas",
+    "thread_id",
     "turn_tokens",
     "turns_for",
     "write",
@@ -69,13 +70,25 @@ at 2,048 tokens, every ~5 at 4,096; each compaction is a cold prompt on every re
 whatever the routing), and four replicas (under round robin, a thread's next turn finds the
 replica that holds its latest prefix less often)."""
 TURN_TOKENS = 260
-"""Sizes a turn's text (10 check lines); tiny-qwen's tokenizer makes ~380 tokens of it, the
+"""Sizes a turn's text (10 check lines); tiny-qwen's tokenizer makes ~390 tokens of it, the
 figure the summary reports (:func:`turn_tokens`)."""
 SESSIONS = 6
 """Concurrent threads (``quick``: 4)."""
 SYSTEM = "You are an operations assistant. Keep track of every ticket and host."
 _BUDGET = TokenBudget(output_reserve=64, min_output_tokens=16)
 _ANSWER_TOKENS = 4
+
+
+def thread_id(variant: int, thread: int) -> str:
+    """The id of a variant's thread, also written in its text: digits only, so every thread's
+    turns are the same number of tokens (Qwen's tokenizer splits digits one by one) and every
+    variant passes the window at the same turn.
+
+    Example:
+        >>> thread_id(2, 5)
+        '205'
+    """
+    return f"{variant}{thread:02d}"
 
 
 def over_window_from(window: int) -> int:
@@ -90,10 +103,10 @@ def over_window_from(window: int) -> int:
     messages: list[BaseMessage] = [SystemMessage(SYSTEM)]
     turn = 0
     while True:
-        messages.append(HumanMessage(_turn_text("consisk0", turn)))
+        messages.append(HumanMessage(_turn_text(thread_id(0, 0), turn)))
         if counter.count_messages(messages) > limit:
             return turn
-        messages.append(AIMessage("x" * _ANSWER_TOKENS))
+        messages.append(AIMessage("0" * _ANSWER_TOKENS))  # one token per digit
         turn += 1
 
 
@@ -105,7 +118,7 @@ def turns_for(window: int) -> int:
 def turn_tokens() -> int:
     """A turn's text in tiny-qwen's tokens (its first thread's first turn)."""
     counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
-    return counter.count_text(_turn_text("consisk0", 0))
+    return counter.count_text(_turn_text(thread_id(0, 0), 0))
 
 
 @dataclass(frozen=True)
@@ -221,8 +234,7 @@ def _run_variant(
 ) -> dict[str, Any]:
     """Run ``turns`` of ``sessions`` threads; ``turns.start`` is the first over the window."""
     agent = _agent(url, session_key=variant.session_key)
-    tag = variant.name.split()[0].replace("_", "")[:6]
-    threads = [f"{tag}{'k' if variant.session_key else 'n'}{i}" for i in range(sessions)]
+    threads = [thread_id(VARIANTS.index(variant), i) for i in range(sessions)]
     started = time.perf_counter()
     before = [scrape(r) for r in roots]
     first = _phase(agent, threads, range(turns.start))

@@ -291,8 +291,10 @@ class VLLMRequestAbortedError(VLLMServerError):
     error; the text generated so far is kept in :attr:`partial`, nothing is lost.
 
     Attributes:
-        partial: The reply as far as it was generated (its text, usage and metadata); None
-            when streaming, where the chunks before the abort were already delivered.
+        partial: The reply as far as it was generated (its text, usage and metadata), when
+            the call was not streamed; None when it was (``stream``, ``streaming=True``, or a
+            LangGraph ``stream_mode="messages"`` run), where the chunks before the abort were
+            already delivered.
     """
 
     def __init__(self, base_url: str, partial: AIMessage | None = None) -> None:
@@ -301,7 +303,8 @@ class VLLMRequestAbortedError(VLLMServerError):
             base_url,
             "it aborted the request before the reply was finished (finish_reason 'abort': "
             "the server is shutting down, or the request was cancelled); the text generated "
-            "so far is in the error's `partial`",
+            "so far is "
+            + ("in the error's `partial`" if partial is not None else "in the chunks streamed"),
         )
 
 

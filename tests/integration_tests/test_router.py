@@ -35,7 +35,7 @@ from langchain_vllm_budget.serving.router import LocalReplicaSet
 pytestmark = pytest.mark.integration
 
 WINDOW = 2048
-TURN_TOKENS = 260  # about 7 turns fill the window; compaction keeps each thread inside it
+TURN_TOKENS = 260  # ~390 tokens of text: 4 turns fill the window, compaction keeps it inside
 THREADS = 4
 TURNS = 10
 SYSTEM = "You are an operations assistant. Keep track of every ticket and host."

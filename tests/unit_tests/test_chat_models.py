@@ -380,6 +380,7 @@ def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
     assert caught.value.partial is not None
     assert caught.value.partial.text == "Once upon a"
     assert "finish_reason 'abort'" in str(caught.value)
+    assert "in the error's `partial`" in str(caught.value)
 
     body["choices"][0]["finish_reason"] = "stop"
     assert model._create_chat_result(body).generations[0].message.text == "Once upon a"
@@ -399,6 +400,7 @@ def test_a_streamed_abort_is_a_typed_error() -> None:
     with pytest.raises(VLLMRequestAbortedError) as caught:
         model._convert_chunk_to_generation_chunk(chunk, AIMessageChunk, {})
     assert caught.value.partial is None
+    assert "in the chunks streamed" in str(caught.value)
 
 
 # ------------------------------------------------------------------------- the profile

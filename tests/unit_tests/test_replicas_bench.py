@@ -9,29 +9,28 @@ from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 
 
-def _prompt_tokens(turns: int) -> int:
-    """The prompt of a thread's turn ``turns`` (every earlier turn answered)."""
+def _prompt_tokens(thread: str, turns: int) -> int:
+    """The prompt of a thread's turn ``turns``, every earlier turn answered in 4 tokens."""
     counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
     messages: list[BaseMessage] = [SystemMessage(replicas.SYSTEM)]
     for turn in range(turns):
-        messages += [HumanMessage(replicas._turn_text("consisk0", turn)), AIMessage("x" * 4)]
-    messages.append(HumanMessage(replicas._turn_text("consisk0", turns)))
+        messages += [HumanMessage(replicas._turn_text(thread, turn)), AIMessage("0000")]
+    messages.append(HumanMessage(replicas._turn_text(thread, turns)))
     return counter.count_messages(messages)
 
 
-def test_the_measured_turns_start_at_the_first_prompt_over_the_window() -> None:
+def test_every_variants_threads_pass_the_window_at_the_measured_turn() -> None:
+    threads = [
+        replicas.thread_id(v, i)
+        for v in range(len(replicas.VARIANTS))
+        for i in range(replicas.SESSIONS)
+    ]
+    assert len(set(threads)) == len(threads)  # no variant shares another's prefixes
     for window in (2048, 4096):
         first = replicas.over_window_from(window)
         limit = replicas._BUDGET.with_max_model_len(window).input_limit(4)
-        assert _prompt_tokens(first - 1) <= limit < _prompt_tokens(first)
-        assert replicas.turns_for(window) >= 2 * first  # as many turns again past the window
-
-
-def test_the_turn_size_reported_is_the_counted_one() -> None:
-    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
-    text = replicas._turn_text("consisk0", 0)
-    assert replicas.turn_tokens() == counter.count_text(text)
-    assert replicas.turn_tokens() > replicas.TURN_TOKENS  # paths and numbers: more tokens
+        for thread in threads:
+            assert _prompt_tokens(thread, first - 1) <= limit < _prompt_tokens(thread, first)
 
 
 def _run(count: int, window: int) -> dict[str, object]:
