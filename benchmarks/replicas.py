@@ -22,6 +22,7 @@ p50/p95 latency.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -91,6 +92,13 @@ def thread_id(variant: int, thread: int) -> str:
     return f"{variant}{thread:02d}"
 
 
+@functools.cache
+def _counter() -> TransformersTokenCounter:
+    """tiny-qwen's tokenizer, loaded once for the workload's sizing."""
+    return TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+
+
+@functools.cache  # run_replicas asks for it directly and through turns_for
 def over_window_from(window: int) -> int:
     """The first turn whose prompt is over ``window``'s input limit (4 at 2,048), counted
     with tiny-qwen's tokenizer on a thread's real text.
@@ -98,7 +106,7 @@ def over_window_from(window: int) -> int:
     Args:
         window: The replicas' ``--max-model-len``.
     """
-    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
+    counter = _counter()
     limit = _BUDGET.with_max_model_len(window).input_limit(_ANSWER_TOKENS)
     messages: list[BaseMessage] = [SystemMessage(SYSTEM)]
     turn = 0
@@ -117,8 +125,7 @@ def turns_for(window: int) -> int:
 
 def turn_tokens() -> int:
     """A turn's text in tiny-qwen's tokens (its first thread's first turn)."""
-    counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
-    return counter.count_text(_turn_text(thread_id(0, 0), 0))
+    return _counter().count_text(_turn_text(thread_id(0, 0), 0))
 
 
 @dataclass(frozen=True)

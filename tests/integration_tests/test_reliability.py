@@ -31,6 +31,7 @@ from langchain_core.load import dumpd, dumps
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import SecretStr
 
+from benchmarks.metrics import scrape
 from langchain_vllm_budget.budget import TokenBudget
 from langchain_vllm_budget.chat_models import ChatVLLM
 from langchain_vllm_budget.errors import (
@@ -151,6 +152,15 @@ def test_slower_than_the_timeout_is_a_typed_timeout(smollm2: ServedModel) -> Non
     assert "1 s" in str(caught.value)
 
 
+# ignore_eos: the random-weight model may end its answer at once; this one has to run for its
+# whole 15,000 tokens (tiny-qwen makes ~150 tokens/s here: over a minute and a half, while a
+# /metrics read can wait seconds behind the generation), so what the tests do to the server
+# lands mid-generation.
+_LONG_TOKENS = 15000
+_LONG_WINDOW = 16384
+_LONG = {"max_tokens": _LONG_TOKENS, "extra_body": {"ignore_eos": True}}
+
+
 @pytest.fixture(scope="module")
 def doomed_server() -> Iterator[LocalVLLMServer]:
     """A tiny-qwen server of this module's own, to abort requests on and to kill.
@@ -161,7 +171,7 @@ def doomed_server() -> Iterator[LocalVLLMServer]:
     spec = LocalServerSpec(
         model=str(ensure_local_model("tiny-qwen")),
         served_model_name="doomed",
-        max_model_len=4096,
+        max_model_len=_LONG_WINDOW,
         env={"VLLM_SERVER_DEV_MODE": "1"},
     )
     server = LocalVLLMServer(spec, log_path=cache_dir() / "logs" / "test-reliability-kill.log")
@@ -178,13 +188,8 @@ def _doomed_model(server: LocalVLLMServer) -> ChatVLLM:
         base_url=server.base_url,
         tokenizer=server.spec.model,
         max_retries=0,
-        timeout=120.0,
+        timeout=600.0,
     )
-
-
-# ignore_eos: the random-weight model may end its answer at once; this one has to run for its
-# whole 3,000 tokens (over a minute), so what the tests do to the server lands mid-generation.
-_LONG = {"max_tokens": 3000, "extra_body": {"ignore_eos": True}}
 
 
 def _ask_long(model: ChatVLLM, started: threading.Event, streaming: bool, into: list[str]) -> None:
@@ -197,12 +202,7 @@ def _ask_long(model: ChatVLLM, started: threading.Event, streaming: bool, into: 
 
 def _running(server: LocalVLLMServer) -> float:
     root = server.base_url.removesuffix("/v1")
-    metrics = httpx.get(f"{root}/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("vllm:num_requests_running{")
-    )
+    return scrape(root).get("vllm:num_requests_running", 0.0)
 
 
 def _when_busy(
@@ -245,7 +245,7 @@ def test_a_request_vllm_aborts_is_a_typed_error_that_keeps_the_text_so_far(
         partial = caught.value.partial
         assert partial is not None
         assert partial.usage_metadata is not None
-        assert 0 < partial.usage_metadata["output_tokens"] < 3000
+        assert 0 < partial.usage_metadata["output_tokens"] < _LONG_TOKENS
     # The server stays up: the next request is answered as usual.
     reply = model.invoke("Hi", max_tokens=4, extra_body={"ignore_eos": True})
     assert reply.response_metadata["finish_reason"] == "length"
