@@ -152,24 +152,25 @@ def test_slower_than_the_timeout_is_a_typed_timeout(smollm2: ServedModel) -> Non
     assert "1 s" in str(caught.value)
 
 
-# ignore_eos: the random-weight model may end its answer at once; this one has to run for its
-# whole 15,000 tokens (tiny-qwen makes ~150 tokens/s here: over a minute and a half, while a
-# /metrics read can wait seconds behind the generation), so what the tests do to the server
-# lands mid-generation.
-_LONG_TOKENS = 15000
-_LONG_WINDOW = 16384
-_LONG = {"max_tokens": _LONG_TOKENS, "extra_body": {"ignore_eos": True}}
+# The doomed server serves SmolLM2-135M, not tiny-qwen: tiny-qwen's steps are so short on a
+# CPU that vLLM's API server answers no other request (not /metrics, not /pause) until its
+# generation ends, so an abort sent mid-request lands after the reply is complete; at
+# SmolLM2's ~40 tokens/s the server stays responsive. ignore_eos keeps the request running
+# for its whole max_tokens (over a minute), so what the tests do lands mid-generation.
+_LONG_TOKENS = 3000
+_LONG_WINDOW = 4096
+_LONG: dict[str, Any] = {"max_tokens": _LONG_TOKENS, "extra_body": {"ignore_eos": True}}
 
 
 @pytest.fixture(scope="module")
 def doomed_server() -> Iterator[LocalVLLMServer]:
-    """A tiny-qwen server of this module's own, to abort requests on and to kill.
+    """A SmolLM2 server of this module's own, to abort requests on and to kill.
 
     Started with ``VLLM_SERVER_DEV_MODE=1`` for vLLM's ``/pause?mode=abort`` (abort every
     request in flight, as a shutdown does, while the server stays up).
     """
     spec = LocalServerSpec(
-        model=str(ensure_local_model("tiny-qwen")),
+        model=str(ensure_local_model("smollm2-135m-instruct")),
         served_model_name="doomed",
         max_model_len=_LONG_WINDOW,
         env={"VLLM_SERVER_DEV_MODE": "1"},
@@ -192,29 +193,66 @@ def _doomed_model(server: LocalVLLMServer) -> ChatVLLM:
     )
 
 
-def _ask_long(model: ChatVLLM, started: threading.Event, streaming: bool, into: list[str]) -> None:
-    started.set()
-    if streaming:
-        into.extend(chunk.text for chunk in model.stream("Tell me everything.", **_LONG))
-    else:
-        model.invoke("Tell me everything.", **_LONG)
-
-
 def _running(server: LocalVLLMServer) -> float:
     root = server.base_url.removesuffix("/v1")
     return scrape(root).get("vllm:num_requests_running", 0.0)
 
 
-def _when_busy(
-    server: LocalVLLMServer, action: Callable[[], object], started: threading.Event
-) -> None:
-    """Run ``action`` once the server is generating (its ``/metrics``: a request running)."""
-    started.wait(30)
-    deadline = time.monotonic() + 60
-    while _running(server) < 1 and time.monotonic() < deadline:
+def _when_running(server: LocalVLLMServer, action: Callable[[], object]) -> None:
+    """Run ``action`` once the server's ``/metrics`` shows a request running."""
+    deadline = time.monotonic() + 120
+    while _running(server) < 1:
+        if time.monotonic() > deadline:
+            msg = "the request never showed as running in the server's /metrics"
+            raise AssertionError(msg)
         time.sleep(0.1)
-    time.sleep(0.5)  # a few tokens generated
+    time.sleep(1.0)  # a few tokens generated
     action()
+
+
+def _interrupted(
+    model: ChatVLLM, server: LocalVLLMServer, action: Callable[[], object], *, streaming: bool
+) -> tuple[BaseException, list[str]]:
+    """Ask for a long reply, run ``action`` while it is generated; return the error raised.
+
+    A stream runs ``action`` once its first chunk has arrived (generation under way, as the
+    caller sees it); ``invoke`` shows no progress, so it waits for the server's ``/metrics``.
+    """
+    streamed: list[str] = []
+    failures: list[BaseException] = []
+
+    def act() -> None:
+        try:
+            if streaming:
+                time.sleep(1.0)  # a few tokens generated
+                action()
+            else:
+                _when_running(server, action)
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+
+    actor = threading.Thread(target=act)
+    try:
+        if streaming:
+            for chunk in model.stream("Tell me everything.", **_LONG):
+                if not streamed:
+                    actor.start()
+                streamed.append(chunk.text)
+        else:
+            actor.start()
+            model.invoke("Tell me everything.", **_LONG)
+    except VLLMError as exc:
+        error: BaseException = exc
+    else:
+        error = AssertionError(f"the request finished ({len(streamed)} chunks) without an error")
+    finally:
+        if actor.ident is not None:
+            actor.join()
+    assert not failures, failures
+    assert actor.ident is not None, "the action never ran"
+    if isinstance(error, AssertionError):
+        raise error
+    return error, streamed
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["invoke", "stream"])
@@ -225,24 +263,18 @@ def test_a_request_vllm_aborts_is_a_typed_error_that_keeps_the_text_so_far(
     root = doomed_server.base_url.removesuffix("/v1")
 
     def abort_in_flight() -> None:
-        httpx.post(f"{root}/pause", params={"mode": "abort"}, timeout=30).raise_for_status()
+        httpx.post(f"{root}/pause", params={"mode": "abort"}, timeout=60).raise_for_status()
 
-    started = threading.Event()
-    aborter = threading.Thread(target=_when_busy, args=(doomed_server, abort_in_flight, started))
-    aborter.start()
-    streamed: list[str] = []
     try:
-        with pytest.raises(VLLMRequestAbortedError) as caught:
-            _ask_long(model, started, streaming, streamed)
+        error, streamed = _interrupted(model, doomed_server, abort_in_flight, streaming=streaming)
     finally:
-        started.set()
-        aborter.join()
-        httpx.post(f"{root}/resume", timeout=30).raise_for_status()
+        httpx.post(f"{root}/resume", timeout=60).raise_for_status()
+    assert isinstance(error, VLLMRequestAbortedError), repr(error)
     if streaming:  # the chunks before the abort were delivered as they came
-        assert caught.value.partial is None
+        assert error.partial is None
         assert "".join(streamed)
     else:  # the reply so far is on the error
-        partial = caught.value.partial
+        partial = error.partial
         assert partial is not None
         assert partial.usage_metadata is not None
         assert 0 < partial.usage_metadata["output_tokens"] < _LONG_TOKENS
@@ -256,18 +288,10 @@ def test_server_killed_mid_request_is_a_typed_error(
     doomed_server: LocalVLLMServer, streaming: bool
 ) -> None:
     model = _doomed_model(doomed_server)
-    started = threading.Event()
-    killer = threading.Thread(target=_when_busy, args=(doomed_server, doomed_server.stop, started))
-    killer.start()
-    try:
-        with pytest.raises(VLLMError) as caught:
-            _ask_long(model, started, streaming, [])
-    finally:
-        started.set()
-        killer.join()
+    error, _ = _interrupted(model, doomed_server, doomed_server.stop, streaming=streaming)
     # vLLM aborts what is in flight on SIGTERM: its "abort" reply (VLLMRequestAbortedError,
     # a VLLMServerError), its error event when the engine dies first, or a dropped connection.
-    assert isinstance(caught.value, (VLLMConnectionError, VLLMServerError)), repr(caught.value)
+    assert isinstance(error, (VLLMConnectionError, VLLMServerError)), repr(error)
     # And the next request, with nothing listening, is refused the same typed way.
     with pytest.raises(VLLMConnectionError):
         model.invoke("again?", max_tokens=4)
