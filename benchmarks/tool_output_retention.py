@@ -12,11 +12,20 @@ request, and facts labelled by hand (what a reader needs to answer the request):
   config file, metric and SQL tables, a ticket, a pod description, a CI run, a JSON listing, a
   dependency scan, a trace) and ``tool_output_facts.json`` (61 facts). The query ranking was
   tuned on it, so its figure is optimistic.
-* **held-out**: ``benchmarks/data/heldout/`` (built by
+* **held-out 1**: ``benchmarks/data/heldout/`` (built by
   ``benchmarks/data/make_heldout_tool_outputs.py``; 12 outputs of 2,000-5,000 tokens: a build
   log, a git diff, a TOML config, Helm values, a markdown table, a CSV export, a ticket search,
   a trace, a SQL result, a ``kubectl describe node``, a journal, an alert listing) and
-  ``facts.json`` (75 facts), written before the ranking was tuned and never used to tune it.
+  ``facts.json`` (75 facts), written before the ranking was tuned. It measured blind at 48 %;
+  its lost facts then guided the second round of changes (JSON records, diffs, filters,
+  table headers), so its figure since is a tuning figure too.
+* **held-out 2**: ``benchmarks/data/heldout2/`` (built by
+  ``benchmarks/data/make_heldout2_tool_outputs.py``; 12 outputs of 2,000-5,000 tokens: a CI
+  job log, an NDJSON log, Prometheus metrics, a ``terraform plan``, a feature-flag listing
+  (JSON), ``df``/``du`` output, an nginx log, Kubernetes YAML, a pytest run, an ``npm audit``,
+  a Slack export (JSON), an invoice (JSON)) and ``facts.json`` (82 facts), written and
+  labelled by an author who had not seen the summarizer, committed before the second round
+  was measured on it; it only measures.
 
 For each output, at the default cap (``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, 250), as
 :class:`~langchain_vllm_budget.middleware.ToolOutputCompressionMiddleware` does it:
@@ -65,10 +74,11 @@ _DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tool_outputs"
 
 SETS: dict[str, tuple[Path, Path]] = {
     "tuning": (_DATA / "tool_outputs.json", _DATA / "tool_output_facts.json"),
-    "held-out": (_DATA / "heldout" / "tool_outputs.json", _DATA / "heldout" / "facts.json"),
+    "held-out 1": (_DATA / "heldout" / "tool_outputs.json", _DATA / "heldout" / "facts.json"),
+    "held-out 2": (_DATA / "heldout2" / "tool_outputs.json", _DATA / "heldout2" / "facts.json"),
 }
-"""``{set: (outputs, facts)}``: the ranking was tuned on ``tuning`` only; ``held-out`` was
-written before tuning and only measures."""
+"""``{set: (outputs, facts)}``: the ranking was tuned on ``tuning``, then on ``held-out 1``
+(after it had measured blind); ``held-out 2`` only measures."""
 
 
 def _facts(path: Path) -> dict[str, list[MustKeep]]:
@@ -160,7 +170,7 @@ def _run_set(name: str, cap: int, counter: TransformersTokenCounter) -> dict[str
 
 
 def run_tool_output_retention(cap: int | None = None) -> dict[str, Any]:
-    """Summarize every labelled tool output of both sets; report facts kept and model calls.
+    """Summarize every labelled tool output of each set; report facts kept and model calls.
 
     Args:
         cap: The summary cap; default ``VLLM_BUDGET_SUMMARY_MAX_TOKENS`` (250).

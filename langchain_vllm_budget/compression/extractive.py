@@ -8,9 +8,10 @@ to (and that :func:`~langchain_vllm_budget.compression.extractive_summary` retur
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_vllm_budget.compression.entities import (
     Entity,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "extractive_text",
     "fit_entities",
+    "json_records",
     "left_out_line",
     "query_extractive_text",
     "repetition",
@@ -43,6 +45,8 @@ __all__ = [
 
 _BULLET_WORDS = 20  # extractive bullets stay near the seed's "each ≤ 25 tokens"
 _LINE_WORDS = 24  # a quoted line of a tool result keeps its context (key, unit, neighbours)
+_VALUE_WORDS = 12  # a JSON record's text value is cut to this many words
+_RECORD_WORDS = 48  # a JSON record is quoted whole up to this many words
 _BASE_VALUE = 0.1  # what an entity on no scoring line is worth
 # what an entity of each kind is worth to a reader, in the degrade order
 _KIND_WEIGHT: dict[EntityKind, float] = {
@@ -255,6 +259,7 @@ def query_extractive_text(
         The summary, at most ``cap`` tokens.
     """
     lines = query_units(text)
+    words = _RECORD_WORDS if json_records(text) is not None else _LINE_WORDS
     scores = line_scores(lines, query)
     by_entity = entity_scores(lines, scores, entities)
     reserve = counter.count_text(left_out_line(entities, ""))
@@ -282,7 +287,7 @@ def query_extractive_text(
 
     def quote(i: int, limit: int) -> bool:
         nonlocal summary
-        line = _short(" ".join(lines[i].split()), _LINE_WORDS)
+        line = _quoted(lines[i], words)
         if line.lower() in seen or not _says_something(line):
             return False
         candidate = render({**chosen, i: line}, bullets)
@@ -313,7 +318,7 @@ def query_extractive_text(
     #    (and once more for its words)
     on_line = [sum(_KIND_WEIGHT[e.kind] for e in entities if _on(e, lines[i])) for i in ranked]
     items: list[tuple[float, int, Entity | None]] = [
-        (scores[i] * (1 + carried) / max(counter.count_text(lines[i]), 1), i, None)
+        (scores[i] * (1 + carried) / max(counter.count_text(_quoted(lines[i], words)), 1), i, None)
         for i, carried in zip(ranked, on_line, strict=True)
     ]
     items += [
@@ -333,6 +338,11 @@ def query_extractive_text(
             bullet(entity)
     left_out = left_out_line(entities, summary)
     return truncate_to_tokens("\n".join(p for p in (summary, left_out) if p), cap, counter)
+
+
+def _quoted(line: str, words: int) -> str:
+    """A line as a summary quotes it: whitespace runs as one space, at most ``words`` words."""
+    return _short(" ".join(line.split()), words)
 
 
 def _says_something(line: str) -> bool:
@@ -360,7 +370,14 @@ def query_units(text: str) -> list[str]:
         >>> query_units("Limits:\n  memory: 2Gi\n  cpu: 1\nRequests:")
         ['Limits: memory: 2Gi cpu: 1', 'Requests:']
     """
+    records = json_records(text)
+    if records is not None:
+        return records
     lines = text.splitlines()
+    if is_diff(lines):
+        # a diff's lines are what changed, one each (their indentation follows the sign);
+        # ``index``, ``---`` and ``+++`` lines repeat the ``diff --git`` line above them
+        return [line for line in lines if not _DIFF_REPEATS.match(line)]
     units: list[str] = []
     i = 0
     while i < len(lines):
@@ -378,6 +395,90 @@ def query_units(text: str) -> list[str]:
             units.append(line)
         i += 1
     return units
+
+
+_DIFF_REPEATS = re.compile(r"^(?:index [0-9a-f]+\.\.|--- (?:a/|/dev/null)|\+\+\+ (?:b/|/dev/null))")
+
+
+def is_diff(lines: Sequence[str]) -> bool:
+    """Whether ``lines`` are a unified diff (a ``diff --git`` line, or ``---``/``+++``/``@@``)."""
+    if any(line.startswith("diff --git ") for line in lines):
+        return True
+    starts = {line[:4] for line in lines}
+    return {"--- ", "+++ ", "@@ -"} <= starts
+
+
+def json_records(text: str) -> list[str] | None:
+    r"""A JSON result as records, one line each (``None`` when ``text`` is not JSON).
+
+    An API's JSON spreads one record over a dozen pretty-printed lines, and the line with
+    its ID holds none of the words that say what it is about (``"key": "IDP-2417"`` sits
+    four lines above ``"summary": "SSO login times out"``). So each object of a list of
+    objects is one record, its nested objects flattened into it by their own keys (an
+    alert's ``labels``, a span's ``attributes``); the scalars of the objects around such
+    lists make one record each. A record reads ``key: value; key: value``, a long text
+    value cut to its first words (the whole output is stored).
+
+    Example:
+        >>> json_records('{"total": 2, "issues": [{"key": "A-1", "labels": {"team": "sre"}},'
+        ...              ' {"key": "A-2", "tags": ["x", "y"]}]}')
+        ['total: 2', 'key: A-1; team: sre', 'key: A-2; tags: x, y']
+        >>> json_records("not json") is None
+        True
+    """
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    records: list[str] = []
+    _walk(data, records)
+    return [r for r in records if r]
+
+
+def _walk(value: Any, records: list[str]) -> None:
+    """Append the records of a JSON value (see :func:`json_records`), in document order."""
+    if isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value):
+            records.append(_scalar_list(value))
+            return
+        for item in value:
+            _walk(item, records)
+        return
+    if not isinstance(value, dict):
+        records.append(_scalar(value))
+        return
+    fields: list[str] = []
+    nested: list[Any] = []
+    _fields(value, fields, nested)
+    records.append("; ".join(fields))
+    for child in nested:
+        _walk(child, records)
+
+
+def _fields(value: dict[str, Any], fields: list[str], nested: list[Any]) -> None:
+    """Collect an object's ``key: value`` fields (nested objects inline), lists of objects apart."""
+    for key, item in value.items():
+        if isinstance(item, dict):
+            _fields(item, fields, nested)
+        elif isinstance(item, list) and any(isinstance(v, dict | list) for v in item):
+            nested.append(item)
+        elif isinstance(item, list):
+            fields.append(f"{key}: {_scalar_list(item)}")
+        else:
+            fields.append(f"{key}: {_scalar(item)}")
+
+
+def _scalar(value: Any) -> str:
+    # null, true and false as the tool wrote them
+    text = json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+    return _short(" ".join(text.split()), _VALUE_WORDS)
+
+
+def _scalar_list(values: list[Any]) -> str:
+    return ", ".join(_scalar(v) for v in values)
 
 
 def _indent(line: str) -> int:

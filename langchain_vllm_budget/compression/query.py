@@ -61,6 +61,7 @@ _BLOCK_LINES = 8  # a header shares its score with the lines of a block this sho
 _NEAR_DECAY = 0.1  # a line shares this much of a neighbour's score, per line of distance
 _NEAR_LINES = 2
 _FOCUS_SHARE = 0.5  # focus lines score over this share of the best line
+_FAILED_SHARE = 0.5  # what a line failing the request's filter on numbers keeps of its score
 
 # camelCase and identifier parts, numbers and versions: "PoolTimeoutError" -> pool, timeout,
 # error; "max_model_len" -> max, model, len; "2.14.1" stays whole
@@ -244,8 +245,8 @@ class Bound:
             word: The comparison word (``"more"``, ``"older"``, ``"before"``, ...).
             number: Its number; one with two dots or more is a version (``1.20.6``), and so
                 is a dotted number after a version word (``older than 1.20``).
-            after: The request's text right after the number: its first words name what
-                the filter is on.
+            after: The request's text right after the number: its first words, up to the
+                end of the clause, name what the filter is on.
 
         Example:
             >>> Bound.of("older", "1.20").passes("1.18.3"), Bound.of("more", "3").passes("7")
@@ -257,7 +258,8 @@ class Bound:
         version = "." in number and (word in _VERSION_WORDS or number.count(".") >= 2)
         below = word.startswith(_BELOW_WORDS) or word in _EARLIER_WORDS
         op = _VERSION_WORDS[word] if version and word in _VERSION_WORDS else "<" if below else ">"
-        subject = tuple(_words(after[:40])[:2])
+        clause = re.split(r"[?!.,;:()]", after[:40], maxsplit=1)[0]  # "hours? List them ..."
+        subject = tuple(_words(clause)[:2])
         return cls(op, _parts(number, version), version, subject)
 
     def passes(self, number: str) -> bool:
@@ -345,6 +347,32 @@ def _headers(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list[dict
 _RULE = re.compile(r"^[\s|:+=-]+$")
 
 
+def _unchanged(lines: Sequence[str]) -> list[int]:
+    """The context lines of a unified diff's hunks (neither added nor removed)."""
+    out: list[int] = []
+    hunk = False
+    for i, line in enumerate(lines):
+        if line.startswith("@@ "):
+            hunk = True
+        elif line.startswith("diff --git "):
+            hunk = False
+        elif hunk and line.startswith(" "):
+            out.append(i)
+    return out
+
+
+def _table_rows(
+    cells: Sequence[dict[int, str]], headers: Sequence[dict[int, str]]
+) -> dict[int, list[int]]:
+    """Each table's header line and the lines of its rows (from :func:`_headers`)."""
+    header_at = {id(row): i for i, row in enumerate(cells) if row}
+    tables: dict[int, list[int]] = {}
+    for i, header in enumerate(headers):
+        if header:
+            tables.setdefault(header_at[id(header)], []).append(i)
+    return tables
+
+
 # a key and its numeric value: "replicas": 11, latency_ms=87, hours_in_status: 49
 _KEY_NUMBER = re.compile(
     r"(?P<key>[A-Za-z_][\w.-]*)[\"']?\s*[:=]\s*[\"']?(?P<value>\d+(?:\.\d+)?)(?![\w.])"
@@ -388,27 +416,36 @@ def _passing(
     cells: Sequence[dict[int, str]],
     headers: Sequence[dict[int, str]],
     bounds: Sequence[Bound],
-) -> list[bool]:
+) -> list[bool | None]:
     """Per line: whether it passes one of the request's filters on numbers.
 
     A version filter (``older than 1.20``) looks at every version on the line; a number
     filter (``more than 3 failed payments``) at the numbers under a column, or after a key,
     named like the words that follow the number in the request.
+
+    Returns:
+        Per line ``True`` (a value passes), ``False`` (it has values the filters are about,
+        and none passes) or ``None`` (no such value: the filters say nothing of it).
     """
-    out = [False] * len(lines)
+    out: list[bool | None] = [None] * len(lines)
+
+    def seen(i: int, passed: bool) -> None:
+        out[i] = bool(out[i]) or passed
+
     for bound in bounds:
         for i, line in enumerate(lines):
             if bound.version:
-                out[i] |= any(bound.passes(m.group(1)) for m in _VERSION.finditer(line))
+                for m in _VERSION.finditer(line):
+                    seen(i, bound.passes(m.group(1)))
                 continue
             for c, cell in cells[i].items():
                 match = _CELL_NUMBER.match(cell)
                 name = headers[i].get(c, "")
                 if match and name and _about(name, bound.subject):
-                    out[i] |= bound.passes(match.group(1))
+                    seen(i, bound.passes(match.group(1)))
             for match in _KEY_NUMBER.finditer(line):
                 if _about(match.group("key"), bound.subject):
-                    out[i] |= bound.passes(match.group("value"))
+                    seen(i, bound.passes(match.group("value")))
     return out
 
 
@@ -478,7 +515,8 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
     hits = [set().union(*(matched[w] for w in words)) if words else set() for words in line_words]
     count = len(lines)
     cells = _columns(lines)
-    passing = _passing(lines, cells, _headers(lines, cells), query.bounds)
+    headers = _headers(lines, cells)
+    passing = _passing(lines, cells, headers, query.bounds)
     if any(passing):
         terms["<filter>"] = _REQUEST_WEIGHT
         for found, passed in zip(hits, passing, strict=True):
@@ -493,6 +531,19 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
         sum(terms[t] * _idf(count, frequency[t]) for t in found) + (rare if outlier else 0.0)
         for found, outlier in zip(hits, _standing_out(lines, cells), strict=True)
     ]
+    if any(passing):
+        # the request asked for the lines that pass ("orders stuck more than 48 hours"): a
+        # line whose value fails is not what it asked for, whatever else it matches
+        own = [
+            score * _FAILED_SHARE if passed is False else score
+            for score, passed in zip(own, passing, strict=True)
+        ]
+    for i in _unchanged(lines):
+        own[i] *= _FAILED_SHARE  # a diff's context line: not what changed
+    for header, rows in _table_rows(cells, headers).items():
+        # a header naming the columns the request asks for says the table is relevant, not
+        # which row is: it is worth its best row (and is quoted with it, as its context)
+        own[header] = min(own[header], max(own[r] for r in rows))
     if not near:
         return own
     shared = list(own)

@@ -494,14 +494,16 @@ def test_the_summary_names_the_run_of_each_kept_section(tmp_path) -> None:
 def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
     import json
 
+    from benchmarks.data.make_heldout2_tool_outputs import HELDOUT2_PATH, build_heldout2_outputs
     from benchmarks.data.make_heldout_tool_outputs import HELDOUT_PATH, build_heldout_outputs
     from benchmarks.retention import MustKeep
     from benchmarks.tool_output_retention import SETS, summary_md
     from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
-    # the held-out set on disk is what its script builds (seeded)
+    # the held-out sets on disk are what their scripts build (seeded)
     assert json.loads(HELDOUT_PATH.read_text()) == build_heldout_outputs()
-    sizes = {"tuning": (10, 60), "held-out": (10, 60)}
+    assert json.loads(HELDOUT2_PATH.read_text()) == build_heldout2_outputs()
+    sizes = {"tuning": (10, 60), "held-out 1": (10, 60), "held-out 2": (10, 60)}
     for name, (outputs_path, facts_path) in SETS.items():
         outputs = json.loads(outputs_path.read_text())
         facts = json.loads(facts_path.read_text())

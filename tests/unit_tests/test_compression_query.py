@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from langchain_vllm_budget.compression import Query, needs_model, query_summary
 from langchain_vllm_budget.compression.entities import extract_entity_list
-from langchain_vllm_budget.compression.extractive import query_units
+from langchain_vllm_budget.compression.extractive import is_diff, json_records, query_units
 from langchain_vllm_budget.compression.query import focus_entities, line_scores
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
@@ -167,3 +169,105 @@ def test_before_and_earlier_point_below_a_plain_number() -> None:
     assert Query.of("invoices issued before 2024").bounds[0].op == "<"
     assert Query.of("runs earlier than 1700000000").bounds[0].op == "<"
     assert Query.of("backups older than 3 days").bounds[0].op == ">"  # an age
+
+
+def test_a_json_result_is_ranked_and_quoted_as_whole_records() -> None:
+    issues = [
+        {
+            "key": f"IDP-{1000 + i}",
+            "summary": "Password reset email delayed",
+            "priority": "P3",
+            "region": "US",
+            "assignee": "m.garcia",
+            "labels": {"team": "idp"},
+        }
+        for i in range(30)
+    ]
+    issues[21] = {
+        "key": "IDP-2417",
+        "summary": "SSO login times out for EU tenants",
+        "priority": "P1",
+        "region": "EU",
+        "assignee": "k.brandt",
+        "labels": {"team": "sso"},
+    }
+    raw = json.dumps({"total": 30, "issues": issues}, indent=2)
+    units = query_units(raw)
+    assert units[0] == "total: 30"
+    assert units[22] == (
+        "key: IDP-2417; summary: SSO login times out for EU tenants; priority: P1; "
+        "region: EU; assignee: k.brandt; team: sso"
+    )
+    query = Query.of("Open tickets about SSO login timeouts for EU users? IDs and owners.")
+    scores = line_scores(units, query)
+    assert max(range(len(units)), key=scores.__getitem__) == 22
+    result = query_summary(raw, query=query, max_tokens=80, tokenizer=COUNTER)
+    assert "key: IDP-2417" in result.summary
+    assert "assignee: k.brandt" in result.summary  # the record's own fields, kept together
+    assert not needs_model(result, "auto", has_model=True)
+
+
+def test_json_records_flatten_nested_objects_and_keep_lists_of_objects_apart() -> None:
+    raw = json.dumps(
+        {
+            "trace_id": "t1",
+            "root": {"service": "gw", "ok": True, "parent": None},
+            "spans": [{"span_id": "a", "attributes": {"retry.count": 2}}, {"span_id": "b"}],
+            "tags": ["x", "y"],
+        }
+    )
+    assert json_records(raw) == [
+        "trace_id: t1; service: gw; ok: true; parent: null; tags: x, y",
+        "span_id: a; retry.count: 2",
+        "span_id: b",
+    ]
+    assert json_records("[1, 2, 3]") == ["1, 2, 3"]
+    assert json_records('{"truncated": ') is None  # not JSON: the result's lines are ranked
+    assert json_records("plain text") is None
+    long_value = json_records(json.dumps({"description": " ".join(["word"] * 40)}))
+    assert long_value is not None
+    assert long_value[0].endswith("…")
+
+
+def test_a_diff_is_ranked_by_its_changed_lines() -> None:
+    diff = [
+        "diff --git a/config/batching.yaml b/config/batching.yaml",
+        "index 3e1f0a2..b77c9d4 100644",
+        "--- a/config/batching.yaml",
+        "+++ b/config/batching.yaml",
+        "@@ -4,6 +4,6 @@ bulk:",
+        "   endpoint: http://es-bulk:9200/_bulk",
+        "-  batch_size: 500",
+        "+  batch_size: 2000",
+        "   batch_timeout_ms: 40",
+        "   max_concurrent_requests: 4",
+    ]
+    assert is_diff(diff)
+    assert not is_diff(["--- a note", "text"])
+    units = query_units("\n".join(diff))
+    assert "index 3e1f0a2..b77c9d4 100644" not in units  # repeats the diff --git line
+    assert "--- a/config/batching.yaml" not in units
+    assert "+  batch_size: 2000" in units  # not joined with the context lines under it
+    scores = dict(
+        zip(units, line_scores(units, Query.of("What changed in batch sizes?")), strict=True)
+    )
+    assert scores["-  batch_size: 500"] > scores["   batch_timeout_ms: 40"]  # context: unchanged
+
+
+def test_a_filter_ends_at_its_clause_and_lines_failing_it_lose_half_their_score() -> None:
+    query = Query.of(
+        "Which orders are stuck awaiting capture for more than 48 hours? List amounts."
+    )
+    assert query.bounds[0].subject == ("hour",)  # not "amount": the next clause
+    header = "order_id | status | amount_eur | hours_in_status"
+    rows = [
+        f"ORD-{i} | {'awaiting_capture' if i % 2 else 'captured'} | {100 + i}.00 | {i}"
+        for i in range(30, 70)
+    ]
+    scores = line_scores([header, "-" * 40, *rows], query)
+    by_row = dict(zip(rows, scores[2:], strict=True))
+    passing = by_row["ORD-55 | awaiting_capture | 155.00 | 55"]
+    failing = by_row["ORD-41 | awaiting_capture | 141.00 | 41"]
+    assert passing > 1.5 * failing
+    # the header names the asked-for columns, but is worth no more than its best row
+    assert scores[0] <= max(scores[2:])
