@@ -12,17 +12,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
 import openai
+from langchain_core.messages import AIMessage
 
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
+    VLLMError,
     VLLMInvalidRequestError,
     VLLMModelNotFoundError,
+    VLLMRequestAbortedError,
     VLLMServerError,
     VLLMTimeoutError,
 )
 
-__all__ = ["ServerTarget", "map_openai_error", "mapped_openai_errors"]
+__all__ = ["ServerTarget", "aborted_reply", "map_openai_error", "mapped_openai_errors"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +142,43 @@ def mapped_openai_errors(target: ServerTarget) -> Iterator[None]:
         if mapped is exc:
             raise
         raise mapped from exc
+    except VLLMError:
+        raise
+    except Exception as exc:
+        partial = aborted_reply(exc)
+        if partial is None:
+            raise
+        raise VLLMRequestAbortedError(target.base_url, partial=partial) from exc
+
+
+def aborted_reply(exc: Exception) -> AIMessage | None:
+    """The reply so far when ``exc`` came from reading a reply vLLM aborted, else ``None``.
+
+    Structured output (``response_format``) is parsed by the OpenAI client before this
+    package sees the reply, so a reply cut off by an abort (``finish_reason="abort"``) fails
+    there, as invalid JSON; langchain-openai attaches the HTTP response to that error.
+
+    Example:
+        >>> import httpx
+        >>> body = {"choices": [{"finish_reason": "abort", "message": {"content": '{"a": '}}]}
+        >>> failure = ValueError("Invalid JSON: EOF while parsing")
+        >>> failure.response = httpx.Response(200, json=body)
+        >>> aborted_reply(failure).content
+        '{"a": '
+        >>> aborted_reply(ValueError("other")) is None
+        True
+    """
+    response = getattr(exc, "response", None)
+    if not isinstance(response, httpx.Response):
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        return None
+    if choices[0].get("finish_reason") != "abort":
+        return None
+    message = choices[0].get("message") or {}
+    return AIMessage(content=str(message.get("content") or ""))

@@ -16,7 +16,9 @@ entity the request points at:
   "tool", "args", "content", "raw_tokens", "summary_tokens"}``;
 * the summary ends with a note that names the call and the ``read_tool_output`` tool, which
   the middleware adds to the agent: it reads the raw result back, a slice at a time
-  (``offset``/``limit`` in characters, each slice at most ``threshold_tokens`` tokens);
+  (``offset``/``limit`` in characters, each slice at most ``threshold_tokens`` tokens), or
+  finds the lines that match a ``pattern`` (case-insensitive), each with its offset, for a
+  detail the summary left out;
 * :func:`load_tool_output` reads it back from outside the agent;
 * the savings are recorded on the message: ``response_metadata["tool_output_compression"]``
   (raw and summary tokens, tokens saved, entity retention, the method, where it is stored).
@@ -25,6 +27,7 @@ entity the request points at:
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,8 +80,11 @@ _REQUEST_TOKENS = 200
 _READ_DESCRIPTION = (
     "Read the full, uncompressed output of an earlier tool call whose result you saw as a "
     "summary. Pass its tool_call_id; read long outputs in slices with offset (a character "
-    "position, 0 for the start) and limit (characters). The reply says where to continue."
+    "position, 0 for the start) and limit (characters). The reply says where to continue. "
+    "To find a detail the summary left out, pass pattern (a word or a regular expression, "
+    "case-insensitive): the reply lists the matching lines, each with its offset."
 )
+_MATCH_CHARS = 400  # a matching line is shown up to this many characters
 
 
 def _namespace(prefix: tuple[str, ...], config: RunnableConfig | None) -> tuple[str, ...]:
@@ -277,7 +283,8 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         note = (
             f"[{job.value['tool']} output compressed from {job.tokens} to "
             f"{compressed.summary_tokens} tokens. Full output: "
-            f'{READ_TOOL_NAME}(tool_call_id="{message.tool_call_id}").]'
+            f'{READ_TOOL_NAME}(tool_call_id="{message.tool_call_id}"), with pattern= to '
+            "find a detail.]"
         )
         savings = {
             "raw_tokens": job.tokens,
@@ -362,9 +369,70 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         )
         return f"{header}\n{piece}"
 
+    def _search(
+        self, value: dict[str, Any] | None, tool_call_id: str, pattern: str, offset: int
+    ) -> str:
+        """The lines of a stored output that match ``pattern``, from ``offset`` on."""
+        if value is None:
+            return self._slice(value, tool_call_id, offset, 0)
+        try:
+            regex = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            return (
+                f"pattern={pattern!r} is not a valid regular expression ({exc}); pass a plain "
+                "word, or escape the special characters."
+            )
+        raw = str(value.get("content", ""))
+        shown: list[str] = []
+        used, total, next_offset = 0, 0, None
+        start = 0
+        for line in raw.splitlines(keepends=True):
+            position, start = start, start + len(line)
+            if position < max(offset, 0) or not regex.search(line):
+                continue
+            total += 1
+            if next_offset is not None:
+                continue
+            entry = f"{position}: {line.strip()[:_MATCH_CHARS]}"
+            size = self.counter.count_text(entry) + 1
+            if used + size > self.threshold_tokens:
+                next_offset = position
+                continue
+            shown.append(entry)
+            used += size
+        tool = value.get("tool", "tool")
+        if not total:
+            return f"[{tool} output of {tool_call_id}: no line matches pattern={pattern!r}]"
+        more = (
+            f"the first {len(shown)}; call again with offset={next_offset} for the rest"
+            if next_offset is not None
+            else "all of them"
+        )
+        header = (
+            f"[{tool} output of {tool_call_id}: {total} lines match pattern={pattern!r}, "
+            f"shown {more}; each starts with its offset: read around one with offset]"
+        )
+        return "\n".join([header, *shown])
+
+    def _read(
+        self,
+        value: dict[str, Any] | None,
+        tool_call_id: str,
+        offset: int,
+        limit: int,
+        pattern: str | None,
+    ) -> str:
+        if pattern:
+            return self._search(value, tool_call_id, pattern, offset)
+        return self._slice(value, tool_call_id, offset, limit)
+
     def _read_tool(self) -> BaseTool:
         def read_tool_output(
-            tool_call_id: str, runtime: ToolRuntime, offset: int = 0, limit: int = 8000
+            tool_call_id: str,
+            runtime: ToolRuntime,
+            offset: int = 0,
+            limit: int = 8000,
+            pattern: str | None = None,
         ) -> str:
             store = runtime.store
             item = (
@@ -372,10 +440,15 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 if store is not None
                 else None
             )
-            return self._slice(dict(item.value) if item else None, tool_call_id, offset, limit)
+            value = dict(item.value) if item else None
+            return self._read(value, tool_call_id, offset, limit, pattern)
 
         async def aread_tool_output(
-            tool_call_id: str, runtime: ToolRuntime, offset: int = 0, limit: int = 8000
+            tool_call_id: str,
+            runtime: ToolRuntime,
+            offset: int = 0,
+            limit: int = 8000,
+            pattern: str | None = None,
         ) -> str:
             store = runtime.store
             item = (
@@ -384,7 +457,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 else None
             )
             value = dict(item.value) if item else None
-            return await asyncio.to_thread(self._slice, value, tool_call_id, offset, limit)
+            return await asyncio.to_thread(self._read, value, tool_call_id, offset, limit, pattern)
 
         return StructuredTool.from_function(
             func=read_tool_output,

@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_openai import ChatOpenAI
 from langchain_tests.unit_tests import ChatModelUnitTests
 from openai.types.chat import ChatCompletion
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from langchain_vllm_budget import (
     ApproximateTokenCounter,
@@ -384,6 +384,49 @@ def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
 
     body["choices"][0]["finish_reason"] = "stop"
     assert model._create_chat_result(body).generations[0].message.text == "Once upon a"
+
+
+def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> None:
+    """With ``response_format`` the OpenAI client parses the reply itself: cut off by an
+    abort, it is invalid JSON there, before ``_create_chat_result`` could see the abort."""
+
+    class Verdict(BaseModel):
+        label: str
+        reason: str
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
+        assert "response_format" in json.loads(request.content)
+        answer = {
+            "id": "chatcmpl-4",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "abort",
+                    "message": {"role": "assistant", "content": '{"label": "bug", "rea'},
+                }
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+        }
+        return httpx.Response(200, json=answer)
+
+    model = ChatVLLM(
+        model="m",
+        base_url="http://vllm.test/v1",
+        budget=TokenBudget(max_model_len=2048, output_reserve=512),
+        token_counter=ApproximateTokenCounter(),
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(handle)),
+    )
+    with pytest.raises(VLLMRequestAbortedError) as caught:
+        model.with_structured_output(Verdict).invoke("classify: it crashes")
+    assert caught.value.partial is not None
+    assert caught.value.partial.text == '{"label": "bug", "rea'
+    assert isinstance(caught.value.__cause__, ValidationError)  # what the client raised
 
 
 def test_a_streamed_abort_is_a_typed_error() -> None:

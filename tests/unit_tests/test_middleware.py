@@ -281,6 +281,47 @@ def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
     assert all(REPORT not in m.text for prompt in model.prompts for m in prompt)
 
 
+def test_the_read_tool_finds_the_lines_a_summary_left_out() -> None:
+    model = _model(
+        script=[
+            _call("fetch_report", {"day": "d"}, "c1"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "c1", "pattern": r"JOB_011[0-2]"}, "r1"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "c1", "pattern": "gpu-3"}, "r2"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "c1", "pattern": "gpu-[3"}, "r3"),
+            _call(READ_TOOL_NAME, {"tool_call_id": "c1", "pattern": "gpu-9"}, "r4"),
+        ]
+    )
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=200, summary_max_tokens=100, summarizer="extractive"
+    )
+    agent = _tool_agent(model, middleware, store=InMemoryStore())
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [HumanMessage("How long did the last jobs take?")]}, config)
+    reads = {
+        m.tool_call_id: m.text
+        for m in agent.get_state(config).values["messages"]
+        if isinstance(m, ToolMessage) and m.name == READ_TOOL_NAME
+    }
+    lines = REPORT.splitlines(keepends=True)
+    offsets = [sum(len(x) for x in lines[:i]) for i in range(len(lines))]
+    # every match, each line with its offset (case-insensitive: JOB_ finds job_)
+    header, *found = reads["r1"].splitlines()
+    assert "3 lines match pattern='JOB_011[0-2]', shown all of them" in header
+    assert found == [f"{offsets[i]}: {lines[i].strip()}" for i in range(110, 113)]
+    # more matches than one reply holds: the first ones, and where to go on
+    header, *found = reads["r2"].splitlines()
+    gpu3 = [i for i in range(120) if i % 7 == 3]
+    assert f"{len(gpu3)} lines match pattern='gpu-3'" in header
+    assert 0 < len(found) < len(gpu3)
+    assert COUNTER.count_text("\n".join(found)) <= 200
+    assert found[0] == f"{offsets[3]}: {lines[3].strip()}"
+    assert f"call again with offset={offsets[gpu3[len(found)]]}" in header
+    # a bad pattern says what to change; no match says so
+    assert "not a valid regular expression" in reads["r3"]
+    assert "escape the special characters" in reads["r3"]
+    assert "no line matches pattern='gpu-9'" in reads["r4"]
+
+
 def test_small_results_and_unknown_ids_pass_through() -> None:
     model = _model(
         script=[
