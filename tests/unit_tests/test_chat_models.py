@@ -356,9 +356,9 @@ def test_server_failures_map_to_a_typed_error() -> None:
     assert map_openai_error(bad, target) is bad
 
 
-def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
-    """vLLM answers a request it aborts (SIGTERM, cancellation) with finish_reason "abort"."""
-    body = {
+def _aborted_completion(text: str) -> dict[str, Any]:
+    """A chat completion vLLM aborted after generating ``text``."""
+    return {
         "id": "chatcmpl-3",
         "object": "chat.completion",
         "created": 0,
@@ -367,11 +367,16 @@ def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
             {
                 "index": 0,
                 "finish_reason": "abort",
-                "message": {"role": "assistant", "content": "Once upon a"},
+                "message": {"role": "assistant", "content": text},
             }
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
     }
+
+
+def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
+    """vLLM answers a request it aborts (SIGTERM, cancellation) with finish_reason "abort"."""
+    body = _aborted_completion("Once upon a")
     model = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1")
     with pytest.raises(VLLMRequestAbortedError) as caught:
         model._create_chat_result(body)
@@ -398,21 +403,7 @@ def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> No
         if request.url.path.endswith("/models"):
             return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
         assert "response_format" in json.loads(request.content)
-        answer = {
-            "id": "chatcmpl-4",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "abort",
-                    "message": {"role": "assistant", "content": '{"label": "bug", "rea'},
-                }
-            ],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
-        }
-        return httpx.Response(200, json=answer)
+        return httpx.Response(200, json=_aborted_completion('{"label": "bug", "rea'))
 
     model = ChatVLLM(
         model="m",
