@@ -16,16 +16,21 @@ request, and facts labelled by hand (what a reader needs to answer the request):
   ``benchmarks/data/make_heldout_tool_outputs.py``; 12 outputs of 2,000-5,000 tokens: a build
   log, a git diff, a TOML config, Helm values, a markdown table, a CSV export, a ticket search,
   a trace, a SQL result, a ``kubectl describe node``, a journal, an alert listing) and
-  ``facts.json`` (75 facts), written before the ranking was tuned. It measured blind at 48 %;
-  its lost facts then guided the second round of changes (JSON records, diffs, filters,
-  table headers), so its figure since is a tuning figure too.
+  ``facts.json`` (75 facts): blind for the first round of ranking changes, tuned on in the
+  second and third.
 * **held-out 2**: ``benchmarks/data/heldout2/`` (built by
-  ``benchmarks/data/make_heldout2_tool_outputs.py``; 12 outputs of 2,000-5,000 tokens: a CI
-  job log, an NDJSON log, Prometheus metrics, a ``terraform plan``, a feature-flag listing
-  (JSON), ``df``/``du`` output, an nginx log, Kubernetes YAML, a pytest run, an ``npm audit``,
-  a Slack export (JSON), an invoice (JSON)) and ``facts.json`` (82 facts), written and
-  labelled by an author who had not seen the summarizer, committed before the second round
-  was measured on it; it only measures.
+  ``benchmarks/data/make_heldout2_tool_outputs.py``; 12 outputs: a CI job log, an NDJSON log,
+  Prometheus metrics, a ``terraform plan``, a feature-flag listing, ``df``/``du`` output, an
+  nginx log, Kubernetes YAML, a pytest run, an ``npm audit``, a Slack export, an invoice) and
+  ``facts.json`` (82 facts): blind for the second round, tuned on in the third.
+* **held-out 3**: ``benchmarks/data/heldout3/`` (built by
+  ``benchmarks/data/make_heldout3_tool_outputs.py``; 12 outputs: a Buildkite log, a Spring Boot
+  log, ``kubectl get events``, EC2 JSON, GitHub pull requests, ``EXPLAIN ANALYZE``, a logfmt
+  log, ``systemctl status``, ``helm history``, a CSV export, a span table, ``docker inspect``)
+  and ``facts.json`` (83 facts): blind for the third round; it only measures.
+
+Each held-out set was written and labelled by an author who had seen neither the summarizer
+nor the other sets, and committed before the round it measures.
 
 For each output, at the default cap (``VLLM_BUDGET_SUMMARY_MAX_TOKENS``, 250), as
 :class:`~langchain_vllm_budget.middleware.ToolOutputCompressionMiddleware` does it:
@@ -76,9 +81,11 @@ SETS: dict[str, tuple[Path, Path]] = {
     "tuning": (_DATA / "tool_outputs.json", _DATA / "tool_output_facts.json"),
     "held-out 1": (_DATA / "heldout" / "tool_outputs.json", _DATA / "heldout" / "facts.json"),
     "held-out 2": (_DATA / "heldout2" / "tool_outputs.json", _DATA / "heldout2" / "facts.json"),
+    "held-out 3": (_DATA / "heldout3" / "tool_outputs.json", _DATA / "heldout3" / "facts.json"),
 }
-"""``{set: (outputs, facts)}``: the ranking was tuned on ``tuning``, then on ``held-out 1``
-(after it had measured blind); ``held-out 2`` only measures."""
+"""``{set: (outputs, facts)}``, in the order the ranking was tuned on them: each held-out set
+measured one round blind before the next round was tuned on it; ``held-out 3`` only
+measures."""
 
 
 def _facts(path: Path) -> dict[str, list[MustKeep]]:

@@ -7,6 +7,7 @@ to (and that :func:`~langchain_vllm_budget.compression.extractive_summary` retur
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -45,8 +46,8 @@ __all__ = [
 
 _BULLET_WORDS = 20  # extractive bullets stay near the seed's "each ≤ 25 tokens"
 _LINE_WORDS = 24  # a quoted line of a tool result keeps its context (key, unit, neighbours)
-_VALUE_WORDS = 12  # a JSON record's text value is cut to this many words
-_RECORD_WORDS = 48  # a JSON record is quoted whole up to this many words
+_VALUE_WORDS = 40  # a JSON record's text value is cut to this many words
+_RECORD_WORDS = 60  # a JSON record is quoted whole up to this many words
 _BASE_VALUE = 0.1  # what an entity on no scoring line is worth
 # what an entity of each kind is worth to a reader, in the degrade order
 _KIND_WEIGHT: dict[EntityKind, float] = {
@@ -258,8 +259,7 @@ def query_extractive_text(
     Returns:
         The summary, at most ``cap`` tokens.
     """
-    lines = query_units(text)
-    words = _RECORD_WORDS if json_records(text) is not None else _LINE_WORDS
+    lines, words = _units(text)
     scores = line_scores(lines, query)
     by_entity = entity_scores(lines, scores, entities)
     reserve = counter.count_text(left_out_line(entities, ""))
@@ -305,12 +305,13 @@ def query_extractive_text(
                 bullets.append(entity)
                 summary = candidate
 
-    # 1. the best lines, quoted (their context: keys, units, what failed), in half the room;
-    #    then what the request points at (the guard's focus) that they did not carry, as
-    #    bullets: a summary that keeps all of it needs no summarizer model
+    # 1. the best lines, quoted (their context: keys, units, what failed), in half the room
+    #    (the best one in all of it: a long log record is still the answer); then what the
+    #    request points at (the guard's focus) that they did not carry, as bullets: a summary
+    #    that keeps all of it needs no summarizer model
     for i in ranked:
         if scores[i] >= _FOCUS_SHARE * best:
-            quote(i, room // 2)
+            quote(i, room // 2 if chosen else room)
     for focused in focus_entities(lines, line_scores(lines, query, near=False), entities):
         bullet(focused)
     # 2. then what keeps most per token: a bullet is worth its entity's score times its
@@ -370,14 +371,22 @@ def query_units(text: str) -> list[str]:
         >>> query_units("Limits:\n  memory: 2Gi\n  cpu: 1\nRequests:")
         ['Limits: memory: 2Gi cpu: 1', 'Requests:']
     """
+    return _units(text)[0]
+
+
+def _units(text: str) -> tuple[list[str], int]:
+    """:func:`query_units`, and how many words a quote of one may hold (records: more)."""
     records = json_records(text)
     if records is not None:
-        return records
+        return records, _RECORD_WORDS
     lines = text.splitlines()
+    logged = _json_lines(lines)
+    if logged is not None:
+        return logged, _RECORD_WORDS
     if is_diff(lines):
         # a diff's lines are what changed, one each (their indentation follows the sign);
         # ``index``, ``---`` and ``+++`` lines repeat the ``diff --git`` line above them
-        return [line for line in lines if not _DIFF_REPEATS.match(line)]
+        return [line for line in lines if not _DIFF_REPEATS.match(line)], _LINE_WORDS
     units: list[str] = []
     i = 0
     while i < len(lines):
@@ -394,7 +403,7 @@ def query_units(text: str) -> list[str]:
         else:
             units.append(line)
         i += 1
-    return units
+    return units, _LINE_WORDS
 
 
 _DIFF_REPEATS = re.compile(r"^(?:index [0-9a-f]+\.\.|--- (?:a/|/dev/null)|\+\+\+ (?:b/|/dev/null))")
@@ -438,24 +447,57 @@ def json_records(text: str) -> list[str] | None:
     return [r for r in records if r]
 
 
-def _walk(value: Any, records: list[str]) -> None:
-    """Append the records of a JSON value (see :func:`json_records`), in document order."""
+def _json_lines(lines: Sequence[str]) -> list[str] | None:
+    """A JSON-lines result (a structured log), each object line as its record, else ``None``.
+
+    ``{"ts": ..., "level": "error", "order_id": "ord_7H3K", ...}`` reads
+    ``ts: ...; level: error; order_id: ord_7H3K``: the same fields in fewer tokens, so a
+    summary quotes more of the lines the request points at. Other lines stay as they are.
+    """
+    objects: dict[int, list[str]] = {}
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    for i in filled:
+        stripped = lines[i].strip()
+        if stripped.startswith("{") and stripped.endswith("}"):
+            with contextlib.suppress(ValueError):
+                value = json.loads(stripped)
+                if isinstance(value, dict):
+                    objects[i] = []
+                    _walk(value, objects[i])
+    if not filled or len(objects) * 5 < len(filled) * 4:  # under 80 %: not a JSON log
+        return None
+    return ["; ".join(objects[i]) if i in objects else lines[i] for i in filled]
+
+
+def _walk(value: Any, records: list[str], owner: str = "", *, item: bool = False) -> None:
+    """Append the records of a JSON value (see :func:`json_records`), in document order.
+
+    A record that is an item of a list (``item``) passes its first field (``key: flag-7``)
+    down as ``owner``: each record of a list nested in it starts with that field, so a
+    flag's rules still say which flag they are. The envelope around the lists passes none.
+    """
     if isinstance(value, list):
         if all(not isinstance(v, dict | list) for v in value):
-            records.append(_scalar_list(value))
+            records.append(_joined(owner, _scalar_list(value)))
             return
-        for item in value:
-            _walk(item, records)
+        for element in value:
+            _walk(element, records, owner, item=True)
         return
     if not isinstance(value, dict):
-        records.append(_scalar(value))
+        records.append(_joined(owner, _scalar(value)))
         return
     fields: list[str] = []
     nested: list[Any] = []
     _fields(value, fields, nested)
-    records.append("; ".join(fields))
+    if fields:
+        records.append(_joined(owner, "; ".join(fields)))
+    inner = fields[0] if item and fields else owner
     for child in nested:
-        _walk(child, records)
+        _walk(child, records, inner)
+
+
+def _joined(owner: str, record: str) -> str:
+    return f"{owner}; {record}" if owner and record else record
 
 
 def _fields(value: dict[str, Any], fields: list[str], nested: list[Any]) -> None:

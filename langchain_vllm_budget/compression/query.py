@@ -9,13 +9,16 @@ result by them:
   tool's name and the argument names 0.3) times its rarity in the result (BM25's inverse
   document frequency over lines: ``service=checkout`` on every line says little, ``qwen-72b``
   on one line says much); words match by stem and by prefix (``len`` matches ``length``) and
-  identifiers count by their parts (``max_model_len``, ``PoolTimeoutError``);
+  identifiers count by their parts (``max_model_len``, ``PoolTimeoutError``); two capitals
+  are an acronym (``EU``), ``401s`` is 401, the words after ``not``/``except`` are no query
+  words, and the parts of a name of the request weigh half of the name;
 * severity words (error, failed, OOMKilled, critical, ...) count as a light query of their
   own, and as request words when the request asks what went wrong (``why``, ``failed``,
-  ``restart``, ``slow``, ...);
+  ``restart``, ``slow``, ...); a warning weighs half an error;
 * a number that stands out of its table column (``|`` tables and CSV), of its key's other
   values (``"duration_ms": 5412`` among 1-45) or of its unit's (a p99 of 1,840 ms among
-  200-400 ms) counts like a rare query word;
+  200-400 ms) counts like a rare query word, and so do the top three values of a measure
+  when the request asks for an extreme (``furthest behind``, ``grew the most``);
 * a filter in the request (``more than 3 failed payments``, ``older than 1.20``, ``over 48
   hours``) counts like a rare query word on the lines that pass it: versions anywhere on the
   line, other numbers under the column or after the key named by the words that follow the
@@ -54,6 +57,7 @@ __all__ = ["Query", "focus_entities", "line_scores"]
 _REQUEST_WEIGHT = 1.0
 _ARG_VALUE_WEIGHT = 1.0
 _NAME_WEIGHT = 0.3  # the tool's name and argument names: "search_logs", "service"
+_PART_SHARE = 0.5  # a word of a compound name of the query weighs this share of the name
 _SEVERITY_WEIGHT = 0.5
 _DIAGNOSTIC_SEVERITY_WEIGHT = 1.0  # "why did it fail?": the error lines are the answer
 _PARENT_SHARE = 0.5  # a block's header and its lines share this much of each other's score
@@ -67,7 +71,7 @@ _FAILED_SHARE = 0.5  # what a line failing the request's filter on numbers keeps
 # error; "max_model_len" -> max, model, len; "2.14.1" stays whole
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+(?:[.:]\d+)*[A-Za-z]*")
 _STOPWORDS = frozenset(
-    "a about above after again all also an and any are as at be been before being below "  # noqa: SIM905 - a word list reads best as one string
+    "a about above after again all also an and any are as at be because been before being below "  # noqa: SIM905 - a word list reads best as one string
     "between both but by can could did do does doing done each few for from further get "
     "give had has have having here how i if in into is it its itself just keep kept list me "
     "more most my no nor not now of off on once only or other our out over own please same "
@@ -94,6 +98,8 @@ _SEVERITY = (
     "backoff",
     "traceback",
 )
+_WARNINGS = frozenset({"warn", "warning"})
+_WARNING_SHARE = 0.5  # of a severity word's weight
 # a request with one of these asks what went wrong: severity words weigh as request words
 _DIAGNOSTIC = re.compile(
     r"(?i)\b(?:why|fail\w*|error\w*|wrong|crash\w*|broke\w*|restart\w*|root cause|"
@@ -112,7 +118,14 @@ _EARLIER_WORDS = ("before", "earlier")
 _SUFFIXES = ("ing", "ed", "es", "s")
 # a number with its unit: "3,960 ms", "2.3%", "latency=87ms"
 _UNIT_NUMBER = re.compile(
-    r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s?(ms|s|%|[KMGT]i?B|[KMGT]i)(?![\w])"
+    r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s?(ms|s|%|[KMGT]i?B|[KMGT]i?)(?![\w])"
+)  # "412G" and "1.8T" as ``df -h`` and ``du -h`` write sizes
+_NUMBER_PLURAL = re.compile(r"(?<=\d)s$")
+# "(not normal card declines)", "except staging", "other than 404s": what the request is not
+# about; its words are no query words (unless the request also uses them outside it)
+_NEGATED = re.compile(
+    r"(?i)\b(?:not|except|excluding|other than|rather than|apart from|ignoring|ignore)\s+"
+    r"(?P<span>[^,.;:!?()]{1,60})"
 )
 # compound names: parts joined by - _ . : / (gpu-3, INC-5512, v3.3.0, /etc/app.yaml)
 _COMPOUND = re.compile(r"(?<![\w])[\w@#]*\w(?:[-_.:/]\w+)+")
@@ -124,19 +137,24 @@ def _stem(word: str) -> str:
     """Lower case without a plural or tense ending: ``failed`` and ``fails`` give ``fail``."""
     word = word.lower()
     if word[:1].isdigit():
-        return word
+        return _NUMBER_PLURAL.sub("", word)  # "401s" are 401 responses, "1990s" 1990
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
 
 
-def _words(text: str) -> list[str]:
-    """Stems of the words of ``text`` that can carry meaning (no stopwords, no short ones)."""
+def _words(text: str, *, short: bool = False) -> list[str]:
+    """Stems of the words of ``text`` that can carry meaning (no stopwords, no short ones).
+
+    Two capitals are an acronym (``EU``, ``DB``, ``IP``) and count; other two-letter words
+    only with ``short`` (a result's words: ``tenant: eu`` answers a request about the EU).
+    """
     stems = []
     for word in _WORD.findall(text):
         stem = _stem(word)
-        if len(stem) >= 3 and stem not in _STOPWORDS and word.lower() not in _STOPWORDS:
+        long_enough = len(stem) >= 3 or (len(word) == 2 and (short or word.isupper()))
+        if long_enough and stem not in _STOPWORDS and word.lower() not in _STOPWORDS:
             stems.append(stem)
     return stems
 
@@ -150,8 +168,8 @@ def _matches(word: str, term: str) -> bool:
     """
     if word == term:
         return True
-    if word[:1].isdigit() or term[:1].isdigit():
-        return False
+    if word[:1].isdigit() or term[:1].isdigit() or min(len(word), len(term)) < 3:
+        return False  # "de" abbreviates no "deploy"
     return term.startswith(word) or (len(term) >= 4 and word.startswith(term))
 
 
@@ -169,12 +187,16 @@ class Query:
             ``1.20.6``).
         diagnostic: Whether the request asks what went wrong (``why``, ``failed``, ...):
             severity words then weigh as request words.
+        extreme: ``"max"`` when the request asks for the largest numbers (``the most``,
+            ``largest``, ``furthest behind``, ``grew``), ``"min"`` for the smallest
+            (``the least``, ``lowest``), else ``None``.
     """
 
     terms: tuple[tuple[str, float], ...] = ()
     names: tuple[tuple[str, float], ...] = ()
     bounds: tuple[Bound, ...] = ()
     diagnostic: bool = False
+    extreme: str | None = None
 
     @classmethod
     def of(
@@ -194,9 +216,14 @@ class Query:
         names: dict[str, float] = {}
 
         def add(text: str, weight: float) -> None:
+            compounds = _COMPOUND.findall(text)
+            loose = set(_words(_COMPOUND.sub(" ", text)))
             for stem in _words(text):
-                weights[stem] = max(weights.get(stem, 0.0), weight)
-            for name in _COMPOUND.findall(text):
+                # a part of a name ("refund" in test_partial_refund_updates_balance) says
+                # less than the name: it weighs less, unless the text also uses it alone
+                part = weight if stem in loose else weight * _PART_SHARE
+                weights[stem] = max(weights.get(stem, 0.0), part)
+            for name in compounds:
                 names[name.lower()] = max(names.get(name.lower(), 0.0), weight)
 
         add(tool or "", _NAME_WEIGHT)
@@ -207,12 +234,17 @@ class Query:
             Bound.of(m.group("word"), m.group("number"), request[m.end("number") :])
             for m in _COMPARISON.finditer(request)
         )
-        add(_COMPARISON.sub(lambda m: m.group("word"), request), _REQUEST_WEIGHT)
+        negated = " ".join(m.group("span") for m in _NEGATED.finditer(request))
+        asked = _NEGATED.sub(" ", request)
+        add(_COMPARISON.sub(lambda m: m.group("word"), asked), _REQUEST_WEIGHT)
+        for stem in set(_words(negated)) - set(_words(asked)):
+            weights.pop(stem, None)  # "not card declines": the call's own words go too
         return cls(
             tuple(weights.items()),
             tuple(names.items()),
             bounds,
             diagnostic=_DIAGNOSTIC.search(request) is not None,
+            extreme=_extreme(asked),
         )
 
     def __bool__(self) -> bool:
@@ -275,6 +307,26 @@ def _parts(number: str, version: bool) -> tuple[float, ...]:
     if version:
         return tuple(float(p) for p in number.split("."))
     return (float(number.replace(",", "")),)
+
+
+_MOST = re.compile(
+    r"(?i)\b(?:most|largest|biggest|highest|greatest|heaviest|busiest|longest|slowest|worst|"
+    r"furthest|farthest|maximum|peak|top|grew|grown|growth|increase[sd]?|jump(?:ed|s)?|"
+    r"spike[sd]?|surge[sd]?)\b"
+)
+_LEAST = re.compile(r"(?i)\b(?:least|lowest|smallest|fewest|shortest|minimum)\b")
+
+
+def _extreme(request: str) -> str | None:
+    """``"max"`` or ``"min"`` when the request asks for the extremes of its numbers.
+
+    Example:
+        >>> _extreme("Which group is furthest behind?"), _extreme("lowest latency"), _extreme("why")
+        ('max', 'min', None)
+    """
+    if _MOST.search(request):
+        return "max"
+    return "min" if _LEAST.search(request) else None
 
 
 def _flatten(args: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
@@ -380,8 +432,29 @@ _KEY_NUMBER = re.compile(
 _VERSION = re.compile(r"(?<![\w.])v?(\d+(?:\.\d+)+)(?![\w.]*\d)")
 
 
-def _standing_out(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list[bool]:
-    """Per line: whether it holds a number outside its column's, key's or unit's fences."""
+# a Prometheus sample: kafka_consumergroup_lag{group="x",partition="7"} 184213
+_METRIC_SAMPLE = re.compile(
+    r"^(?P<metric>[A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(?P<value>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+    r"(?:\s+\d+)?\s*$"
+)
+_EXTREMES = 3  # "which grew the most": the top three of a group count, not only the top one
+
+
+def _standing_out(
+    lines: Sequence[str],
+    cells: Sequence[dict[int, str]],
+    extreme: str | None = None,
+    subject: Sequence[str] = (),
+) -> list[bool]:
+    """Per line: whether it holds a number outside its group's fences (or at its extreme).
+
+    A group is a table column, a key (``duration_ms``), a unit (``ms``, ``G``) or a
+    Prometheus metric. When the request asks for an extreme (``extreme`` is ``"max"`` for
+    ``the most``, ``largest``, ``furthest behind``, ``grew``; ``"min"`` for ``the least``,
+    ``lowest``), the top (or bottom) three values of each measure stand out as well: of the
+    groups named like a word of the request (``subject``: ``lag``) when there are such, a
+    group being a measure when most of its values differ (partition numbers repeat).
+    """
     samples: dict[str, list[tuple[int, float]]] = {}
     for i, line in enumerate(lines):
         for c, cell in cells[i].items():
@@ -394,6 +467,11 @@ def _standing_out(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list
             samples.setdefault(f"key {match.group('key')}", []).append(
                 (i, _number(match.group("value")))
             )
+        sample = _METRIC_SAMPLE.match(line.strip())
+        if sample:
+            samples.setdefault(f"metric {sample.group('metric')}", []).append(
+                (i, float(sample.group("value")))
+            )
     out = [False] * len(lines)
     for found in samples.values():
         fences = _outliers([v for _, v in found])
@@ -402,6 +480,20 @@ def _standing_out(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list
         low, high = fences
         for i, value in found:
             if value < low or value > high:
+                out[i] = True
+    if extreme is None:
+        return out
+    # a measure, not a label: most values distinct (partition numbers repeat, lags do not)
+    measures = {
+        name: found
+        for name, found in samples.items()
+        if len(found) >= _MIN_SAMPLE and len({v for _, v in found}) * 2 >= len(found)
+    }
+    asked = {name: found for name, found in measures.items() if _about(name, subject)}
+    for found in (asked or measures).values():
+        ordered = sorted({v for _, v in found}, reverse=extreme == "max")
+        for i, value in found:
+            if value in ordered[:_EXTREMES]:
                 out[i] = True
     return out
 
@@ -449,7 +541,11 @@ def _passing(
     return out
 
 
-_SECTION = re.compile(r"^(?:diff --git |\[\[?[^\]]+\]\]?\s*$|#{1,6} )")
+# a section starts at a diff's file, a TOML/INI table, a markdown heading, or a banner
+# (pytest's "_____ test_refund _____", "===== FAILURES =====")
+_SECTION = re.compile(
+    r"^(?:diff --git |\[\[?[^\]]+\]\]?\s*$|#{1,6} |([_=*#-])\1{2,} \S.* ([_=*#-])\2{2,}\s*$)"
+)
 
 
 def _parents(lines: Sequence[str]) -> list[int]:
@@ -492,10 +588,13 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
         One score per line.
     """
     terms = dict(query.terms)
+    request_terms = [t for t, weight in query.terms if weight >= _REQUEST_WEIGHT]
     severity = _DIAGNOSTIC_SEVERITY_WEIGHT if query.diagnostic else _SEVERITY_WEIGHT
     for word in _SEVERITY:
-        terms[word] = max(terms.get(word, 0.0), severity)
-    line_words = [set(_words(line)) for line in lines]
+        # a warning is the lesser severity: "why did it fail?" is answered by the errors
+        weight = severity * _WARNING_SHARE if word in _WARNINGS else severity
+        terms[word] = max(terms.get(word, 0.0), weight)
+    line_words = [set(_words(line, short=True)) for line in lines]
     for name, weight in query.names:
         term = f"={name}"  # a key no stem can take
         terms[term] = weight
@@ -529,7 +628,9 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
     rare = _idf(count, 1)  # the weight of a word on one line only
     own = [
         sum(terms[t] * _idf(count, frequency[t]) for t in found) + (rare if outlier else 0.0)
-        for found, outlier in zip(hits, _standing_out(lines, cells), strict=True)
+        for found, outlier in zip(
+            hits, _standing_out(lines, cells, query.extreme, request_terms), strict=True
+        )
     ]
     if any(passing):
         # the request asked for the lines that pass ("orders stuck more than 48 hours"): a

@@ -495,6 +495,7 @@ def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
     import json
 
     from benchmarks.data.make_heldout2_tool_outputs import HELDOUT2_PATH, build_heldout2_outputs
+    from benchmarks.data.make_heldout3_tool_outputs import HELDOUT3_PATH, build_heldout3_outputs
     from benchmarks.data.make_heldout_tool_outputs import HELDOUT_PATH, build_heldout_outputs
     from benchmarks.retention import MustKeep
     from benchmarks.tool_output_retention import SETS, summary_md
@@ -503,7 +504,9 @@ def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
     # the held-out sets on disk are what their scripts build (seeded)
     assert json.loads(HELDOUT_PATH.read_text()) == build_heldout_outputs()
     assert json.loads(HELDOUT2_PATH.read_text()) == build_heldout2_outputs()
+    assert json.loads(HELDOUT3_PATH.read_text()) == build_heldout3_outputs()
     sizes = {"tuning": (10, 60), "held-out 1": (10, 60), "held-out 2": (10, 60)}
+    sizes["held-out 3"] = (10, 60)
     for name, (outputs_path, facts_path) in SETS.items():
         outputs = json.loads(outputs_path.read_text())
         facts = json.loads(facts_path.read_text())

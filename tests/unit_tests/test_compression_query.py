@@ -224,7 +224,7 @@ def test_json_records_flatten_nested_objects_and_keep_lists_of_objects_apart() -
     assert json_records("[1, 2, 3]") == ["1, 2, 3"]
     assert json_records('{"truncated": ') is None  # not JSON: the result's lines are ranked
     assert json_records("plain text") is None
-    long_value = json_records(json.dumps({"description": " ".join(["word"] * 40)}))
+    long_value = json_records(json.dumps({"description": " ".join(["word"] * 50)}))
     assert long_value is not None
     assert long_value[0].endswith("…")
 
@@ -271,3 +271,117 @@ def test_a_filter_ends_at_its_clause_and_lines_failing_it_lose_half_their_score(
     assert passing > 1.5 * failing
     # the header names the asked-for columns, but is worth no more than its best row
     assert scores[0] <= max(scores[2:])
+
+
+def test_a_nested_record_names_the_record_it_belongs_to() -> None:
+    flags = {
+        "project": "storefront",
+        "flags": [
+            {"key": "new-checkout", "on": True, "rules": [{"tenant": "eu", "rollout": 35}]},
+            {"key": "dark-mode", "on": True, "rules": [{"tenant": "us", "rollout": 100}]},
+        ],
+    }
+    assert json_records(json.dumps(flags)) == [
+        "project: storefront",  # the envelope passes nothing down
+        "key: new-checkout; on: true",
+        "key: new-checkout; tenant: eu; rollout: 35",
+        "key: dark-mode; on: true",
+        "key: dark-mode; tenant: us; rollout: 100",
+    ]
+
+
+def test_a_json_log_is_ranked_and_quoted_as_compact_records() -> None:
+    lines = [
+        json.dumps({"level": "warn", "msg": "payment declined", "order_id": f"ord_{i}"})
+        for i in range(20)
+    ]
+    lines[13] = json.dumps(
+        {"level": "error", "msg": "gateway timeout", "order_id": "ord_13", "http_status": 504}
+    )
+    units = query_units("\n".join([*lines, "-- end of page --"]))
+    assert units[13] == "level: error; msg: gateway timeout; order_id: ord_13; http_status: 504"
+    assert units[-1] == "-- end of page --"  # a line that is no JSON object stays
+    assert query_units("{not json}\nplain log line\nanother one") == [
+        "{not json}",
+        "plain log line",
+        "another one",
+    ]
+
+
+def test_negated_words_numbers_in_plural_and_acronyms_in_the_request() -> None:
+    query = Query.of("Which orders failed at the gateway (not card declines)? Any 401s in the EU?")
+    terms = dict(query.terms)
+    assert "card" not in terms  # "not card declines": what the request is not about
+    assert "declin" not in terms
+    assert "gateway" in terms
+    assert "401" in terms  # "401s" are 401 responses
+    assert "eu" in terms  # two capitals: an acronym
+    assert "at" not in terms  # two small letters: noise
+    lines = ["tenant: us rollout: 100", "tenant: eu rollout: 35", "tenant: de rollout: 50"]
+    scores = line_scores(lines, Query.of("rollouts for the EU tenant"))
+    assert scores[1] > scores[0]
+    assert scores[1] > scores[2]  # "de" abbreviates nothing
+
+
+def test_the_extremes_of_the_measure_the_request_names_stand_out() -> None:
+    metrics = [
+        f'kafka_consumergroup_lag{{group="g{i % 3}",partition="{i % 8}"}} {100 + 7 * i}'
+        for i in range(24)
+    ]
+    metrics[17] = 'kafka_consumergroup_lag{group="g2",partition="1"} 184213'
+    query = Query.of("Which consumer group is furthest behind, and how big is its lag?")
+    assert query.extreme == "max"
+    scores = line_scores(metrics, query)
+    assert max(range(len(metrics)), key=scores.__getitem__) == 17
+    # without the superlative, the value only stands out of its metric's fences
+    assert Query.of("What is the lag of each group?").extreme is None
+    assert Query.of("lowest latency").extreme == "min"
+
+
+def test_a_warning_weighs_half_an_error_when_the_request_asks_what_failed() -> None:
+    lines = [
+        "tests/test_api.py: DeprecationWarning: the app shortcut is deprecated",
+        "FAILED tests/test_fx.py::test_rounding - ReconciliationError: 1043.27 != 1043.26",
+        *(f"PASSED tests/test_{i}.py::test_{i}" for i in range(20)),
+    ]
+    scores = line_scores(lines, Query.of("Which test failed and why?"))
+    assert scores[1] > scores[0]
+
+
+def test_the_parts_of_a_name_in_the_request_weigh_less_than_the_name() -> None:
+    query = Query.of("Why is test_partial_refund_updates_balance failing?")
+    terms = dict(query.terms)
+    assert terms["refund"] == 0.5  # a part of the name
+    assert terms["fail"] == 1.0  # a word of its own
+    assert ("test_partial_refund_updates_balance", 1.0) in query.names
+
+
+def test_a_banner_starts_a_section_and_the_best_line_is_quoted_even_when_long() -> None:
+    text = "\n".join(
+        [
+            "=" * 10 + " FAILURES " + "=" * 10,
+            "_" * 10 + " test_partial_refund " + "_" * 10,
+            "E   AssertionError: assert 7450 == 7500",
+            *(f"noise line {i} with nothing to say" for i in range(60)),
+        ]
+    )
+    units = query_units(text)
+    assert units[1].startswith("__________ test_partial_refund")
+    record = json.dumps(
+        {
+            "rows": [{"id": f"r{i}", "note": "fine"} for i in range(30)]
+            + [{"id": "r99", "note": "disk full " + "detail " * 12 + "on /var/lib/docker"}]
+        }
+    )
+    result = query_summary(
+        record, query=Query.of("Why is the disk full?"), max_tokens=60, tokenizer=COUNTER
+    )
+    assert "id: r99; note: disk full" in result.summary  # longer than half the room
+
+
+def test_sizes_as_df_and_du_write_them_are_numbers_with_a_unit() -> None:
+    du = [f"{g}G /var/lib/app{g}" for g in (3, 4, 5, 4, 3, 6, 5, 4, 3, 2)] + [
+        "412G /var/lib/docker"
+    ]
+    scores = line_scores(du, Query.of("What is eating the space?"))
+    assert max(range(len(du)), key=scores.__getitem__) == len(du) - 1
