@@ -12,7 +12,8 @@ the end. Every output is built deterministically from ``random.Random(f"heldout2
 The must-keep facts (``heldout2/facts.json``) were written by hand, by reading each output
 against its request and noting what a reader needs to answer it (IDs, numbers with their key,
 names, paths, parameters, error codes). Their author had not seen the summarizer. This set
-only measures: nothing may be tuned against it.
+measured the second round of ranking changes blind; the third round was tuned on it (see
+``docs/compaction.md``, "Measured").
 
 Run ``python -m benchmarks.data.make_heldout2_tool_outputs`` to write
 ``heldout2/tool_outputs.json`` and check that every fact occurs verbatim in its output.

@@ -18,7 +18,6 @@ from langchain_core.messages import AIMessage
 
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
-    VLLMError,
     VLLMInvalidRequestError,
     VLLMModelNotFoundError,
     VLLMRequestAbortedError,
@@ -142,8 +141,6 @@ def mapped_openai_errors(target: ServerTarget) -> Iterator[None]:
         if mapped is exc:
             raise
         raise mapped from exc
-    except VLLMError:
-        raise
     except Exception as exc:
         partial = aborted_reply(exc)
         if partial is None:
@@ -160,25 +157,35 @@ def aborted_reply(exc: Exception) -> AIMessage | None:
 
     Example:
         >>> import httpx
-        >>> body = {"choices": [{"finish_reason": "abort", "message": {"content": '{"a": '}}]}
+        >>> body = {"choices": [{"finish_reason": "abort", "message": {"content": '{"a": '}}],
+        ...         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
         >>> failure = ValueError("Invalid JSON: EOF while parsing")
         >>> failure.response = httpx.Response(200, json=body)
-        >>> aborted_reply(failure).content
-        '{"a": '
+        >>> partial = aborted_reply(failure)
+        >>> partial.content, partial.usage_metadata["output_tokens"]
+        ('{"a": ', 3)
         >>> aborted_reply(ValueError("other")) is None
         True
     """
     response = getattr(exc, "response", None)
     if not isinstance(response, httpx.Response):
         return None
-    try:
+    try:  # a reply that is not a chat completion says nothing of an abort
         body = response.json()
-    except ValueError:
+        choice = body["choices"][0]
+        if choice["finish_reason"] != "abort":
+            return None
+        content = (choice.get("message") or {}).get("content") or ""
+        usage = body.get("usage") or {}
+        tokens = {
+            "input_tokens": int(usage.get("prompt_tokens", 0)),
+            "output_tokens": int(usage.get("completion_tokens", 0)),
+            "total_tokens": int(usage.get("total_tokens", 0)),
+        }
+    except Exception:  # any shape at all (unread body, no choices): not an abort to read
         return None
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if not choices or not isinstance(choices[0], dict):
-        return None
-    if choices[0].get("finish_reason") != "abort":
-        return None
-    message = choices[0].get("message") or {}
-    return AIMessage(content=str(message.get("content") or ""))
+    return AIMessage(
+        content=str(content),
+        response_metadata={"finish_reason": "abort", "model_name": body.get("model")},
+        usage_metadata=tokens if usage else None,
+    )

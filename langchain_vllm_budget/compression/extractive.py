@@ -28,6 +28,7 @@ from langchain_vllm_budget.compression.query import (
     Query,
     entity_scores,
     focus_entities,
+    is_diff,
     line_scores,
 )
 
@@ -285,12 +286,17 @@ def query_extractive_text(
     )
     summary = ""
 
-    def quote(i: int, limit: int) -> bool:
+    def quote(i: int, limit: int, *, cut: bool = False) -> bool:
         nonlocal summary
         line = _quoted(lines[i], words)
         if line.lower() in seen or not _says_something(line):
             return False
         candidate = render({**chosen, i: line}, bullets)
+        if counter.count_text(candidate) > limit and cut:
+            # the best line, longer than the room: its head, where a record keeps its ID
+            line = truncate_to_tokens(line, limit - counter.count_text("- …") - 1, counter)
+            line = f"{line} …"
+            candidate = render({**chosen, i: line}, bullets)
         if counter.count_text(candidate) > limit:
             return False
         seen.add(line.lower())
@@ -311,7 +317,7 @@ def query_extractive_text(
     #    that keeps all of it needs no summarizer model
     for i in ranked:
         if scores[i] >= _FOCUS_SHARE * best:
-            quote(i, room // 2 if chosen else room)
+            quote(i, room // 2 if chosen else room, cut=not chosen)
     for focused in focus_entities(lines, line_scores(lines, query, near=False), entities):
         bullet(focused)
     # 2. then what keeps most per token: a bullet is worth its entity's score times its
@@ -409,14 +415,6 @@ def _units(text: str) -> tuple[list[str], int]:
 _DIFF_REPEATS = re.compile(r"^(?:index [0-9a-f]+\.\.|--- (?:a/|/dev/null)|\+\+\+ (?:b/|/dev/null))")
 
 
-def is_diff(lines: Sequence[str]) -> bool:
-    """Whether ``lines`` are a unified diff (a ``diff --git`` line, or ``---``/``+++``/``@@``)."""
-    if any(line.startswith("diff --git ") for line in lines):
-        return True
-    starts = {line[:4] for line in lines}
-    return {"--- ", "+++ ", "@@ -"} <= starts
-
-
 def json_records(text: str) -> list[str] | None:
     r"""A JSON result as records, one line each (``None`` when ``text`` is not JSON).
 
@@ -438,12 +436,11 @@ def json_records(text: str) -> list[str] | None:
     stripped = text.strip()
     if not stripped.startswith(("{", "[")):
         return None
-    try:
-        data = json.loads(stripped)
-    except ValueError:
-        return None
     records: list[str] = []
-    _walk(data, records)
+    try:
+        _walk(json.loads(stripped, parse_float=_Verbatim), records)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to walk
+        return None
     return [r for r in records if r]
 
 
@@ -459,11 +456,12 @@ def _json_lines(lines: Sequence[str]) -> list[str] | None:
     for i in filled:
         stripped = lines[i].strip()
         if stripped.startswith("{") and stripped.endswith("}"):
-            with contextlib.suppress(ValueError):
-                value = json.loads(stripped)
+            with contextlib.suppress(ValueError, RecursionError):
+                value = json.loads(stripped, parse_float=_Verbatim)
                 if isinstance(value, dict):
-                    objects[i] = []
-                    _walk(value, objects[i])
+                    record: list[str] = []
+                    _walk(value, record)
+                    objects[i] = record
     if not filled or len(objects) * 5 < len(filled) * 4:  # under 80 %: not a JSON log
         return None
     return ["; ".join(objects[i]) if i in objects else lines[i] for i in filled]
@@ -511,6 +509,12 @@ def _fields(value: dict[str, Any], fields: list[str], nested: list[Any]) -> None
             fields.append(f"{key}: {_scalar_list(item)}")
         else:
             fields.append(f"{key}: {_scalar(item)}")
+
+
+class _Verbatim(str):
+    """A JSON number with a fraction or exponent, as the tool wrote it (``86.40``, not 86.4)."""
+
+    __slots__ = ()
 
 
 def _scalar(value: Any) -> str:

@@ -52,7 +52,7 @@ from typing import Any
 
 from langchain_vllm_budget.compression.entities import Entity, entity_needle, is_entity_present
 
-__all__ = ["Query", "focus_entities", "line_scores"]
+__all__ = ["Query", "focus_entities", "is_diff", "line_scores"]
 
 _REQUEST_WEIGHT = 1.0
 _ARG_VALUE_WEIGHT = 1.0
@@ -66,6 +66,7 @@ _NEAR_DECAY = 0.1  # a line shares this much of a neighbour's score, per line of
 _NEAR_LINES = 2
 _FOCUS_SHARE = 0.5  # focus lines score over this share of the best line
 _FAILED_SHARE = 0.5  # what a line failing the request's filter on numbers keeps of its score
+_CONTEXT_SHARE = 0.5  # what a diff's context line keeps of its score: it is not what changed
 
 # camelCase and identifier parts, numbers and versions: "PoolTimeoutError" -> pool, timeout,
 # error; "max_model_len" -> max, model, len; "2.14.1" stays whole
@@ -120,12 +121,13 @@ _SUFFIXES = ("ing", "ed", "es", "s")
 _UNIT_NUMBER = re.compile(
     r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s?(ms|s|%|[KMGT]i?B|[KMGT]i?)(?![\w])"
 )  # "412G" and "1.8T" as ``df -h`` and ``du -h`` write sizes
-_NUMBER_PLURAL = re.compile(r"(?<=\d)s$")
-# "(not normal card declines)", "except staging", "other than 404s": what the request is not
-# about; its words are no query words (unless the request also uses them outside it)
+_NUMBER_PLURAL = re.compile(r"(?<=\d{3})s$")  # "401s", "1990s"; "30s" may be 30 seconds
+# "(not normal card declines)", "except staging", "other than 404s": what the request leaves
+# out; its words are no query words (unless the request also uses them outside it). A plain
+# "not" states a symptom ("pods not running"), only a bracketed "(not ...)" leaves out.
 _NEGATED = re.compile(
-    r"(?i)\b(?:not|except|excluding|other than|rather than|apart from|ignoring|ignore)\s+"
-    r"(?P<span>[^,.;:!?()]{1,60})"
+    r"(?i)(?:\(not\s+(?P<bracketed>[^()]{1,60})\)|\b(?:except|excluding|other than|"
+    r"rather than|apart from)\s+(?P<span>[^,.;:!?()]{1,60}))"
 )
 # compound names: parts joined by - _ . : / (gpu-3, INC-5512, v3.3.0, /etc/app.yaml)
 _COMPOUND = re.compile(r"(?<![\w])[\w@#]*\w(?:[-_.:/]\w+)+")
@@ -234,7 +236,9 @@ class Query:
             Bound.of(m.group("word"), m.group("number"), request[m.end("number") :])
             for m in _COMPARISON.finditer(request)
         )
-        negated = " ".join(m.group("span") for m in _NEGATED.finditer(request))
+        negated = " ".join(
+            m.group("bracketed") or m.group("span") for m in _NEGATED.finditer(request)
+        )
         asked = _NEGATED.sub(" ", request)
         add(_COMPARISON.sub(lambda m: m.group("word"), asked), _REQUEST_WEIGHT)
         for stem in set(_words(negated)) - set(_words(asked)):
@@ -317,13 +321,19 @@ _MOST = re.compile(
 _LEAST = re.compile(r"(?i)\b(?:least|lowest|smallest|fewest|shortest|minimum)\b")
 
 
+_RECENT = re.compile(r"(?i)\bmost\s+recent(?:ly)?\b")  # a time, not a measure
+
+
 def _extreme(request: str) -> str | None:
     """``"max"`` or ``"min"`` when the request asks for the extremes of its numbers.
 
     Example:
         >>> _extreme("Which group is furthest behind?"), _extreme("lowest latency"), _extreme("why")
         ('max', 'min', None)
+        >>> _extreme("What failed most recently?") is None
+        True
     """
+    request = _RECENT.sub(" ", request)
     if _MOST.search(request):
         return "max"
     return "min" if _LEAST.search(request) else None
@@ -399,8 +409,23 @@ def _headers(lines: Sequence[str], cells: Sequence[dict[int, str]]) -> list[dict
 _RULE = re.compile(r"^[\s|:+=-]+$")
 
 
+def is_diff(lines: Sequence[str]) -> bool:
+    """Whether ``lines`` are a unified diff (a ``diff --git`` line, or ``---``/``+++``/``@@``).
+
+    Example:
+        >>> is_diff(["--- a/x", "+++ b/x", "@@ -1 +1 @@", "-a", "+b"]), is_diff(["--- a note"])
+        (True, False)
+    """
+    if any(line.startswith("diff --git ") for line in lines):
+        return True
+    starts = {line[:4] for line in lines}
+    return {"--- ", "+++ ", "@@ -"} <= starts
+
+
 def _unchanged(lines: Sequence[str]) -> list[int]:
     """The context lines of a unified diff's hunks (neither added nor removed)."""
+    if not is_diff(lines):
+        return []
     out: list[int] = []
     hunk = False
     for i, line in enumerate(lines):
@@ -438,6 +463,11 @@ _METRIC_SAMPLE = re.compile(
     r"(?:\s+\d+)?\s*$"
 )
 _EXTREMES = 3  # "which grew the most": the top three of a group count, not only the top one
+# keys that count or stamp rather than measure: an id's or a time's largest value is no answer
+_LABEL_KEY = re.compile(
+    r"(?i)(?:^key |[._ ])(?:id|\w*_id|ts|time|timestamp|date|created\w*|updated\w*|\w*_at|"
+    r"seq|offset|pid|port|line)$"
+)
 
 
 def _standing_out(
@@ -487,7 +517,9 @@ def _standing_out(
     measures = {
         name: found
         for name, found in samples.items()
-        if len(found) >= _MIN_SAMPLE and len({v for _, v in found}) * 2 >= len(found)
+        if len(found) >= _MIN_SAMPLE
+        and len({v for _, v in found}) * 2 >= len(found)
+        and not _LABEL_KEY.search(name)
     }
     asked = {name: found for name, found in measures.items() if _about(name, subject)}
     for found in (asked or measures).values():
@@ -640,7 +672,7 @@ def line_scores(lines: Sequence[str], query: Query, *, near: bool = True) -> lis
             for score, passed in zip(own, passing, strict=True)
         ]
     for i in _unchanged(lines):
-        own[i] *= _FAILED_SHARE  # a diff's context line: not what changed
+        own[i] *= _CONTEXT_SHARE
     for header, rows in _table_rows(cells, headers).items():
         # a header naming the columns the request asks for says the table is relevant, not
         # which row is: it is worth its best row (and is quoted with it, as its context)

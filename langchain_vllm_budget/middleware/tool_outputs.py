@@ -27,11 +27,12 @@ entity the request points at:
 from __future__ import annotations
 
 import asyncio
-import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import regex
 from langchain.agents.middleware.types import AgentMiddleware, AgentState, ContextT, ResponseT
 from langchain.tools import ToolRuntime
 from langchain_core.language_models import BaseChatModel
@@ -61,7 +62,9 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "METADATA_KEY",
     "READ_TOOL_NAME",
+    "FoundLines",
     "ToolOutputCompressionMiddleware",
+    "find_lines",
     "load_tool_output",
 ]
 
@@ -85,6 +88,7 @@ _READ_DESCRIPTION = (
     "case-insensitive): the reply lists the matching lines, each with its offset."
 )
 _MATCH_CHARS = 400  # a matching line is shown up to this many characters
+_SEARCH_SECONDS = 2.0  # what one pattern search may take over a whole stored output
 
 
 def _namespace(prefix: tuple[str, ...], config: RunnableConfig | None) -> tuple[str, ...]:
@@ -376,41 +380,50 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         if value is None:
             return self._slice(value, tool_call_id, offset, 0)
         try:
-            regex = re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
+            compiled = regex.compile(pattern, regex.IGNORECASE)
+        except regex.error as exc:
             return (
                 f"pattern={pattern!r} is not a valid regular expression ({exc}); pass a plain "
                 "word, or escape the special characters."
             )
-        raw = str(value.get("content", ""))
+        found = find_lines(str(value.get("content", "")), compiled, offset)
+        tool = value.get("tool", "tool")
         shown: list[str] = []
-        used, total, next_offset = 0, 0, None
-        start = 0
-        for line in raw.splitlines(keepends=True):
-            position, start = start, start + len(line)
-            if position < max(offset, 0) or not regex.search(line):
-                continue
-            total += 1
-            if next_offset is not None:
-                continue
-            entry = f"{position}: {line.strip()[:_MATCH_CHARS]}"
+        used = 0
+        next_offset = None
+        for start, text in found.lines:
+            entry = f"{start}: {text}"
             size = self.counter.count_text(entry) + 1
             if used + size > self.threshold_tokens:
-                next_offset = position
-                continue
+                if not shown:  # one entry at least, cut to fit: the reply always moves on
+                    shown.append(truncate_to_tokens(entry, self.threshold_tokens, self.counter))
+                    used = self.threshold_tokens
+                    continue
+                next_offset = start
+                break
             shown.append(entry)
             used += size
-        tool = value.get("tool", "tool")
-        if not total:
-            return f"[{tool} output of {tool_call_id}: no line matches pattern={pattern!r}]"
+        if next_offset is None and found.stopped_at is not None:
+            next_offset = found.stopped_at
+        stopped = (
+            f"; the search stopped at offset={found.stopped_at} after {_SEARCH_SECONDS:g} s: a "
+            "plainer pattern searches faster"
+            if found.stopped_at is not None
+            else ""
+        )
+        if not found.lines:
+            return (
+                f"[{tool} output of {tool_call_id}: no line matches pattern={pattern!r}{stopped}]"
+            )
         more = (
             f"the first {len(shown)}; call again with offset={next_offset} for the rest"
             if next_offset is not None
             else "all of them"
         )
         header = (
-            f"[{tool} output of {tool_call_id}: {total} lines match pattern={pattern!r}, "
-            f"shown {more}; each starts with its offset: read around one with offset]"
+            f"[{tool} output of {tool_call_id}: {len(found.lines)} lines match "
+            f"pattern={pattern!r}, shown {more}; each starts with its offset: read around one "
+            f"with offset{stopped}]"
         )
         return "\n".join([header, *shown])
 
@@ -465,6 +478,53 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             name=READ_TOOL_NAME,
             description=_READ_DESCRIPTION,
         )
+
+
+@dataclass(frozen=True)
+class FoundLines:
+    """The lines of a text that match a pattern (see :func:`find_lines`).
+
+    Attributes:
+        lines: ``(offset, text)`` per matching line: the line, or for a long one the
+            :data:`_MATCH_CHARS` characters around the match, and where that text starts.
+        stopped_at: The offset the search stopped at when it ran out of time, else None.
+    """
+
+    lines: list[tuple[int, str]]
+    stopped_at: int | None = None
+
+
+def find_lines(text: str, pattern: regex.Pattern[str], offset: int = 0) -> FoundLines:
+    r"""The lines of ``text`` from ``offset`` on that ``pattern`` matches, within a time limit.
+
+    The pattern comes from a model, so it may backtrack for ever (``(a+)+$``): the ``regex``
+    module (the standard ``re`` has no timeout) stops it after :data:`_SEARCH_SECONDS` in all.
+
+    Example:
+        >>> found = find_lines("a: 1\nb: 2\nab: 3\n", regex.compile("b"))
+        >>> found.lines, found.stopped_at
+        ([(5, 'b: 2'), (10, 'ab: 3')], None)
+    """
+    deadline = time.monotonic() + _SEARCH_SECONDS
+    found: list[tuple[int, str]] = []
+    end = 0
+    for line in text.splitlines(keepends=True):
+        position, end = end, end + len(line)
+        if position < max(offset, 0):
+            continue
+        try:
+            match = pattern.search(line, timeout=max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            return FoundLines(found, stopped_at=position)
+        if match is None:
+            continue
+        body = line.rstrip("\r\n")
+        start = 0
+        if len(body) > _MATCH_CHARS:  # a long line (minified JSON): the text around the match
+            start = max(0, min(match.start() - _MATCH_CHARS // 2, len(body) - _MATCH_CHARS))
+            body = body[start : start + _MATCH_CHARS]
+        found.append((position + start, body.strip()))
+    return FoundLines(found)
 
 
 def _last_request(state: Any) -> str:

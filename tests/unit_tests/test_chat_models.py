@@ -417,6 +417,9 @@ def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> No
         model.with_structured_output(Verdict).invoke("classify: it crashes")
     assert caught.value.partial is not None
     assert caught.value.partial.text == '{"label": "bug", "rea'
+    assert caught.value.partial.usage_metadata is not None
+    assert caught.value.partial.usage_metadata["output_tokens"] == 3
+    assert caught.value.partial.response_metadata["finish_reason"] == "abort"
     assert isinstance(caught.value.__cause__, ValidationError)  # what the client raised
 
 

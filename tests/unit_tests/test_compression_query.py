@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from langchain_vllm_budget.compression import Query, needs_model, query_summary
 from langchain_vllm_budget.compression.entities import extract_entity_list
 from langchain_vllm_budget.compression.extractive import is_diff, json_records, query_units
-from langchain_vllm_budget.compression.query import focus_entities, line_scores
+from langchain_vllm_budget.compression.query import _parents, focus_entities, line_scores
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
 COUNTER = ApproximateTokenCounter()
@@ -269,6 +271,12 @@ def test_a_filter_ends_at_its_clause_and_lines_failing_it_lose_half_their_score(
     passing = by_row["ORD-55 | awaiting_capture | 155.00 | 55"]
     failing = by_row["ORD-41 | awaiting_capture | 141.00 | 41"]
     assert passing > 1.5 * failing
+    # a failing row keeps half of what the same words score without the filter
+    unfiltered = Query.of("Which orders are stuck awaiting capture for long? List amounts.")
+    own = line_scores([header, "-" * 40, *rows], query, near=False)
+    without = line_scores([header, "-" * 40, *rows], unfiltered, near=False)
+    failing_row = 2 + rows.index("ORD-41 | awaiting_capture | 141.00 | 41")
+    assert own[failing_row] == pytest.approx(0.5 * without[failing_row])
     # the header names the asked-for columns, but is worth no more than its best row
     assert scores[0] <= max(scores[2:])
 
@@ -309,14 +317,16 @@ def test_a_json_log_is_ranked_and_quoted_as_compact_records() -> None:
 
 
 def test_negated_words_numbers_in_plural_and_acronyms_in_the_request() -> None:
-    query = Query.of("Which orders failed at the gateway (not card declines)? Any 401s in the EU?")
+    query = Query.of(
+        "Which orders failed at the gateway (not card declines)? Any 401s in the EU? go"
+    )
     terms = dict(query.terms)
     assert "card" not in terms  # "not card declines": what the request is not about
     assert "declin" not in terms
     assert "gateway" in terms
     assert "401" in terms  # "401s" are 401 responses
     assert "eu" in terms  # two capitals: an acronym
-    assert "at" not in terms  # two small letters: noise
+    assert "go" not in terms  # two small letters: noise
     lines = ["tenant: us rollout: 100", "tenant: eu rollout: 35", "tenant: de rollout: 50"]
     scores = line_scores(lines, Query.of("rollouts for the EU tenant"))
     assert scores[1] > scores[0]
@@ -324,28 +334,34 @@ def test_negated_words_numbers_in_plural_and_acronyms_in_the_request() -> None:
 
 
 def test_the_extremes_of_the_measure_the_request_names_stand_out() -> None:
+    # evenly spread lags: none is an outlier, so only the superlative can single one out
     metrics = [
-        f'kafka_consumergroup_lag{{group="g{i % 3}",partition="{i % 8}"}} {100 + 7 * i}'
+        f'kafka_consumergroup_lag{{group="g{i % 3}",partition="{i % 8}"}} {1000 + 37 * i}'
         for i in range(24)
     ]
-    metrics[17] = 'kafka_consumergroup_lag{group="g2",partition="1"} 184213'
     query = Query.of("Which consumer group is furthest behind, and how big is its lag?")
     assert query.extreme == "max"
     scores = line_scores(metrics, query)
-    assert max(range(len(metrics)), key=scores.__getitem__) == 17
-    # without the superlative, the value only stands out of its metric's fences
-    assert Query.of("What is the lag of each group?").extreme is None
+    top = sorted(range(len(metrics)), key=scores.__getitem__, reverse=True)[:3]
+    assert sorted(top) == [21, 22, 23]  # the three largest lags
+    assert min(scores[i] for i in top) > 5 * max(scores[:21])
+    plain = line_scores(metrics, Query.of("Which consumer group is behind, and by what lag?"))
+    assert max(plain) == min(plain)  # without the superlative no lag stands out
+    # the partition label repeats: it is no measure, its largest value is no answer
+    assert scores[7] == scores[6]  # partitions 7 and 6, lags neither at the top
     assert Query.of("lowest latency").extreme == "min"
+    assert Query.of("What failed most recently?").extreme is None  # a time, not a measure
 
 
 def test_a_warning_weighs_half_an_error_when_the_request_asks_what_failed() -> None:
     lines = [
-        "tests/test_api.py: DeprecationWarning: the app shortcut is deprecated",
-        "FAILED tests/test_fx.py::test_rounding - ReconciliationError: 1043.27 != 1043.26",
+        "tests/test_api.py::test_rate DeprecationWarning: warning, app shortcut deprecated",
+        "FAILED fx rounding - ReconciliationError: 1043.27 != 1043.26",
         *(f"PASSED tests/test_{i}.py::test_{i}" for i in range(20)),
     ]
     scores = line_scores(lines, Query.of("Which test failed and why?"))
-    assert scores[1] > scores[0]
+    # at an error's full weight the warning line would score 5.8 to the failure's 8.2
+    assert scores[0] < 0.6 * scores[1]
 
 
 def test_the_parts_of_a_name_in_the_request_weigh_less_than_the_name() -> None:
@@ -356,27 +372,29 @@ def test_the_parts_of_a_name_in_the_request_weigh_less_than_the_name() -> None:
     assert ("test_partial_refund_updates_balance", 1.0) in query.names
 
 
-def test_a_banner_starts_a_section_and_the_best_line_is_quoted_even_when_long() -> None:
-    text = "\n".join(
-        [
-            "=" * 10 + " FAILURES " + "=" * 10,
-            "_" * 10 + " test_partial_refund " + "_" * 10,
-            "E   AssertionError: assert 7450 == 7500",
-            *(f"noise line {i} with nothing to say" for i in range(60)),
-        ]
-    )
-    units = query_units(text)
-    assert units[1].startswith("__________ test_partial_refund")
-    record = json.dumps(
-        {
-            "rows": [{"id": f"r{i}", "note": "fine"} for i in range(30)]
-            + [{"id": "r99", "note": "disk full " + "detail " * 12 + "on /var/lib/docker"}]
-        }
-    )
+def test_a_banner_starts_a_section() -> None:
+    lines = [
+        "=" * 10 + " FAILURES " + "=" * 10,
+        "_" * 10 + " test_partial_refund " + "_" * 10,
+        "E   AssertionError: assert 7450 == 7500",
+        "tests/test_refunds.py:142: AssertionError",
+        "plain text",
+    ]
+    assert _parents(lines) == [-1, -1, 1, 1, 1]
+
+
+def test_the_best_record_is_quoted_cut_to_the_room_when_longer_than_it() -> None:
+    rows = [{"id": f"r{i}", "note": "fine"} for i in range(30)]
+    rows.append({"id": "r99", "note": "disk full " + "detail " * 120 + "on /var/lib/docker"})
     result = query_summary(
-        record, query=Query.of("Why is the disk full?"), max_tokens=60, tokenizer=COUNTER
+        json.dumps({"rows": rows}),
+        query=Query.of("Why is the disk full?"),
+        max_tokens=60,
+        tokenizer=COUNTER,
     )
-    assert "id: r99; note: disk full" in result.summary  # longer than half the room
+    assert "- id: r99; note: disk full detail" in result.summary  # its head, where its ID is
+    assert " …" in result.summary
+    assert COUNTER.count_text(result.summary) <= 60
 
 
 def test_sizes_as_df_and_du_write_them_are_numbers_with_a_unit() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import regex
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse, wrap_model_call
 from langchain_core.language_models import BaseChatModel
@@ -34,8 +35,9 @@ from langchain_vllm_budget.middleware import (
     ContextCompactionMiddleware,
     ToolOutputCompressionMiddleware,
     load_tool_output,
+    tool_outputs,
 )
-from langchain_vllm_budget.middleware.tool_outputs import METADATA_KEY, READ_TOOL_NAME
+from langchain_vllm_budget.middleware.tool_outputs import METADATA_KEY, READ_TOOL_NAME, find_lines
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, tools_to_openai_dicts
 from tests.fakes import ThreadRecordingCounter
 
@@ -320,6 +322,37 @@ def test_the_read_tool_finds_the_lines_a_summary_left_out() -> None:
     assert "not a valid regular expression" in reads["r3"]
     assert "escape the special characters" in reads["r3"]
     assert "no line matches pattern='gpu-9'" in reads["r4"]
+
+
+def test_a_search_shows_the_match_of_a_long_line_and_stops_a_runaway_pattern(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # minified JSON: one long line, the match far from its start
+    minified = '{"rows": [' + ", ".join(f'{{"id": "r{i}"}}' for i in range(400)) + "]}"
+    found = find_lines(minified, regex.compile("r371"))
+    ((start, text),) = found.lines
+    assert '"r371"' in text
+    assert minified[start : start + len(text)] == text  # the offset is where the text starts
+    assert len(text) <= 400
+    # a pattern that backtracks for ever is stopped, and the reply says where
+    monkeypatch.setattr(tool_outputs, "_SEARCH_SECONDS", 0.2)
+    runaway = "ok line\n" + "a" * 30_000 + "b\n"
+    stopped = find_lines(runaway, regex.compile(r"(a+)+$"))
+    assert stopped.stopped_at == len("ok line\n")
+    assert stopped.lines == []
+    # one match longer than a reply holds is cut to fit: the reply always moves on
+    middleware = ToolOutputCompressionMiddleware(
+        _model(script=[]), threshold_tokens=20, summary_max_tokens=10, summarizer="extractive"
+    )
+    value = {"tool": "t", "content": "x " * 300 + "needle\nneedle again\n"}
+    reply = middleware._read(value, "c1", 0, 8000, "needle")
+    header, first = reply.split("\n")
+    assert "2 lines match" in header
+    assert "offset=" in header
+    assert COUNTER.count_text(first) <= 20
+    slow = middleware._read({"tool": "t", "content": runaway}, "c1", 0, 8000, r"(a+)+$")
+    assert "no line matches" in slow
+    assert f"the search stopped at offset={len('ok line') + 1}" in slow
 
 
 def test_small_results_and_unknown_ids_pass_through() -> None:
