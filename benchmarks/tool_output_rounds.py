@@ -81,7 +81,13 @@ def run_rounds() -> dict[str, Any]:
     rounds: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, commit in ROUNDS.items():
-            rounds[name] = {"commit": commit, "sets": _measure(commit, Path(scratch))}
+            short = subprocess.run(
+                ["git", "-C", str(_ROOT), "rev-parse", "--short", commit],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            rounds[name] = {"commit": short, "sets": _measure(commit, Path(scratch))}
     return {"rounds": rounds}
 
 

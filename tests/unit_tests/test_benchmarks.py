@@ -560,3 +560,20 @@ def test_the_labelled_tool_outputs_hold_their_facts_and_sizes() -> None:
     assert "| o | `t({})` | 3000 | 240 | 9/10 | 2/10 | no | `x` |" in lines
     assert "Facts kept (held-out): 9/10 (90.0%; goal 90%: met)" in lines[-1]
     assert "By kind: id 9/10." in lines[-1]
+
+
+def test_the_rounds_table_has_a_row_per_round_and_a_column_per_set() -> None:
+    from benchmarks.tool_output_rounds import ROUNDS, rounds_md
+
+    assert list(ROUNDS)[-1] == "now"
+    one = {"kept": 9, "facts": 10, "rate": 0.9}
+    result = {
+        "rounds": {
+            "round 1": {"commit": "abc1234", "sets": {"tuning": one, "held-out 1": one}},
+            "now": {"commit": "def5678", "sets": {"tuning": one, "held-out 1": one}},
+        }
+    }
+    lines = rounds_md(result)
+    assert lines[0] == "| round (commit) | tuning | held-out 1 |"
+    assert lines[2] == "| round 1 (`abc1234`) | 9/10 (90.0%) | 9/10 (90.0%) |"
+    assert len(lines) == 4
