@@ -27,7 +27,8 @@ request, and facts labelled by hand (what a reader needs to answer the request):
   ``benchmarks/data/make_heldout3_tool_outputs.py``; 12 outputs: a Buildkite log, a Spring Boot
   log, ``kubectl get events``, EC2 JSON, GitHub pull requests, ``EXPLAIN ANALYZE``, a logfmt
   log, ``systemctl status``, ``helm history``, a CSV export, a span table, ``docker inspect``)
-  and ``facts.json`` (83 facts): blind for the third round; it only measures.
+  and ``facts.json`` (83 facts): blind for the third round (one fix after it came from one
+  of its outputs).
 
 Each held-out set was written and labelled by an author who had seen neither the summarizer
 nor the other sets, and committed before the round it measures.

@@ -79,6 +79,8 @@ def run_rounds() -> dict[str, Any]:
         :func:`benchmarks.tool_output_retention.run_tool_output_retention` gives it.
     """
     rounds: dict[str, Any] = {}
+    # a run that was killed leaves its worktrees registered: forget those first
+    subprocess.run(["git", "-C", str(_ROOT), "worktree", "prune"], check=True)
     with tempfile.TemporaryDirectory() as scratch:
         for name, commit in ROUNDS.items():
             short = subprocess.run(
@@ -100,7 +102,8 @@ def rounds_md(result: dict[str, Any]) -> list[str]:
     ]
     for name, data in result["rounds"].items():
         cells = [
-            f"{s['kept']}/{s['facts']} ({s['rate']:.1%})" for s in (data["sets"][n] for n in names)
+            f"{s['kept']}/{s['facts']} ({s['kept'] / s['facts']:.1%})"
+            for s in (data["sets"][n] for n in names)
         ]
         lines.append(f"| {name} (`{data['commit']}`) | " + " | ".join(cells) + " |")
     return lines

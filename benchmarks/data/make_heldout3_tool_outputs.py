@@ -14,7 +14,8 @@ early in some outputs, mid-way in others, near the end in others.
 The outputs are built deterministically: each from its own ``random.Random(f"heldout3-{name}")``
 and hand-written records. The must-keep facts in ``heldout3/facts.json`` were written by hand,
 by reading each output against its request, by an author who had not seen the summarizer or the
-other data sets. The set only measures: it is never used to tune the summarizer.
+other data sets. It measured the third round of ranking changes blind (see
+``docs/compaction.md``, "Measured"); one fix after that round came from one of its outputs.
 
 Run ``python -m benchmarks.data.make_heldout3_tool_outputs`` to write
 ``heldout3/tool_outputs.json`` and check that every fact's first spelling occurs verbatim in its

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import openai
 from langchain_core.messages import AIMessage
+from langchain_core.messages.ai import UsageMetadata
 
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
@@ -176,16 +178,22 @@ def aborted_reply(exc: Exception) -> AIMessage | None:
         if choice["finish_reason"] != "abort":
             return None
         content = (choice.get("message") or {}).get("content") or ""
-        usage = body.get("usage") or {}
-        tokens = {
-            "input_tokens": int(usage.get("prompt_tokens", 0)),
-            "output_tokens": int(usage.get("completion_tokens", 0)),
-            "total_tokens": int(usage.get("total_tokens", 0)),
-        }
     except Exception:  # any shape at all (unread body, no choices): not an abort to read
         return None
     return AIMessage(
         content=str(content),
         response_metadata={"finish_reason": "abort", "model_name": body.get("model")},
-        usage_metadata=tokens if usage else None,
+        usage_metadata=_usage(body.get("usage")),
     )
+
+
+def _usage(usage: Any) -> UsageMetadata | None:
+    """The usage of an OpenAI-style reply (``None`` when it has none or it does not read)."""
+    if not isinstance(usage, dict):
+        return None
+    try:
+        given = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        total = int(usage.get("total_tokens") or sum(given))
+    except (TypeError, ValueError):
+        return None
+    return UsageMetadata(input_tokens=given[0], output_tokens=given[1], total_tokens=total)

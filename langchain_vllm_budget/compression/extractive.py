@@ -292,10 +292,13 @@ def query_extractive_text(
         if line.lower() in seen or not _says_something(line):
             return False
         candidate = render({**chosen, i: line}, bullets)
-        if counter.count_text(candidate) > limit and cut:
+        head_room = limit - counter.count_text(render(chosen, bullets) + "\n- …") - 1
+        if counter.count_text(candidate) > limit and cut and head_room > 0:
             # the best line, longer than the room: its head, where a record keeps its ID
-            line = truncate_to_tokens(line, limit - counter.count_text("- …") - 1, counter)
-            line = f"{line} …"
+            head = truncate_to_tokens(line, head_room, counter)
+            if not _says_something(head):
+                return False
+            line = f"{head} …"
             candidate = render({**chosen, i: line}, bullets)
         if counter.count_text(candidate) > limit:
             return False

@@ -465,8 +465,8 @@ _METRIC_SAMPLE = re.compile(
 _EXTREMES = 3  # "which grew the most": the top three of a group count, not only the top one
 # keys that count or stamp rather than measure: an id's or a time's largest value is no answer
 _LABEL_KEY = re.compile(
-    r"(?i)(?:^key |[._ ])(?:id|\w*_id|ts|time|timestamp|date|created\w*|updated\w*|\w*_at|"
-    r"seq|offset|pid|port|line)$"
+    r"(?i)^key (?:\w*[._])?(?:id|\w*_id|ts|timestamp|date|created\w*|updated\w*|\w*_at|"
+    r"seq|pid|port|line)$"
 )
 
 

@@ -391,7 +391,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
         shown: list[str] = []
         used = 0
         next_offset = None
-        for start, text in found.lines:
+        for line_start, start, text in found.lines:
             entry = f"{start}: {text}"
             size = self.counter.count_text(entry) + 1
             if used + size > self.threshold_tokens:
@@ -399,15 +399,16 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                     shown.append(truncate_to_tokens(entry, self.threshold_tokens, self.counter))
                     used = self.threshold_tokens
                     continue
-                next_offset = start
+                next_offset = line_start
                 break
             shown.append(entry)
             used += size
         if next_offset is None and found.stopped_at is not None:
             next_offset = found.stopped_at
         stopped = (
-            f"; the search stopped at offset={found.stopped_at} after {_SEARCH_SECONDS:g} s: a "
-            "plainer pattern searches faster"
+            f"; the search ran out of its {_SEARCH_SECONDS:g} s before offset="
+            f"{found.stopped_at} (call again with that offset to go on; a plainer pattern "
+            "searches faster)"
             if found.stopped_at is not None
             else ""
         )
@@ -485,12 +486,14 @@ class FoundLines:
     """The lines of a text that match a pattern (see :func:`find_lines`).
 
     Attributes:
-        lines: ``(offset, text)`` per matching line: the line, or for a long one the
-            :data:`_MATCH_CHARS` characters around the match, and where that text starts.
-        stopped_at: The offset the search stopped at when it ran out of time, else None.
+        lines: ``(line_offset, offset, text)`` per matching line: where the line starts (to
+            page from), the text shown (the line, or for a long one the
+            :data:`_MATCH_CHARS` characters around the match) and where that text starts.
+        stopped_at: Where to go on when the search ran out of time (after the line it was
+            in: a line one search cannot finish is skipped), else None.
     """
 
-    lines: list[tuple[int, str]]
+    lines: list[tuple[int, int, str]]
     stopped_at: int | None = None
 
 
@@ -498,24 +501,27 @@ def find_lines(text: str, pattern: regex.Pattern[str], offset: int = 0) -> Found
     r"""The lines of ``text`` from ``offset`` on that ``pattern`` matches, within a time limit.
 
     The pattern comes from a model, so it may backtrack for ever (``(a+)+$``): the ``regex``
-    module (the standard ``re`` has no timeout) stops it after :data:`_SEARCH_SECONDS` in all.
+    module (the standard ``re`` has no timeout) stops it, :data:`_SEARCH_SECONDS` in all.
 
     Example:
-        >>> found = find_lines("a: 1\nb: 2\nab: 3\n", regex.compile("b"))
+        >>> found = find_lines("a: 1\nb: 2\n  ab: 3\n", regex.compile("b"))
         >>> found.lines, found.stopped_at
-        ([(5, 'b: 2'), (10, 'ab: 3')], None)
+        ([(5, 5, 'b: 2'), (10, 12, 'ab: 3')], None)
     """
     deadline = time.monotonic() + _SEARCH_SECONDS
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, int, str]] = []
     end = 0
     for line in text.splitlines(keepends=True):
         position, end = end, end + len(line)
         if position < max(offset, 0):
             continue
-        try:
-            match = pattern.search(line, timeout=max(deadline - time.monotonic(), 0.001))
-        except TimeoutError:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return FoundLines(found, stopped_at=position)
+        try:
+            match = pattern.search(line, timeout=left)
+        except TimeoutError:
+            return FoundLines(found, stopped_at=end)
         if match is None:
             continue
         body = line.rstrip("\r\n")
@@ -523,7 +529,8 @@ def find_lines(text: str, pattern: regex.Pattern[str], offset: int = 0) -> Found
         if len(body) > _MATCH_CHARS:  # a long line (minified JSON): the text around the match
             start = max(0, min(match.start() - _MATCH_CHARS // 2, len(body) - _MATCH_CHARS))
             body = body[start : start + _MATCH_CHARS]
-        found.append((position + start, body.strip()))
+        start += len(body) - len(body.lstrip())
+        found.append((position, position + start, body.strip()))
     return FoundLines(found)
 
 

@@ -30,7 +30,11 @@ from langchain_vllm_budget import (
 )
 from langchain_vllm_budget.chat_models import DEFAULT_API_BASE
 from langchain_vllm_budget.chat_models._discovery import ServerDiscovery
-from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, map_openai_error
+from langchain_vllm_budget.chat_models._error_mapping import (
+    ServerTarget,
+    aborted_reply,
+    map_openai_error,
+)
 from langchain_vllm_budget.chat_models._pipeline import Prepared, correct, read_request
 from langchain_vllm_budget.chat_models._profile import server_profile
 from langchain_vllm_budget.errors import (
@@ -421,6 +425,25 @@ def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> No
     assert caught.value.partial.usage_metadata["output_tokens"] == 3
     assert caught.value.partial.response_metadata["finish_reason"] == "abort"
     assert isinstance(caught.value.__cause__, ValidationError)  # what the client raised
+
+
+def test_only_a_readable_abort_reply_becomes_the_aborted_error() -> None:
+    def failure(body: Any) -> ValueError:
+        error = ValueError("Invalid JSON")
+        error.response = httpx.Response(200, json=body)  # type: ignore[attr-defined]
+        return error
+
+    nulls = _aborted_completion("cut")
+    nulls["usage"] = {"prompt_tokens": 5, "completion_tokens": None, "total_tokens": None}
+    partial = aborted_reply(failure(nulls))
+    assert partial is not None  # null counts do not hide the abort
+    assert partial.usage_metadata == {"input_tokens": 5, "output_tokens": 0, "total_tokens": 5}
+    for body in ({"choices": {}}, {"choices": []}, ["x"], {"choices": [{"finish_reason": "stop"}]}):
+        assert aborted_reply(failure(body)) is None
+    unread = ValueError("x")
+    unread.response = httpx.Response(200, stream=httpx.ByteStream(b"{}"))  # type: ignore[attr-defined]
+    assert aborted_reply(unread) is None
+    assert aborted_reply(ValueError("no response")) is None
 
 
 def test_a_streamed_abort_is_a_typed_error() -> None:

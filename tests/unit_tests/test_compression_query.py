@@ -403,3 +403,27 @@ def test_sizes_as_df_and_du_write_them_are_numbers_with_a_unit() -> None:
     ]
     scores = line_scores(du, Query.of("What is eating the space?"))
     assert max(range(len(du)), key=scores.__getitem__) == len(du) - 1
+
+
+def test_a_plain_not_states_a_symptom_and_only_an_exclusion_leaves_words_out() -> None:
+    symptom = dict(Query.of("Why are the pods not running in namespace payments-prod?").terms)
+    assert {"pod", "runn", "namespace"} <= set(symptom)
+    assert ("payments-prod", 1.0) in Query.of("pods not running in payments-prod").names
+    for request in (
+        "Show the errors rather than the warnings",
+        "Show the errors apart from the warnings",
+        "Show the errors, excluding the warnings",
+    ):
+        terms = dict(Query.of(request).terms)
+        assert "error" in terms
+        assert "warning" not in terms
+    assert "30s" in dict(Query.of("requests slower than usual, around 30s").terms)
+
+
+def test_json_numbers_are_quoted_as_written_and_deep_json_falls_back_to_lines() -> None:
+    assert json_records('{"amount_eur": 86.40, "ratio": 1e3, "count": 7}') == [
+        "amount_eur: 86.40; ratio: 1e3; count: 7"
+    ]
+    deep = "[" * 100_000 + "]" * 100_000
+    assert json_records(deep) is None  # nested deeper than Python recurses: read as lines
+    assert query_units(deep) == [deep]

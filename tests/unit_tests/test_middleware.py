@@ -330,16 +330,26 @@ def test_a_search_shows_the_match_of_a_long_line_and_stops_a_runaway_pattern(
     # minified JSON: one long line, the match far from its start
     minified = '{"rows": [' + ", ".join(f'{{"id": "r{i}"}}' for i in range(400)) + "]}"
     found = find_lines(minified, regex.compile("r371"))
-    ((start, text),) = found.lines
+    ((line_start, start, text),) = found.lines
     assert '"r371"' in text
     assert minified[start : start + len(text)] == text  # the offset is where the text starts
+    assert line_start == 0  # paging goes on from the line: its match is not skipped
     assert len(text) <= 400
+    assert find_lines("  indented needle\n", regex.compile("needle")).lines == [
+        (0, 2, "indented needle")
+    ]
     # a pattern that backtracks for ever is stopped, and the reply says where
     monkeypatch.setattr(tool_outputs, "_SEARCH_SECONDS", 0.2)
     runaway = "ok line\n" + "a" * 30_000 + "b\n"
-    stopped = find_lines(runaway, regex.compile(r"(a+)+$"))
-    assert stopped.stopped_at == len("ok line\n")
+    stopped = find_lines(runaway + "needle\n", regex.compile(r"(a+)+$|needle"))
+    assert stopped.stopped_at == len(runaway)  # after the line it could not finish
     assert stopped.lines == []
+    after = find_lines(runaway + "needle\n", regex.compile(r"(a+)+$|needle"), len(runaway))
+    assert [text for _, _, text in after.lines] == ["needle"]
+    # the limit is for the whole search: past it, no line is searched
+    monkeypatch.setattr(tool_outputs, "_SEARCH_SECONDS", 0.0)
+    assert find_lines("x\n" * 5, regex.compile("x")) == tool_outputs.FoundLines([], 0)
+    monkeypatch.setattr(tool_outputs, "_SEARCH_SECONDS", 0.2)
     # one match longer than a reply holds is cut to fit: the reply always moves on
     middleware = ToolOutputCompressionMiddleware(
         _model(script=[]), threshold_tokens=20, summary_max_tokens=10, summarizer="extractive"
@@ -352,7 +362,7 @@ def test_a_search_shows_the_match_of_a_long_line_and_stops_a_runaway_pattern(
     assert COUNTER.count_text(first) <= 20
     slow = middleware._read({"tool": "t", "content": runaway}, "c1", 0, 8000, r"(a+)+$")
     assert "no line matches" in slow
-    assert f"the search stopped at offset={len('ok line') + 1}" in slow
+    assert f"before offset={len(runaway)} (call again with that offset to go on" in slow
 
 
 def test_small_results_and_unknown_ids_pass_through() -> None:
