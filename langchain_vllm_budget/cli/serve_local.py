@@ -18,6 +18,7 @@ The servers themselves are managed by :mod:`langchain_vllm_budget.serving.local_
 from __future__ import annotations
 
 import shlex
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +47,13 @@ from langchain_vllm_budget.serving.router import (
     ReplicaSetState,
 )
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "DEFAULT_SETUP", "models_command", "serve_local_app"]
+__all__ = [
+    "DEFAULT_LOCAL_MODEL",
+    "DEFAULT_SETUP",
+    "models_command",
+    "replica_set_running",
+    "serve_local_app",
+]
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 DEFAULT_SETUP = "tools"
@@ -75,6 +82,26 @@ def _alive(state: ServerState) -> bool:
         return httpx.get(f"http://{state.host}:{state.port}/health", timeout=2.0).is_success
     except httpx.HTTPError:
         return False
+
+
+def replica_set_running(name: str) -> bool:
+    """Whether a replica set called ``name`` is recorded and any of it still answers.
+
+    A record whose router and replicas all stopped answering (a run that was killed) is
+    forgotten: its file only, never its PIDs, which the system may have given to others.
+    """
+    state = ReplicaSetState.load(name)
+    if state is None:
+        return False
+    try:
+        with socket.create_connection((state.host, state.router_port), timeout=2.0):
+            return True
+    except OSError:
+        if any(_alive(replica) for replica in state.replicas):
+            return True
+    ReplicaSetState.path_for(name).unlink(missing_ok=True)
+    _console.print(f"forgot {name}'s replica set: none of its processes answers")
+    return False
 
 
 def _recorded(model: str) -> ServerState | None:
@@ -146,7 +173,7 @@ def serve_local_start(
         raise typer.BadParameter(f"--policy must be one of: {', '.join(ROUTER_POLICIES)}.")
     folder, default_name = _resolve_model(model)
     name = name or default_name
-    if ReplicaSetState.load(name) is not None:
+    if replica_set_running(name):
         _errors.print(f"{name} is already running behind a router; stop it first.")
         raise typer.Exit(1)
     existing = ServerState.load(name)
