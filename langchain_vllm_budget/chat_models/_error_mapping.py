@@ -27,7 +27,16 @@ from langchain_vllm_budget.errors import (
     VLLMTimeoutError,
 )
 
-__all__ = ["ServerTarget", "aborted_reply", "map_openai_error", "mapped_openai_errors"]
+__all__ = [
+    "ABORTED",
+    "ServerTarget",
+    "aborted_reply",
+    "map_openai_error",
+    "mapped_openai_errors",
+]
+
+ABORTED = "abort"
+"""The ``finish_reason`` of a reply vLLM aborted (shutdown, ``/pause?mode=abort``)."""
 
 
 @dataclass(frozen=True)
@@ -175,14 +184,14 @@ def aborted_reply(exc: Exception) -> AIMessage | None:
     try:  # a reply that is not a chat completion says nothing of an abort
         body = response.json()
         choice = body["choices"][0]
-        if choice["finish_reason"] != "abort":
+        if choice["finish_reason"] != ABORTED:
             return None
         content = (choice.get("message") or {}).get("content") or ""
     except Exception:  # any shape at all (unread body, no choices): not an abort to read
         return None
     return AIMessage(
         content=str(content),
-        response_metadata={"finish_reason": "abort", "model_name": body.get("model")},
+        response_metadata={"finish_reason": ABORTED, "model_name": body.get("model")},
         usage_metadata=_usage(body.get("usage")),
     )
 

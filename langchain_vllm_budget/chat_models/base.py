@@ -52,7 +52,11 @@ from langchain_vllm_budget._reasoning import REASONING_KEY, reasoning_in, with_r
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.chat_models import _pipeline
 from langchain_vllm_budget.chat_models._discovery import UNKNOWN_SERVER, ServerDiscovery, ServerInfo
-from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, mapped_openai_errors
+from langchain_vllm_budget.chat_models._error_mapping import (
+    ABORTED,
+    ServerTarget,
+    mapped_openai_errors,
+)
 from langchain_vllm_budget.chat_models._profile import (
     ServerProfileAttribute,
     check_profile,
@@ -96,8 +100,6 @@ CounterChoice = Literal["auto", "server", "transformers", "approximate"]
 """Which token counter to use; ``"auto"`` prefers a local tokenizer, then the server."""
 
 _PROVIDER = "vllm"
-# The finish reason vLLM gives a request it aborted (server shutdown, cancellation).
-_ABORTED = "abort"
 # vLLM accepts any key when it runs without --api-key, but the OpenAI client insists on one.
 _NO_KEY = "EMPTY"
 _LIMIT_LOCK = threading.Lock()
@@ -800,7 +802,7 @@ class ChatVLLM(BaseChatOpenAI):
                 message.additional_kwargs[REASONING_KEY] = thinking
             if index in set_aside:
                 message.invalid_tool_calls = [*message.invalid_tool_calls, *set_aside[index]]
-            if (choice or {}).get("finish_reason") == _ABORTED:
+            if (choice or {}).get("finish_reason") == ABORTED:
                 raise VLLMRequestAbortedError(self.openai_api_base, partial=message)
         return result
 
@@ -817,7 +819,7 @@ class ChatVLLM(BaseChatOpenAI):
                 the chunks before this one were what it generated.
         """
         choices = chunk.get("choices") or chunk.get("chunk", {}).get("choices") or []
-        if choices and choices[0].get("finish_reason") == _ABORTED:
+        if choices and choices[0].get("finish_reason") == ABORTED:
             raise VLLMRequestAbortedError(self.openai_api_base)
         generation = super()._convert_chunk_to_generation_chunk(
             chunk, default_chunk_class, base_generation_info

@@ -237,7 +237,13 @@ def left_out_line(entities: Sequence[Entity], summary: str) -> str:
 
 
 def query_extractive_text(
-    text: str, entities: Sequence[Entity], cap: int, counter: TokenCounter, query: Query
+    text: str,
+    entities: Sequence[Entity],
+    cap: int,
+    counter: TokenCounter,
+    query: Query,
+    *,
+    focus: Sequence[Entity] | None = None,
 ) -> str:
     """Deterministic summary ranked by ``query``: the lines and entities it points at first.
 
@@ -256,6 +262,8 @@ def query_extractive_text(
         counter: Counts tokens.
         query: What the summary is for (a
             :class:`~langchain_vllm_budget.compression.query.Query`).
+        focus: The entities the request points at, when the caller has them already (the
+            guard's :attr:`CompressionJob.focus`); found here otherwise.
 
     Returns:
         The summary, at most ``cap`` tokens.
@@ -292,9 +300,11 @@ def query_extractive_text(
         if line.lower() in seen or not _says_something(line):
             return False
         candidate = render({**chosen, i: line}, bullets)
-        head_room = limit - counter.count_text(render(chosen, bullets) + "\n- …") - 1
-        if counter.count_text(candidate) > limit and cut and head_room > 0:
+        if cut and counter.count_text(candidate) > limit:
             # the best line, longer than the room: its head, where a record keeps its ID
+            head_room = limit - counter.count_text(render(chosen, bullets) + "\n- …") - 1
+            if head_room <= 0:
+                return False
             head = truncate_to_tokens(line, head_room, counter)
             if not _says_something(head):
                 return False
@@ -321,7 +331,9 @@ def query_extractive_text(
     for i in ranked:
         if scores[i] >= _FOCUS_SHARE * best:
             quote(i, room // 2 if chosen else room, cut=not chosen)
-    for focused in focus_entities(lines, line_scores(lines, query, near=False), entities):
+    if focus is None:
+        focus = focus_entities(lines, line_scores(lines, query, near=False), entities)
+    for focused in focus:
         bullet(focused)
     # 2. then what keeps most per token: a bullet is worth its entity's score times its
     #    kind's weight (IDs most, values least), a line its score for each entity it carries
@@ -523,7 +535,7 @@ class _Verbatim(str):
 def _scalar(value: Any) -> str:
     # null, true and false as the tool wrote them
     text = json.dumps(value) if value is None or isinstance(value, bool) else str(value)
-    return _short(" ".join(text.split()), _VALUE_WORDS)
+    return _quoted(text, _VALUE_WORDS)
 
 
 def _scalar_list(values: list[Any]) -> str:

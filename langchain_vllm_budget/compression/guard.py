@@ -227,7 +227,7 @@ class CompressionJob:
         """The deterministic summary (ranked by the query when there is one)."""
         if self.query:
             summary = query_extractive_text(
-                self.text, self.entities, self.cap, self.counter, self.query
+                self.text, self.entities, self.cap, self.counter, self.query, focus=self.focus
             )
         else:
             summary, _dropped = extractive_text(self.text, self.entities, self.cap, self.counter)
