@@ -4,7 +4,8 @@
 
 Part 1, **compaction** (``--parts chat``, also called ``compaction``): a chat that grows by
 one ~280-token turn per call, run to about three times a 4,096-token window (tiny-qwen, random
-weights, the real Qwen tokenizer and template), on one server, once per variant. A turn is the
+weights, the real Qwen tokenizer and template; ``--chat-window``: another window, with the
+calls scaled to it), on one server, once per variant. A turn is the
 user's request about a ticket, a scripted ``get_ticket`` tool call and the ticket (IDs,
 addresses, times, numbers, paths) as its tool result, then the model's real call, which
 replies (the random model cannot choose tools, so the tool call is scripted, as in part 2,
@@ -62,6 +63,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -117,6 +119,7 @@ __all__ = [
 ]
 
 CHAT_WINDOW = 4096
+CHAT_CALLS = 42  # calls on a CHAT_WINDOW window: to about three times it
 TOOL_WINDOW = 12288
 TURN_TOKENS = 280  # a turn: request, tool call, ticket and reply, as the template renders them
 SUMMARY_CAP = 250
@@ -411,6 +414,16 @@ def summarize_calls(calls: list[Call]) -> dict[str, Any]:
         "per_call_hit_rate": [hit_rate(requests([c])) for c in calls],
         "per_call_over_window": [c.over_window for c in calls],
     }
+
+
+def chat_calls(window: int) -> int:
+    """Calls of the compaction part on a ``window``-token window: to about three times it.
+
+    Example:
+        >>> chat_calls(4096), chat_calls(12288)
+        (42, 126)
+    """
+    return round(CHAT_CALLS * window / CHAT_WINDOW)
 
 
 def _turns(counter: TokenCounter, calls: int) -> list[Turn]:
@@ -714,14 +727,14 @@ def _run_tools(served: Served, *, cap: int | None, steps: int) -> dict[str, Any]
 
 
 @contextlib.contextmanager
-def _server(window: int, url: str | None) -> Iterator[Served]:
+def _server(window: int, url: str | None, tokenizer: Path | None = None) -> Iterator[Served]:
     if url:
         data = httpx.get(f"{url.rstrip('/')}/models", timeout=30).json()["data"][0]
         yield Served(
             QWEN,
             url.rstrip("/"),
             str(data["id"]),
-            ensure_local_model(QWEN),
+            tokenizer or ensure_local_model(QWEN),
             int(data["max_model_len"]),
         )
         return
@@ -762,6 +775,8 @@ def run_agent_loop(
     *,
     quick: bool = False,
     chat_url: str | None = None,
+    chat_window: int = CHAT_WINDOW,
+    chat_tokenizer: Path | None = None,
     tools_url: str | None = None,
     variants: tuple[str, ...] = DEFAULT_CHAT_VARIANTS,
     parts: tuple[str, ...] = PARTS,
@@ -769,21 +784,25 @@ def run_agent_loop(
 ) -> dict[str, Any]:
     """Run the parts; return the results (see the module docstring).
 
-    ``done`` is called with the results after each part (to save them as they come).
+    The compaction part runs :func:`chat_calls` calls on a tiny-qwen server with a
+    ``chat_window`` window started here, or on the server at ``chat_url`` (its window;
+    ``chat_tokenizer``: its model's tokenizer folder, tiny-qwen's by default). ``done`` is
+    called with the results after each compaction variant and each part (to save them as
+    they come).
 
     Raises:
         VariantsCrashed: A compaction variant crashed (after both parts ran and ``done``
             saw the results, where the variant is marked ``crashed``).
     """
-    calls = 20 if quick else 42
     steps = 6 if quick else 12
     results: dict[str, Any] = {}
     crashed: list[str] = []
     if "chat" in parts:
         started = time.perf_counter()
-        with _server(CHAT_WINDOW, chat_url) as served:
+        with _server(chat_window, chat_url, chat_tokenizer) as served:
+            calls = 20 if quick else chat_calls(served.max_model_len)
             turns = _turns(TransformersTokenCounter(served.model_path), calls)
-            chat = []
+            chat: list[dict[str, Any]] = []
             for name in variants:
                 try:
                     chat.append(_run_chat(served, name, turns))
@@ -792,16 +811,16 @@ def run_agent_loop(
                     print(f"[agent_loop] {name} CRASHED: {type(exc).__name__}", flush=True)
                     chat.append({"policy": name, "crashed": type(exc).__name__})
                     crashed.append(name)
-            results["chat"] = {
-                "window": served.max_model_len,
-                "calls": calls,
-                "turn_tokens": TURN_TOKENS,
-                "facts_per_turn": len(turns[0].facts),
-                "runs": chat,
-                **_run_info(started),
-            }
-        if done is not None:
-            done(results)
+                results["chat"] = {
+                    "window": served.max_model_len,
+                    "calls": calls,
+                    "turn_tokens": TURN_TOKENS,
+                    "facts_per_turn": len(turns[0].facts),
+                    "runs": chat,
+                    **_run_info(started),
+                }
+                if done is not None:
+                    done(results)
     if "tools" in parts:
         started = time.perf_counter()
         with _server(TOOL_WINDOW, tools_url) as served:
@@ -889,11 +908,12 @@ def _chat_markdown(chat: dict[str, Any]) -> list[str]:
             "given by URL, started without `VLLM_SERVER_DEV_MODE=1`): a variant may hit the "
             "cache of an earlier one.",
         ]
-    if not any(r["policy"] == "summarize, every call (before)" for r in chat["runs"]):
+    ran = {r["policy"] for r in chat["runs"]}
+    missing = [v for v in CHAT_VARIANTS if v not in ran]
+    if missing:
         lines += [
             "",
-            "Not run: `summarize, every call (before)` (the slowest baseline; "
-            "`--all-variants` runs it with the others).",
+            "Not run: " + ", ".join(f"`{v}`" for v in missing) + " (`--only` picks the variants).",
         ]
     return lines
 
@@ -995,7 +1015,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.agent_loop", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument(
-        "--chat-url", help=f"a running tiny-qwen server with a {CHAT_WINDOW} window"
+        "--chat-url", help="a running tiny-qwen server for the compaction part (its window)"
+    )
+    parser.add_argument(
+        "--chat-window",
+        type=int,
+        default=CHAT_WINDOW,
+        help=f"the compaction part's window when no --chat-url is given (default {CHAT_WINDOW})",
     )
     parser.add_argument(
         "--tools-url", help=f"a running tiny-qwen server with a {TOOL_WINDOW} window"
@@ -1033,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--parts takes chat (or compaction) and tools")
     previous = args.out / "results.json"
     kept = json.loads(previous.read_text()) if previous.is_file() else {}
-    command = " ".join(["python -m benchmarks.agent_loop", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "benchmarks.agent_loop", *(argv or sys.argv[1:])])
 
     def save(results: dict[str, Any]) -> None:
         merged = {k: v for k, v in kept.items() if k in PARTS and k not in parts}
@@ -1044,6 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     run_agent_loop(
         quick=args.quick,
         chat_url=args.chat_url,
+        chat_window=args.chat_window,
         tools_url=args.tools_url,
         variants=variants,
         parts=parts,

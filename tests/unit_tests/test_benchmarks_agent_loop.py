@@ -148,7 +148,7 @@ def test_a_crashed_variant_is_marked_and_fails_the_run_after_the_others_ran(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     @contextlib.contextmanager
-    def server(window: int, url: str | None) -> Iterator[Any]:
+    def server(window: int, url: str | None, tokenizer: Any = None) -> Iterator[Any]:
         class Served:
             max_model_len = window
             model_path = "unused"
@@ -173,3 +173,48 @@ def test_a_crashed_variant_is_marked_and_fails_the_run_after_the_others_ran(
     assert runs == [{"policy": "trim", "crashed": "TypeError"}, {"policy": "summarize"}]
     table = agent_loop._chat_markdown(saved[-1]["chat"] | {"runs": runs[:1]})
     assert "| trim | **CRASHED: TypeError** |" in "\n".join(table)
+
+
+def test_the_chat_runs_to_three_windows_and_saves_after_each_variant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[tuple[int, str | None, Any]] = []
+    turns_for: list[int] = []
+
+    @contextlib.contextmanager
+    def server(window: int, url: str | None, tokenizer: Any = None) -> Iterator[Any]:
+        opened.append((window, url, tokenizer))
+
+        class Served:
+            max_model_len = window
+            model_path = "unused"
+
+        yield Served()
+
+    def turns(counter: Any, calls: int) -> list[Any]:
+        turns_for.append(calls)
+        return [ticket_turn(0, counter)]
+
+    monkeypatch.setattr(agent_loop, "_server", server)
+    monkeypatch.setattr(agent_loop, "_turns", turns)
+    monkeypatch.setattr(agent_loop, "TransformersTokenCounter", lambda path: _WordCounter())
+    monkeypatch.setattr(agent_loop, "_run_chat", lambda served, name, turns: {"policy": name})
+    runs_seen: list[int] = []
+    agent_loop.run_agent_loop(
+        chat_window=12288,
+        chat_tokenizer="tok",  # type: ignore[arg-type]
+        variants=("trim", "summarize"),
+        parts=("chat",),
+        done=lambda results: runs_seen.append(len(results["chat"]["runs"])),
+    )
+    assert opened == [(12288, None, "tok")]
+    assert turns_for == [agent_loop.chat_calls(12288)] == [126]
+    assert agent_loop.chat_calls(agent_loop.CHAT_WINDOW) == agent_loop.CHAT_CALLS
+    assert runs_seen == [1, 2]
+
+
+def test_the_summary_names_the_variants_not_run() -> None:
+    chat = {"window": 4096, "calls": 42, "turn_tokens": 280, "facts_per_turn": 5, "runs": []}
+    chat |= {"finished": "now", "seconds": 1.0, "load_average_end": [0.0, 0.0, 0.0]}
+    text = "\n".join(agent_loop._chat_markdown(chat))
+    assert "Not run: `trim, every call (before)`, `summarize, every call (before)`, `trim`" in text
