@@ -426,6 +426,30 @@ def chat_calls(window: int) -> int:
     return round(CHAT_CALLS * window / CHAT_WINDOW)
 
 
+MIN_CHAT_WINDOW = 2048  # the system prompt, the tools and a few turns past the summary
+
+
+def chat_window(text: str) -> int:
+    """``--chat-window``'s type: a window of at least :data:`MIN_CHAT_WINDOW` tokens.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a whole number, or below the minimum.
+
+    Example:
+        >>> chat_window("12288")
+        12288
+    """
+    try:
+        window = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens") from None
+    if window < MIN_CHAT_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"{window} tokens is too small for the chat: give at least {MIN_CHAT_WINDOW}"
+        )
+    return window
+
+
 def _turns(counter: TokenCounter, calls: int) -> list[Turn]:
     return [ticket_turn(i, counter) for i in range(calls)]
 
@@ -1019,8 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--chat-window",
-        type=int,
-        default=CHAT_WINDOW,
+        type=chat_window,
         help=f"the compaction part's window when no --chat-url is given (default {CHAT_WINDOW})",
     )
     parser.add_argument(
@@ -1050,16 +1073,19 @@ def main(argv: list[str] | None = None) -> int:
     variants = (
         CHAT_VARIANTS
         if args.all_variants
-        else tuple(args.only)
+        else tuple(dict.fromkeys(args.only))
         if args.only
         else DEFAULT_CHAT_VARIANTS
     )
+    if args.chat_window and args.chat_url:
+        parser.error("--chat-window starts a server; with --chat-url the server's window is used")
     parts = tuple("chat" if p == "compaction" else p for p in args.parts.split(","))
     if set(parts) - set(PARTS):
         parser.error("--parts takes chat (or compaction) and tools")
     previous = args.out / "results.json"
     kept = json.loads(previous.read_text()) if previous.is_file() else {}
-    command = shlex.join(["python", "-m", "benchmarks.agent_loop", *(argv or sys.argv[1:])])
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "-m", "benchmarks.agent_loop", *given])
 
     def save(results: dict[str, Any]) -> None:
         merged = {k: v for k, v in kept.items() if k in PARTS and k not in parts}
@@ -1070,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
     run_agent_loop(
         quick=args.quick,
         chat_url=args.chat_url,
-        chat_window=args.chat_window,
+        chat_window=args.chat_window or CHAT_WINDOW,
         tools_url=args.tools_url,
         variants=variants,
         parts=parts,

@@ -29,6 +29,7 @@ each variant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -42,6 +43,7 @@ from benchmarks.agent_loop import (
     CHAT_VARIANTS,
     CHAT_WINDOW,
     DEFAULT_CHAT_VARIANTS,
+    chat_window,
     run_agent_loop,
     summary_markdown,
 )
@@ -137,13 +139,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", choices=MODELS, default=MODELS[0])
     parser.add_argument(
         "--window",
-        type=int,
+        type=chat_window,
         help=f"tiny-qwen's window (default {CHAT_WINDOW}); the 7B runs its profile's",
     )
     parser.add_argument(
         "--work",
         type=Path,
-        help="where the 7B's checkpoint (5.6 GB) is written (default: a temporary folder)",
+        help="where the 7B's checkpoint (5.6 GB) is written and kept (default: a temporary "
+        "folder, removed at the end)",
     )
     parser.add_argument(
         "--only",
@@ -159,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="more `vllm serve` arguments (default: Triton attention, see docs/gpu.md)",
     )
     args = parser.parse_args(argv)
+    if args.window is not None and args.model != "tiny-qwen":
+        parser.error("--window is tiny-qwen's; the 7B runs its profile's window")
+    command = shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     server_args = [
         *shlex.split(args.server_args),
@@ -167,6 +173,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--tool-call-parser",
         "hermes",
     ]
+    with contextlib.ExitStack() as stack:
+        return _run(args, command, server_args, stack)
+
+
+def _run(
+    args: argparse.Namespace, command: str, server_args: list[str], stack: contextlib.ExitStack
+) -> dict[str, Any]:
     tokenizer: Path | None = None
     # The 7B's summarize-every-call baseline would decode ~100 summaries: left out there.
     variants = CHAT_VARIANTS
@@ -177,15 +190,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         spec = dataclasses.replace(spec, max_model_len=args.window or CHAT_WINDOW, env=_ENV)
         what = "tiny-qwen, bf16"
     else:
-        if args.window:
-            parser.error("--window is tiny-qwen's; the 7B runs its profile's window")
-        work = args.work or Path(tempfile.mkdtemp(prefix="gpu-agent-loop-"))
+        # Without --work the checkpoint goes when the run ends.
+        work = args.work or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-agent-loop-"))
+        )
         spec, tokenizer, what = _seven_b(work, server_args)
         variants = DEFAULT_CHAT_VARIANTS
     if args.only:
-        variants = tuple(args.only)
+        variants = tuple(dict.fromkeys(args.only))
     server_name = f"vLLM {metadata.version('vllm')} on an NVIDIA GPU; {what}"
-    command = shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)])
 
     def save(results: dict[str, Any]) -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -218,3 +218,17 @@ def test_the_summary_names_the_variants_not_run() -> None:
     chat |= {"finished": "now", "seconds": 1.0, "load_average_end": [0.0, 0.0, 0.0]}
     text = "\n".join(agent_loop._chat_markdown(chat))
     assert "Not run: `trim, every call (before)`, `summarize, every call (before)`, `trim`" in text
+
+
+def test_the_cli_refuses_a_window_it_cannot_use(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, says in [
+        (["--chat-window", "1024"], "give at least 2048"),
+        (["--chat-window", "4096", "--chat-url", "http://127.0.0.1:1/v1"], "--chat-url"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            agent_loop.main([*argv, "--out", str(tmp_path)])
+        assert exited.value.code == 2
+        assert says in capsys.readouterr().err
+    assert agent_loop.chat_window("12288") == 12288

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from benchmarks import gpu_agent_loop, gpu_replicas
-from benchmarks.agent_loop import CHAT_VARIANTS
+from benchmarks.agent_loop import CHAT_VARIANTS, DEFAULT_CHAT_VARIANTS
 from langchain_vllm_budget.serving.local_server import LocalServerSpec
 from langchain_vllm_budget.serving.profiles import get_profile
 
@@ -79,13 +79,44 @@ def test_tiny_qwen_runs_every_variant_at_the_window_asked(
     assert ran.variants[-1] == ("trim", "summarize")
 
 
-def test_the_7b_takes_its_window_from_the_profile(
+def test_bad_arguments_are_refused_with_what_to_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = _Ran(monkeypatch)
+    for argv, says in [
+        (["--model", "qwen2.5-7b-awq", "--window", "4096"], "--window is tiny-qwen's"),
+        (["--window", "512"], "give at least 2048"),
+        (["--window", "big"], "'big' is not a number of tokens"),
+        (["--only", "no such variant"], "invalid choice"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            gpu_agent_loop.main(["--out", str(tmp_path), *argv])
+        assert exited.value.code == 2
+        assert says in capsys.readouterr().err
+    assert ran.specs == []
+    gpu_agent_loop.main(["--out", str(tmp_path), "--only", "trim", "--only", "trim"])
+    assert ran.variants == [("trim",)]
+
+
+def test_the_7b_checkpoint_goes_with_the_run_unless_work_is_given(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    _Ran(monkeypatch)
-    with pytest.raises(SystemExit):
-        gpu_agent_loop.main(
-            ["--out", str(tmp_path), "--model", "qwen2.5-7b-awq", "--window", "4096"]
-        )
-    with pytest.raises(SystemExit):
-        gpu_agent_loop.main(["--out", str(tmp_path), "--only", "no such variant"])
+    ran = _Ran(monkeypatch)
+    works: list[tuple[Path, bool]] = []
+
+    def seven_b(work: Path, server_args: list[str]) -> tuple[LocalServerSpec, Path, str]:
+        works.append((work, work.is_dir()))
+        return LocalServerSpec(model=str(work / "ckpt")), work / "ckpt", "the 7B"
+
+    monkeypatch.setattr(gpu_agent_loop, "_seven_b", seven_b)
+    gpu_agent_loop.main(["--out", str(tmp_path / "out"), "--model", "qwen2.5-7b-awq"])
+    gpu_agent_loop.main(
+        ["--out", str(tmp_path / "out"), "--model", "qwen2.5-7b-awq", "--work", str(tmp_path)]
+    )
+    (temporary, existed), (given, _) = works
+    assert existed
+    assert not temporary.exists()
+    assert given == tmp_path
+    assert tmp_path.is_dir()
+    assert "summarize, every call (before)" not in ran.variants[0]
+    assert ran.variants[0] == DEFAULT_CHAT_VARIANTS
