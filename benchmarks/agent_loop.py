@@ -840,6 +840,7 @@ def run_agent_loop(
                     "calls": calls,
                     "turn_tokens": TURN_TOKENS,
                     "facts_per_turn": len(turns[0].facts),
+                    "variants": list(variants),
                     "runs": chat,
                     **_run_info(started),
                 }
@@ -933,13 +934,18 @@ def _chat_markdown(chat: dict[str, Any]) -> list[str]:
             "cache of an earlier one.",
         ]
     ran = {r["policy"] for r in chat["runs"]}
-    missing = [v for v in CHAT_VARIANTS if v not in ran]
+    asked = chat.get("variants", [])
+    unfinished = [v for v in asked if v not in ran]
+    if unfinished:
+        lines += ["", "Not finished (the run stopped first): " + _names(unfinished) + "."]
+    missing = [v for v in CHAT_VARIANTS if v not in ran and v not in asked]
     if missing:
-        lines += [
-            "",
-            "Not run: " + ", ".join(f"`{v}`" for v in missing) + " (`--only` picks the variants).",
-        ]
+        lines += ["", "Not run: " + _names(missing) + " (`--only` picks the variants)."]
     return lines
+
+
+def _names(variants: list[str]) -> str:
+    return ", ".join(f"`{v}`" for v in variants)
 
 
 def _errors(run: dict[str, Any]) -> str:

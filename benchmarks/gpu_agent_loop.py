@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.window is not None and args.model != "tiny-qwen":
         parser.error("--window is tiny-qwen's; the 7B runs its profile's window")
+    if args.work is not None and args.model != "qwen2.5-7b-awq":
+        parser.error("--work is where the 7B's checkpoint goes; tiny-qwen needs none")
     command = shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     server_args = [

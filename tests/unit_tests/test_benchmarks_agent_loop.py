@@ -218,6 +218,11 @@ def test_the_summary_names_the_variants_not_run() -> None:
     chat |= {"finished": "now", "seconds": 1.0, "load_average_end": [0.0, 0.0, 0.0]}
     text = "\n".join(agent_loop._chat_markdown(chat))
     assert "Not run: `trim, every call (before)`, `summarize, every call (before)`, `trim`" in text
+    assert "Not finished" not in text
+    chat |= {"variants": ["trim", "summarize"], "runs": [{"policy": "trim", "crashed": "X"}]}
+    text = "\n".join(agent_loop._chat_markdown(chat))
+    assert "Not finished (the run stopped first): `summarize`." in text
+    assert "Not run: `trim, every call (before)`, `summarize, every call (before)`, `middle" in text
 
 
 def test_the_cli_refuses_a_window_it_cannot_use(

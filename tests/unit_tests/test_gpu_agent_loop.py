@@ -87,6 +87,7 @@ def test_bad_arguments_are_refused_with_what_to_change(
         (["--model", "qwen2.5-7b-awq", "--window", "4096"], "--window is tiny-qwen's"),
         (["--window", "512"], "give at least 2048"),
         (["--window", "big"], "'big' is not a number of tokens"),
+        (["--work", str(tmp_path)], "tiny-qwen needs none"),
         (["--only", "no such variant"], "invalid choice"),
     ]:
         with pytest.raises(SystemExit) as exited:
