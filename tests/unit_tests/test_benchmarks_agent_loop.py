@@ -236,4 +236,4 @@ def test_the_cli_refuses_a_window_it_cannot_use(
             agent_loop.main([*argv, "--out", str(tmp_path)])
         assert exited.value.code == 2
         assert says in capsys.readouterr().err
-    assert agent_loop.chat_window("12288") == 12288
+    assert agent_loop.window_arg("12288") == 12288
