@@ -9,11 +9,16 @@ it by default), and remembers what it did, so that the following calls only appe
 byte-identical prefix until the limit is reached again:
 
 * ``"trim"`` drops the oldest turns; the same cut point is applied until the next compaction.
-* ``"summarize"`` replaces them with one summary written by the package's loss-checked
+* ``"summarize"`` replaces them with a summary written by the package's loss-checked
   compressor (:func:`~langchain_vllm_budget.compression.summarize`: entities
   kept, hard token cap; with the default ``strategy="auto"`` the summarizer model is called
   only when the extractive summary would lose entities, and never without a summarizer
   model): at most one compressor run per compaction, none on the calls that reuse it.
+  Summaries stack: a later compaction keeps the earlier summaries as they are and puts its
+  own after them, so the prompt up to them is still the one vLLM has cached and only the
+  new summary and the kept turns are prefilled again; once the summaries would take more
+  than ``summary_share`` of the compaction target, the next one summarizes them with the
+  span into one.
   When the summarizer is the chat model itself (``prefix`` set), its request sends the
   conversation as it was sent, up to the cut, and appends the instruction
   (:class:`~langchain_vllm_budget.compression.prefix.PrefixCall`): vLLM serves the span
@@ -166,14 +171,17 @@ class _Entry:
     Attributes:
         cut: How many of the conversation's first messages it replaces.
         pinned: The index (below ``cut``) of the human message kept in front of the rest.
-        summary: The summary that replaces them (``"summarize"``).
-        summary_tokens: Its length in tokens of the text counter.
+        summaries: The summary messages that replace them (``"summarize"``), oldest first.
+        summary_tokens: Their length in tokens of the text counter.
+        retained: How many of ``summaries`` are messages of the conversation itself (summaries
+            it started with, kept as they are): sent as they were, not replaced.
     """
 
     cut: int
     pinned: int | None
-    summary: str | None
+    summaries: tuple[BaseMessage, ...] = ()
     summary_tokens: int | None = None
+    retained: int = 0
 
 
 def _fingerprint(message: BaseMessage) -> bytes:
@@ -199,7 +207,7 @@ class CompactionMemory:
 
     Thread-safe and bounded: past ``max_entries`` the least recently used entry is dropped
     (a dropped entry costs one more compaction, never correctness). An entry holds a cut
-    point, an index and at most one summary.
+    point, an index and the summary messages that replace the messages before it.
 
     Args:
         max_entries: The most compactions remembered (0 remembers none).
@@ -268,7 +276,10 @@ class CompactionReport:
         target_tokens: What a new compaction aims at (``target`` of the input limit, and
             no more than leaves the request's ``max_tokens``:
             :func:`~langchain_vllm_budget.budget.compaction_target`).
-        summary_tokens: Tokens of the summary in the prompt, if any.
+        summary_tokens: Tokens of the summary messages in the prompt (their first line
+            included), if any.
+        summaries: How many summary messages lead the prompt (stacked summaries: one per
+            compaction since the last merge).
         summarizer_calls: Model calls made to write the summary on this call.
         compression: The compressor's report of a summary written on this call
             (:meth:`~langchain_vllm_budget.compression.CompressionResult.to_dict` without the
@@ -289,6 +300,7 @@ class CompactionReport:
     summarizer_calls: int = 0
     compression: dict[str, Any] | None = None
     summary_request: SummaryRequestKind | None = None
+    summaries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a plain dict."""
@@ -317,7 +329,7 @@ class CompactionResult:
 class _View:
     """The conversation as the last remembered compaction left it: ``head + tail``.
 
-    ``head`` is the summary message and/or the pinned human message; ``tail`` is
+    ``head`` is the summary messages and/or the pinned human message; ``tail`` is
     ``conversation[cut:]``.
     """
 
@@ -331,8 +343,7 @@ class _View:
         cut = 0
         if self.entry is not None:
             cut = self.entry.cut
-            if self.entry.summary is not None:
-                head.append(summary_message(self.entry.summary))
+            head.extend(self.entry.summaries)
             if self.entry.pinned is not None:
                 head.append(self.conversation[self.entry.pinned])
         self.head_len = len(head)
@@ -360,12 +371,15 @@ class _Pending:
     count: MessageCounter
     limit: int
     target_tokens: int
+    keep: int = 0
+    """The summary messages leading the view that stay as they are (stacked summaries)."""
     prefixed: bool = False
     """The summarizer was sent the conversation's prefix (not the fresh prompt)."""
 
     def span(self) -> list[BaseMessage]:
-        """The messages the summary replaces (the pinned one stays)."""
-        return [m for i, m in enumerate(self.view.messages[: self.cut]) if i != self.pin]
+        """The messages the summary replaces (the pinned one and the kept summaries stay)."""
+        window = self.view.messages[self.keep : self.cut]
+        return [m for i, m in enumerate(window, start=self.keep) if i != self.pin]
 
     def request(self) -> str:
         """The newest human request, as context for the summarizer."""
@@ -373,6 +387,25 @@ class _Pending:
             if _is_turn_start(message):
                 return message.text
         return ""
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """Where a compaction cuts.
+
+    Attributes:
+        cut: The view index of the first message kept after the summary.
+        pin: The view index of the human message kept in front, if any.
+        reached: The result gets within the target (else only within the limit).
+    """
+
+    cut: int
+    pin: int | None
+    reached: bool
+
+    def rank(self) -> tuple[bool, bool]:
+        """Within the target first, then at a turn boundary (no request pinned)."""
+        return self.reached, self.pin is None
 
 
 def _first(candidates: Sequence[int], ok: Callable[[int], bool]) -> int | None:
@@ -399,7 +432,8 @@ class Compactor:
     Args:
         target: After a compaction the input fills at most this share of the input limit
             (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6). ``1.0`` compacts only just
-            enough, which means compacting again on the next call: the old behaviour.
+            enough, into one summary, which means compacting again on the next call: the old
+            behaviour (summaries do not stack).
         memory: Where compactions are remembered; ``None`` remembers nothing.
         summary: How a ``"summarize"`` compaction writes its summary (the loss-checked
             compressor's :class:`~langchain_vllm_budget.compression.SummarySpec`): the cap
@@ -411,21 +445,32 @@ class Compactor:
             model itself: its summarizer request then sends the conversation as it was
             sent, up to the cut, with the instruction appended, if that fits the
             summarizer's call room (else, and when ``None``, the fresh compression prompt).
+        summary_share: The most of the compaction target that the summaries leading the
+            prompt may take after a compaction (default 0.5). Below it, a compaction keeps
+            the earlier summaries as they are and adds its own after them (the prompt up to
+            them stays cached); past it, it summarizes them with the span into one.
 
     Raises:
-        ValueError: ``target`` is not in (0, 1].
+        ValueError: ``target`` or ``summary_share`` is not in (0, 1].
     """
 
     target: float = field(default_factory=settings.COMPACTION_TARGET.required_factory())
     memory: CompactionMemory | None = None
     summary: SummarySpec = field(default_factory=SummarySpec)
     prefix: PrefixCall | None = None
+    summary_share: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target <= 1.0:
             msg = (
                 f"compaction target must be in (0, 1] (a share of the input limit), got "
                 f"{self.target}; set compaction_target / VLLM_BUDGET_COMPACTION_TARGET."
+            )
+            raise ValueError(msg)
+        if not 0.0 < self.summary_share <= 1.0:
+            msg = (
+                f"summary_share must be in (0, 1] (a share of the compaction target), got "
+                f"{self.summary_share}"
             )
             raise ValueError(msg)
 
@@ -535,21 +580,47 @@ class Compactor:
                 report = _report(policy, entry, limit, target_tokens, reused=True)
                 return CompactionResult(reused, tokens, True, report)
         pending = _Pending(policy, system, view, keys, 0, None, count, limit, target_tokens)
+        pending.keep = self._kept_summaries(pending)
         choice = self._choose(pending)
+        if pending.keep and (choice is None or choice.rank() != (True, True)):
+            # Kept summaries leave less room for the turns: merge them when that does better.
+            merged = replace(pending, keep=0)
+            other = self._choose(merged)
+            if other is not None and (choice is None or other.rank() > choice.rank()):
+                pending, choice = merged, other
         if choice is None:
             report = CompactionReport(policy, False, False, 0, False, limit, target_tokens)
             return CompactionResult(list(messages), count(list(messages)), False, report)
-        pending.cut, pending.pin = choice
+        pending.cut, pending.pin = choice.cut, choice.pin
         return pending
 
-    def _choose(self, step: _Pending) -> tuple[int, int | None] | None:
+    def _kept_summaries(self, step: _Pending) -> int:
+        """How many summary messages leading the view a ``"summarize"`` compaction keeps.
+
+        All of them while they and the new summary's cap take at most ``summary_share`` of
+        the target; none (they are summarized again, with the span) past it, or when the
+        target is the whole limit (compacting just enough, the old behaviour).
+        """
+        view = step.view.messages
+        lead = 0
+        while lead < len(view) and is_summary_message(view[lead]):
+            lead += 1
+        if step.policy != "summarize" or lead == 0 or self.target >= 1.0:
+            return 0
+        counter = self._counter()
+        new = _tokens(counter, summary_message("").text) + self.summary.max_tokens + _SUMMARY_SLACK
+        tokens = sum(_tokens(counter, m.text) for m in view[:lead]) + new
+        return lead if tokens <= self.summary_share * step.target_tokens else 0
+
+    def _choose(self, step: _Pending) -> _Choice | None:
         """The cut (an index into the view) and the pinned human message, if any.
 
         The first turn boundary that gets within the target; else a step inside the newest
         turn, its human message pinned in front; else the smallest cut within the limit.
         """
         view = step.view.messages
-        first = step.view.head_len + 1
+        kept = view[: step.keep]
+        first = max(step.view.head_len, step.keep) + 1
         summary_room = 0
         placeholder: list[BaseMessage] = []
         if step.policy == "summarize":
@@ -558,12 +629,13 @@ class Compactor:
 
         def size(cut: int, pin: int | None) -> int:
             pinned = [view[pin]] if pin is not None else []
-            return step.count([*step.system, *placeholder, *pinned, *view[cut:]]) + summary_room
+            prompt = [*step.system, *kept, *placeholder, *pinned, *view[cut:]]
+            return step.count(prompt) + summary_room
 
         turns = [i for i in range(first, len(view)) if _is_turn_start(view[i])]
         cut = _first(turns, lambda i: size(i, None) <= step.target_tokens)
         if cut is not None:
-            return cut, None
+            return _Choice(cut, None, reached=True)
         last_turn = max((i for i in range(len(view)) if _is_turn_start(view[i])), default=None)
         start = max(first, (last_turn or 0) + 1)
         steps = [i for i in range(start, len(view)) if not isinstance(view[i], ToolMessage)]
@@ -571,12 +643,12 @@ class Compactor:
         pin = last_turn
         cut = _first(steps, lambda i: size(i, pin) <= step.target_tokens)
         if cut is not None:
-            return cut, pin
+            return _Choice(cut, pin, reached=True)
         # The target is out of reach: keep as little as possible, within the limit.
-        fallbacks: list[tuple[int, int | None]] = [(steps[-1], pin)] if steps else []
+        fallbacks = [_Choice(steps[-1], pin, reached=False)] if steps else []
         if last_turn is not None and last_turn >= first:
-            fallbacks.append((last_turn, None))
-        return next((choice for choice in fallbacks if size(*choice) <= step.limit), None)
+            fallbacks.append(_Choice(last_turn, None, reached=False))
+        return next((c for c in fallbacks if size(c.cut, c.pin) <= step.limit), None)
 
     def _summary_call(self, step: _Pending) -> tuple[SummarySpec, str, SummarizerRequest | None]:
         """The summary's spec (counter resolved), the user's request, and the prefix request.
@@ -598,6 +670,7 @@ class Compactor:
                 [*step.system, *step.view.messages[: step.cut]],
                 max_tokens=spec.max_tokens,
                 user_request=request,
+                stacked=step.keep > 0,
                 count=step.count,
                 room=room if room is not None else step.limit + spec.max_tokens,
             )
@@ -609,12 +682,16 @@ class Compactor:
     def _complete(self, step: _Pending, summary: CompressionResult | None) -> CompactionResult:
         """Build the compacted messages, check them against the limit, and remember them."""
         view = step.view.messages
+        kept = view[: step.keep]
         text = summary.summary if summary is not None else None
         pinned = [view[step.pin]] if step.pin is not None else []
 
+        def head(summary_text: str | None) -> list[BaseMessage]:
+            new = [summary_message(summary_text)] if summary_text is not None else []
+            return [*kept, *new]
+
         def build(summary_text: str | None) -> list[BaseMessage]:
-            head = [summary_message(summary_text)] if summary_text is not None else []
-            return [*step.system, *head, *pinned, *view[step.cut :]]
+            return [*step.system, *head(summary_text), *pinned, *view[step.cut :]]
 
         messages = build(text)
         tokens = step.count(messages)
@@ -625,11 +702,17 @@ class Compactor:
             messages = build(text)
             tokens = step.count(messages)
         original_cut = step.view.original(step.cut)
+        summaries = tuple(head(text))
+        replaced = step.view.conversation[:original_cut]
         entry = _Entry(
             cut=original_cut,
             pinned=step.view.original(step.pin) if step.pin is not None else None,
-            summary=text,
-            summary_tokens=_tokens(self._counter(), text) if text is not None else None,
+            summaries=summaries,
+            # as they read in the prompt, their first line included
+            summary_tokens=(
+                sum(_tokens(self._counter(), m.text) for m in summaries) if summaries else None
+            ),
+            retained=sum(any(m is r for r in replaced) for m in kept),
         )
         fits = tokens <= step.limit
         if fits and self.memory is not None:
@@ -664,13 +747,14 @@ def _report(
         policy=policy,
         compacted=not reused,
         reused=reused,
-        replaced=entry.cut - (1 if entry.pinned is not None else 0),
+        replaced=entry.cut - entry.retained - (1 if entry.pinned is not None else 0),
         pinned=entry.pinned is not None,
         input_limit=limit,
         target_tokens=target_tokens,
         summary_tokens=entry.summary_tokens,
         summarizer_calls=compression.model_calls if compression is not None else 0,
         compression=details,
+        summaries=len(entry.summaries),
     )
 
 

@@ -31,16 +31,31 @@ from langchain_core.messages import BaseMessage, HumanMessage
 
 from langchain_vllm_budget.tokenizers import PromptOptions
 
-__all__ = ["PREFIX_SUMMARY_INSTRUCTION", "PrefixCall", "SummarizerRequest"]
+__all__ = [
+    "PREFIX_STACKED_SUMMARY_INSTRUCTION",
+    "PREFIX_SUMMARY_INSTRUCTION",
+    "PrefixCall",
+    "SummarizerRequest",
+]
 
-PREFIX_SUMMARY_INSTRUCTION = """Stop the task here: do not answer and do not call a tool.
-Summarize the conversation above (the messages after the system prompt, nothing else) in at most {max_tokens} tokens, as bullet points of at most 25 tokens each.
+_INSTRUCTION = """Stop the task here: do not answer and do not call a tool.
+Summarize the conversation above ({scope}) in at most {{max_tokens}} tokens, as bullet points of at most 25 tokens each.
 - Keep exactly as written: IDs, file paths, numbers with their units, parameters (key=value), tool names, and decisions made.
-- Keep the user's latest request: {user_request}
+- Keep the user's latest request: {{user_request}}
 - Omit narrative, boilerplate and repetition.
 Reply with the summary only."""  # noqa: E501
+
+PREFIX_SUMMARY_INSTRUCTION = _INSTRUCTION.format(
+    scope="the messages after the system prompt, nothing else"
+)
 """The last message of a prefix summarizer request: ``str.format`` placeholders
 ``{max_tokens}`` and ``{user_request}``."""
+
+PREFIX_STACKED_SUMMARY_INSTRUCTION = _INSTRUCTION.format(
+    scope="only the messages after the last summary of the earlier conversation: "
+    "the summaries stay as they are, do not repeat them"
+)
+"""The same, when earlier summaries stay in front of the span (stacked summaries)."""
 
 # What changes the prompt but is not an end-of-prompt choice of the request
 # (add_generation_prompt / continue_final_message only shape the prompt's end): read from
@@ -116,6 +131,7 @@ class PrefixCall:
         user_request: str,
         count: Callable[[Sequence[BaseMessage]], int],
         room: int,
+        stacked: bool = False,
     ) -> SummarizerRequest | None:
         """The conversation as sent up to the cut, then the instruction; ``None`` if too big.
 
@@ -126,11 +142,14 @@ class PrefixCall:
             count: Counts a prompt exactly with this call's tools and fields.
             room: What one call of the summarizer may hold, prompt and output together
                 (:meth:`~langchain_vllm_budget.budget.TokenBudget.call_room`).
+            stacked: Earlier summaries lead the prefix and stay: the instruction asks for
+                the messages after them only.
 
         Returns:
             The request, or ``None`` when prompt plus ``max_tokens`` exceeds ``room``.
         """
-        instruction = PREFIX_SUMMARY_INSTRUCTION.format(
+        template = PREFIX_STACKED_SUMMARY_INSTRUCTION if stacked else PREFIX_SUMMARY_INSTRUCTION
+        instruction = template.format(
             max_tokens=max_tokens, user_request=user_request or "(none given)"
         )
         messages = [*prefix, HumanMessage(instruction)]

@@ -81,7 +81,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
     Args:
         model: The agent's chat model (a ChatVLLM counts exactly and knows its window).
         policy: ``"summarize"`` (default) replaces the oldest turns by one loss-checked
-            summary; ``"trim"`` drops them.
+            summary, after the summaries of earlier compactions (they stay until they would
+            take half the target, then are summarized into one); ``"trim"`` drops them.
         target: After a compaction the input fills at most this share of the input limit
             (default ``VLLM_BUDGET_COMPACTION_TARGET``, 0.6), and, for a ChatVLLM, no more
             than leaves the call's ``max_tokens`` and the safety margin in the window

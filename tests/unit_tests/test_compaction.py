@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -17,6 +18,7 @@ from langchain_core.messages import (
 from langchain_vllm_budget.compaction import (
     SUMMARY_PREFIX,
     CompactionMemory,
+    CompactionResult,
     Compactor,
     is_summary_message,
     summary_message,
@@ -110,13 +112,15 @@ def test_the_prefix_is_byte_stable_between_compactions(policy: str) -> None:
 
 @pytest.mark.parametrize("policy", ["trim", "summarize"])
 def test_target_one_compacts_on_every_call(policy: str) -> None:
-    # target=1.0 is the old behaviour: compacting just enough means compacting again
+    # target=1.0 is the old behaviour: compacting just enough, into one summary, means
+    # compacting again
     loop = _Loop(Compactor(target=1.0, memory=CompactionMemory()), policy)
     for i in range(30):
         loop.step(i)
     over = [r for r in loop.results if r is not None]
     assert over
     assert sum(r.report.compacted for r in over) >= len(over) - 1
+    assert all(r.report.summaries == (policy == "summarize") for r in over)
 
 
 def test_one_summarizer_call_per_compaction() -> None:
@@ -145,7 +149,7 @@ def test_one_summarizer_call_per_compaction() -> None:
         assert result.report.compression["method"] in ("llm+restored", "extractive")
         summary = result.messages[1].text
         assert summary.startswith(SUMMARY_PREFIX)
-        assert result.report.summary_tokens <= 250
+        assert result.report.compression["summary_tokens"] <= 250
 
 
 def test_auto_calls_the_summarizer_only_when_the_extract_loses_entities() -> None:
@@ -192,13 +196,108 @@ def test_entities_survive_rolling_summaries() -> None:
     for i in range(40):
         loop.step(i)
     last = next(r for r in reversed(loop.results) if r is not None and r.report.compacted)
-    summary = last.messages[1].text
-    # the newest summarized ticket is there, by ID; the cap is kept
+    summaries = last.messages[1 : 1 + last.report.summaries]
+    assert summaries
+    assert all(is_summary_message(m) for m in summaries)
+    # the newest summarized ticket is there, by ID, in the newest summary; the cap is kept
     dropped = [m for m in loop.history if isinstance(m, HumanMessage) and m not in last.messages]
-    assert "INC-" in summary
+    assert "INC-" in summaries[-1].text
     newest_dropped = dropped[-1].text.split(":")[0].removeprefix("Ticket ")
-    assert newest_dropped in summary
-    assert last.report.summary_tokens <= 250
+    assert newest_dropped in summaries[-1].text
+    assert last.report.compression is not None
+    assert last.report.compression["summary_tokens"] <= 250
+    # every ticket dropped is in one of the summaries
+    text = "\n".join(m.text for m in summaries)
+    for message in dropped:
+        assert message.text.split(":")[0].removeprefix("Ticket ") in text
+
+
+def _stacked_compactions(summary_share: float, calls: int) -> list[CompactionResult]:
+    """The compactions of a growing chat with 60-token summaries (~70 with their first line)."""
+    compactor = Compactor(
+        target=0.6,
+        memory=CompactionMemory(),
+        summary=SummarySpec(max_tokens=60, strategy="extractive"),
+        summary_share=summary_share,
+    )
+    loop = _Loop(compactor, "summarize")
+    for i in range(calls):
+        loop.step(i)
+    return [r for r in loop.results if r is not None and r.report.compacted]
+
+
+def test_summaries_stack_and_the_prefix_up_to_them_stays() -> None:
+    compactions = _stacked_compactions(0.9, 40)
+    assert len(compactions) >= 3
+    assert [r.report.summaries for r in compactions] == list(range(1, len(compactions) + 1))
+    for before, after in itertools.pairwise(compactions):
+        kept = before.report.summaries
+        # the system message and the earlier summaries are sent again byte for byte
+        assert after.messages[: 1 + kept] == before.messages[: 1 + kept]
+        assert is_summary_message(after.messages[1 + kept])
+        assert after.tokens <= int(LIMIT * 0.6)
+
+
+def test_summaries_over_their_share_are_merged_into_one() -> None:
+    # the summaries may take 0.4 of the 720-token target: three or four, then a merge
+    compactions = _stacked_compactions(0.4, 60)
+    counts = [r.report.summaries for r in compactions]
+    merges = [i for i in range(1, len(counts)) if counts[i] < counts[i - 1]]
+    assert merges, counts
+    for i in merges:
+        before, merged = compactions[i - 1], compactions[i]
+        assert counts[i] == 1
+        assert counts[i - 1] > 1
+        # the earlier summaries are gone from the prompt: one new summary replaced them
+        old = before.messages[1 : 1 + counts[i - 1]]
+        assert not any(m in merged.messages for m in old)
+        assert "INC-" in merged.messages[1].text
+    assert max(counts) >= 3, "summaries stacked before they were merged"
+    for result in compactions:
+        assert result.tokens <= int(LIMIT * 0.6)
+
+
+def test_stacking_falls_back_to_a_merge_when_only_that_fits() -> None:
+    # a large system prompt, a summary already in state, and a large newest request: with the
+    # summary kept nothing reaches the target, merged it does
+    system = SystemMessage("You are an operations assistant. " + "Rule: be exact. " * 80)
+    old = summary_message("- INC-0042 closed; " + "host db-9.prod checked; " * 12)
+    newest = HumanMessage("Ticket INC-2000: " + "detail " * 300)
+    history = [system, old, *[m for i in range(6) for m in _turn(i)], newest]
+    result = Compactor(target=0.6).compact(history, policy="summarize", count=count, limit=LIMIT)
+    assert result.fits
+    assert old not in result.messages, "merged into the new summary"
+    assert result.report.summaries == 1
+    assert result.messages[-1] is newest
+
+
+def test_stacked_summaries_in_state_keep_their_prefix() -> None:
+    # state mode, no memory: each call sends the compacted messages plus one new turn
+    compactor = Compactor(target=0.6, summary=SummarySpec(max_tokens=60, strategy="extractive"))
+    state: list[BaseMessage] = [SYSTEM]
+    compactions: list[tuple[list[BaseMessage], CompactionResult]] = []
+    for i in range(40):
+        state = [*state, *_turn(i)]
+        if count(state) > LIMIT:
+            result = compactor.compact(state, policy="summarize", count=count, limit=LIMIT)
+            assert result.fits
+            compactions.append((state, result))
+            state = result.messages
+    counts = [r.report.summaries for _, r in compactions]
+    assert counts[:3] == [1, 2, 3], counts
+    for (_, before), (sent, after) in itertools.pairwise(compactions):
+        if after.report.summaries > before.report.summaries:
+            kept = before.report.summaries
+            assert after.messages[: 1 + kept] == before.messages[: 1 + kept]
+        # the kept summaries are sent as they were: only the others count as replaced
+        unchanged = [m for m in sent[1:] if any(m is k for k in after.messages)]
+        assert after.report.replaced == len(sent) - 1 - len(unchanged)
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
+def test_summary_share_outside_0_1_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match=r"summary_share must be in \(0, 1\]"):
+        Compactor(summary_share=share)
 
 
 def test_an_agent_turn_is_cut_inside_keeping_its_request_and_tool_pairs() -> None:
@@ -277,7 +376,7 @@ def test_trim_and_summarize_memories_do_not_mix() -> None:
     assert not any(is_summary_message(m) for m in trimmed.messages)
 
 
-def test_a_summary_in_state_is_folded_into_the_next_one() -> None:
+def test_a_summary_in_state_is_kept_or_folded_into_the_next_one() -> None:
     # state-mode: the conversation already starts with a summary (ours or LangChain's)
     old = HumanMessage(
         "Here is a summary of the conversation to date:\n\nTicket INC-0042 closed; "
@@ -288,10 +387,24 @@ def test_a_summary_in_state_is_folded_into_the_next_one() -> None:
     assert is_summary_message(summary_message("x"))
     assert not is_summary_message(HumanMessage("x"))
     history = [SYSTEM, old, *[m for i in range(14) for m in _turn(i)]]
-    result = Compactor(target=0.6).compact(history, policy="summarize", count=count, limit=LIMIT)
-    assert result.fits
-    assert old not in result.messages
-    summary = result.messages[1].text
+    # within its share: kept as it is, first, and the new summary after it
+    kept = Compactor(target=0.6).compact(history, policy="summarize", count=count, limit=LIMIT)
+    assert kept.fits
+    assert kept.messages[1] is old
+    assert is_summary_message(kept.messages[2])
+    assert kept.report.summaries == 2
+    # the new summary is of the turns after it, not of it again
+    assert "INC-0042" not in kept.messages[2].text
+    sent = [m for m in history if any(m is k for k in kept.messages)]
+    assert kept.report.replaced == len(history) - len(sent)
+    # over it: summarized again with the span, into one summary
+    folded = Compactor(target=0.6, summary_share=0.05).compact(
+        history, policy="summarize", count=count, limit=LIMIT
+    )
+    assert folded.fits
+    assert old not in folded.messages
+    assert folded.report.summaries == 1
+    summary = folded.messages[1].text
     for entity in ("INC-0042", "/etc/app/limits.yaml", "max_tokens=250"):
         assert entity in summary
 

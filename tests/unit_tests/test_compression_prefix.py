@@ -24,7 +24,11 @@ from langchain_vllm_budget.budget import BudgetPlan
 from langchain_vllm_budget.chat_models import _pipeline
 from langchain_vllm_budget.compaction import CompactionMemory, CompactionResult, Compactor
 from langchain_vllm_budget.compression import COMPRESSION_SYSTEM_PROMPT, SummarySpec
-from langchain_vllm_budget.compression.prefix import PREFIX_SUMMARY_INSTRUCTION, PrefixCall
+from langchain_vllm_budget.compression.prefix import (
+    PREFIX_STACKED_SUMMARY_INSTRUCTION,
+    PREFIX_SUMMARY_INSTRUCTION,
+    PrefixCall,
+)
 from langchain_vllm_budget.middleware import ContextCompactionMiddleware
 from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import (
@@ -192,6 +196,14 @@ def test_a_remembered_summary_is_part_of_the_prefix() -> None:
     last = sent[-1]  # the last request sent: system, the remembered summary, the turns
     assert messages[1].text.startswith("Summary of the earlier conversation:")
     assert messages[:-1] == last[: len(messages) - 1]
+    # the remembered summary stays: the instruction asks for what came after it, and the
+    # new summary follows it in the compacted prompt
+    scope = PREFIX_STACKED_SUMMARY_INSTRUCTION.split("\n")[1].format(max_tokens=CAP)
+    assert messages[-1].text.split("\n")[1] == scope
+    assert "after the last summary" in scope
+    assert result.messages[1] == last[1]
+    assert result.messages[2].text.startswith("Summary of the earlier conversation:")
+    assert result.report.summaries == 2
 
 
 def test_a_separate_summarizer_gets_the_fresh_prompt() -> None:

@@ -166,8 +166,9 @@ def test_summarize_uses_the_entity_checked_compressor(counter) -> None:
     assert report is not None
     assert report.summarizer_calls == 1
     assert report.summary_tokens is not None
-    assert report.summary_tokens <= 200
+    assert report.summary_tokens == counter.count_text(summary.text)
     assert report.compression is not None
+    assert report.compression["summary_tokens"] <= 200
     assert report.compression["method"] in ("llm+restored", "extractive")
     # the fake's summary kept no detail: the guard's summary keeps every entity
     assert report.compression["retention"] == 1.0
