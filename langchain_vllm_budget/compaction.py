@@ -173,8 +173,8 @@ class _Entry:
         pinned: The index (below ``cut``) of the human message kept in front of the rest.
         summaries: The summary messages that replace them (``"summarize"``), oldest first.
         summary_tokens: Their length in tokens of the text counter.
-        retained: How many of ``summaries`` are messages of the conversation itself (summaries
-            it started with, kept as they are): sent as they were, not replaced.
+        retained: How many of ``summaries`` are messages of the conversation itself
+            (summaries it started with, kept as they are): sent as they were, not replaced.
     """
 
     cut: int
@@ -703,7 +703,12 @@ class Compactor:
             tokens = step.count(messages)
         original_cut = step.view.original(step.cut)
         summaries = tuple(head(text))
-        replaced = step.view.conversation[:original_cut]
+        # Kept summaries that are the conversation's own messages: those the remembered entry
+        # kept (they lead its summaries, as they led the conversation) and those after its
+        # head. By position, not identity: a conversation re-sent as new objects (from a
+        # checkpoint, or JSON) is the same conversation.
+        earlier = step.view.entry.retained if step.view.entry is not None else 0
+        retained = min(step.keep, earlier) + max(step.keep - step.view.head_len, 0)
         entry = _Entry(
             cut=original_cut,
             pinned=step.view.original(step.pin) if step.pin is not None else None,
@@ -712,7 +717,7 @@ class Compactor:
             summary_tokens=(
                 sum(_tokens(self._counter(), m.text) for m in summaries) if summaries else None
             ),
-            retained=sum(any(m is r for r in replaced) for m in kept),
+            retained=retained,
         )
         fits = tokens <= step.limit
         if fits and self.memory is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 from typing import Any
@@ -258,17 +259,46 @@ def test_summaries_over_their_share_are_merged_into_one() -> None:
 
 
 def test_stacking_falls_back_to_a_merge_when_only_that_fits() -> None:
-    # a large system prompt, a summary already in state, and a large newest request: with the
-    # summary kept nothing reaches the target, merged it does
+    # a large system prompt, a summary already in state (always within its share: 1.0), and
+    # a large newest request: with the summary kept nothing fits the limit, merged it does
     system = SystemMessage("You are an operations assistant. " + "Rule: be exact. " * 80)
     old = summary_message("- INC-0042 closed; " + "host db-9.prod checked; " * 12)
     newest = HumanMessage("Ticket INC-2000: " + "detail " * 300)
     history = [system, old, *[m for i in range(6) for m in _turn(i)], newest]
-    result = Compactor(target=0.6).compact(history, policy="summarize", count=count, limit=LIMIT)
+    compactor = Compactor(target=0.6, summary_share=1.0)
+    result = compactor.compact(history, policy="summarize", count=count, limit=LIMIT)
     assert result.fits
     assert old not in result.messages, "merged into the new summary"
     assert result.report.summaries == 1
     assert result.messages[-1] is newest
+
+
+def test_kept_summaries_are_not_counted_as_replaced_when_resent_as_new_objects() -> None:
+    # a conversation that starts with a summary, re-sent whole on each call as new objects
+    # (loaded from a checkpoint): the remembered compaction is found, and the summary it
+    # kept is still sent as it was
+    old = summary_message("- INC-0042 closed; config /etc/app/limits.yaml")
+    compactor = Compactor(
+        target=0.6,
+        memory=CompactionMemory(),
+        summary=SummarySpec(max_tokens=60, strategy="extractive"),
+    )
+    history: list[BaseMessage] = [SYSTEM, old]
+    results = []
+    for i in range(30):
+        history = [*history, *_turn(i)]
+        if count(history) > LIMIT:
+            sent = copy.deepcopy(history)
+            result = compactor.compact(sent, policy="summarize", count=count, limit=LIMIT)
+            assert result.fits
+            # equal, not the same objects: the kept summary is the remembered one
+            unchanged = [m for m in sent[1:] if m in result.messages]
+            assert result.report.replaced == len(sent) - 1 - len(unchanged)
+            results.append(result)
+    assert any(r.report.reused for r in results)
+    # compactions after the first: the remembered summaries kept, the conversation's own first
+    assert [r.report.summaries for r in results if r.report.compacted][:2] == [2, 3]
+    assert all(r.messages[1] == old for r in results)
 
 
 def test_stacked_summaries_in_state_keep_their_prefix() -> None:
