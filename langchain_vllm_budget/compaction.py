@@ -601,11 +601,13 @@ class Compactor:
         the target; none (they are summarized again, with the span) past it, or when the
         target is the whole limit (compacting just enough, the old behaviour).
         """
+        if step.policy != "summarize" or self.target >= 1.0:
+            return 0
         view = step.view.messages
         lead = 0
         while lead < len(view) and is_summary_message(view[lead]):
             lead += 1
-        if step.policy != "summarize" or lead == 0 or self.target >= 1.0:
+        if lead == 0:
             return 0
         counter = self._counter()
         new = _tokens(counter, summary_message("").text) + self.summary.max_tokens + _SUMMARY_SLACK
@@ -703,6 +705,10 @@ class Compactor:
             tokens = step.count(messages)
         original_cut = step.view.original(step.cut)
         summaries = tuple(head(text))
+        summary_tokens = None
+        if summaries:  # as they read in the prompt, their first line included
+            counter = self._counter()
+            summary_tokens = sum(_tokens(counter, m.text) for m in summaries)
         # Kept summaries that are the conversation's own messages: those the remembered entry
         # kept (they lead its summaries, as they led the conversation) and those after its
         # head. By position, not identity: a conversation re-sent as new objects (from a
@@ -713,10 +719,7 @@ class Compactor:
             cut=original_cut,
             pinned=step.view.original(step.pin) if step.pin is not None else None,
             summaries=summaries,
-            # as they read in the prompt, their first line included
-            summary_tokens=(
-                sum(_tokens(self._counter(), m.text) for m in summaries) if summaries else None
-            ),
+            summary_tokens=summary_tokens,
             retained=retained,
         )
         fits = tokens <= step.limit
