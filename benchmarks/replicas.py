@@ -1,11 +1,12 @@
 """Benchmark 10: agent sessions over vLLM replicas behind ``vllm-router``.
 
 Tiny-qwen replicas (prefix caching) serve :data:`SESSIONS` concurrent agent threads
-(LangGraph graphs whose node calls ``ChatVLLM`` with ``on_overflow="trim"``), each turn about
-390 tokens: every thread grows past the window and is compacted, so the prefix cache only
-pays off if a thread's turns meet its cached prefix again. It runs on each of
-:data:`SETUPS` (two replicas at 2,048 and 4,096 tokens, four at 2,048; :func:`turns_for`
-turns per thread), and on each the same workload under each routing variant:
+(LangGraph graphs whose node calls ``ChatVLLM`` with ``on_overflow="trim"``, or
+``"summarize"``), each turn about 390 tokens: every thread grows past the window and is
+compacted, so the prefix cache only pays off if a thread's turns meet its cached prefix again.
+It runs on each of :data:`SETUPS` (two replicas at 2,048 and 4,096 tokens, four at 2,048, all
+trimmed; two at 4,096 summarized; :func:`turns_for` turns per thread), and on each the same
+workload under each routing variant:
 
 * ``consistent_hash + key``: ChatVLLM sends the thread's session key (``X-Session-ID``);
 * ``consistent_hash, no key``: ``session_affinity="off"``, every thread hashes alike;
@@ -31,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -62,14 +63,23 @@ __all__ = [
     "write",
 ]
 
+Compaction = Literal["trim", "summarize"]
+"""How a thread is compacted past the window: ``ChatVLLM``'s ``on_overflow``."""
 WINDOW = 2048
 """The window of the first run (and of the GPU run, :mod:`benchmarks.gpu_replicas`)."""
-SETUPS = ((2, 2048), (2, 4096), (4, 2048))
-"""The (replicas, window) setups ``make bench`` runs the workload on, one after the other:
-two replicas at two windows (the window sets how often a thread is compacted: every ~2 turns
-at 2,048 tokens, every ~5 at 4,096; each compaction is a cold prompt on every replica,
-whatever the routing), and four replicas (under round robin, a thread's next turn finds the
-replica that holds its latest prefix less often)."""
+SETUPS: tuple[tuple[int, int, Compaction], ...] = (
+    (2, 2048, "trim"),
+    (2, 4096, "trim"),
+    (4, 2048, "trim"),
+    (2, 4096, "summarize"),
+)
+"""The (replicas, window, compaction) setups ``make bench`` runs the workload on, one after
+the other: two replicas at two windows (the window sets how often a thread is compacted: every
+~2 turns at 2,048 tokens, every ~5 at 4,096; a trim is a cold prompt on every replica,
+whatever the routing), four replicas (under round robin, a thread's next turn finds the
+replica that holds its latest prefix less often), and two replicas with ``"summarize"``, whose
+compaction keeps the prompt up to the summaries and sends the summarizer the conversation's
+own prefix, so it is served from the cache of the replica that holds the thread."""
 TURN_TOKENS = 260
 """Sizes a turn's text (10 check lines); tiny-qwen's tokenizer makes ~390 tokens of it, the
 figure the summary reports (:func:`turn_tokens`)."""
@@ -156,14 +166,14 @@ def _turn_text(thread: str, turn: int) -> str:
     return "\n".join(lines)
 
 
-def _agent(base_url: str, *, session_key: bool) -> Any:
+def _agent(base_url: str, *, session_key: bool, compaction: Compaction) -> Any:
     model = ChatVLLM(
         model="tiny-qwen",
         base_url=base_url,
         tokenizer=str(ensure_local_model("tiny-qwen")),
         max_tokens=_ANSWER_TOKENS,
         budget=_BUDGET,
-        on_overflow="trim",
+        on_overflow=compaction,
         session_affinity="thread" if session_key else "off",
     )
 
@@ -237,10 +247,15 @@ def _summary(deltas: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def _run_variant(
-    variant: Variant, url: str, roots: list[str], sessions: int, turns: range
+    variant: Variant,
+    url: str,
+    roots: list[str],
+    sessions: int,
+    turns: range,
+    compaction: Compaction,
 ) -> dict[str, Any]:
     """Run ``turns`` of ``sessions`` threads; ``turns.start`` is the first over the window."""
-    agent = _agent(url, session_key=variant.session_key)
+    agent = _agent(url, session_key=variant.session_key, compaction=compaction)
     threads = [thread_id(VARIANTS.index(variant), i) for i in range(sessions)]
     started = time.perf_counter()
     before = [scrape(r) for r in roots]
@@ -297,6 +312,7 @@ def run_replicas(
     sessions_turns: tuple[int, int] | None = None,
     window: int = WINDOW,
     replicas: int = 2,
+    compaction: Compaction = "trim",
 ) -> dict[str, Any]:
     """Run every :data:`VARIANTS` over ``replicas`` fresh replicas; return the figures.
 
@@ -307,6 +323,7 @@ def run_replicas(
         sessions_turns: Threads and turns per thread, instead of the defaults.
         window: The replicas' window; the turns follow from it (:func:`turns_for`).
         replicas: How many replicas the router spreads the threads over.
+        compaction: ``ChatVLLM``'s ``on_overflow`` past the window.
     """
     first = over_window_from(window)
     sessions, turns = (4, 9) if quick else (SESSIONS, turns_for(window))
@@ -321,7 +338,7 @@ def run_replicas(
             "turns": turns,
             "turn_tokens": turn_tokens(),
             "over_window_from_turn": first,
-            "compaction": "on_overflow=trim",
+            "compaction": f"on_overflow={compaction}",
         },
         "variants": {},
     }
@@ -332,7 +349,7 @@ def run_replicas(
             if variant.policy is None:
                 url = servers[0].base_url
                 result["variants"][variant.name] = _run_variant(
-                    variant, url, roots[:1], sessions, measured
+                    variant, url, roots[:1], sessions, measured, compaction
                 )
                 continue
             router_spec = RouterSpec(worker_urls=tuple(roots), policy=variant.policy)
@@ -341,23 +358,23 @@ def run_replicas(
                 stack.callback(router.stop)
                 router.start()
                 result["variants"][variant.name] = _run_variant(
-                    variant, router.base_url, roots, sessions, measured
+                    variant, router.base_url, roots, sessions, measured, compaction
                 )
     result["goal"] = _goal(result["variants"])
     return result
 
 
 def run_replica_setups(*, quick: bool = False) -> dict[str, Any]:
-    """:func:`run_replicas` on each of :data:`SETUPS` (``quick``: two replicas, the
-    :data:`WINDOW`).
+    """:func:`run_replicas` on each of :data:`SETUPS` (``quick``: the first).
 
     Returns:
         ``{"setups": [result, ...]}``, one :func:`run_replicas` result per setup.
     """
-    setups = ((2, WINDOW),) if quick else SETUPS
+    setups = SETUPS[:1] if quick else SETUPS
     return {
         "setups": [
-            run_replicas(quick=quick, replicas=count, window=window) for count, window in setups
+            run_replicas(quick=quick, replicas=count, window=window, compaction=compaction)
+            for count, window, compaction in setups
         ]
     }
 

@@ -18,6 +18,6 @@ COPY langchain_vllm_budget ./langchain_vllm_budget
 COPY graphs ./graphs
 # The project installs from its own source; its pins live in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[postgres]"
+RUN pip install --no-cache-dir ".[cli,postgres]"
 
 ENTRYPOINT ["vllm-budget", "run"]

@@ -176,14 +176,9 @@ class TokenBudget(Serializable):
                 "output_reserve."
             )
             raise ValueError(msg)
+        # An output_reserve as large as the window is accepted, configured or discovered
+        # alike (with_max_model_len): the window caps the output (plan).
         if self.max_model_len is not None:
-            if self.output_reserve >= self.max_model_len:
-                msg = (
-                    f"output_reserve ({self.output_reserve}) must be smaller than "
-                    f"max_model_len ({self.max_model_len}); lower VLLM_BUDGET_OUTPUT_RESERVE / "
-                    "output_reserve or serve a larger window."
-                )
-                raise ValueError(msg)
             needed = self.safety_margin + self.min_output_tokens
             if needed >= self.max_model_len:
                 msg = (
@@ -222,8 +217,8 @@ class TokenBudget(Serializable):
     def with_max_model_len(self, max_model_len: int) -> TokenBudget:
         """This budget with the window set (e.g. the one discovered from the server).
 
-        A discovered window smaller than ``output_reserve`` is accepted: the window then
-        caps the output, as :meth:`plan` does anyway.
+        A window smaller than ``output_reserve`` is accepted, as at construction: the window
+        then caps the output, as :meth:`plan` does anyway.
 
         Args:
             max_model_len: The context window.

@@ -315,7 +315,8 @@ class CompactionResult:
         messages: The messages to send (system message first, unchanged).
         tokens: Their count with the caller's counter.
         fits: Whether ``tokens`` is within the input limit; ``False`` when even the newest
-            step does not fit (``messages`` is then the input, unchanged).
+            step does not fit (``messages`` is then the input unchanged, or the compaction
+            that still did not fit; either way not to be sent).
         report: What was done.
     """
 

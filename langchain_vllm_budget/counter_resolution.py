@@ -239,7 +239,7 @@ def resolve_token_counter(
     choice: str,
     *,
     tokenizer: str | None,
-    root: str | None,
+    root: str | Callable[[], str | None] | None,
     make_server: Callable[[Literal["render", "tokenize"]], ServerTokenCounter],
 ) -> Resolution:
     """Resolve ``choice`` (``auto``, ``transformers``, ``server``, ``approximate``) to a counter.
@@ -248,7 +248,8 @@ def resolve_token_counter(
         choice: ``"auto"`` runs the whole chain (module docstring); ``"transformers"`` its
             local steps (1-4) only; ``"server"`` its server steps (5-6) only.
         tokenizer: The explicit tokenizer (a folder or hub id), if any.
-        root: The server's model root from ``/v1/models``, if known.
+        root: The server's model root from ``/v1/models``, if known, or how to ask for it
+            (called only when the explicit tokenizer is not found).
         make_server: Builds the server counter for an endpoint (``"render"`` or
             ``"tokenize"``).
 
@@ -269,7 +270,8 @@ def resolve_token_counter(
         counter = _server_counter(make_server, steps)
     elif choice in ("auto", "transformers"):
         folder = None
-        for source, name in (("explicit tokenizer", tokenizer), ("server's model root", root)):
+        for source, given in (("explicit tokenizer", tokenizer), ("server's model root", root)):
+            name = given() if callable(given) else given
             if name:
                 steps.append(f"{source} {name!r}")
                 folder = _tokenizer_for(name, steps)

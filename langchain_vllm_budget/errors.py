@@ -70,6 +70,9 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         requested_max_tokens: The ``max_tokens`` asked for, if any.
         source: ``"budget"`` (checked before sending) or ``"server"`` (vLLM's 400).
         server_message: vLLM's own error message, for ``source="server"``.
+        compacted: ``on_overflow="trim"``/``"summarize"`` could not compact the request
+            enough: what a compaction keeps (the system prompt, the tools, the newest step)
+            is over the limit already.
 
     Example:
         >>> err = VLLMContextOverflowError(
@@ -92,8 +95,10 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         requested_max_tokens: int | None = None,
         source: OverflowSource = "budget",
         server_message: str | None = None,
+        compacted: bool = False,
     ) -> None:
         self.input_tokens = input_tokens
+        self.compacted = compacted
         self.max_model_len = max_model_len
         self.safety_margin = safety_margin
         self.min_output_tokens = min_output_tokens
@@ -111,11 +116,12 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         super().__init__(self._describe())
 
     @classmethod
-    def from_plan(cls, plan: BudgetPlan) -> VLLMContextOverflowError:
+    def from_plan(cls, plan: BudgetPlan, *, compacted: bool = False) -> VLLMContextOverflowError:
         """The error for a budget plan that does not fit (``plan.fits`` is false).
 
         Args:
             plan: The plan, e.g. from ``TokenBudget.plan`` or ``ChatVLLM.get_budget_plan``.
+            compacted: The plan is of a request that compaction could not make fit.
 
         Returns:
             The error, with the plan's numbers (``source="budget"``).
@@ -133,6 +139,7 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
             min_output_tokens=plan.needed_output_tokens,
             shortfall=plan.shortfall,
             requested_max_tokens=plan.requested_max_tokens,
+            compacted=compacted,
         )
 
     def _describe(self) -> str:
@@ -140,10 +147,20 @@ class VLLMContextOverflowError(VLLMError, ContextOverflowError):
         text = (
             f"{where}: {self.input_tokens} input tokens + {self.safety_margin} safety margin "
             f"+ {self.min_output_tokens} minimum output tokens exceed the context window of "
-            f"{self.max_model_len} tokens by {self.shortfall}; remove at least "
-            f"{self.shortfall} input tokens, set on_overflow='trim' or 'summarize', "
-            f"or serve the model with a larger --max-model-len."
+            f"{self.max_model_len} tokens by {self.shortfall}; "
         )
+        if self.compacted:
+            text += (
+                "compaction could not bring it under the limit: what it keeps (the system "
+                "prompt, the tools, the newest step from the last human message on, and for "
+                "'summarize' the summary's cap) is already over it. Shorten the newest "
+                "message, or serve the model with a larger --max-model-len."
+            )
+        else:
+            text += (
+                f"remove at least {self.shortfall} input tokens, set on_overflow='trim' or "
+                "'summarize', or serve the model with a larger --max-model-len."
+            )
         if self.requested_max_tokens is not None:
             text += f" (max_tokens requested: {self.requested_max_tokens})"
         if self.server_message:

@@ -38,7 +38,7 @@ from langchain_vllm_budget.compaction import (
     Compactor,
     MessageCounter,
 )
-from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.errors import TokenCountError, VLLMContextOverflowError
 
 __all__ = [
     "SUMMARY_PREFIX",
@@ -126,8 +126,12 @@ def _finish(
         # The system prompt and tools (the tools alone, without a system prompt) fill the
         # limit: say so, not "compact".
         fixed = [m for m in result.messages[:1] if isinstance(m, SystemMessage)]
-        budget.check_fixed_part(count(fixed), original.requested_max_tokens)
-        raise VLLMContextOverflowError.from_plan(original)
+        try:
+            fixed_tokens = count(fixed)
+        except TokenCountError:  # a chat template that renders no empty conversation
+            fixed_tokens = 0
+        budget.check_fixed_part(fixed_tokens, original.requested_max_tokens)
+        raise VLLMContextOverflowError.from_plan(original, compacted=True)
     plan = budget.plan(result.tokens, original.requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit
         raise VLLMContextOverflowError.from_plan(plan)

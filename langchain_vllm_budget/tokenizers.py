@@ -659,6 +659,13 @@ class ServerTokenCounter:
         api_key: The server's API key, if it requires one.
         timeout: Seconds to wait for an answer.
         endpoint: ``"render"`` or ``"tokenize"``.
+        headers: More headers for every request (a gateway's, as the chat model's
+            ``default_headers``).
+        params: Query parameters for every request (the chat model's ``default_query``).
+        http_client: The HTTP client to send with (the chat model's, with its TLS and proxy
+            settings); default: the shared pooled one.
+        http_async_client: The async client for :meth:`acount_messages`; default: the
+            running event loop's shared one.
     """
 
     name = "server"
@@ -671,6 +678,11 @@ class ServerTokenCounter:
         api_key: SecretStr | None = None,
         timeout: float = 30.0,
         endpoint: Literal["render", "tokenize"] = "tokenize",
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, object] | None = None,
+        http_client: httpx.Client | None = None,
+        http_async_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url
         self.server_root = base_url.rstrip("/").removesuffix("/v1")
@@ -678,7 +690,12 @@ class ServerTokenCounter:
         self.timeout = timeout
         self.endpoint = endpoint
         self.calls = 0
-        self._headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
+        self._headers = dict(headers or {})
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._params = {k: str(v) for k, v in (params or {}).items()}
+        self._client = http_client
+        self._async_client = http_async_client
         self._counts: OrderedDict[bytes, int] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -695,8 +712,9 @@ class ServerTokenCounter:
         url = self._url(path)
         self._sent()
         try:
-            return _pooled_client().post(
-                url, json=body, headers=self._headers, timeout=self.timeout
+            client = self._client or _pooled_client()
+            return client.post(
+                url, json=body, headers=self._headers, params=self._params, timeout=self.timeout
             )
         except httpx.TimeoutException as exc:
             raise VLLMTimeoutError(url, self.timeout) from exc
@@ -707,8 +725,9 @@ class ServerTokenCounter:
         url = self._url(path)
         self._sent()
         try:
-            return await _pooled_async_client().post(
-                url, json=body, headers=self._headers, timeout=self.timeout
+            client = self._async_client or _pooled_async_client()
+            return await client.post(
+                url, json=body, headers=self._headers, params=self._params, timeout=self.timeout
             )
         except httpx.TimeoutException as exc:
             raise VLLMTimeoutError(url, self.timeout) from exc

@@ -15,7 +15,11 @@ from typing import Any
 
 import openai
 
-from langchain_vllm_budget.errors import VLLMModelNotFoundError, VLLMServerError
+from langchain_vllm_budget.errors import (
+    VLLMConnectionError,
+    VLLMModelNotFoundError,
+    VLLMServerError,
+)
 
 __all__ = ["ServerDiscovery", "ServerInfo", "read_models", "served_model_names"]
 
@@ -145,12 +149,16 @@ class ServerDiscovery:
 
         Raises:
             openai.APIError: The server could not be asked (the caller maps it).
+            VLLMConnectionError: ``GET /models`` is not found there: not the OpenAI API root.
             VLLMModelNotFoundError: The server does not serve ``model``.
         """
         known = self.cached(client, model)
         if known is not None:
             return known
-        page = client.models.list()
+        try:
+            page = client.models.list()
+        except openai.NotFoundError as exc:
+            raise _not_the_api_root(client) from exc
         return self._remember(client, model, [m.model_dump() for m in page.data])
 
     async def aget(self, client: openai.AsyncOpenAI, model: str) -> ServerInfo:
@@ -158,7 +166,10 @@ class ServerDiscovery:
         known = self.cached(client, model)
         if known is not None:
             return known
-        page = await client.models.list()
+        try:
+            page = await client.models.list()
+        except openai.NotFoundError as exc:
+            raise _not_the_api_root(client) from exc
         return self._remember(client, model, [m.model_dump() for m in page.data])
 
     def forget(self, client: openai.OpenAI | openai.AsyncOpenAI, model: str) -> None:
@@ -171,3 +182,12 @@ class ServerDiscovery:
 
     def __repr__(self) -> str:
         return f"ServerDiscovery(known={sorted(self._known)})"
+
+
+def _not_the_api_root(client: openai.OpenAI | openai.AsyncOpenAI) -> VLLMConnectionError:
+    """VLLM always answers ``GET /models`` at its API root: a 404 there is a wrong URL."""
+    reason = (
+        "GET /models answered 404 Not Found, so this is not the server's OpenAI API root; "
+        "base_url usually ends in /v1"
+    )
+    return VLLMConnectionError(str(client.base_url).rstrip("/"), reason)

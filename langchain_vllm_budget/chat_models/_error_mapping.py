@@ -15,8 +15,14 @@ from typing import Any
 
 import httpx
 import openai
+from langchain_core.exceptions import ModelError
 from langchain_core.messages import AIMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_openai.chat_models.base import (
+    OpenAIAuthenticationError,
+    OpenAIPermissionDeniedError,
+    OpenAIRateLimitError,
+)
 
 from langchain_vllm_budget.errors import (
     VLLMConnectionError,
@@ -82,6 +88,17 @@ _UNSUPPORTED_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# The errors langchain-openai gives a chat call (LangChain's typed model errors) for the
+# statuses this package does not map itself, so that a 401 reads the same whether discovery
+# (GET /models, through the bare OpenAI client) or the chat call met it first.
+_StatusError = type[openai.APIStatusError]
+_LANGCHAIN_OPENAI_ERRORS: tuple[tuple[_StatusError, _StatusError], ...] = (
+    (openai.AuthenticationError, OpenAIAuthenticationError),
+    (openai.PermissionDeniedError, OpenAIPermissionDeniedError),
+    (openai.RateLimitError, OpenAIRateLimitError),
+)
+
+
 # A router in front of vLLM replicas (vllm-router) that reaches none of them answers 503
 # "No available workers" (or a 503 with no body) or 500 "error sending request for url"; to
 # the caller that is a server that cannot be reached, not a server that failed. A 503 that
@@ -132,6 +149,10 @@ def map_openai_error(exc: Exception, target: ServerTarget) -> Exception:
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
         # An error event inside a stream: the server failed mid-answer.
         return VLLMServerError(target.base_url, exc.message)
+    if isinstance(exc, openai.APIStatusError) and not isinstance(exc, ModelError):
+        for raw, typed in _LANGCHAIN_OPENAI_ERRORS:
+            if isinstance(exc, raw):
+                return typed(message=exc.message, response=exc.response, body=exc.body)
     return exc
 
 

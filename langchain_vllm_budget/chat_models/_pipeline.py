@@ -181,8 +181,8 @@ def _requested_max_tokens(body: Mapping[str, Any]) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                msg = f"must be a whole number of tokens, got {value!r}."
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"must be a whole number of tokens, at least 1, got {value!r}."
                 raise VLLMInvalidRequestError(key, msg)
             return value
     return None

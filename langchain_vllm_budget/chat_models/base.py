@@ -28,6 +28,7 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
+from langchain_core.exceptions import ModelError
 from langchain_core.language_models import (
     BaseChatModel,
     LangSmithParams,
@@ -473,7 +474,7 @@ class ChatVLLM(BaseChatOpenAI):
             if info is None:
                 return configured_profile(self.budget)
             budget = self._effective_budget(info)
-        except (VLLMError, ValueError) as exc:
+        except (ModelError, ValueError) as exc:  # this package's errors and LangChain's
             logger.debug("profile of %r without server facts: %s", self.model_name, exc)
             return configured_profile(self.budget)
         if self._capabilities is None and ask:
@@ -536,8 +537,10 @@ class ChatVLLM(BaseChatOpenAI):
             return self._counter
         choice = self.token_counter
         if isinstance(choice, str):  # "auto" and the others: resolved in counter_resolution
+            # The server is asked for its root only if the explicit tokenizer is not found.
+            root = info.root if info is not UNKNOWN_SERVER else self._server_root
             choice = resolve_token_counter(
-                choice, tokenizer=self.tokenizer, root=info.root, make_server=self._server_counter
+                choice, tokenizer=self.tokenizer, root=root, make_server=self._server_counter
             ).counter
         self._counter = choice
         return self._counter
@@ -558,13 +561,19 @@ class ChatVLLM(BaseChatOpenAI):
             self.openai_api_key,
             timeout=float(timeout),
             endpoint=endpoint,
+            headers=self.default_headers,
+            params=self.default_query,
+            http_client=self.http_client,
+            http_async_client=self.http_async_client,
         )
+
+    def _server_root(self) -> str | None:
+        return self._server_info().root
 
     def get_token_counter(self) -> TokenCounter:
         """The counter in use (resolving ``"auto"`` may ask the server for its model root)."""
         if self._counter is None:
-            needs_server = self.token_counter in ("auto", "transformers") and not self.tokenizer
-            return self._get_counter(self._server_info() if needs_server else UNKNOWN_SERVER)
+            return self._get_counter(UNKNOWN_SERVER)
         return self._counter
 
     @property
@@ -664,7 +673,7 @@ class ChatVLLM(BaseChatOpenAI):
             The requested output limit, or ``None`` when none is set.
 
         Raises:
-            VLLMInvalidRequestError: The limit is not a whole number of tokens.
+            VLLMInvalidRequestError: The limit is not a whole number of tokens, at least 1.
 
         Example:
             >>> llm = ChatVLLM(model="m", base_url="http://127.0.0.1:9/v1", max_tokens=64)
@@ -754,6 +763,8 @@ class ChatVLLM(BaseChatOpenAI):
     ) -> dict[str, Any]:
         """The payload, with each assistant turn's thinking in vLLM's ``reasoning`` field.
 
+        The planned output limit is sent as ``max_tokens`` alone: a ``max_completion_tokens``
+        from ``model_kwargs`` would otherwise reach vLLM beside it, and vLLM reads it first.
         The messages are converted by langchain-openai, with assistant text set aside while it
         converts (:func:`~langchain_vllm_budget.tokenizers._blank_assistant_text`: the same
         dicts without a Python loop over every character; this runs on the event loop in
@@ -766,6 +777,9 @@ class ChatVLLM(BaseChatOpenAI):
             return super()._get_request_payload(input_, stop=stop, **kwargs)
         restored = _restore_assistant_text(payload["messages"], messages)
         payload["messages"] = with_reasoning(restored, messages)
+        if "max_tokens" in kwargs:  # the planned limit, alone: vLLM reads the other one first
+            payload.pop("max_completion_tokens", None)
+            payload["max_tokens"] = kwargs["max_tokens"]
         return with_headers(payload, self._session_routing().headers())  # session affinity
 
     def _create_chat_result(

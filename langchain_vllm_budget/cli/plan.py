@@ -16,6 +16,7 @@ from rich.table import Table
 from langchain_vllm_budget.serving.docker import (
     DEFAULT_REPLICAS,
     DOCKER_FILES,
+    LANGGRAPH_JSON,
     compose_up_command,
     render_docker_files,
     replica_layouts,
@@ -388,6 +389,14 @@ def profiles_render(
     ] = DEFAULT_REPLICAS,
 ) -> None:
     """Write docker/ (Dockerfiles, compose.yaml, .env.example) from the profiles."""
+    if not LANGGRAPH_JSON.is_file():  # an installed package: the images need the sources
+        _errors.print(
+            "profiles render writes the docker/ folder of a clone of the repository: its "
+            "images copy the package, graphs/ and langgraph.json from there. Run it in a "
+            "clone (`pip install -e .`); an installed package has no such folder.",
+            markup=False,
+        )
+        raise typer.Exit(2)
     rendered = render_docker_files(replicas=replicas)
     stale = [
         name

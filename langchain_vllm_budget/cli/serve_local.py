@@ -38,6 +38,7 @@ from langchain_vllm_budget.serving.local_server import (
     LocalServerSpec,
     LocalVLLMServer,
     ServerState,
+    runs_vllm,
     stop_process_group,
 )
 from langchain_vllm_budget.serving.router import (
@@ -77,11 +78,15 @@ def _resolve_model(model: str) -> tuple[str, str]:
     return str(folder.resolve()), folder.name
 
 
-def _alive(state: ServerState) -> bool:
+def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"http://{state.host}:{state.port}/health", timeout=2.0).is_success
+        return httpx.get(url, timeout=2.0).is_success
     except httpx.HTTPError:
         return False
+
+
+def _alive(state: ServerState) -> bool:
+    return _answers(f"http://{state.host}:{state.port}/health")
 
 
 def replica_set_running(name: str) -> bool:
@@ -179,6 +184,14 @@ def serve_local_start(
     existing = ServerState.load(name)
     if existing is not None and _alive(existing):
         running = _describe(existing.setup, existing.extra_args)
+        if replicas > 1:
+            _errors.print(
+                f"{name} is already running as one server at {existing.base_url}; stop it "
+                f"first (`vllm-budget serve-local stop --model {name}`) to start "
+                f"{replicas} replicas behind a router.",
+                markup=False,
+            )
+            raise typer.Exit(1)
         if (existing.setup, existing.extra_args) != (setup, extra_args):
             _errors.print(
                 f"{name} is already running at {existing.base_url} with {running}; stop it "
@@ -255,7 +268,7 @@ def serve_local_stop(
     state = _recorded(model)
     if state is None:
         return
-    stopped = stop_process_group(state.pid)
+    stopped = runs_vllm(state.pid) and stop_process_group(state.pid)
     ServerState.path_for(model).unlink(missing_ok=True)
     _console.print(f"stopped pid {state.pid}" if stopped else f"pid {state.pid} was not running")
 
@@ -268,13 +281,14 @@ def serve_local_status(
     replica_set = ReplicaSetState.load(model)
     if replica_set is not None:
         down = [r for r in replica_set.replicas if not _alive(r)]
+        router_up = _answers(f"http://{replica_set.host}:{replica_set.router_port}/health")
         _console.print(
             f"router {replica_set.base_url} (pid {replica_set.router_pid}, policy "
-            f"{replica_set.policy}); replicas: "
+            f"{replica_set.policy}{'' if router_up else ', not answering /health'}); replicas: "
             + ", ".join(f"{r.base_url} (pid {r.pid})" for r in replica_set.replicas)
             + (f"; not answering /health: {len(down)}" if down else "")
         )
-        if down:
+        if down or not router_up:
             raise typer.Exit(1)
         return
     state = _recorded(model)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_NOSTREAM
 
 from langchain_vllm_budget.capabilities import call_room_of, token_counter_of
 from langchain_vllm_budget.compression.extractive import truncate_to_tokens
@@ -92,6 +94,10 @@ def is_summarizer_prompt(messages: Sequence[BaseMessage]) -> bool:
 
 
 _MAX_MERGE_ROUNDS = 3
+_CALL_CONFIG: RunnableConfig = {"tags": [TAG_NOSTREAM], "metadata": {"lc_source": "compression"}}
+"""Summarizer calls are the package's own, not the agent's answer: LangGraph's ``messages``
+stream leaves them out (``nostream``, as LangChain's ``SummarizationMiddleware`` tags its
+calls), and traces name their source."""
 _PROMPT_MARGIN_TOKENS = 32
 
 Plan = Generator[list[SummarizerRequest], list[str], tuple[str, int]]
@@ -317,7 +323,7 @@ def summarize(
         return compression.done
 
     def call(request: SummarizerRequest) -> str:
-        return _reply_text(model.invoke(request.messages, **request.kwargs))
+        return _reply_text(model.invoke(request.messages, _CALL_CONFIG, **request.kwargs))
 
     summary, chunks, calls = _run(_plan(compression, prefix), call)
     return compression.finish(summary, chunks, calls)
@@ -359,7 +365,7 @@ async def asummarize(
         return compression.done
 
     async def call(request: SummarizerRequest) -> str:
-        return _reply_text(await model.ainvoke(request.messages, **request.kwargs))
+        return _reply_text(await model.ainvoke(request.messages, _CALL_CONFIG, **request.kwargs))
 
     summary, chunks, calls = await _arun(_plan(compression, prefix), call)
     return await asyncio.to_thread(compression.finish, summary, chunks, calls)

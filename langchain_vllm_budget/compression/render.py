@@ -33,13 +33,13 @@ def _key_value(key: str, value: Any) -> str:
 
 
 def _render_message(message: BaseMessage) -> str:
+    # Tool-call IDs are left out: they only pair a call with its result (the result follows
+    # its call here), carry no fact, and as ID-like entities a summary would be held to keep
+    # them ahead of the numbers, paths and names the calls were about.
     header = [message.type]
     name = getattr(message, "name", None)
     if name:
         header.append(f"name={name}")
-    tool_call_id = getattr(message, "tool_call_id", None)
-    if tool_call_id:
-        header.append(f"tool_call_id={tool_call_id}")
     status = getattr(message, "status", None)
     if status and status != "success":
         header.append(f"status={status}")
@@ -51,8 +51,7 @@ def _render_message(message: BaseMessage) -> str:
         lines.append(body)
     for call in getattr(message, "tool_calls", None) or []:
         args = ", ".join(_key_value(str(k), v) for k, v in (call.get("args") or {}).items())
-        call_id = f" id={call['id']}" if call.get("id") else ""
-        lines.append(f"tool_call {call['name']}({args}){call_id}")
+        lines.append(f"tool_call {call['name']}({args})")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from langchain.agents.middleware.types import (
     AgentMiddleware,
@@ -39,8 +39,15 @@ from langchain.agents.middleware.types import (
     ModelResponse,
     ResponseT,
 )
+from langchain.agents.structured_output import (
+    AutoStrategy,
+    OutputToolBinding,
+    ProviderStrategy,
+    ToolStrategy,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
+from langchain_core.tools import BaseTool
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
@@ -77,6 +84,10 @@ class _Plan:
 
 class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], ContextT, ResponseT]):
     """Compacts the agent's messages in state when the next model call would not fit.
+
+    It writes what it compacts into the state, so list it before any middleware that edits
+    the messages of one call only (LangChain's ``ContextEditingMiddleware``): edits made
+    before it would be kept in the state for good.
 
     Args:
         model: The agent's chat model (a ChatVLLM counts exactly and knows its window).
@@ -223,7 +234,8 @@ class ContextCompactionMiddleware(AgentMiddleware[AgentState[ResponseT], Context
         )
         full = [*system, *request.messages]
         # Converted once per call, not on every count of a compaction's search.
-        tools = tools_to_openai_dicts(request.tools) if request.tools else None
+        bound = [*request.tools, *_structured_output_tools(request)]
+        tools = tools_to_openai_dicts(bound) if bound else None
 
         def count(messages: Sequence[BaseMessage]) -> int:
             return model.get_num_tokens_from_messages(list(messages), tools=tools)
@@ -337,3 +349,26 @@ def _output_limit(model: BaseChatModel, request: ModelRequest[ContextT]) -> int 
     if requested is None or requested < 1:
         return None
     return found.get_budget().output_limit(requested)
+
+
+def _structured_output_tools(request: ModelRequest[Any]) -> list[BaseTool]:
+    """The tools ``create_agent`` binds for structured output besides ``request.tools``.
+
+    A ``ToolStrategy`` (or a bare schema, for a model whose profile does not offer structured
+    output: ``create_agent`` then picks a ``ToolStrategy``) is sent as one tool per schema,
+    and its definition takes room in the prompt like any other tool.
+    """
+    response_format = request.response_format
+    if response_format is None or isinstance(response_format, ProviderStrategy):
+        return []
+    if not isinstance(response_format, ToolStrategy):
+        profile = request.model.profile or {}
+        if profile.get("structured_output"):
+            return []  # the provider's structured output: no tool in the prompt
+        schema = (
+            response_format.schema
+            if isinstance(response_format, AutoStrategy)
+            else response_format  # a bare schema
+        )
+        response_format = ToolStrategy(schema=schema)
+    return [OutputToolBinding.from_schema_spec(spec).tool for spec in response_format.schema_specs]

@@ -44,6 +44,7 @@ from langgraph.store.base import BaseStore
 from langgraph.types import Command
 
 from langchain_vllm_budget.capabilities import token_counter_of
+from langchain_vllm_budget.compaction import is_summary_message
 from langchain_vllm_budget.compression import (
     CompressionResult,
     CompressionStrategy,
@@ -535,9 +536,12 @@ def find_lines(text: str, pattern: regex.Pattern[str], offset: int = 0) -> Found
 
 
 def _last_request(state: Any) -> str:
-    """The newest human message of the agent's state, as context for the summarizer."""
+    """The newest human message of the agent's state, as context for the summarizer.
+
+    A compaction's summary message (this package's or LangChain's) is not a request.
+    """
     messages = state.get("messages", []) if isinstance(state, Mapping) else []
     for message in reversed(messages):
-        if isinstance(message, HumanMessage):
+        if isinstance(message, HumanMessage) and not is_summary_message(message):
             return message.text
     return ""

@@ -275,7 +275,7 @@ def render_app_dockerfile() -> str:
         + "COPY graphs ./graphs\n"
         + "# The project installs from its own source; its pins live in pyproject.toml.\n"
         + "# hadolint ignore=DL3013\n"
-        + 'RUN pip install --no-cache-dir ".[postgres]"\n\n'
+        + 'RUN pip install --no-cache-dir ".[cli,postgres]"\n\n'
         + 'ENTRYPOINT ["vllm-budget", "run"]\n'
     )
 

@@ -50,6 +50,7 @@ __all__ = [
     "ServerSetup",
     "ServerState",
     "find_free_port",
+    "runs_vllm",
     "stop_process_group",
 ]
 
@@ -372,6 +373,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def runs_vllm(pid: int) -> bool:
+    """Whether process ``pid`` is an embedded vLLM server or ``vllm-router`` (by its command).
+
+    A recorded PID may have been given to another program since (a reboot, a crash): only a
+    process whose command line names vLLM is signalled. Where ``/proc`` cannot be read, the
+    PID is trusted.
+
+    Example:
+        >>> runs_vllm(os.getpid())  # this Python is neither
+        False
+    """
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return _pid_alive(pid) and not Path("/proc/self").exists()
+    except OSError:
+        return True
+    arguments = command.split(b"\0")
+    # vllm-router names its process "vllm::router" (its script's command line before that);
+    # an embedded server runs the launcher module.
+    names = [Path(os.fsdecode(argument)).name for argument in arguments[:2]]
+    return _LAUNCHER.encode() in arguments or any(
+        name == "vllm-router" or name.lower().startswith("vllm::") for name in names
+    )
+
+
+_LAUNCHER = "langchain_vllm_budget.serving._vllm_launcher"
+"""The module every embedded server runs (``python -m ...``)."""
+
+
 def stop_process_group(pid: int, *, timeout: float = 30.0) -> bool:
     """Stop the process group led by ``pid``: SIGTERM, then SIGKILL after ``timeout``.
 
@@ -443,8 +474,7 @@ class LocalVLLMServer:
         """The full command line that starts the server."""
         if self.port is None:
             raise LocalServerError("choose a port first")
-        launcher = "langchain_vllm_budget.serving._vllm_launcher"
-        return [self.python, "-m", launcher, *self.spec.vllm_args(port=self.port)]
+        return [self.python, "-m", _LAUNCHER, *self.spec.vllm_args(port=self.port)]
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the server's log."""

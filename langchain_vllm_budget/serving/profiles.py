@@ -336,6 +336,9 @@ _LONG_WINDOW = ServerProfile(
     max_num_seqs=2,
     gpu_memory_utilization=0.88,
     enforce_eager=True,
+    # Agents call tools with tool_choice="auto" (create_agent's default, and the read tool of
+    # ToolOutputCompressionMiddleware): vLLM needs both flags for it; hermes reads Qwen2.5's.
+    extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "hermes"),
 )
 
 PROFILES: Mapping[str, ServerProfile] = MappingProxyType(

@@ -37,6 +37,7 @@ from langchain_vllm_budget.serving.local_server import (
     LocalVLLMServer,
     ServerState,
     find_free_port,
+    runs_vllm,
     stop_process_group,
 )
 
@@ -283,8 +284,11 @@ class ReplicaSetState:
         Returns:
             (pid, whether it was running) for the router and each replica.
         """
-        stopped = [(self.router_pid, stop_process_group(self.router_pid, timeout=10.0))]
-        stopped += [(r.pid, stop_process_group(r.pid)) for r in self.replicas]
+        # A recorded PID is signalled only while it still runs vLLM or the router: after a
+        # reboot or a crash, the system may have given it to another program.
+        router = runs_vllm(self.router_pid) and stop_process_group(self.router_pid, timeout=10.0)
+        stopped = [(self.router_pid, router)]
+        stopped += [(r.pid, runs_vllm(r.pid) and stop_process_group(r.pid)) for r in self.replicas]
         self.path_for(self.name).unlink(missing_ok=True)
         return stopped
 

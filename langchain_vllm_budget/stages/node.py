@@ -82,7 +82,7 @@ from langchain_vllm_budget.stages.state import (
     StagesState,
     new_run_update,
 )
-from langchain_vllm_budget.stages.store import raw_output_namespace
+from langchain_vllm_budget.stages.store import archive_earlier_output, raw_output_namespace
 from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
@@ -492,6 +492,10 @@ class CompressedStage:
             raw = self.runnable.invoke(self.stage_input(call.stage_input), config)
             output = _Output(render_stage_result(raw))
         record = self._raw_record(call, output.text)
+        earlier = call.store.get(call.namespace, self.name)
+        if earlier is not None:  # run again in this run (a loop): keep the earlier output
+            archived, record = archive_earlier_output(self.name, earlier.value, record)
+            call.store.put(call.namespace, archived, earlier.value)
         call.store.put(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
             request = call.stage_input.request
@@ -527,6 +531,10 @@ class CompressedStage:
             output = _Output(render_stage_result(raw))
         # The record and the ledger count tokens (a server counter is sync HTTP): in threads.
         record = await asyncio.to_thread(self._raw_record, call, output.text)
+        earlier = await call.store.aget(call.namespace, self.name)
+        if earlier is not None:  # run again in this run (a loop): keep the earlier output
+            archived, record = archive_earlier_output(self.name, earlier.value, record)
+            await call.store.aput(call.namespace, archived, earlier.value)
         await call.store.aput(call.namespace, self.name, record)
         with track_model_calls(call.counter) as usage:
             request = call.stage_input.request

@@ -40,6 +40,16 @@ def merge_run_dicts(left: dict[str, Any], right: dict[str, Any]) -> dict[str, An
     return {**left, **right}
 
 
+def latest(left: str, right: str) -> str:
+    """Reducer: the newest value wins, also when parallel branches both write one step.
+
+    Example:
+        >>> latest("after logs", "after metrics")
+        'after metrics'
+    """
+    return right
+
+
 def new_run_update(run_id: str | None = None) -> dict[str, Any]:
     """The state update that starts a run: a new ``run_id``, every run-scoped field empty.
 
@@ -142,7 +152,8 @@ class StagesState(StagesInput):
         run_id: The current run (set by :func:`start_run`); raw outputs are stored per run.
         summaries: Compressed summary of each finished stage of this run, by stage name.
         rolling_summary: Digest of the run so far, updated after every stage. Prompts carry
-            it only for stages folded out of them.
+            it only for stages folded out of them. When stages run in parallel branches, the
+            last branch to finish sets it (each branch's summary is in ``summaries``).
         ledger: Token accounting of each finished stage of this run, by stage name.
         folded: Stages whose summaries were dropped from later prompts to make them fit, and
             the stage at which that happened (their content survives in the rolling summary).
@@ -152,7 +163,7 @@ class StagesState(StagesInput):
 
     run_id: str = ""
     summaries: Annotated[dict[str, str], merge_run_dicts] = field(default_factory=dict)
-    rolling_summary: str = ""
+    rolling_summary: Annotated[str, latest] = ""
     ledger: Annotated[dict[str, StageLedger], merge_run_dicts] = field(default_factory=dict)
     folded: Annotated[dict[str, str], merge_run_dicts] = field(default_factory=dict)
     rolling_summaries: Annotated[dict[str, str], merge_run_dicts] = field(default_factory=dict)

@@ -2,7 +2,10 @@
 
 Key: the stage name; namespace: ``("stage_outputs", thread_id, run_id)``. A later run on the
 same thread writes to its own namespace, so no run overwrites another's outputs, and every
-run's outputs stay retrievable (``store.search(("stage_outputs", thread_id))`` lists them).
+run's outputs stay retrievable (``store.search(("stage_outputs", thread_id))`` lists them). A
+stage that runs again within a run (a loop in the graph) keeps its latest output under its
+name and the earlier ones under ``"<stage>#1"``, ``"<stage>#2"``, ... (:func:`get_raw_output`
+with ``attempt=``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ from typing import Any
 
 from langgraph.store.base import BaseStore
 
-__all__ = ["RAW_OUTPUT_NAMESPACE", "get_raw_output", "raw_output_namespace"]
+__all__ = [
+    "RAW_OUTPUT_NAMESPACE",
+    "archive_earlier_output",
+    "get_raw_output",
+    "raw_output_namespace",
+]
 
 RAW_OUTPUT_NAMESPACE = "stage_outputs"
 """First element of the store namespace that holds raw stage outputs."""
@@ -27,8 +35,35 @@ def raw_output_namespace(thread_id: str, run_id: str) -> tuple[str, str, str]:
     return (RAW_OUTPUT_NAMESPACE, thread_id or "no-thread", run_id or "no-run")
 
 
-def get_raw_output(store: BaseStore, thread_id: str, run_id: str, stage: str) -> str | None:
+def archive_earlier_output(
+    stage: str, earlier: dict[str, Any], record: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Where an earlier output of a stage run again goes, and the new record (numbered).
+
+    Args:
+        stage: The stage's name (the key of its latest output).
+        earlier: The record stored under ``stage`` so far.
+        record: The new output's record.
+
+    Returns:
+        The key for ``earlier`` (``"<stage>#<its attempt>"``) and ``record`` with the next
+        attempt number.
+
+    Example:
+        >>> archive_earlier_output("act", {"content": "first"}, {"content": "second"})
+        ('act#1', {'content': 'second', 'attempt': 2})
+    """
+    attempt = int(earlier.get("attempt", 1))
+    return f"{stage}#{attempt}", {**record, "attempt": attempt + 1}
+
+
+def get_raw_output(
+    store: BaseStore, thread_id: str, run_id: str, stage: str, *, attempt: int | None = None
+) -> str | None:
     """The raw output of ``stage`` in a run, or ``None`` if it has not run.
+
+    ``attempt`` picks an earlier output of a stage that ran more than once in the run (1 for
+    the first); default: the latest.
 
     Example:
         >>> from langgraph.store.memory import InMemoryStore
@@ -39,7 +74,10 @@ def get_raw_output(store: BaseStore, thread_id: str, run_id: str, stage: str) ->
         >>> get_raw_output(store, "t", "other-run", "plan") is None
         True
     """
-    item = store.get(raw_output_namespace(thread_id, run_id), stage)
+    namespace = raw_output_namespace(thread_id, run_id)
+    item = store.get(namespace, stage)
+    if attempt is not None and (item is None or int(item.value.get("attempt", 1)) != attempt):
+        item = store.get(namespace, f"{stage}#{attempt}")
     if item is None:
         return None
     value: dict[str, Any] = item.value

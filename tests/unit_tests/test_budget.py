@@ -93,8 +93,6 @@ def test_plan_never_exceeds_window(window, reserve, margin, input_tokens, reques
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"max_model_len": 2048, "output_reserve": 3000}, "output_reserve (3000)"),
-        ({"max_model_len": 2048, "output_reserve": 2048}, "must be smaller than"),
         ({"output_reserve": -1}, "output_reserve"),
         ({"safety_margin": -5}, "safety_margin"),
         ({"max_model_len": 0}, "max_model_len"),
@@ -105,6 +103,18 @@ def test_plan_never_exceeds_window(window, reserve, margin, input_tokens, reques
 def test_invalid_settings_fail_at_construction(kwargs, fragment) -> None:
     with pytest.raises(ValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         TokenBudget(**kwargs)
+
+
+def test_a_reserve_as_large_as_the_window_is_one_rule_configured_or_discovered() -> None:
+    """The defaults (a 3,000-token reserve) on a 2,048-token window: accepted whether the
+    window is configured (VLLM_BUDGET_MAX_MODEL_LEN) or read from the server, with the same
+    plan: the window caps the output."""
+    configured = TokenBudget(max_model_len=2048)
+    discovered = TokenBudget().with_max_model_len(2048)
+    assert configured == discovered
+    plan = configured.plan(100)
+    assert plan.fits
+    assert plan.max_tokens == 2048 - 100 - configured.safety_margin < configured.output_reserve
 
 
 def test_plan_needs_a_window() -> None:

@@ -14,7 +14,11 @@ from unittest import mock
 import httpx
 import openai
 import pytest
-from langchain_core.exceptions import ModelConnectionError, ModelInvalidRequestError
+from langchain_core.exceptions import (
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelInvalidRequestError,
+)
 from langchain_core.load import dumpd, load
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_openai import ChatOpenAI
@@ -395,6 +399,21 @@ def test_an_aborted_reply_is_a_typed_error_that_keeps_the_text_so_far() -> None:
     assert model._create_chat_result(body).generations[0].message.text == "Once upon a"
 
 
+def _served_by(handle: Any, **kwargs: Any) -> ChatVLLM:
+    """A model whose HTTP requests ``handle`` answers (a 2,048-token window, approximate
+    counts, no retries)."""
+    transport = httpx.MockTransport(handle)
+    settings: dict[str, Any] = {
+        "budget": TokenBudget(max_model_len=2048, output_reserve=512),
+        "token_counter": ApproximateTokenCounter(),
+        "max_retries": 0,
+        "http_client": httpx.Client(transport=transport),
+        "http_async_client": httpx.AsyncClient(transport=transport),
+        **kwargs,
+    }
+    return ChatVLLM(model="m", base_url="http://vllm.test/v1", **settings)
+
+
 def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> None:
     """With ``response_format`` the OpenAI client parses the reply itself: cut off by an
     abort, it is invalid JSON there, before ``_create_chat_result`` could see the abort."""
@@ -409,14 +428,7 @@ def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> No
         assert "response_format" in json.loads(request.content)
         return httpx.Response(200, json=_aborted_completion('{"label": "bug", "rea'))
 
-    model = ChatVLLM(
-        model="m",
-        base_url="http://vllm.test/v1",
-        budget=TokenBudget(max_model_len=2048, output_reserve=512),
-        token_counter=ApproximateTokenCounter(),
-        max_retries=0,
-        http_client=httpx.Client(transport=httpx.MockTransport(handle)),
-    )
+    model = _served_by(handle)
     with pytest.raises(VLLMRequestAbortedError) as caught:
         model.with_structured_output(Verdict).invoke("classify: it crashes")
     assert caught.value.partial is not None
@@ -425,6 +437,89 @@ def test_an_aborted_structured_reply_is_a_typed_error_not_a_json_failure() -> No
     assert caught.value.partial.usage_metadata["output_tokens"] == 3
     assert caught.value.partial.response_metadata["finish_reason"] == "abort"
     assert isinstance(caught.value.__cause__, ValidationError)  # what the client raised
+
+
+@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
+def test_only_the_planned_output_limit_is_sent(field: str) -> None:
+    """A limit in ``model_kwargs`` is planned like one given to the call, and only the plan's
+    limit reaches vLLM (it reads ``max_completion_tokens`` before ``max_tokens``)."""
+    sent: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=_completion())
+
+    model = _served_by(handle, model_kwargs={field: 100_000})
+    report = model.invoke("hi").response_metadata["budget"]
+    assert report["requested_max_tokens"] == 100_000
+    assert 0 < report["max_tokens"] < 2048
+    assert sent[-1]["max_tokens"] == report["max_tokens"]
+    assert "max_completion_tokens" not in sent[-1]
+
+
+def _answering(status: int, *, models: bool = False) -> ChatVLLM:
+    """A model whose server answers ``status`` to every request (``models``: but /models)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if models and request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
+        return httpx.Response(status, json={"error": {"message": "no"}})
+
+    return _served_by(handle)
+
+
+def test_a_rejected_key_is_the_same_typed_error_from_discovery_and_from_the_chat_call() -> None:
+    """Discovery asks first (through the bare OpenAI client); its 401 is LangChain's typed
+    error, as the chat call's is, and reading the profile never raises for it."""
+    for model in (_answering(401), _answering(401, models=True)):
+        with pytest.raises(ModelAuthenticationError):
+            model.invoke("hi")
+        with pytest.raises(ModelAuthenticationError):
+            asyncio.run(model.ainvoke("hi"))
+    profile = _answering(401).profile  # the configured window's profile stands in
+    assert profile is not None
+    assert 0 < profile["max_input_tokens"] < 2048
+
+
+def test_the_server_counter_talks_to_the_server_as_the_chat_model_does() -> None:
+    """Behind a gateway that needs a header (or a query parameter, or the app's own HTTP
+    client with its TLS and proxy settings), /tokenize must get what the chat call gets."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.headers.get("x-gateway-key") != "k" or request.url.params.get("v") != "2":
+            return httpx.Response(401, json={"error": {"message": "gateway key missing"}})
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"count": 42, "max_model_len": 2048})
+        if request.url.path.endswith("/render"):  # a server without --enable-scale-out
+            return httpx.Response(404, json={"detail": "Not Found"})
+        return httpx.Response(200, json=_completion())
+
+    model = _served_by(
+        handle,
+        api_key="secret",
+        token_counter="server",
+        default_headers={"X-Gateway-Key": "k"},
+        default_query={"v": "2"},
+    )
+    assert model.invoke("hi").response_metadata["budget"]["input_tokens"] == 42
+    assert asyncio.run(model.ainvoke("hi")).response_metadata["budget"]["input_tokens"] == 42
+    tokenize = [r for r in seen if r.url.path == "/tokenize"]
+    assert tokenize, "the count came from the server"
+    assert all(r.headers["authorization"] == "Bearer secret" for r in tokenize)
+
+
+def test_a_base_url_without_the_api_root_says_so() -> None:
+    """vLLM answers GET /models at its API root: a 404 there is the URL, not the model."""
+    model = _answering(404)
+    for call in (lambda: model.invoke("hi"), lambda: asyncio.run(model.ainvoke("hi"))):
+        with pytest.raises(VLLMConnectionError, match="ends in /v1"):
+            call()
 
 
 def test_only_a_readable_abort_reply_becomes_the_aborted_error() -> None:
@@ -589,6 +684,8 @@ def test_counts_include_the_models_and_the_calls_template_kwargs() -> None:
         ({"extra_body": {"documents": "a text"}}, "documents"),
         ({"extra_body": {"continue_final_message": True}}, "continue_final_message"),
         ({"extra_body": {"thinking_token_budget": -5}}, "thinking_token_budget"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"extra_body": {"max_completion_tokens": -3}}, "max_completion_tokens"),
     ],
 )
 def test_request_fields_vllm_would_reject_are_typed_errors(fields: dict, option: str) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +17,9 @@ from rich.console import Console
 
 from langchain_vllm_budget.cli.run import (
     _context,
+    _local_server,
     _parse_sets,
+    _stopped_on_termination,
     budget_table,
     final_answer,
     ledger_table,
@@ -142,3 +149,49 @@ def test_no_request_and_nothing_to_resume_is_a_clear_error(
             db=tmp_path / "runs.sqlite",
             console=Console(file=(tmp_path / "out.txt").open("w")),
         )
+
+
+def test_no_server_and_no_local_model_support_says_to_pass_the_servers_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain ``[cli]`` install has no torch to build the embedded model: the run says to
+    point it at a server, instead of failing with an import error."""
+    from langchain_vllm_budget.serving import local_models
+
+    def no_torch(name: str) -> Path:
+        raise ModuleNotFoundError("No module named 'torch'")
+
+    monkeypatch.setattr(local_models, "ensure_local_model", no_torch)
+    out = Console(file=(tmp_path / "out.txt").open("w"))
+    with (
+        pytest.raises(typer.BadParameter, match="pass --base-url") as caught,
+        _local_server({}, out),
+    ):
+        pass
+    assert "No module named 'torch'" in str(caught.value)
+
+
+def test_a_terminated_run_unwinds_so_its_embedded_server_is_stopped() -> None:
+    """SIGTERM (kill, timeout, a CI cancel) and SIGHUP (a closed terminal) become SystemExit
+    inside the run, so its context managers stop what they started; handlers come back."""
+    before = signal.getsignal(signal.SIGTERM)
+    stopped: list[str] = []
+
+    @contextlib.contextmanager
+    def server(name: str) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            stopped.append(name)
+
+    def run(signum: int) -> None:
+        with _stopped_on_termination(), server(signal.Signals(signum).name):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises before this returns
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with pytest.raises(SystemExit) as caught:
+            run(signum)
+        assert caught.value.code == 128 + signum
+    assert stopped == ["SIGTERM", "SIGHUP"]
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -113,19 +113,25 @@ def test_render_dict_uses_key_value_lines() -> None:
     assert {"job_id=job-7f3a", "max_tokens=250"} <= extract_entities(text)
 
 
-def test_render_tool_messages_keep_name_and_call_id() -> None:
+def test_render_tool_messages_keep_the_call_and_the_tool_not_the_call_id() -> None:
+    """A call's arguments and its tool's name are facts to keep; the random ID that pairs a
+    call with its result is not, and must not count as an entity a summary has to keep."""
+    call_id = "chatcmpl-tool-5f0c2a9e41b74d3c"
     messages = [
         HumanMessage("find the ticket"),
         AIMessage(
             "",
-            tool_calls=[{"name": "search_tickets", "args": {"query": "INC-77"}, "id": "call_9"}],
+            tool_calls=[{"name": "search_tickets", "args": {"query": "INC-77"}, "id": call_id}],
         ),
-        ToolMessage('{"ticket": "INC-77"}', tool_call_id="call_9", name="search_tickets"),
+        ToolMessage('{"ticket": "INC-77"}', tool_call_id=call_id, name="search_tickets"),
     ]
     text = render_stage_result(messages)
-    assert "tool_call search_tickets(query=INC-77) id=call_9" in text
-    assert "[tool name=search_tickets tool_call_id=call_9]" in text
-    assert {"query=INC-77", "tool_call_id=call_9", "name=search_tickets"} <= extract_entities(text)
+    assert "tool_call search_tickets(query=INC-77)" in text
+    assert "[tool name=search_tickets]" in text
+    entities = extract_entities(text)
+    assert {"query=INC-77", "name=search_tickets"} <= entities
+    assert call_id not in text
+    assert not any("5f0c2a9e41b74d3c" in entity for entity in entities)
 
 
 def test_render_pydantic_and_none() -> None:

@@ -125,6 +125,27 @@ def test_an_explicit_tokenizer_wins_over_the_root(cached: Path) -> None:
     assert len(result.steps) == 2  # the explicit tokenizer, found: the root is never looked at
 
 
+def test_the_servers_root_is_asked_for_only_when_the_tokenizer_is_not_found(hf_home: Path) -> None:
+    """The root may be given as how to ask for it: the chain asks only when it gets there,
+    so the counter chosen does not depend on whether the server was asked before."""
+    folder = str(ensure_local_model("tiny-qwen"))
+    asked: list[str] = []
+
+    def root() -> str:
+        asked.append("root")
+        return folder
+
+    found = resolve_token_counter("auto", tokenizer=folder, root=root, make_server=_no_server)
+    assert found.counter.source == folder  # type: ignore[attr-defined]
+    assert asked == []
+    missing = resolve_token_counter(
+        "auto", tokenizer="no-such-org/no-such-model", root=root, make_server=_no_server
+    )
+    assert asked == ["root"]
+    assert isinstance(missing.counter, TransformersTokenCounter)
+    assert missing.counter.source == folder
+
+
 def test_the_tokenizer_setting_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     folder = str(ensure_local_model("tiny-qwen"))
     monkeypatch.setenv("VLLM_BUDGET_TOKENIZER", folder)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 from typer.testing import CliRunner
 
 from langchain_vllm_budget import settings
@@ -178,6 +179,20 @@ def test_render_check_command(tmp_path: Path) -> None:
     stale = runner.invoke(app, ["profiles", "render", "--check", "--output-dir", str(tmp_path)])
     assert stale.exit_code == 1
     assert "compose.yaml" in stale.output
+
+
+def test_render_outside_a_clone_says_where_to_run_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed package has no langgraph.json or graphs/ beside it: render says to run
+    it in a clone, and writes nothing."""
+    from langchain_vllm_budget.cli import plan
+
+    monkeypatch.setattr(plan, "LANGGRAPH_JSON", tmp_path / "site-packages" / "langgraph.json")
+    result = CliRunner().invoke(app, ["profiles", "render", "--output-dir", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert "clone of the repository" in result.output
+    assert not (tmp_path / "d").exists()
 
 
 # ---- docker compose config ------------------------------------------------------------------
@@ -503,6 +518,25 @@ def test_dockerfile_app_is_pinned_offline_and_copies_what_exists() -> None:
             *sources, _ = args.split()
             for source in sources:
                 assert (REPO / source).exists(), f"COPY source {source} is missing"
+
+
+def test_dockerfile_app_installs_what_its_entrypoint_needs() -> None:
+    """``vllm-budget`` refuses to start without the ``cli`` extra's packages: the image
+    installs every one of them (the ``postgres`` extra for the checkpointer besides)."""
+    from langchain_vllm_budget.cli.entry import CLI_REQUIREMENTS
+
+    runs = " ".join(a for k, a in _instructions(DOCKER / "Dockerfile.app") if k == "RUN")
+    extras = re.search(r'pip install [^"]*"\.\[([a-z,-]+)\]"', runs)
+    assert extras is not None, runs
+    chosen = extras.group(1).split(",")
+    requirements = [Requirement(r) for r in metadata.requires("langchain-vllm-budget") or []]
+    names = {
+        r.name
+        for r in requirements
+        if r.marker is None or any(r.marker.evaluate({"extra": extra}) for extra in chosen)
+    }
+    assert set(CLI_REQUIREMENTS.values()) <= names
+    assert "langgraph-checkpoint-postgres" in names
 
 
 @pytest.mark.parametrize("dockerfile", [n for n in DOCKER_FILES if n.startswith("Dockerfile.")])

@@ -12,6 +12,7 @@ import pytest
 import regex
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse, wrap_model_call
+from langchain.agents.structured_output import ToolStrategy
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -25,11 +26,11 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget, compaction_target
 from langchain_vllm_budget.capabilities import budgeted, token_counter_of
-from langchain_vllm_budget.compaction import is_summary_message
+from langchain_vllm_budget.compaction import is_summary_message, summary_message
 from langchain_vllm_budget.compression import extract_entities
 from langchain_vllm_budget.middleware import (
     ContextCompactionMiddleware,
@@ -37,7 +38,12 @@ from langchain_vllm_budget.middleware import (
     load_tool_output,
     tool_outputs,
 )
-from langchain_vllm_budget.middleware.tool_outputs import METADATA_KEY, READ_TOOL_NAME, find_lines
+from langchain_vllm_budget.middleware.tool_outputs import (
+    METADATA_KEY,
+    READ_TOOL_NAME,
+    _last_request,
+    find_lines,
+)
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, tools_to_openai_dicts
 from tests.fakes import ThreadRecordingCounter
 
@@ -127,6 +133,68 @@ def test_compaction_happens_once_in_state_and_the_prefix_stays(policy: str) -> N
     else:
         assert not any(is_summary_message(m) for m in state)
         assert isinstance(state[0], HumanMessage)
+
+
+class _Report(BaseModel):
+    """An incident report."""
+
+    ticket: str = Field(description="The ticket ID exactly as the user wrote it. " * 6)
+    hosts: list[str] = Field(description="Every affected host, fully qualified. " * 6)
+    root_cause: str = Field(description="The root cause, with the parameter and value. " * 6)
+
+
+@pytest.mark.parametrize("structured", ["tool strategy", "bare schema"])
+def test_the_structured_output_tool_is_counted(structured: str) -> None:
+    """``create_agent`` binds a ``ToolStrategy``'s schema as one more tool after the
+    middleware has seen ``request.tools``: its definition is counted too, so no request
+    goes over the limit (a model without the provider's structured output, here)."""
+    limit = 800
+
+    class Reporting(ScriptedModel):
+        def _generate(self, messages: list[BaseMessage], *a: Any, **k: Any) -> ChatResult:
+            self.prompts.append(list(messages))
+            args = {"ticket": "INC-1", "hosts": [], "root_cause": "x"}
+            call = {"name": "_Report", "args": args, "id": f"r{len(self.prompts)}"}
+            return ChatResult(
+                generations=[ChatGeneration(message=AIMessage("", tool_calls=[call]))]
+            )
+
+    model = Reporting(profile={"max_input_tokens": limit})
+    agent = create_agent(
+        model,
+        tools=[],
+        system_prompt="sys",
+        middleware=[ContextCompactionMiddleware(model, summarizer="extractive")],
+        response_format=ToolStrategy(_Report) if structured == "tool strategy" else _Report,
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "s"}}
+    for i in range(20):
+        agent.invoke({"messages": [HumanMessage(f"INC-{i} " + "word " * 40)]}, config)
+    tools = tools_to_openai_dicts(model.tools_seen)
+    assert [t["function"]["name"] for t in tools] == ["_Report"]
+    sizes = [COUNTER.count_messages(p, tools) for p in model.prompts]
+    assert max(sizes) <= limit
+    assert max(sizes) > limit - 200, "the conversation did reach the limit"
+
+
+def test_summarizer_calls_are_not_streamed_as_the_agents_answer() -> None:
+    """LangGraph's ``messages`` stream carries the agent's replies, not the summaries the
+    compaction asks for (tagged ``nostream``, as LangChain's own summarization does)."""
+    model = _model()
+    summarizer = _model(script=[AIMessage("- SUMMARY-TEXT of the tickets")] * 20)
+    middleware = ContextCompactionMiddleware(model, summarizer=summarizer, strategy="llm")
+    agent = _chat_agent(model, middleware)
+    config = {"configurable": {"thread_id": "t"}}
+    streamed: list[str] = []
+    for i in range(30):
+        for chunk, _ in agent.stream(
+            {"messages": [HumanMessage(_ticket(i))]}, config, stream_mode="messages"
+        ):
+            streamed.append(chunk.text)
+    assert summarizer.prompts, "the summarizer was called"
+    assert "ok" in streamed, "the agent's replies are streamed"
+    assert not any("SUMMARY-TEXT" in text for text in streamed)
 
 
 def test_one_summarizer_call_per_compaction_in_the_graph() -> None:
@@ -511,6 +579,20 @@ def test_settings_come_from_the_environment_and_are_checked(
 def test_threshold_must_exceed_the_cap() -> None:
     with pytest.raises(ValueError, match="threshold_tokens"):
         ToolOutputCompressionMiddleware(_model(), threshold_tokens=100, summary_max_tokens=200)
+
+
+def test_the_request_a_tool_output_summary_ranks_by_is_never_a_summary() -> None:
+    """After a compaction cut inside a tool loop, the newest human message can be a summary
+    (this package's, or LangChain's ``SummarizationMiddleware``'s): the user's request is
+    the one before it."""
+    langchains = HumanMessage(
+        "Here is a summary of the conversation to date: ...",
+        additional_kwargs={"lc_source": "summarization"},
+    )
+    for summary in (summary_message("- INC-1 reviewed"), langchains):
+        messages = [HumanMessage("Why is db-3 slow?"), summary, _call("lookup", {}, "c1")]
+        assert _last_request({"messages": messages}) == "Why is db-3 slow?"
+    assert _last_request({"messages": [summary_message("- x")]}) == ""
 
 
 def test_no_summarizer_call_when_the_ranked_summary_keeps_what_the_request_asks() -> None:

@@ -115,10 +115,20 @@ def test_trim_reapplies_the_same_cut_until_the_limit(counter) -> None:
         sent = outcome.messages
 
 
-def test_trim_raises_when_the_newest_turn_alone_is_too_big(counter) -> None:
-    messages = [SystemMessage("s"), HumanMessage("word " * 3000)]
-    with pytest.raises(VLLMContextOverflowError):
-        apply_budget(messages, budget=BUDGET, count=counter.count_messages, policy="trim")
+@pytest.mark.parametrize("policy", ["trim", "summarize"])
+@pytest.mark.parametrize("system", [True, False])
+def test_compaction_raises_when_the_newest_turn_alone_is_too_big(
+    counter, policy: str, system: bool
+) -> None:
+    """The context-overflow error (which LangChain's fallbacks recognise), with or without a
+    system prompt, saying that compaction was applied and what to change instead."""
+    messages = [*([SystemMessage("s")] if system else []), HumanMessage("word " * 3000)]
+    with pytest.raises(VLLMContextOverflowError) as info:
+        apply_budget(messages, budget=BUDGET, count=counter.count_messages, policy=policy)
+    assert info.value.compacted
+    assert info.value.input_tokens == counter.count_messages(messages)
+    assert "compaction could not bring it under the limit" in str(info.value)
+    assert "set on_overflow" not in str(info.value)
 
 
 def test_warn_sends_what_fits_and_logs(counter, caplog) -> None:

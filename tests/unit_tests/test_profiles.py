@@ -521,7 +521,7 @@ def test_long_window_is_the_seed_profile_a_with_awq_marlin() -> None:
     assert options["--max-model-len"] == "12288"
     assert options["--max-num-seqs"] == "2"
     assert options["--gpu-memory-utilization"] == "0.88"
-    assert args[-1] == "--enforce-eager"
+    assert "--enforce-eager" in args
     assert profile.serve_command() == ["vllm", "serve", *args]
     assert shlex.split(profile.shell_command()) == profile.serve_command()
 
@@ -830,3 +830,13 @@ def test_cli_plan_replicas_chooses_a_one_server_layout_per_gpu() -> None:
         env={"COLUMNS": "200"},
     )
     assert "profiles render --replicas 4" in four.output
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_layouts_main_server_takes_auto_tool_choice(layout: str) -> None:
+    """Agents send ``tool_choice="auto"`` (create_agent's default; the read tool of the
+    tool-output middleware): vLLM answers 400 without both flags, so every layout's main
+    server (the app's ``VLLM_API_BASE``) and ``plan --serve``'s line carry them."""
+    args = get_profile(LAYOUTS[layout].reasoner).vllm_serve_args()
+    assert "--enable-auto-tool-choice" in args
+    assert args[args.index("--tool-call-parser") + 1] == "hermes"  # Qwen2.5's tool calls

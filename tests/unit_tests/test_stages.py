@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from langchain_vllm_budget.stages import (
     StageInput,
     StageInputTooLargeError,
     StageLedger,
+    StagesInput,
+    StagesState,
     build_stage_graph,
     compressed_stage,
     fit_stage_prompt,
@@ -386,3 +389,55 @@ async def test_an_async_stage_counts_off_the_event_loop() -> None:
     assert final["ledger"]["a"]["raw_tokens"] > final["ledger"]["a"]["summary_tokens"]
     assert counter.threads, "nothing was counted"
     assert loop_thread not in counter.threads
+
+
+def test_stages_in_parallel_branches_join_with_both_summaries() -> None:
+    """Two stages fanned out from one run both write the rolling summary in one step: no
+    InvalidUpdateError, and the stage after the join sees both branches' summaries."""
+    graph = StateGraph(StagesState, input_schema=StagesInput)
+    graph.add_node("start_run", start_run)
+    graph.add_node("logs", compressed_stage("logs", lambda _: {"host": "db-3", "error": "OOM"}))
+    graph.add_node("metrics", compressed_stage("metrics", lambda _: {"p99_ms": 1840}))
+    graph.add_node("report", compressed_stage("report", lambda stage_input: stage_input))
+    graph.add_edge(START, "start_run")
+    for branch in ("logs", "metrics"):
+        graph.add_edge("start_run", branch)
+        graph.add_edge(branch, "report")
+    app = graph.compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+    out = app.invoke({"request": "Why is db-3 down?"}, {"configurable": {"thread_id": "p"}})
+    assert set(out["summaries"]) == {"logs", "metrics", "report"}
+    for fact in ("error=OOM", "p99_ms=1840"):
+        assert fact in out["summaries"]["report"]
+    assert out["rolling_summary"] == out["rolling_summaries"]["report"]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_stage_run_again_in_a_loop_keeps_every_output(use_async: bool) -> None:
+    """A conditional edge that runs a stage again: its latest output under its name, the
+    earlier ones numbered, nothing overwritten."""
+    attempts: list[str] = []
+
+    def act(_: Any) -> str:
+        attempts.append(f"attempt {len(attempts) + 1}: MIG-{len(attempts) + 1}")
+        return attempts[-1] + (" FAILED" if len(attempts) < 3 else " ok")
+
+    graph = StateGraph(StagesState, input_schema=StagesInput)
+    graph.add_node("start_run", start_run)
+    graph.add_node("act", compressed_stage("act", act))
+    graph.add_edge(START, "start_run")
+    graph.add_edge("start_run", "act")
+    graph.add_conditional_edges(
+        "act", lambda s: "act" if "FAILED" in s.summaries["act"] else "__end__"
+    )
+    app = graph.compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {"configurable": {"thread_id": "loop"}}
+    request = {"request": "Run the migration"}
+    out = asyncio.run(app.ainvoke(request, config)) if use_async else app.invoke(request, config)
+    assert app.store is not None
+    run = out["run_id"]
+    assert get_raw_output(app.store, "loop", run, "act") == "attempt 3: MIG-3 ok"
+    for n in (1, 2):
+        assert get_raw_output(app.store, "loop", run, "act", attempt=n) == (
+            f"attempt {n}: MIG-{n} FAILED"
+        )
+    assert get_raw_output(app.store, "loop", run, "act", attempt=3) == "attempt 3: MIG-3 ok"
