@@ -102,6 +102,7 @@ from langchain_vllm_budget.middleware import (
 )
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import LocalVLLMServer
+from langchain_vllm_budget.serving.profiles import HERMES_TOOL_CALL_ARGS
 
 __all__ = [
     "Call",
@@ -766,9 +767,7 @@ def _server(window: int, url: str | None, tokenizer: Path | None = None) -> Iter
         QWEN,
         max_model_len=window,
         extra_args=(
-            "--enable-auto-tool-choice",
-            "--tool-call-parser",
-            "hermes",
+            *HERMES_TOOL_CALL_ARGS,
             "--enable-prompt-tokens-details",  # cached tokens per request, in usage
         ),
         env={"VLLM_SERVER_DEV_MODE": "1"},  # POST /reset_prefix_cache between variants

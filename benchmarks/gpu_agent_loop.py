@@ -52,7 +52,7 @@ from benchmarks.gpu_check import _qwen_tokenizer_dir
 from benchmarks.gpu_memory import SMALL_CARD_BATCHED_TOKENS
 from benchmarks.gpu_replicas import gpu_replica_spec
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
-from langchain_vllm_budget.serving.profiles import ServerProfile, get_profile
+from langchain_vllm_budget.serving.profiles import HERMES_TOOL_CALL_ARGS, ServerProfile, get_profile
 
 __all__ = ["main", "profile_spec"]
 
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server_args = [
         *shlex.split(args.server_args),
         "--enable-prompt-tokens-details",
-        "--enable-auto-tool-choice",
-        "--tool-call-parser",
-        "hermes",
+        *HERMES_TOOL_CALL_ARGS,
     ]
     with contextlib.ExitStack() as stack:
         return _run(args, command, server_args, stack)

@@ -68,7 +68,7 @@ from langchain_core.runnables import RunnableConfig
 
 from langchain_vllm_budget import ChatVLLM, TokenBudget, VLLMContextOverflowError
 from langchain_vllm_budget.serving.planner import KVCachePlan, load_model_config, plan_kv_cache
-from langchain_vllm_budget.serving.profiles import ServerProfile, get_profile
+from langchain_vllm_budget.serving.profiles import HERMES_TOOL_CALL_ARGS, ServerProfile, get_profile
 
 __all__ = ["main", "run_pipeline_once"]
 
@@ -78,7 +78,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 PROFILES = ("long-window", "balanced")
 KV_DTYPES = ("fp8", "auto")
 # Tool calls need vLLM's auto tool choice; hermes is the Qwen family's tool-call format.
-QWEN_TOOL_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+QWEN_TOOL_ARGS = HERMES_TOOL_CALL_ARGS
 
 KV_SIZE_LINE = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
 CONCURRENCY_LINE = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")

@@ -18,6 +18,7 @@ import httpx
 
 from langchain_vllm_budget.serving.local_models import cache_dir, ensure_local_model
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, LocalVLLMServer
+from langchain_vllm_budget.serving.profiles import HERMES_TOOL_CALL_ARGS
 
 __all__ = ["QWEN", "SMOLLM2", "BenchServers", "Served", "reset_prefix_cache", "server_spec"]
 
@@ -29,7 +30,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 _WINDOWS = {QWEN: 12288, SMOLLM2: 2048}
 _ENV_URLS = {QWEN: "VLLM_BUDGET_BENCH_QWEN_URL", SMOLLM2: "VLLM_BUDGET_BENCH_SMOLLM2_URL"}
 # Tool calls need vLLM's auto tool choice; hermes is Qwen2's tool-call format.
-_EXTRA_ARGS = {QWEN: ("--enable-auto-tool-choice", "--tool-call-parser", "hermes"), SMOLLM2: ()}
+_EXTRA_ARGS = {QWEN: HERMES_TOOL_CALL_ARGS, SMOLLM2: ()}
 # The pipeline benchmark empties vLLM's prefix cache between runs (POST /reset_prefix_cache,
 # one of vLLM's development endpoints), so that no run reuses another's prefill.
 _ENV: dict[str, dict[str, str]] = {QWEN: {}, SMOLLM2: {"VLLM_SERVER_DEV_MODE": "1"}}

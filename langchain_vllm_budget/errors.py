@@ -245,10 +245,13 @@ class VLLMConnectionError(VLLMError, ModelConnectionError):
 
     Attributes:
         base_url: The URL that could not be reached.
+        is_retryable: Whether a retry may succeed (LangChain's ``ModelRetryMiddleware``
+            reads it): true, but false for a URL that is not a vLLM API root at all.
     """
 
-    def __init__(self, base_url: str, reason: str = "") -> None:
+    def __init__(self, base_url: str, reason: str = "", *, retryable: bool = True) -> None:
         self.base_url = base_url
+        self.is_retryable = retryable
         detail = f" ({reason})" if reason else ""
         super().__init__(
             f"Cannot connect to the vLLM server at {base_url}{detail}. Start the server "

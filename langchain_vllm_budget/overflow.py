@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget
 from langchain_vllm_budget.compaction import (
@@ -38,7 +38,7 @@ from langchain_vllm_budget.compaction import (
     Compactor,
     MessageCounter,
 )
-from langchain_vllm_budget.errors import TokenCountError, VLLMContextOverflowError
+from langchain_vllm_budget.errors import VLLMContextOverflowError
 
 __all__ = [
     "SUMMARY_PREFIX",
@@ -123,14 +123,11 @@ def _finish(
 ) -> BudgetOutcome:
     """The compacted request's plan; the typed error naming what to change if nothing fits."""
     if not result.fits:
-        # The system prompt and tools (the tools alone, without a system prompt) fill the
-        # limit: say so, not "compact".
+        # The system prompt and tools fill the limit: say so, not "compact". Without a system
+        # prompt the tools are counted with an empty turn (a chat template renders no empty
+        # conversation).
         fixed = [m for m in result.messages[:1] if isinstance(m, SystemMessage)]
-        try:
-            fixed_tokens = count(fixed)
-        except TokenCountError:  # a chat template that renders no empty conversation
-            fixed_tokens = 0
-        budget.check_fixed_part(fixed_tokens, original.requested_max_tokens)
+        budget.check_fixed_part(count(fixed or [HumanMessage("")]), original.requested_max_tokens)
         raise VLLMContextOverflowError.from_plan(original, compacted=True)
     plan = budget.plan(result.tokens, original.requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit

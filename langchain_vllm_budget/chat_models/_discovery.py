@@ -190,4 +190,5 @@ def _not_the_api_root(client: openai.OpenAI | openai.AsyncOpenAI) -> VLLMConnect
         "GET /models answered 404 Not Found, so this is not the server's OpenAI API root; "
         "base_url usually ends in /v1"
     )
-    return VLLMConnectionError(str(client.base_url).rstrip("/"), reason)
+    # A wrong URL does not heal by retrying: not retryable, unlike a server that is down.
+    return VLLMConnectionError(str(client.base_url).rstrip("/"), reason, retryable=False)

@@ -337,7 +337,8 @@ def _stopped_on_termination() -> Iterator[None]:
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    signals = (signal.SIGTERM, signal.SIGHUP)
+    # A signal ignored on purpose (SIGHUP under nohup) stays ignored.
+    signals = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {signum: signal.signal(signum, terminate) for signum in signals}
     try:
         yield

@@ -196,7 +196,7 @@ class CompressionJob:
             TypeError: If ``raw`` cannot be rendered as text.
         """
         _validate(max_tokens, min_retention)
-        text = render_stage_result(raw)
+        text = render_stage_result(raw, call_ids=False)  # what the summary is written from
         entities = extract_entity_list(text)
         query = query or Query()
         if query:

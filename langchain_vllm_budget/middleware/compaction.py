@@ -346,7 +346,7 @@ def _output_limit(model: BaseChatModel, request: ModelRequest[ContextT]) -> int 
     if found is None:
         return None
     requested = found.get_requested_max_tokens(**request.model_settings)
-    if requested is None or requested < 1:
+    if requested is None:  # (one below 1 raised a typed error already)
         return None
     return found.get_budget().output_limit(requested)
 
@@ -362,6 +362,10 @@ def _structured_output_tools(request: ModelRequest[Any]) -> list[BaseTool]:
     if response_format is None or isinstance(response_format, ProviderStrategy):
         return []
     if not isinstance(response_format, ToolStrategy):
+        # create_agent's rule for a bare schema, as far as the model's profile tells it
+        # (its private helper also matches some hosted models by name): a model it would
+        # give the provider's structured output is at worst counted one tool too many here,
+        # which only compacts a little earlier.
         profile = request.model.profile or {}
         if profile.get("structured_output"):
             return []  # the provider's structured output: no tool in the prompt

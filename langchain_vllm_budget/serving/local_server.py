@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 
 from langchain_vllm_budget.serving.local_models import cache_dir
+from langchain_vllm_budget.serving.profiles import HERMES_TOOL_CALL_ARGS
 
 __all__ = [
     "MANAGED_FLAGS",
@@ -137,8 +138,6 @@ class ServerSetup:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-_HERMES_TOOL_PARSER = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
-
 SERVER_SETUPS: dict[str, ServerSetup] = {
     setup.name: setup
     for setup in (
@@ -146,14 +145,14 @@ SERVER_SETUPS: dict[str, ServerSetup] = {
         ServerSetup(
             "tool-parser",
             "hermes <tool_call> parsing only; tool arguments and JSON are not constrained",
-            _HERMES_TOOL_PARSER,
+            HERMES_TOOL_CALL_ARGS,
         ),
         ServerSetup(
             "tools",
             "tool-ready: hermes tool calls whose arguments follow the tool's schema, compact "
             "JSON for response_format",
             (
-                *_HERMES_TOOL_PARSER,
+                *HERMES_TOOL_CALL_ARGS,
                 # Named and "required" tool_choice (and "auto" once the model opens a
                 # <tool_call>) are decoded under a structural tag; "parameter" pins the
                 # arguments to each tool's JSON schema, as if every tool were strict: true.
@@ -516,7 +515,11 @@ class LocalVLLMServer:
             self.log_path,
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # Ctrl-C or SIGTERM while it starts: leave nothing behind
+                self.stop()
+                raise
         return self
 
     def _pid_file(self) -> Path | None:

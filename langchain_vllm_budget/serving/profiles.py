@@ -320,6 +320,11 @@ _QWEN25_3B_MEASURED = measured_memory("Qwen/Qwen2.5-3B-Instruct-AWQ")
 # support it; naming awq_marlin keeps the intent explicit on older releases too.
 _AWQ = "awq_marlin"
 
+HERMES_TOOL_CALL_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+"""What vLLM needs for ``tool_choice="auto"`` (create_agent's default, and the read tool of
+ToolOutputCompressionMiddleware) with Qwen2.5's tool-call format (hermes): the served
+profiles', the embedded server's ``tools`` setup and the benchmarks' servers."""
+
 _LONG_WINDOW = ServerProfile(
     name="long-window",
     description="Profile A: one long conversation at a time on a 12 GB GPU (7B AWQ, fp8 KV).",
@@ -336,9 +341,7 @@ _LONG_WINDOW = ServerProfile(
     max_num_seqs=2,
     gpu_memory_utilization=0.88,
     enforce_eager=True,
-    # Agents call tools with tool_choice="auto" (create_agent's default, and the read tool of
-    # ToolOutputCompressionMiddleware): vLLM needs both flags for it; hermes reads Qwen2.5's.
-    extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "hermes"),
+    extra_args=HERMES_TOOL_CALL_ARGS,
 )
 
 PROFILES: Mapping[str, ServerProfile] = MappingProxyType(

@@ -193,7 +193,11 @@ class LocalRouter:
         run_dir = os.environ.get("VLLM_BUDGET_RUN_DIR")
         if run_dir:  # the same reaper as the vLLM servers (scripts/with-run-dir.sh)
             Path(run_dir, f"router-{self._process.pid}.pid").write_text(str(self._process.pid))
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: leave nothing behind
+            self.stop()
+            raise
         logger.info("Started vllm-router (pid %s) on port %s", self._process.pid, self.port)
         return self
 

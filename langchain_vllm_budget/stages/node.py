@@ -180,6 +180,7 @@ class _Call:
     counter: TokenCounter
     rolling_summaries: Mapping[str, str]
     previous_rolling: str
+    rolling_covers: tuple[str, ...]
     started: float
 
 
@@ -196,6 +197,32 @@ class _Output:
         if self.fitted is not None:
             return self.fitted.plan.max_model_len
         return budget.max_model_len if budget is not None else None
+
+
+def _previous_rolling(
+    state: Any, summaries: Mapping[str, str], digests: Mapping[str, str], stage: str
+) -> tuple[str, tuple[str, ...]]:
+    """The rolling summary this stage extends, and the stages it will cover.
+
+    In a straight line the state's rolling summary covers every earlier stage. After stages
+    ran in parallel branches it is one branch's (the last write of the step): the summaries
+    of the finished stages it does not cover (by the ledger's ``rolling_covers`` of the stage
+    that wrote it) are added to it, so no branch is left out of the digest.
+    """
+    rolling = str(_field(state, "rolling_summary", "") or "")
+    ledger: Mapping[str, Any] = _field(state, "ledger", {}) or {}
+    writer = next(
+        (n for n in reversed(list(digests)) if digests[n] == rolling and n in ledger), None
+    )
+    earlier = [name for name in summaries if name != stage]
+    if writer is None:  # the first stage of the run (or a state without a ledger)
+        return rolling, tuple(dict.fromkeys([*earlier, stage]))
+    covered = list(ledger[writer].get("rolling_covers", earlier))  # older runs: all earlier
+    missing = [name for name in earlier if name not in covered]
+    previous = "\n".join(
+        p for p in (rolling.strip(), *(f"[{n}]\n{summaries[n]}" for n in missing)) if p
+    )
+    return previous, tuple(dict.fromkeys([*covered, *missing, stage]))
 
 
 @dataclass(frozen=True)
@@ -249,6 +276,7 @@ class CompressedStage:
         earlier = [name for name in summaries if name != self.name]
         folded_names = [name for name in earlier if name in folded]
         digest = digests.get(folded_names[-1], "") if folded_names else ""
+        previous, covers = _previous_rolling(state, summaries, digests, self.name)
         model = _resolve(self.model, runtime)
         return _Call(
             handoff=self._handoff(runtime.context),
@@ -266,7 +294,8 @@ class CompressedStage:
             summarizer=_resolve(self.summarizer, runtime),
             counter=_counter_of(model, self.counter),
             rolling_summaries=digests,
-            previous_rolling=str(_field(state, "rolling_summary", "") or ""),
+            previous_rolling=previous,
+            rolling_covers=covers,
             started=time.perf_counter(),
         )
 
@@ -421,6 +450,7 @@ class CompressedStage:
             "method": summary.method,
             "fallback_reason": summary.fallback_reason,
             "rolling_summary_tokens": counter.count_text(rolling) if rolling else 0,
+            "rolling_covers": list(call.rolling_covers),
             "counter": counter.name,
             "summarizer_calls": usage.calls,
             "summarizer_input_tokens": usage.input_tokens,

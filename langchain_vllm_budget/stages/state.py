@@ -89,6 +89,8 @@ class StageLedger(TypedDict):
         method: How the summary was made: verbatim, extractive, llm or llm+restored.
         fallback_reason: Why the model's summary was rejected, if it was.
         rolling_summary_tokens: Tokens of the rolling summary after this stage.
+        rolling_covers: The stages that rolling summary covers (all the earlier ones in a
+            straight line; after parallel branches, the branch it extends and the others).
         counter: The token counter (``transformers``, ``server`` or ``approximate``).
         summarizer_calls: Summarizer model calls made for this stage (compression and the
             rolling summary; 0 when the output fit or the extractive summary kept everything).
@@ -119,6 +121,7 @@ class StageLedger(TypedDict):
     method: str
     fallback_reason: str | None
     rolling_summary_tokens: int
+    rolling_covers: NotRequired[list[str]]
     counter: str
     summarizer_calls: int
     summarizer_input_tokens: int
@@ -152,8 +155,9 @@ class StagesState(StagesInput):
         run_id: The current run (set by :func:`start_run`); raw outputs are stored per run.
         summaries: Compressed summary of each finished stage of this run, by stage name.
         rolling_summary: Digest of the run so far, updated after every stage. Prompts carry
-            it only for stages folded out of them. When stages run in parallel branches, the
-            last branch to finish sets it (each branch's summary is in ``summaries``).
+            it only for stages folded out of them. When stages run in parallel branches, one
+            branch's is kept at the join, and the next stage adds the summaries of the
+            others to it (the ledger's ``rolling_covers`` says which stages it covers).
         ledger: Token accounting of each finished stage of this run, by stage name.
         folded: Stages whose summaries were dropped from later prompts to make them fit, and
             the stage at which that happened (their content survives in the rolling summary).

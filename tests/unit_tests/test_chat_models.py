@@ -518,8 +518,10 @@ def test_a_base_url_without_the_api_root_says_so() -> None:
     """vLLM answers GET /models at its API root: a 404 there is the URL, not the model."""
     model = _answering(404)
     for call in (lambda: model.invoke("hi"), lambda: asyncio.run(model.ainvoke("hi"))):
-        with pytest.raises(VLLMConnectionError, match="ends in /v1"):
+        with pytest.raises(VLLMConnectionError, match="ends in /v1") as caught:
             call()
+        assert not caught.value.is_retryable  # retry middleware gives up at once
+    assert VLLMConnectionError("http://x/v1", "refused").is_retryable  # a server that is down
 
 
 def test_only_a_readable_abort_reply_becomes_the_aborted_error() -> None:

@@ -195,3 +195,48 @@ def test_a_terminated_run_unwinds_so_its_embedded_server_is_stopped() -> None:
         assert caught.value.code == 128 + signum
     assert stopped == ["SIGTERM", "SIGHUP"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_run_under_nohup_keeps_ignoring_sighup() -> None:
+    """``nohup vllm-budget run ...``: SIGHUP is ignored on purpose and stays ignored."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _stopped_on_termination():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the run goes on
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_run_that_starts_the_embedded_server_stops_it_on_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_graph starts the embedded server inside the SIGTERM/SIGHUP handling."""
+    from langchain_vllm_budget.cli import run as cli_run
+
+    seen: list[Any] = []
+
+    @contextlib.contextmanager
+    def fake_server(values: dict[str, Any], out: Console) -> Iterator[dict[str, Any]]:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise typer.BadParameter("stop here")
+        yield values  # pragma: no cover
+
+    monkeypatch.setattr(cli_run, "_local_server", fake_server)
+    monkeypatch.delenv("VLLM_API_BASE", raising=False)
+    monkeypatch.chdir(REPO)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.BadParameter, match="stop here"):
+        run_graph(
+            load_graph("pipeline"),
+            "a request",
+            {},
+            thread_id="t",
+            db=tmp_path / "runs.sqlite",
+            console=Console(file=(tmp_path / "out.txt").open("w")),
+        )
+    assert seen
+    assert seen[0] not in (before, signal.SIG_DFL, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from langchain_vllm_budget.compression import (
     COMPRESSION_PROMPT,
     CompressionResult,
+    SummarySpec,
     acompress_stage_result,
     compress_stage_result,
     extract_entities,
@@ -19,6 +20,7 @@ from langchain_vllm_budget.compression import (
     extractive_summary,
     is_entity_present,
     render_stage_result,
+    summarize,
 )
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter
 
@@ -125,13 +127,20 @@ def test_render_tool_messages_keep_the_call_and_the_tool_not_the_call_id() -> No
         ),
         ToolMessage('{"ticket": "INC-77"}', tool_call_id=call_id, name="search_tickets"),
     ]
-    text = render_stage_result(messages)
+    kept = render_stage_result(messages)  # a raw output, kept as it was
+    assert f"tool_call search_tickets(query=INC-77) id={call_id}" in kept
+    assert f"[tool name=search_tickets tool_call_id={call_id}]" in kept
+    text = render_stage_result(messages, call_ids=False)  # what a summary is written from
     assert "tool_call search_tickets(query=INC-77)" in text
     assert "[tool name=search_tickets]" in text
     entities = extract_entities(text)
     assert {"query=INC-77", "name=search_tickets"} <= entities
     assert call_id not in text
     assert not any("5f0c2a9e41b74d3c" in entity for entity in entities)
+    # A conversation summarized (compaction's span) is rendered without them.
+    summary = summarize(messages, SummarySpec(max_tokens=60, counter=COUNTER))
+    assert call_id not in summary.summary
+    assert not any("5f0c2a9e41b74d3c" in entity for entity in summary.entities)
 
 
 def test_render_pydantic_and_none() -> None:

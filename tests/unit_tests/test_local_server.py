@@ -208,3 +208,29 @@ def test_stop_process_group_stops_children() -> None:
 def test_unknown_local_model_names_the_known_ones() -> None:
     with pytest.raises(ModelBuildError, match="smollm2-135m-instruct"):
         ensure_local_model("gpt-5")
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_a_start_interrupted_while_waiting_leaves_no_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: type[BaseException]
+) -> None:
+    """Ctrl-C, or SIGTERM turned into SystemExit, while the server loads: its process group
+    is stopped before the interruption goes on (its own session outlives this process)."""
+    sleeper = tmp_path / "python"
+    sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+    sleeper.chmod(0o755)
+    started: list[int] = []
+
+    def interrupted(self: LocalVLLMServer) -> None:
+        assert self._process is not None
+        started.append(self._process.pid)
+        raise interrupt
+
+    monkeypatch.setattr(LocalVLLMServer, "wait_ready", interrupted)
+    server = LocalVLLMServer(
+        LocalServerSpec(model="m"), python=str(sleeper), log_path=tmp_path / "server.log"
+    )
+    with pytest.raises(interrupt), server:
+        pass
+    assert started
+    assert stop_process_group(started[0]) is False  # nothing left to stop

@@ -131,6 +131,32 @@ def test_compaction_raises_when_the_newest_turn_alone_is_too_big(
     assert "set on_overflow" not in str(info.value)
 
 
+@pytest.mark.parametrize("policy", ["trim", "summarize"])
+def test_tools_over_the_limit_without_a_system_prompt_are_named_as_the_cause(
+    counter, policy: str
+) -> None:
+    """The chat template renders no empty conversation: the tools alone are counted with an
+    empty turn, and the error says the tool definitions fill the limit."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "description": "Looks up one record of the inventory by its key. " * 6,
+                "parameters": {"type": "object", "properties": {"key": {"type": "string"}}},
+            },
+        }
+        for i in range(30)
+    ]
+
+    def count(messages: list[BaseMessage]) -> int:
+        return counter.count_messages(messages, tools)
+
+    assert count([HumanMessage("")]) > _limit(BUDGET)
+    with pytest.raises(VLLMFixedPromptOverflowError):
+        apply_budget([HumanMessage("hi")], budget=BUDGET, count=count, policy=policy)
+
+
 def test_warn_sends_what_fits_and_logs(counter, caplog) -> None:
     budget = TokenBudget(max_model_len=2048, output_reserve=512, safety_margin=64)
     text = "hello " * 1800
