@@ -38,7 +38,7 @@ from langchain_vllm_budget.compaction import (
     Compactor,
     MessageCounter,
 )
-from langchain_vllm_budget.errors import VLLMContextOverflowError
+from langchain_vllm_budget.errors import TokenCountError, VLLMContextOverflowError
 
 __all__ = [
     "SUMMARY_PREFIX",
@@ -123,11 +123,15 @@ def _finish(
 ) -> BudgetOutcome:
     """The compacted request's plan; the typed error naming what to change if nothing fits."""
     if not result.fits:
-        # The system prompt and tools fill the limit: say so, not "compact". Without a system
-        # prompt the tools are counted with an empty turn (a chat template renders no empty
-        # conversation).
+        # The system prompt and tools fill the limit: say so, not "compact". A chat template
+        # renders no empty conversation (and some no system prompt alone): then they are
+        # counted with an empty user turn.
         fixed = [m for m in result.messages[:1] if isinstance(m, SystemMessage)]
-        budget.check_fixed_part(count(fixed or [HumanMessage("")]), original.requested_max_tokens)
+        try:
+            fixed_tokens = count(fixed) if fixed else count([HumanMessage("")])
+        except TokenCountError:
+            fixed_tokens = count([*fixed, HumanMessage("")])
+        budget.check_fixed_part(fixed_tokens, original.requested_max_tokens)
         raise VLLMContextOverflowError.from_plan(original, compacted=True)
     plan = budget.plan(result.tokens, original.requested_max_tokens)
     if not plan.fits:  # pragma: no cover - the compactor only returns what fits the limit

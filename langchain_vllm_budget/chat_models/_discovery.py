@@ -21,7 +21,13 @@ from langchain_vllm_budget.errors import (
     VLLMServerError,
 )
 
-__all__ = ["ServerDiscovery", "ServerInfo", "read_models", "served_model_names"]
+__all__ = [
+    "ServerDiscovery",
+    "ServerInfo",
+    "not_the_api_root",
+    "read_models",
+    "served_model_names",
+]
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class ServerDiscovery:
         try:
             page = client.models.list()
         except openai.NotFoundError as exc:
-            raise _not_the_api_root(client) from exc
+            raise not_the_api_root(str(client.base_url)) from exc
         return self._remember(client, model, [m.model_dump() for m in page.data])
 
     async def aget(self, client: openai.AsyncOpenAI, model: str) -> ServerInfo:
@@ -169,7 +175,7 @@ class ServerDiscovery:
         try:
             page = await client.models.list()
         except openai.NotFoundError as exc:
-            raise _not_the_api_root(client) from exc
+            raise not_the_api_root(str(client.base_url)) from exc
         return self._remember(client, model, [m.model_dump() for m in page.data])
 
     def forget(self, client: openai.OpenAI | openai.AsyncOpenAI, model: str) -> None:
@@ -184,11 +190,14 @@ class ServerDiscovery:
         return f"ServerDiscovery(known={sorted(self._known)})"
 
 
-def _not_the_api_root(client: openai.OpenAI | openai.AsyncOpenAI) -> VLLMConnectionError:
-    """VLLM always answers ``GET /models`` at its API root: a 404 there is a wrong URL."""
+def not_the_api_root(base_url: str) -> VLLMConnectionError:
+    """The error for a 404 from ``GET /models``: vLLM always answers it at its API root.
+
+    A wrong URL does not heal by retrying: the error is not retryable, unlike a server that
+    is down.
+    """
     reason = (
         "GET /models answered 404 Not Found, so this is not the server's OpenAI API root; "
         "base_url usually ends in /v1"
     )
-    # A wrong URL does not heal by retrying: not retryable, unlike a server that is down.
-    return VLLMConnectionError(str(client.base_url).rstrip("/"), reason, retryable=False)
+    return VLLMConnectionError(base_url.rstrip("/"), reason, retryable=False)

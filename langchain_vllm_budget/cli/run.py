@@ -16,9 +16,7 @@ import dataclasses
 import importlib.util
 import json
 import os
-import signal
 import sys
-import threading
 import typing
 import uuid
 from collections.abc import Iterator, Mapping
@@ -39,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from langchain_vllm_budget import settings
+from langchain_vllm_budget.cli._signals import stopped_on_termination
 from langchain_vllm_budget.persistence import postgres_persistence, sqlite_persistence
 from langchain_vllm_budget.settings import CHECKPOINTER_DSN
 
@@ -323,31 +322,6 @@ def _persistence(dsn: str | None, db: Path) -> Iterator[tuple[BaseCheckpointSave
 
 
 @contextmanager
-def _stopped_on_termination() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run as Ctrl-C does, so what it started is stopped.
-
-    The embedded server runs in a process group of its own (it outlives a crash of this
-    process by design): without this, ``kill``, ``timeout`` or a closed terminal would leave
-    it running. Signal handlers can only be set from the main thread: elsewhere, no change.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    # A signal ignored on purpose (SIGHUP under nohup) stays ignored.
-    signals = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {signum: signal.signal(signum, terminate) for signum in signals}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-@contextmanager
 def _local_server(values: dict[str, Any], out: Console) -> Iterator[dict[str, Any]]:
     """Start the embedded vLLM for the run; the context values it implies."""
     from langchain_vllm_budget.serving.local_models import (
@@ -445,7 +419,7 @@ def run_graph(
     with ExitStack() as stack:
         values = dict(values)
         if not values.get("base_url") and settings.API_BASE.env not in os.environ:
-            stack.enter_context(_stopped_on_termination())
+            stack.enter_context(stopped_on_termination())
             values = stack.enter_context(_local_server(values, out))
         context = _context(compiled.builder.context_schema, values)
         checkpointer, store = stack.enter_context(_persistence(checkpointer_dsn, db))

@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from langchain_vllm_budget.cli._signals import stopped_on_termination
 from langchain_vllm_budget.serving.local_models import (
     LOCAL_MODELS,
     ModelBuildError,
@@ -213,10 +214,16 @@ def serve_local_start(
         extra_args=extra_args,
     )
     if replicas > 1:
-        _start_replicas(spec, name, replicas=replicas, policy=policy, port=port, timeout=timeout)
+        with stopped_on_termination():  # SIGTERM while they start: stop what started
+            _start_replicas(
+                spec, name, replicas=replicas, policy=policy, port=port, timeout=timeout
+            )
         return
     server = LocalVLLMServer(spec, port=port, startup_timeout=timeout)
-    with _console.status(f"starting vLLM for {name} (log: {server.log_path})"):
+    with (
+        stopped_on_termination(),
+        _console.status(f"starting vLLM for {name} (log: {server.log_path})"),
+    ):
         try:
             server.start()
         except LocalServerError as exc:

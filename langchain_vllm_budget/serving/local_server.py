@@ -506,20 +506,20 @@ class LocalVLLMServer:
                 env=self.spec.environment(),
                 start_new_session=True,
             )
-        self._write_pid_file()
-        logger.info(
-            "Started vLLM (pid %s) for %s on port %s; log: %s",
-            self._process.pid,
-            self.spec.name,
-            self.port,
-            self.log_path,
-        )
-        if wait:
-            try:
+        try:
+            self._write_pid_file()
+            logger.info(
+                "Started vLLM (pid %s) for %s on port %s; log: %s",
+                self._process.pid,
+                self.spec.name,
+                self.port,
+                self.log_path,
+            )
+            if wait:
                 self.wait_ready()
-            except BaseException:  # Ctrl-C or SIGTERM while it starts: leave nothing behind
-                self.stop()
-                raise
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: leave nothing behind
+            self.stop()
+            raise
         return self
 
     def _pid_file(self) -> Path | None:

@@ -190,10 +190,11 @@ class LocalRouter:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        run_dir = os.environ.get("VLLM_BUDGET_RUN_DIR")
-        if run_dir:  # the same reaper as the vLLM servers (scripts/with-run-dir.sh)
-            Path(run_dir, f"router-{self._process.pid}.pid").write_text(str(self._process.pid))
         try:
+            run_dir = os.environ.get("VLLM_BUDGET_RUN_DIR")
+            if run_dir:  # the same reaper as the vLLM servers (scripts/with-run-dir.sh)
+                pid = self._process.pid
+                Path(run_dir, f"router-{pid}.pid").write_text(str(pid))
             self._wait_ready()
         except BaseException:  # Ctrl-C or SIGTERM while it starts: leave nothing behind
             self.stop()

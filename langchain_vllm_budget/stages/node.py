@@ -191,12 +191,35 @@ class _Output:
     text: str
     reply: BaseMessage | None = None
     fitted: FittedPrompt | None = None
+    summarized: str | None = None
+    """The text the summary is written from, when not ``text`` (without tool-call IDs)."""
+
+    @property
+    def summary_source(self) -> str:
+        return self.text if self.summarized is None else self.summarized
 
     def window(self, budget: TokenBudget | None) -> int | None:
         """The stage model's window: the one its call was planned against, else the budget's."""
         if self.fitted is not None:
             return self.fitted.plan.max_model_len
         return budget.max_model_len if budget is not None else None
+
+
+def _fold_digests(
+    earlier: Sequence[str], digests: Mapping[str, str], ledger: Mapping[str, Any]
+) -> dict[str, str]:
+    """The rolling summaries that may stand in for a fold of the summaries up to theirs.
+
+    Folding stage X puts the rolling summary after X in place of X and every stage folded
+    before it; after parallel branches that summary may cover X's branch only (its ledger's
+    ``rolling_covers``), and then the fold appends X's summary instead.
+    """
+    usable: dict[str, str] = {}
+    for position, name in enumerate(earlier):
+        covers = (ledger.get(name) or {}).get("rolling_covers")
+        if name in digests and (covers is None or set(earlier[:position]) <= set(covers)):
+            usable[name] = digests[name]
+    return usable
 
 
 def _previous_rolling(
@@ -223,6 +246,13 @@ def _previous_rolling(
         p for p in (rolling.strip(), *(f"[{n}]\n{summaries[n]}" for n in missing)) if p
     )
     return previous, tuple(dict.fromkeys([*covered, *missing, stage]))
+
+
+def _rendered(raw: Any) -> _Output:
+    """A runnable stage's result: kept whole, summarized without tool-call IDs."""
+    kept = render_stage_result(raw)
+    summarized = render_stage_result(raw, call_ids=False)
+    return _Output(kept, summarized=summarized if summarized != kept else None)
 
 
 @dataclass(frozen=True)
@@ -274,8 +304,13 @@ class CompressedStage:
         folded: dict[str, str] = dict(_field(state, "folded", {}) or {})
         digests: dict[str, str] = dict(_field(state, "rolling_summaries", {}) or {})
         earlier = [name for name in summaries if name != self.name]
-        folded_names = [name for name in earlier if name in folded]
-        digest = digests.get(folded_names[-1], "") if folded_names else ""
+        ledger: Mapping[str, Any] = _field(state, "ledger", {}) or {}
+        usable = _fold_digests(earlier, digests, ledger)
+        digest = ""
+        for name in (n for n in earlier if n in folded):  # as fit_stage_prompt folds them
+            digest = usable.get(name) or "\n".join(
+                p for p in (digest.strip(), f"[{name}]\n{summaries[name].strip()}") if p
+            )
         previous, covers = _previous_rolling(state, summaries, digests, self.name)
         model = _resolve(self.model, runtime)
         return _Call(
@@ -293,7 +328,7 @@ class CompressedStage:
             model=model,
             summarizer=_resolve(self.summarizer, runtime),
             counter=_counter_of(model, self.counter),
-            rolling_summaries=digests,
+            rolling_summaries=usable,
             previous_rolling=previous,
             rolling_covers=covers,
             started=time.perf_counter(),
@@ -396,7 +431,7 @@ class CompressedStage:
         limit = self._verbatim_limit(call, output)
         fits = limit > call.handoff.summary_max_tokens and tokens <= limit
         return query_summary(
-            output.text,
+            output.summary_source,
             query=Query.of(call.stage_input.request),
             max_tokens=limit if fits else call.handoff.summary_max_tokens,
             tokenizer=call.counter,
@@ -520,7 +555,7 @@ class CompressedStage:
         else:
             assert self.runnable is not None
             raw = self.runnable.invoke(self.stage_input(call.stage_input), config)
-            output = _Output(render_stage_result(raw))
+            output = _rendered(raw)
         record = self._raw_record(call, output.text)
         earlier = call.store.get(call.namespace, self.name)
         if earlier is not None:  # run again in this run (a loop): keep the earlier output
@@ -532,7 +567,10 @@ class CompressedStage:
             summary = self._first(call, output, record["tokens"])
             if self._needs_model(call, summary):
                 other = summarize(
-                    output.text, self._summary_spec(call), subject=self.name, user_request=request
+                    output.summary_source,
+                    self._summary_spec(call),
+                    subject=self.name,
+                    user_request=request,
                 )
                 summary = better_for_query(summary, other)
             rolling = self._merged_rolling(call, summary.summary)
@@ -558,7 +596,7 @@ class CompressedStage:
         else:
             assert self.runnable is not None
             raw = await self.runnable.ainvoke(self.stage_input(call.stage_input), config)
-            output = _Output(render_stage_result(raw))
+            output = _rendered(raw)
         # The record and the ledger count tokens (a server counter is sync HTTP): in threads.
         record = await asyncio.to_thread(self._raw_record, call, output.text)
         earlier = await call.store.aget(call.namespace, self.name)
@@ -571,7 +609,10 @@ class CompressedStage:
             summary = await asyncio.to_thread(self._first, call, output, record["tokens"])
             if self._needs_model(call, summary):
                 other = await asummarize(
-                    output.text, self._summary_spec(call), subject=self.name, user_request=request
+                    output.summary_source,
+                    self._summary_spec(call),
+                    subject=self.name,
+                    user_request=request,
                 )
                 summary = await asyncio.to_thread(better_for_query, summary, other)
             rolling = await asyncio.to_thread(self._merged_rolling, call, summary.summary)

@@ -224,9 +224,10 @@ def fit_stage_prompt(
         build: Makes the messages from a :class:`StageInput`.
         plan: Counts a prompt exactly and plans its budget (``ChatVLLM.get_budget_plan``).
         counter: Counts plain text (for trimming), as the model's tokenizer does.
-        rolling_summaries: The rolling summary after each earlier stage: folding stage X
-            puts ``rolling_summaries[X]`` (which covers X and every stage before it) in place
-            of the summaries it covers; without it, the folded summary is appended to the
+        rolling_summaries: The rolling summaries that cover their stage and every stage
+            before it: folding stage X puts ``rolling_summaries[X]`` in place of the
+            summaries it covers; for a stage without one (none given, or after parallel
+            branches one that covers its branch only), the folded summary is appended to the
             rolling summary as it is.
 
     Returns:

@@ -162,7 +162,8 @@ class StagesState(StagesInput):
         folded: Stages whose summaries were dropped from later prompts to make them fit, and
             the stage at which that happened (their content survives in the rolling summary).
         rolling_summaries: The rolling summary as it was after each stage: the one after
-            stage X covers X and every stage before it.
+            stage X covers X and every stage before it in a straight line (after parallel
+            branches, the stages in the ledger's ``rolling_covers``).
     """
 
     run_id: str = ""

@@ -15,11 +15,11 @@ import typer
 from langgraph.store.memory import InMemoryStore
 from rich.console import Console
 
+from langchain_vllm_budget.cli._signals import stopped_on_termination
 from langchain_vllm_budget.cli.run import (
     _context,
     _local_server,
     _parse_sets,
-    _stopped_on_termination,
     budget_table,
     final_answer,
     ledger_table,
@@ -185,7 +185,7 @@ def test_a_terminated_run_unwinds_so_its_embedded_server_is_stopped() -> None:
             stopped.append(name)
 
     def run(signum: int) -> None:
-        with _stopped_on_termination(), server(signal.Signals(signum).name):
+        with stopped_on_termination(), server(signal.Signals(signum).name):
             os.kill(os.getpid(), signum)
             time.sleep(5)  # the handler raises before this returns
 
@@ -201,7 +201,7 @@ def test_a_run_under_nohup_keeps_ignoring_sighup() -> None:
     """``nohup vllm-budget run ...``: SIGHUP is ignored on purpose and stays ignored."""
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with _stopped_on_termination():
+        with stopped_on_termination():
             assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)  # ignored: the run goes on
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
@@ -210,7 +210,7 @@ def test_a_run_under_nohup_keeps_ignoring_sighup() -> None:
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_a_run_that_starts_the_embedded_server_stops_it_on_sigterm(
+def test_a_run_starts_the_embedded_server_inside_the_signal_handling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """run_graph starts the embedded server inside the SIGTERM/SIGHUP handling."""

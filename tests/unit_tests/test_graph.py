@@ -366,3 +366,20 @@ def test_every_setting_the_app_container_gets_reaches_the_app() -> None:
                 continue
             assert var in by_env, var
             assert by_env[var].name in context_fields or var in read_by_chat_model, var
+
+
+def test_a_server_that_is_not_there_is_a_connection_error_not_a_missing_model() -> None:
+    """With no model configured the pipeline asks the server which one it serves: a closed
+    port says the server cannot be reached, not that a model setting is missing."""
+    import socket
+
+    from langchain_vllm_budget.errors import VLLMConnectionError
+    from langchain_vllm_budget.pipeline.graph import make_model
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = Context(base_url=f"http://127.0.0.1:{port}/v1", model="")
+    with pytest.raises(VLLMConnectionError, match=f"127.0.0.1:{port}") as caught:
+        make_model(context, "reasoning")
+    assert caught.value.is_retryable  # a server that is down may come up

@@ -344,3 +344,19 @@ def test_tools_that_fill_the_limit_without_a_system_prompt_say_what_to_shorten()
     with pytest.raises(VLLMFixedPromptOverflowError) as caught:
         apply_budget(chat, budget=budget, count=with_tools, policy="trim")
     assert (caught.value.fixed_tokens, caught.value.shortfall) == (3800, 89)
+
+
+def test_a_template_that_renders_no_system_prompt_alone_still_names_the_cause(counter) -> None:
+    """Some chat templates need a user turn: the system prompt is then counted with an empty
+    one, and a system prompt over the limit is still the typed fixed-part error."""
+    from langchain_vllm_budget.errors import TokenCountError
+
+    def count(messages: list[BaseMessage]) -> int:
+        if not any(isinstance(m, HumanMessage) for m in messages):
+            raise TokenCountError("this template needs a user message")
+        return counter.count_messages(messages)
+
+    system = SystemMessage("Follow the runbook. " * 600)
+    with pytest.raises(VLLMFixedPromptOverflowError) as caught:
+        apply_budget([system, HumanMessage("hi")], budget=BUDGET, count=count, policy="trim")
+    assert caught.value.fixed_tokens == counter.count_messages([system, HumanMessage("")])

@@ -9,6 +9,7 @@ import pytest
 from langchain_vllm_budget.serving.local_server import LocalServerSpec, ServerState
 from langchain_vllm_budget.serving.router import (
     LocalReplicaSet,
+    LocalRouter,
     ReplicaSetState,
     RouterSpec,
     router_executable,
@@ -57,3 +58,34 @@ def test_each_replica_logs_to_its_own_file() -> None:
     assert len(logs) == 3
     with pytest.raises(ValueError, match="at least 1"):
         LocalReplicaSet(LocalServerSpec(model="/models/m"), replicas=0)
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_a_router_interrupted_while_it_starts_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: type[BaseException]
+) -> None:
+    """Ctrl-C or SIGTERM (as SystemExit) while the router waits for a worker: its process
+    group, a session of its own, is stopped before the interruption goes on."""
+    from langchain_vllm_budget.serving import router as router_module
+    from langchain_vllm_budget.serving.local_server import stop_process_group
+
+    sleeper = tmp_path / "vllm-router"
+    sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+    sleeper.chmod(0o755)
+    started: list[int] = []
+
+    def interrupted(self: LocalRouter) -> None:
+        assert self.pid is not None
+        started.append(self.pid)
+        raise interrupt
+
+    monkeypatch.setattr(router_module, "router_executable", lambda: str(sleeper))
+    monkeypatch.setattr(LocalRouter, "_wait_ready", interrupted)
+    router = LocalRouter(
+        RouterSpec(worker_urls=("http://127.0.0.1:9",)), log_path=tmp_path / "router.log"
+    )
+    with pytest.raises(interrupt):
+        router.start()
+    assert started
+    assert router.pid is None
+    assert stop_process_group(started[0]) is False  # nothing left to stop

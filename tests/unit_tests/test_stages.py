@@ -443,3 +443,74 @@ def test_a_stage_run_again_in_a_loop_keeps_every_output(use_async: bool) -> None
             f"attempt {n}: MIG-{n} FAILED"
         )
     assert get_raw_output(app.store, "loop", run, "act", attempt=3) == "attempt 3: MIG-3 ok"
+
+
+def test_a_stage_summary_has_no_tool_call_ids_but_its_raw_output_keeps_them() -> None:
+    """A stage that returns messages: its summary is written without the IDs pairing calls
+    with results (no fact, and the guard would rank them as IDs), its raw output is kept whole."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    call_id = "chatcmpl-tool-5f0c2a9e41b74d3c"
+
+    def agent(_: Any) -> list[Any]:
+        call = {"name": "search_tickets", "args": {"query": "INC-77"}, "id": call_id}
+        return [
+            AIMessage("", tool_calls=[call]),
+            ToolMessage("INC-77: db-3 OOMKilled at 03:12", tool_call_id=call_id),
+        ]
+
+    graph = StateGraph(StagesState, input_schema=StagesInput)
+    graph.add_node("start_run", start_run)
+    graph.add_node("look", compressed_stage("look", agent))
+    graph.add_edge(START, "start_run")
+    graph.add_edge("start_run", "look")
+    app = graph.compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+    out = app.invoke({"request": "What happened to INC-77?"}, {"configurable": {"thread_id": "i"}})
+    assert "INC-77" in out["summaries"]["look"]
+    assert "OOMKilled" in out["summaries"]["look"]
+    assert call_id not in out["summaries"]["look"]
+    assert app.store is not None
+    raw = get_raw_output(app.store, "i", out["run_id"], "look")
+    assert raw is not None
+    assert call_id in raw
+
+
+def test_folding_after_a_parallel_join_keeps_every_branch() -> None:
+    """A stage after the join whose prompt must fold both branches' summaries: the rolling
+    summary after one branch covers that branch only, so the fold appends the other's
+    summary instead of standing in for both; the next stage's digest has both."""
+    seen: list[StageInput] = []
+    logs = "host=db-3 error=OOM " + "filler words about the logs here. " * 12
+    metrics = "p99_ms=1840 cpu=97 " + "filler words about the metrics here. " * 12
+    budget = TokenBudget(
+        max_model_len=200, output_reserve=64, min_output_tokens=32, safety_margin=0
+    )
+    verbatim = {"summary_max_tokens": 200, "handoff_verbatim_share": 0.9}
+    graph = StateGraph(StagesState)
+    graph.add_node("start_run", start_run)
+    graph.add_node("logs", compressed_stage("logs", lambda _: logs, **verbatim))
+    graph.add_node("metrics", compressed_stage("metrics", lambda _: metrics, **verbatim))
+    graph.add_node(
+        "report",
+        compressed_stage(
+            "report",
+            FakeListChatModel(responses=["done"]),
+            system_prompt="R.",
+            budget=budget,
+            counter=ApproximateTokenCounter(),
+        ),
+    )
+    graph.add_node(
+        "final",
+        compressed_stage("final", lambda s: seen.append(s) or "ok", stage_input=lambda s: s),
+    )
+    graph.add_edge(START, "start_run")
+    for branch in ("logs", "metrics"):
+        graph.add_edge("start_run", branch)
+    graph.add_edge(["logs", "metrics"], "report")
+    graph.add_edge("report", "final")
+    out = graph.compile(store=InMemoryStore()).invoke({"request": "Why is db-3 down?"})
+    assert out["folded"] == {"logs": "report", "metrics": "report"}
+    assert [name for name, _ in seen[0].summaries] == ["report"]
+    assert "OOM" in seen[0].rolling_summary
+    assert "1840" in seen[0].rolling_summary
