@@ -608,9 +608,10 @@ class LocalVLLMServer:
             return
         pid_file = self._pid_file()
         stop_process_group(self._process.pid)
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
         self._process = None
+        if pid_file is not None:  # the reaper's record: one that cannot be removed is stale
+            with contextlib.suppress(OSError):
+                pid_file.unlink(missing_ok=True)
 
     def state(self) -> ServerState:
         """The record ``serve-local`` keeps to find this server again."""

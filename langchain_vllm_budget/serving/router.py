@@ -230,10 +230,11 @@ class LocalRouter:
             return
         pid = self._process.pid
         stop_process_group(pid, timeout=10.0)
-        run_dir = os.environ.get("VLLM_BUDGET_RUN_DIR")
-        if run_dir:
-            Path(run_dir, f"router-{pid}.pid").unlink(missing_ok=True)
         self._process = None
+        run_dir = os.environ.get("VLLM_BUDGET_RUN_DIR")
+        if run_dir:  # the reaper's record: a record that cannot be removed is stale, no more
+            with contextlib.suppress(OSError):
+                Path(run_dir, f"router-{pid}.pid").unlink(missing_ok=True)
 
     def detach(self) -> int:
         """Leave the router running after this object is gone; return its PID."""

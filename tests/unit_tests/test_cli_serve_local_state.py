@@ -103,3 +103,33 @@ def test_stop_never_signals_a_recorded_pid_that_no_longer_runs_vllm(
     finally:
         other.kill()
         other.wait()
+
+
+def test_start_waits_for_the_server_inside_the_signal_handling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while `serve-local start` waits for the server ends it as Ctrl-C does, so the
+    server (a session of its own) is stopped instead of left running unrecorded."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from langchain_vllm_budget.cli import app, serve_local
+    from langchain_vllm_budget.serving.local_server import LocalServerError, LocalVLLMServer
+
+    seen: list[object] = []
+
+    def start(self: LocalVLLMServer, *, wait: bool = True) -> LocalVLLMServer:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise LocalServerError("stop here")
+
+    monkeypatch.setenv("VLLM_BUDGET_CACHE", str(tmp_path))
+    monkeypatch.setattr(serve_local, "_resolve_model", lambda model: (str(tmp_path), "q"))
+    monkeypatch.setattr(LocalVLLMServer, "start", start)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(app, ["serve-local", "start", "--model", "q"])
+    assert result.exit_code == 1
+    assert "stop here" in result.output
+    assert seen
+    assert seen[0] not in (before, signal.SIG_DFL, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) is before

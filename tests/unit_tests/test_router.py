@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from langchain_vllm_budget.serving.local_server import LocalServerSpec, ServerState
+from langchain_vllm_budget.serving.local_server import (
+    LocalServerSpec,
+    ServerState,
+    stop_process_group,
+)
 from langchain_vllm_budget.serving.router import (
     LocalReplicaSet,
     LocalRouter,
@@ -60,32 +65,67 @@ def test_each_replica_logs_to_its_own_file() -> None:
         LocalReplicaSet(LocalServerSpec(model="/models/m"), replicas=0)
 
 
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
-def test_a_router_interrupted_while_it_starts_is_stopped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: type[BaseException]
-) -> None:
-    """Ctrl-C or SIGTERM (as SystemExit) while the router waits for a worker: its process
-    group, a session of its own, is stopped before the interruption goes on."""
+@pytest.fixture
+def sleeping_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[LocalRouter, list[int]]:
+    """A router whose executable only sleeps (a session of its own, as the real one), and
+    the PIDs of the processes it spawns."""
     from langchain_vllm_budget.serving import router as router_module
-    from langchain_vllm_budget.serving.local_server import stop_process_group
 
     sleeper = tmp_path / "vllm-router"
     sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
     sleeper.chmod(0o755)
-    started: list[int] = []
+    spawned: list[int] = []
+    popen = router_module.subprocess.Popen
 
-    def interrupted(self: LocalRouter) -> None:
-        assert self.pid is not None
-        started.append(self.pid)
-        raise interrupt
+    def recording_popen(*args: Any, **kwargs: Any) -> Any:
+        process = popen(*args, **kwargs)
+        spawned.append(process.pid)
+        return process
 
     monkeypatch.setattr(router_module, "router_executable", lambda: str(sleeper))
-    monkeypatch.setattr(LocalRouter, "_wait_ready", interrupted)
+    monkeypatch.setattr(router_module.subprocess, "Popen", recording_popen)
     router = LocalRouter(
         RouterSpec(worker_urls=("http://127.0.0.1:9",)), log_path=tmp_path / "router.log"
     )
+    return router, spawned
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_a_router_interrupted_while_it_starts_is_stopped(
+    sleeping_router: tuple[LocalRouter, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    interrupt: type[BaseException],
+) -> None:
+    """Ctrl-C or SIGTERM (as SystemExit) while the router waits for a worker: its process
+    group, a session of its own, is stopped before the interruption goes on."""
+    router, spawned = sleeping_router
+
+    def interrupted(self: LocalRouter) -> None:
+        raise interrupt
+
+    monkeypatch.setattr(LocalRouter, "_wait_ready", interrupted)
     with pytest.raises(interrupt):
         router.start()
-    assert started
+    assert spawned
     assert router.pid is None
-    assert stop_process_group(started[0]) is False  # nothing left to stop
+    assert stop_process_group(spawned[0]) is False  # nothing left to stop
+
+
+def test_a_router_whose_pid_record_fails_is_stopped(
+    sleeping_router: tuple[LocalRouter, list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Everything after the router is spawned is covered: a failure writing its PID record
+    for the run's reaper stops it too."""
+    router, spawned = sleeping_router
+    not_a_folder = tmp_path / "run-dir"
+    not_a_folder.write_text("a file, not a folder")
+    monkeypatch.setenv("VLLM_BUDGET_RUN_DIR", str(not_a_folder))
+    with pytest.raises(NotADirectoryError):
+        router.start()
+    assert spawned
+    assert router.pid is None
+    assert stop_process_group(spawned[0]) is False  # nothing left to stop
