@@ -9,7 +9,8 @@ model (sync or async), caches the answer, and is shared by a chat model's copies
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,12 +113,25 @@ def served_model_names(
 
     Raises:
         openai.APIError: The server could not be asked, or refused the key.
+        VLLMConnectionError: ``GET /models`` is not found there: not the OpenAI API root.
     """
     from langchain_vllm_budget import settings
 
     key = settings.API_KEY.get(api_key) or "EMPTY"  # the OpenAI client needs some key
-    with openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0) as client:
+    with (
+        openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0) as client,
+        _at_the_api_root(client),
+    ):
         return tuple(str(model.id) for model in client.models.list().data)
+
+
+@contextmanager
+def _at_the_api_root(client: openai.OpenAI | openai.AsyncOpenAI) -> Iterator[None]:
+    """``GET /models`` in the block: a 404 there is a wrong URL (:func:`not_the_api_root`)."""
+    try:
+        yield
+    except openai.NotFoundError as exc:
+        raise not_the_api_root(str(client.base_url)) from exc
 
 
 class ServerDiscovery:
@@ -161,10 +175,8 @@ class ServerDiscovery:
         known = self.cached(client, model)
         if known is not None:
             return known
-        try:
+        with _at_the_api_root(client):
             page = client.models.list()
-        except openai.NotFoundError as exc:
-            raise not_the_api_root(str(client.base_url)) from exc
         return self._remember(client, model, [m.model_dump() for m in page.data])
 
     async def aget(self, client: openai.AsyncOpenAI, model: str) -> ServerInfo:
@@ -172,10 +184,8 @@ class ServerDiscovery:
         known = self.cached(client, model)
         if known is not None:
             return known
-        try:
+        with _at_the_api_root(client):
             page = await client.models.list()
-        except openai.NotFoundError as exc:
-            raise not_the_api_root(str(client.base_url)) from exc
         return self._remember(client, model, [m.model_dump() for m in page.data])
 
     def forget(self, client: openai.OpenAI | openai.AsyncOpenAI, model: str) -> None:

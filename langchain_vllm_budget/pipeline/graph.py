@@ -20,7 +20,7 @@ from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from langchain_vllm_budget import ChatVLLM, TokenBudget
-from langchain_vllm_budget.chat_models._discovery import not_the_api_root, served_model_names
+from langchain_vllm_budget.chat_models._discovery import served_model_names
 from langchain_vllm_budget.chat_models._error_mapping import ServerTarget, map_openai_error
 from langchain_vllm_budget.pipeline import prompts
 from langchain_vllm_budget.pipeline.context import Context
@@ -41,11 +41,9 @@ def _served_model(base_url: str) -> str:
     try:
         served = served_model_names(base_url)
     except openai.APIError as exc:
-        # The typed error ChatVLLM's discovery gives (down, timed out, not the API root,
-        # a rejected key); anything else says which setting to give instead.
+        # The typed error ChatVLLM's discovery gives (down, timed out, a rejected key; a
+        # wrong URL is raised typed already); anything else says which setting to give.
         mapped = map_openai_error(exc, ServerTarget(base_url=base_url, model="(any)"))
-        if isinstance(exc, openai.NotFoundError):
-            mapped = not_the_api_root(base_url)
         if mapped is not exc:
             raise mapped from exc
         msg = (

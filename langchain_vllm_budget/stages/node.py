@@ -74,6 +74,7 @@ from langchain_vllm_budget.stages.prompt import (
     PromptBuilder,
     StageInput,
     fit_stage_prompt,
+    fold_summary,
     stage_messages,
 )
 from langchain_vllm_budget.stages.state import (
@@ -308,9 +309,7 @@ class CompressedStage:
         usable = _fold_digests(earlier, digests, ledger)
         digest = ""
         for name in (n for n in earlier if n in folded):  # as fit_stage_prompt folds them
-            digest = usable.get(name) or "\n".join(
-                p for p in (digest.strip(), f"[{name}]\n{summaries[name].strip()}") if p
-            )
+            digest = usable.get(name) or fold_summary(digest, name, summaries[name])
         previous, covers = _previous_rolling(state, summaries, digests, self.name)
         model = _resolve(self.model, runtime)
         return _Call(

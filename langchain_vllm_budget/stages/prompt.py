@@ -41,6 +41,7 @@ __all__ = [
     "StageInput",
     "StageInputTooLargeError",
     "fit_stage_prompt",
+    "fold_summary",
     "stage_messages",
 ]
 
@@ -209,6 +210,19 @@ class FittedPrompt:
     folded: list[str] = field(default_factory=list)
 
 
+def fold_summary(rolling: str, stage: str, summary: str) -> str:
+    r"""The rolling summary with a folded stage's summary appended, under its name.
+
+    Example:
+        >>> print(fold_summary("[classify]\nbug", "select", " INC-7 "))
+        [classify]
+        bug
+        [select]
+        INC-7
+    """
+    return "\n".join(p for p in (rolling.strip(), f"[{stage}]\n{summary.strip()}") if p)
+
+
 def fit_stage_prompt(
     stage_input: StageInput,
     build: PromptBuilder,
@@ -249,11 +263,7 @@ def fit_stage_prompt(
     while not budget.fits and current.summaries:
         (name, summary), *kept = current.summaries
         folded.append(name)
-        rolling = digests.get(name) or "\n".join(
-            part
-            for part in (current.rolling_summary.strip(), f"[{name}]\n{summary.strip()}")
-            if part
-        )
+        rolling = digests.get(name) or fold_summary(current.rolling_summary, name, summary)
         before = budget.input_tokens
         current = replace(current, summaries=tuple(kept), rolling_summary=rolling)
         messages, budget = measure(current)
