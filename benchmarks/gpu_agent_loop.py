@@ -118,7 +118,7 @@ def _seven_b(work: Path, server_args: list[str]) -> tuple[LocalServerSpec, Path,
         tokenizer_dir=_qwen_tokenizer_dir(None),
         device="cuda",
     )
-    profile = get_profile("long-window")
+    profile = get_profile("long-window").with_tool_calls()
     spec = profile_spec(profile, checkpoint, memory_share=0.3, server_args=server_args)
     plan = profile.plan()
     what = (
@@ -166,11 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--work is where the 7B's checkpoint goes; tiny-qwen needs none")
     command = shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
-    server_args = [
-        *shlex.split(args.server_args),
-        "--enable-prompt-tokens-details",
-        *HERMES_TOOL_CALL_ARGS,
-    ]
+    server_args = [*shlex.split(args.server_args), "--enable-prompt-tokens-details"]
     with contextlib.ExitStack() as stack:
         return _run(args, command, server_args, stack)
 
@@ -182,7 +178,10 @@ def _run(
     variants = CHAT_VARIANTS
     if args.model == "tiny-qwen":
         spec = gpu_replica_spec(
-            kv_cache_bytes=8 * GIB, memory_share=0.3, max_num_seqs=8, server_args=server_args
+            kv_cache_bytes=8 * GIB,
+            memory_share=0.3,
+            max_num_seqs=8,
+            server_args=[*server_args, *HERMES_TOOL_CALL_ARGS],  # the profiles carry them
         )
         spec = dataclasses.replace(spec, max_model_len=args.window or CHAT_WINDOW, env=_ENV)
         what = "tiny-qwen, bf16"

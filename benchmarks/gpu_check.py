@@ -68,7 +68,7 @@ from langchain_core.runnables import RunnableConfig
 
 from langchain_vllm_budget import ChatVLLM, TokenBudget, VLLMContextOverflowError
 from langchain_vllm_budget.serving.planner import KVCachePlan, load_model_config, plan_kv_cache
-from langchain_vllm_budget.serving.profiles import HERMES_TOOL_CALL_ARGS, ServerProfile, get_profile
+from langchain_vllm_budget.serving.profiles import ServerProfile, get_profile
 
 __all__ = ["main", "run_pipeline_once"]
 
@@ -77,8 +77,6 @@ SEED_MODEL = "qwen7b-geometry"
 SMOLLM2 = "smollm2-135m-instruct"
 PROFILES = ("long-window", "balanced")
 KV_DTYPES = ("fp8", "auto")
-# Tool calls need vLLM's auto tool choice; hermes is the Qwen family's tool-call format.
-QWEN_TOOL_ARGS = HERMES_TOOL_CALL_ARGS
 
 KV_SIZE_LINE = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
 CONCURRENCY_LINE = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
@@ -1023,14 +1021,14 @@ def declare_servers(check: Check, setup: Setup) -> None:
                 name,
                 setup.seed_path,
                 serve_args(
-                    get_profile(profile_name),
+                    # Tool calls need vLLM's auto tool choice (the profiles carry it).
+                    get_profile(profile_name).with_tool_calls(),
                     setup.seed_path,
                     served_name=SEED_MODEL,
                     port=check.next_port,
                     kv_cache_dtype=kv_dtype,
                     kv_cache_memory_bytes=plan.kv_cache_memory_bytes,
                     memory_share=share,
-                    extra=QWEN_TOOL_ARGS,
                 ),
             )
     if setup.smol_path is None:

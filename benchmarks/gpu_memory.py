@@ -51,7 +51,6 @@ from langchain_core.messages import BaseMessage, HumanMessage
 
 from benchmarks.awq_checkpoint import GEOMETRIES, write_checkpoint
 from benchmarks.gpu_check import (
-    QWEN_TOOL_ARGS,
     Server,
     _environment,
     _exit_on_sigterm,
@@ -273,14 +272,15 @@ def profile_args(
 
     The folder replaces the hub id; ``--max-num-batched-tokens`` is a small card's default.
     """
-    profile = profile.with_settings(model=str(model), host="127.0.0.1", port=port, **changes)
+    profile = profile.with_tool_calls().with_settings(
+        model=str(model), host="127.0.0.1", port=port, **changes
+    )
     return [
         *profile.vllm_serve_args(),
         "--served-model-name",
         served,
         "--max-num-batched-tokens",
         str(SMALL_CARD_BATCHED_TOKENS),
-        *QWEN_TOOL_ARGS,
         *extra,
     ]
 

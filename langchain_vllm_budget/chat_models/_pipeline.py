@@ -370,7 +370,7 @@ def correct(model: ChatVLLM, exc: openai.BadRequestError, prepared: Prepared) ->
     (``input_tokens_is_lower_bound``: it stops tokenizing past the window), so it is never
     planned with: the prompt is counted again by the server's ``/tokenize`` (exact) and
     planned anew, or, if the server's window is not the one planned with, the window is
-    asked again. One retry at most.
+    asked again (and the prompt counted by ``/tokenize`` too). One retry at most.
 
     Raises:
         VLLMContextOverflowError: The request does not fit, or was already retried.
@@ -398,23 +398,19 @@ def correct(model: ChatVLLM, exc: openai.BadRequestError, prepared: Prepared) ->
     if prepared.retried:
         raise error from exc
     request = replace(prepared.request, plan=None)
+    # The one retry is planned with the server's exact count whatever else was wrong, so that
+    # a window change and an undercount together are both corrected by it.
+    server, exact = _server_count(model, request, prepared)
     if window != plan.max_model_len:
         # Not the window planned with (the server restarted with another one, or a given
         # plan was made for another): ask the server again.
         model._discovery.forget(model.root_client, model.model_name)
         info = model._server_info()
         budget = model._effective_budget(info).with_max_model_len(window)
-        corrected = prepare(model, request, info=info, budget=budget)
-    elif not isinstance(prepared.counter, ServerTokenCounter):
-        server = model._server_counter()
-        try:
-            exact = request.count(server, prepared.messages)
-        except VLLMError:
-            raise error from exc
-        if exact <= plan.input_tokens:  # the count was right: nothing to correct
-            raise error from exc
+        corrected = prepare(model, request, info=info, budget=budget, counter=server)
+    elif server is not None and exact is not None and exact > plan.input_tokens:
         corrected = prepare(model, request, counter=server)
-    else:
+    else:  # the count was the server's, or right: nothing to correct
         raise error from exc
     logger.warning(
         "vLLM rejected the request for length (planned %d input tokens, server %s%s, "
@@ -425,6 +421,23 @@ def correct(model: ChatVLLM, exc: openai.BadRequestError, prepared: Prepared) ->
         window,
     )
     return replace(corrected, retried=True)
+
+
+def _server_count(
+    model: ChatVLLM, request: Request, prepared: Prepared
+) -> tuple[ServerTokenCounter | None, int | None]:
+    """The server's counter and its count of the sent messages, for a retry.
+
+    ``(None, None)`` when the request was already counted by the server, or its
+    ``/tokenize`` cannot count (the retry then keeps the counter it had).
+    """
+    if isinstance(prepared.counter, ServerTokenCounter):
+        return None, None
+    server = model._server_counter()
+    try:
+        return server, request.count(server, prepared.messages)
+    except VLLMError:
+        return None, None
 
 
 # ---------------------------------------------------------------------- send

@@ -281,6 +281,20 @@ class ServerProfile:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+    def with_tool_calls(self) -> ServerProfile:
+        """A copy that serves ``tool_choice="auto"`` (:data:`HERMES_TOOL_CALL_ARGS`), once.
+
+        Example:
+            >>> summarizer = get_profile("summarizer").with_tool_calls()
+            >>> summarizer.vllm_serve_args().count("--tool-call-parser")
+            1
+            >>> get_profile("long-window").with_tool_calls() == get_profile("long-window")
+            True
+        """
+        if "--tool-call-parser" in self.extra_args:
+            return self
+        return replace(self, extra_args=(*self.extra_args, *HERMES_TOOL_CALL_ARGS))
+
 
 # Any cache size does to read the block geometry (bytes per block, blocks per request).
 _GEOMETRY_PROBE_BYTES = 1 << 40

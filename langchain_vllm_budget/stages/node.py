@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -181,7 +182,8 @@ class _Call:
     counter: TokenCounter
     rolling_summaries: Mapping[str, str]
     previous_rolling: str
-    rolling_covers: tuple[str, ...]
+    rolling_covers: Mapping[str, int]
+    attempt: int
     started: float
 
 
@@ -206,47 +208,83 @@ class _Output:
         return budget.max_model_len if budget is not None else None
 
 
+def _attempts(ledger: Mapping[str, Any]) -> dict[str, int]:
+    """How many times each finished stage has run in this run (a loop runs one again)."""
+    return {name: int((entry or {}).get("attempt", 1)) for name, entry in ledger.items()}
+
+
+def _covered(
+    entry: Mapping[str, Any], earlier: Sequence[str], attempts: Mapping[str, int]
+) -> dict[str, int]:
+    """The runs of stages a rolling summary covers, by its writer's ledger ``entry``.
+
+    A stage counts as covered only in the run of it the summary was written after: a stage
+    run again since (a loop) is not.
+    """
+    covers = entry.get("rolling_covers")
+    if covers is None:  # a ledger written before rolling_covers: every earlier stage
+        covers = earlier
+    if isinstance(covers, Mapping):
+        return {str(name): int(run) for name, run in covers.items()}
+    return {name: attempts.get(name, 1) for name in covers}  # stage names alone: as they are
+
+
 def _fold_digests(
     earlier: Sequence[str], digests: Mapping[str, str], ledger: Mapping[str, Any]
 ) -> dict[str, str]:
     """The rolling summaries that may stand in for a fold of the summaries up to theirs.
 
     Folding stage X puts the rolling summary after X in place of X and every stage folded
-    before it; after parallel branches that summary may cover X's branch only (its ledger's
-    ``rolling_covers``), and then the fold appends X's summary instead.
+    before it; after parallel branches (or a loop over them) that summary may miss a branch,
+    or a later run of one (its ledger's ``rolling_covers``), and then the fold appends X's
+    summary instead.
     """
+    attempts = _attempts(ledger)
     usable: dict[str, str] = {}
     for position, name in enumerate(earlier):
-        covers = (ledger.get(name) or {}).get("rolling_covers")
-        if name in digests and (covers is None or set(earlier[:position]) <= set(covers)):
+        if name not in digests:
+            continue
+        entry = ledger.get(name) or {}
+        if entry.get("rolling_covers") is None:
+            usable[name] = digests[name]
+            continue
+        covers = _covered(entry, earlier, attempts)
+        if all(covers.get(n) == attempts.get(n, 1) for n in earlier[:position]):
             usable[name] = digests[name]
     return usable
 
 
 def _previous_rolling(
-    state: Any, summaries: Mapping[str, str], digests: Mapping[str, str], stage: str
-) -> tuple[str, tuple[str, ...]]:
-    """The rolling summary this stage extends, and the stages it will cover.
+    rolling: str,
+    summaries: Mapping[str, str],
+    digests: Mapping[str, str],
+    ledger: Mapping[str, Any],
+    stage: str,
+) -> tuple[str, dict[str, int]]:
+    """The rolling summary this stage extends, and the runs of stages it will cover.
 
     In a straight line the state's rolling summary covers every earlier stage. After stages
     ran in parallel branches it is one branch's (the last write of the step): the summaries
-    of the finished stages it does not cover (by the ledger's ``rolling_covers`` of the stage
-    that wrote it) are added to it, so no branch is left out of the digest.
+    of the finished stages it does not cover, or covers in an earlier run than their latest
+    (by the ledger's ``rolling_covers`` of the stage that wrote it), are added to it, so no
+    branch and no rerun is left out of the digest.
     """
-    rolling = str(_field(state, "rolling_summary", "") or "")
-    ledger: Mapping[str, Any] = _field(state, "ledger", {}) or {}
+    attempts = _attempts(ledger)
+    runs = {**attempts, stage: attempts.get(stage, 0) + 1}
+    earlier = [name for name in summaries if name != stage]
     writer = next(
         (n for n in reversed(list(digests)) if digests[n] == rolling and n in ledger), None
     )
-    earlier = [name for name in summaries if name != stage]
     if writer is None:  # the first stage of the run (or a state without a ledger)
-        return rolling, tuple(dict.fromkeys([*earlier, stage]))
-    covered = list(ledger[writer].get("rolling_covers", earlier))  # older runs: all earlier
-    missing = [name for name in earlier if name not in covered]
-    previous = "\n".join(
-        p for p in (rolling.strip(), *(f"[{n}]\n{summaries[n]}" for n in missing)) if p
+        return rolling, {name: runs.get(name, 1) for name in [*earlier, stage]}
+    covered = _covered(ledger[writer], earlier, attempts)
+    missing = [name for name in earlier if covered.get(name) != attempts.get(name, 1)]
+    previous = functools.reduce(
+        lambda text, name: fold_summary(text, name, summaries[name]), missing, rolling
     )
-    return previous, tuple(dict.fromkeys([*covered, *missing, stage]))
+    covers = {**covered, **{name: attempts.get(name, 1) for name in missing}}
+    covers.pop(stage, None)  # this stage's new run goes last
+    return previous, {**covers, stage: runs[stage]}
 
 
 def _rendered(raw: Any) -> _Output:
@@ -310,7 +348,8 @@ class CompressedStage:
         digest = ""
         for name in (n for n in earlier if n in folded):  # as fit_stage_prompt folds them
             digest = usable.get(name) or fold_summary(digest, name, summaries[name])
-        previous, covers = _previous_rolling(state, summaries, digests, self.name)
+        rolling = str(_field(state, "rolling_summary", "") or "")
+        previous, covers = _previous_rolling(rolling, summaries, digests, ledger, self.name)
         model = _resolve(self.model, runtime)
         return _Call(
             handoff=self._handoff(runtime.context),
@@ -330,6 +369,7 @@ class CompressedStage:
             rolling_summaries=usable,
             previous_rolling=previous,
             rolling_covers=covers,
+            attempt=covers[self.name],
             started=time.perf_counter(),
         )
 
@@ -410,9 +450,7 @@ class CompressedStage:
 
     def _rolling_input(self, call: _Call, summary: str) -> str:
         """The previous rolling summary and this stage's summary, as one text."""
-        return "\n".join(
-            p for p in (call.previous_rolling.strip(), f"[{self.name}]\n{summary}") if p
-        )
+        return fold_summary(call.previous_rolling, self.name, summary)
 
     def _verbatim_limit(self, call: _Call, output: _Output) -> int:
         """The most tokens of this output handed off verbatim (:func:`verbatim_limit`)."""
@@ -484,7 +522,8 @@ class CompressedStage:
             "method": summary.method,
             "fallback_reason": summary.fallback_reason,
             "rolling_summary_tokens": counter.count_text(rolling) if rolling else 0,
-            "rolling_covers": list(call.rolling_covers),
+            "rolling_covers": dict(call.rolling_covers),
+            "attempt": call.attempt,
             "counter": counter.name,
             "summarizer_calls": usage.calls,
             "summarizer_input_tokens": usage.input_tokens,

@@ -89,8 +89,11 @@ class StageLedger(TypedDict):
         method: How the summary was made: verbatim, extractive, llm or llm+restored.
         fallback_reason: Why the model's summary was rejected, if it was.
         rolling_summary_tokens: Tokens of the rolling summary after this stage.
-        rolling_covers: The stages that rolling summary covers (all the earlier ones in a
-            straight line; after parallel branches, the branch it extends and the others).
+        rolling_covers: The stages that rolling summary covers, each with the run of it
+            covered (all the earlier ones in a straight line; after parallel branches, the
+            branch it extends and the others; a stage run again by a loop, its latest run).
+        attempt: Which run of the stage this is in the run (1, then 2, ... when a loop runs
+            it again; its earlier raw outputs are stored as ``"<stage>#<attempt>"``).
         counter: The token counter (``transformers``, ``server`` or ``approximate``).
         summarizer_calls: Summarizer model calls made for this stage (compression and the
             rolling summary; 0 when the output fit or the extractive summary kept everything).
@@ -121,7 +124,8 @@ class StageLedger(TypedDict):
     method: str
     fallback_reason: str | None
     rolling_summary_tokens: int
-    rolling_covers: NotRequired[list[str]]
+    rolling_covers: NotRequired[dict[str, int]]
+    attempt: NotRequired[int]
     counter: str
     summarizer_calls: int
     summarizer_input_tokens: int

@@ -343,21 +343,34 @@ async def test_a_budget_plan_is_sent_as_planned(tiny_qwen) -> None:
         assert (budget["input_tokens"], budget["max_tokens"]) == (plan.input_tokens, 6)
 
 
-def test_a_plan_made_with_a_wrong_count_is_corrected_once(tiny_qwen) -> None:
+@pytest.mark.parametrize(
+    ("wrong", "turns"),
+    [
+        ("count", 16),  # planned with half the prompt: re-counted by /tokenize
+        # Planned for twice the window by a counter that undercounts by half: re-planning
+        # with that counter at the server's window would still send too much, so the one
+        # retry corrects both, with /tokenize.
+        ("window and count", 22),
+    ],
+)
+def test_a_wrong_plan_is_corrected_in_the_one_retry(tiny_qwen, wrong: str, turns: int) -> None:
     """vLLM rejects the prompt; it is counted by /tokenize, re-planned and trimmed, once."""
     window = tiny_qwen.max_model_len
-    messages = _long_conversation(turns=16, words=150)
-    real = TransformersTokenCounter(tiny_qwen.model_path).count_messages(messages)
-    assert real > window
+    exact = TransformersTokenCounter(tiny_qwen.model_path)
+    messages = _long_conversation(turns=turns, words=150)
+    real = exact.count_messages(messages)
+    assert window < real < 2 * window  # over the window, yet half of it fits
     budget = TokenBudget(output_reserve=8, min_output_tokens=8)
-    model = _model(tiny_qwen, on_overflow="trim", budget=budget, max_retries=0)
-    wrong = budget.with_max_model_len(window).plan(real // 2)
-    assert wrong.fits
-    reply = model.invoke(messages, budget_plan=wrong)
+    counter = {"token_counter": _HalfCounter(exact)} if wrong == "window and count" else {}
+    model = _model(tiny_qwen, on_overflow="trim", budget=budget, max_retries=0, **counter)
+    planned_window = 2 * window if wrong == "window and count" else window
+    plan = budget.with_max_model_len(planned_window).plan(real // 2)
+    assert plan.fits
+    reply = model.invoke(messages, budget_plan=plan)
     usage = reply.usage_metadata
     assert usage is not None
     report = reply.response_metadata["budget"]
     assert (report["retried"], report["counter"], report["action"]) == (True, "server", "trimmed")
-    assert report["original_input_tokens"] == real
+    assert (report["original_input_tokens"], report["max_model_len"]) == (real, window)
     assert report["input_tokens"] == usage["input_tokens"]
     assert report["input_tokens"] + report["max_tokens"] <= window

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -410,7 +411,41 @@ def test_stages_in_parallel_branches_join_with_both_summaries() -> None:
     for fact in ("error=OOM", "p99_ms=1840", "db-3 restarted"):
         assert fact in out["rolling_summary"]
     assert set(out["ledger"]["report"]["rolling_covers"]) == {"logs", "metrics", "report"}
-    assert out["ledger"]["logs"]["rolling_covers"] == ["logs"]
+    assert out["ledger"]["logs"]["rolling_covers"] == {"logs": 1}
+
+
+def test_a_loop_over_parallel_branches_keeps_each_rerun_in_the_rolling_summary() -> None:
+    """Two branches run again by a loop: each rerun's summary reaches the stage after the
+    join, although the rolling summary kept at the join covers the other branch's first run."""
+    rounds = {"logs": 0, "metrics": 0}
+
+    def branch(name: str, fact: str) -> Callable[[Any], str]:
+        def run(_: Any) -> str:
+            rounds[name] += 1
+            return f"{name} round {rounds[name]}: {fact}-{rounds[name]}"
+
+        return run
+
+    graph = StateGraph(StagesState, input_schema=StagesInput)
+    graph.add_node("start_run", start_run)
+    graph.add_node("logs", compressed_stage("logs", branch("logs", "OOM-host")))
+    graph.add_node("metrics", compressed_stage("metrics", branch("metrics", "P99-ms")))
+    graph.add_node("report", compressed_stage("report", lambda _: "report: db-3 restarted"))
+    graph.add_edge(START, "start_run")
+    for name in ("logs", "metrics"):
+        graph.add_edge("start_run", name)
+        graph.add_edge(name, "report")
+    graph.add_conditional_edges(
+        "report", lambda _: ["logs", "metrics"] if rounds["logs"] < 2 else "__end__"
+    )
+    app = graph.compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+    out = app.invoke({"request": "Why is db-3 down?"}, {"configurable": {"thread_id": "lp"}})
+    assert rounds == {"logs": 2, "metrics": 2}
+    for fact in ("OOM-host-2", "P99-ms-2"):
+        assert fact in out["rolling_summary"]
+    ledger = out["ledger"]
+    assert (ledger["logs"]["attempt"], ledger["report"]["attempt"]) == (2, 2)
+    assert ledger["report"]["rolling_covers"] == {"logs": 2, "metrics": 2, "report": 2}
 
 
 @pytest.mark.parametrize("use_async", [False, True])
