@@ -181,7 +181,8 @@ def _run(
             kv_cache_bytes=8 * GIB,
             memory_share=0.3,
             max_num_seqs=8,
-            server_args=[*server_args, *HERMES_TOOL_CALL_ARGS],  # the profiles carry them
+            # Its own flags: the 7B's profile carries them (with_tool_calls).
+            server_args=[*server_args, *HERMES_TOOL_CALL_ARGS],
         )
         spec = dataclasses.replace(spec, max_model_len=args.window or CHAT_WINDOW, env=_ENV)
         what = "tiny-qwen, bf16"

@@ -14,7 +14,24 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
 
-__all__ = ["postgres_persistence", "sqlite_persistence"]
+__all__ = ["postgres_persistence", "sqlite_persistence", "store_label"]
+
+
+def store_label(value: str) -> str:
+    """``value`` (a thread id) as a label of a LangGraph store namespace.
+
+    LangGraph's stores refuse a label with a period in it (``InvalidNamespaceError``), and
+    thread ids often have one (an e-mail address, a chat message's timestamp). A period is
+    written ``%2E`` and a ``%`` is written ``%25``, so distinct ids stay distinct labels; ids
+    without either are their own label.
+
+    Example:
+        >>> store_label("alice@example.com"), store_label("1715000000.123456")
+        ('alice@example%2Ecom', '1715000000%2E123456')
+        >>> store_label("thread-7")
+        'thread-7'
+    """
+    return value.replace("%", "%25").replace(".", "%2E")
 
 
 @contextmanager

@@ -4,10 +4,12 @@ Routers in front of several vLLM replicas (vLLM's ``vllm-router`` with ``--polic
 consistent_hash``, production-stack, llm-d) keep a conversation on the replica that holds its
 KV prefix when every request of the conversation carries the same session key. Inside a
 LangGraph run, :class:`SessionRouting` derives that key from the run's ``thread_id``
-(``config["configurable"]["thread_id"]``, read with :func:`langgraph.config.get_config`), so
+(``config["configurable"]["thread_id"]``: from the call's own callback metadata, where
+LangGraph puts it, else the run's config read with :func:`langgraph.config.get_config`), so
 every call of a thread, its subagents (subgraphs run with the parent's config) and the
 summarizer calls made inside it send the same key, and different threads spread over the
-replicas. Outside a run there is no key unless one is given explicitly.
+replicas. A run without a ``thread_id`` (no checkpointer), and a call outside any run, send
+no key unless one is given explicitly.
 
 The key sent is a hash of the thread id (:func:`session_key`): stable across processes and
 restarts, one HTTP-header-safe token, and the thread id itself does not leave the process.
@@ -56,13 +58,29 @@ _KEY_PREFIX = "lg-"
 _MAX_SESSIONS = 4096
 
 
-def current_thread_id() -> str | None:
-    """The ``thread_id`` of the LangGraph run this code runs in, or None outside a run."""
-    try:
-        config = get_config()
-    except RuntimeError:  # not inside a runnable
-        return None
-    thread_id = (config.get("configurable") or {}).get("thread_id")
+def current_thread_id(metadata: Mapping[str, Any] | None = None) -> str | None:
+    """The ``thread_id`` of the run a call belongs to, or None outside a run.
+
+    Args:
+        metadata: The call's callback metadata (its run manager's), where LangGraph puts
+            the run's ``thread_id``: it names the thread also where the run's config is not
+            in context (an async node on Python 3.10, where LangGraph cannot set it, that
+            passes its ``config`` on to the model). Without it, or without a thread there,
+            the run's config in context (:func:`langgraph.config.get_config`).
+
+    Example:
+        >>> current_thread_id({"thread_id": "t-7", "langgraph_node": "agent"})
+        't-7'
+        >>> current_thread_id() is None  # not inside a runnable
+        True
+    """
+    thread_id = (metadata or {}).get("thread_id")
+    if thread_id is None:
+        try:
+            config = get_config()
+        except RuntimeError:  # not inside a runnable
+            return None
+        thread_id = (config.get("configurable") or {}).get("thread_id")
     return None if thread_id is None else str(thread_id)
 
 
@@ -90,25 +108,30 @@ class SessionRouting:
     header: str
     session_id: str | None = None
 
-    def key(self) -> str | None:
-        """The key for a request made now: the explicit id, else the current thread's."""
+    def key(self, metadata: Mapping[str, Any] | None = None) -> str | None:
+        """The key for a request made now: the explicit id, else its thread's.
+
+        Args:
+            metadata: The call's callback metadata (see :func:`current_thread_id`).
+        """
         if self.affinity == "off":
             return None
         if self.session_id:
             return self.session_id
-        thread_id = current_thread_id()
+        thread_id = current_thread_id(metadata)
         return None if thread_id is None else session_key(thread_id)
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
         """The headers to add to a request made now (empty when there is no key)."""
-        key = self.key()
+        key = self.key(metadata)
         return {} if key is None else {self.header: key}
 
 
 def with_headers(payload: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
     """``payload`` with ``headers`` added to its ``extra_headers`` (the caller's win).
 
-    The OpenAI client sends a call's ``extra_headers`` with that request only.
+    ``payload`` is a call's keyword arguments. The OpenAI client sends a call's
+    ``extra_headers`` with that request only.
 
     Example:
         >>> with_headers({"model": "m", "extra_headers": {"X-Session-ID": "mine"}},

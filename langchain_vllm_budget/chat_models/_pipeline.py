@@ -40,6 +40,7 @@ from langchain_vllm_budget.errors import (
     parse_length_error,
 )
 from langchain_vllm_budget.overflow import BudgetOutcome, aapply_policy, apply_policy
+from langchain_vllm_budget.routing import with_headers
 from langchain_vllm_budget.tokenizers import (
     AsyncTokenCounter,
     PromptOptions,
@@ -137,8 +138,13 @@ class Prepared:
             return wanted
         return max(0, min(wanted, self.plan.max_tokens - self.plan.needed_output_tokens))
 
-    def send_kwargs(self) -> dict[str, Any]:
-        """The call's keyword arguments with the planned output limit (and thinking cap)."""
+    def send_kwargs(self, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The call's keyword arguments with the planned output limit (and thinking cap).
+
+        Args:
+            headers: Headers to send with this request (the session key), beside the
+                caller's own ``extra_headers``, which win.
+        """
         kwargs = {k: v for k, v in self.request.kwargs.items() if k not in _MAX_TOKENS_KEYS}
         kwargs["max_tokens"] = self.plan.max_tokens
         given = self.request.extra_body
@@ -152,7 +158,7 @@ class Prepared:
             extra["thinking_token_budget"] = thinking
         if extra or given is not None:
             kwargs["extra_body"] = extra
-        return kwargs
+        return with_headers(kwargs, headers or {})
 
     def report(self) -> dict[str, Any]:
         """The plan applied, for ``response_metadata["budget"]`` and logs."""

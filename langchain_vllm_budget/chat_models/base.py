@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 import openai
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    BaseRunManager,
     CallbackManagerForLLMRun,
 )
 from langchain_core.exceptions import ModelError
@@ -80,7 +81,6 @@ from langchain_vllm_budget.routing import (
     SessionAffinity,
     SessionCookieJars,
     SessionRouting,
-    with_headers,
 )
 from langchain_vllm_budget.tokenizers import (
     PromptOptions,
@@ -253,10 +253,12 @@ class ChatVLLM(BaseChatOpenAI):
     session_affinity: SessionAffinity = Field(
         default_factory=settings.SESSION_AFFINITY.required_factory()  # type: ignore[arg-type]
     )
-    """``"thread"`` (env ``VLLM_BUDGET_SESSION_AFFINITY``, the default): inside a LangGraph
-    run every request carries a session key derived from the run's ``thread_id``, so a router
-    (``vllm-router --policy consistent_hash``) keeps the thread on the replica that holds its
-    prefix cache; ``"off"``: no key is sent."""
+    """``"thread"`` (env ``VLLM_BUDGET_SESSION_AFFINITY``, the default): every request of a
+    LangGraph run with a ``thread_id`` (a checkpointer's thread) carries a session key
+    derived from it, so a router (``vllm-router --policy
+    consistent_hash``) keeps the thread on the replica that holds its prefix cache; a run
+    without one sends none; ``"off"``: no key is sent. A session header already in
+    ``default_headers`` is left as it is."""
     session_header: str = Field(default_factory=settings.SESSION_HEADER.required_factory())
     """The header that carries the session key (env ``VLLM_BUDGET_SESSION_HEADER``)."""
     session_id: str | None = None
@@ -279,8 +281,17 @@ class ChatVLLM(BaseChatOpenAI):
             **values,
         }
 
-    def _session_routing(self) -> SessionRouting:
-        return SessionRouting(self.session_affinity, self.session_header, self.session_id)
+    def _session_headers(self, run_manager: BaseRunManager | None) -> dict[str, str]:
+        """The session header a call sends (:mod:`langchain_vllm_budget.routing`).
+
+        Its thread's key, read from the call's callback metadata, else the run's config; none
+        where ``default_headers`` already carry the header (the user's own key stands).
+        """
+        routing = SessionRouting(self.session_affinity, self.session_header, self.session_id)
+        header = routing.header.lower()
+        if any(name.lower() == header for name in self.default_headers or {}):
+            return {}
+        return routing.headers(run_manager.metadata if run_manager is not None else None)
 
     # --- end of session affinity ---
 
@@ -692,12 +703,15 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         generate = super()._generate
+        headers = self._session_headers(run_manager)
         (result,) = _pipeline.run(
             self,
             messages,
             kwargs,
             lambda p: _pipeline.once(
-                lambda: generate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs())
+                lambda: generate(
+                    p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs(headers)
+                )
             ),
         )
         return result
@@ -710,12 +724,13 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         agenerate = super()._agenerate
+        headers = self._session_headers(run_manager)
         results = _pipeline.arun(
             self,
             messages,
             kwargs,
             lambda p: _pipeline.aonce(
-                agenerate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs())
+                agenerate(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs(headers))
             ),
         )
         (result,) = [r async for r in results]
@@ -729,11 +744,14 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         stream = super()._stream
+        headers = self._session_headers(run_manager)
         yield from _pipeline.run(
             self,
             messages,
             kwargs,
-            lambda p: stream(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs()),
+            lambda p: stream(
+                p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs(headers)
+            ),
         )
 
     async def _astream(
@@ -744,11 +762,14 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         astream = super()._astream
+        headers = self._session_headers(run_manager)
         async for chunk in _pipeline.arun(
             self,
             messages,
             kwargs,
-            lambda p: astream(p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs()),
+            lambda p: astream(
+                p.messages, stop=stop, run_manager=run_manager, **p.send_kwargs(headers)
+            ),
         ):
             yield chunk
 
@@ -780,7 +801,7 @@ class ChatVLLM(BaseChatOpenAI):
         if "max_tokens" in kwargs:  # the planned limit, alone: vLLM reads the other one first
             payload.pop("max_completion_tokens", None)
             payload["max_tokens"] = kwargs["max_tokens"]
-        return with_headers(payload, self._session_routing().headers())  # session affinity
+        return payload
 
     def _create_chat_result(
         self,

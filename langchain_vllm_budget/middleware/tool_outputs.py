@@ -11,9 +11,10 @@ first (:func:`~langchain_vllm_budget.compression.query_summary`), and with the d
 entity the request points at:
 
 * the raw result is put into the LangGraph store (``runtime.store``) first, under the
-  namespace ``(*namespace, thread_id)`` (default ``("tool_outputs", <thread_id>)``; threadless
-  runs use ``"-"``) and the tool-call id as key, with the value ``{"tool_call_id",
-  "tool", "args", "content", "raw_tokens", "summary_tokens"}``;
+  namespace ``(*namespace, thread_id)`` (default ``("tool_outputs", <thread_id>)``, the id as
+  :func:`~langchain_vllm_budget.persistence.store_label` writes it; threadless runs use
+  ``"-"``) and the tool-call id as key, with the value ``{"tool_call_id", "tool", "args",
+  "content", "raw_tokens", "summary_tokens"}``;
 * the summary ends with a note that names the call and the ``read_tool_output`` tool, which
   the middleware adds to the agent: it reads the raw result back, a slice at a time
   (``offset``/``limit`` in characters, each slice at most ``threshold_tokens`` tokens), or
@@ -27,10 +28,11 @@ entity the request points at:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import regex
 from langchain.agents.middleware.types import AgentMiddleware, AgentState, ContextT, ResponseT
@@ -57,6 +59,7 @@ from langchain_vllm_budget.compression import (
     summarize,
     truncate_to_tokens,
 )
+from langchain_vllm_budget.persistence import store_label
 from langchain_vllm_budget.tokenizers import TokenCounter
 
 __all__ = [
@@ -94,7 +97,46 @@ _SEARCH_SECONDS = 2.0  # what one pattern search may take over a whole stored ou
 
 def _namespace(prefix: tuple[str, ...], config: RunnableConfig | None) -> tuple[str, ...]:
     thread = ((config or {}).get("configurable") or {}).get("thread_id")
-    return (*prefix, str(thread) if thread is not None else _NO_THREAD)
+    return _thread_namespace(prefix, None if thread is None else str(thread))
+
+
+def _thread_namespace(prefix: tuple[str, ...], thread_id: str | None) -> tuple[str, ...]:
+    """The namespace of one thread's outputs (threadless ones share one)."""
+    return (*prefix, store_label(thread_id) if thread_id else _NO_THREAD)
+
+
+def _result_message(
+    request: ToolCallRequest, result: ToolMessage | Command[Any]
+) -> ToolMessage | None:
+    """The tool call's result message, if it is one to read.
+
+    ``result`` itself, or the ``ToolMessage`` of this call in a ``Command``'s
+    ``update["messages"]`` (how a subagent's or a handoff tool's result comes back).
+    """
+    if isinstance(result, ToolMessage):
+        return result
+    update = result.update if isinstance(result, Command) else None
+    messages = update.get("messages") if isinstance(update, Mapping) else None
+    if not isinstance(messages, list):
+        return None
+    call_id = request.tool_call.get("id")
+    return next(
+        (m for m in messages if isinstance(m, ToolMessage) and m.tool_call_id == call_id), None
+    )
+
+
+def _with_message(
+    result: ToolMessage | Command[Any], message: ToolMessage
+) -> ToolMessage | Command[Any]:
+    """``result`` with its result message (:func:`_result_message`) replaced by ``message``."""
+    if not isinstance(result, Command):
+        return message
+    update = dict(cast("Mapping[str, Any]", result.update))
+    update["messages"] = [
+        message if isinstance(m, ToolMessage) and m.tool_call_id == message.tool_call_id else m
+        for m in update["messages"]
+    ]
+    return dataclasses.replace(result, update=update)
 
 
 def load_tool_output(
@@ -125,7 +167,7 @@ def load_tool_output(
         True
     """
     if thread_id is not None:
-        item = store.get((*namespace, thread_id), tool_call_id)
+        item = store.get(_thread_namespace(namespace, thread_id), tool_call_id)
         return dict(item.value) if item is not None else None
     found = store.search(namespace, filter={"tool_call_id": tool_call_id}, limit=1)
     return dict(found[0].value) if found else None
@@ -229,14 +271,15 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
 
     def _job(self, request: ToolCallRequest, result: ToolMessage | Command[Any]) -> _Job | None:
         """The compression to do, or ``None`` (small, not text, or the read-back tool)."""
-        if not isinstance(result, ToolMessage) or request.tool_call["name"] == READ_TOOL_NAME:
+        message = _result_message(request, result)
+        if message is None or request.tool_call["name"] == READ_TOOL_NAME:
             return None
-        if not isinstance(result.content, str) and any(
+        if not isinstance(message.content, str) and any(
             not (isinstance(b, str) or (isinstance(b, Mapping) and b.get("type") == "text"))
-            for b in result.content
+            for b in message.content
         ):
             return None  # images and other blocks are left as they are
-        text = result.text
+        text = message.text
         tokens = self.counter.count_text(text)
         if tokens <= self.threshold_tokens:
             return None
@@ -249,7 +292,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             )
             raise ValueError(msg)
         config = request.runtime.config if request.runtime is not None else None
-        tool_call_id = result.tool_call_id
+        tool_call_id = message.tool_call_id
         value = {
             "tool_call_id": tool_call_id,
             "tool": request.tool_call["name"],
@@ -258,7 +301,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
             "raw_tokens": tokens,
         }
         return _Job(
-            result,
+            message,
             text,
             tokens,
             store,
@@ -329,7 +372,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 text, spec, subject=f"{job.value['tool']} tool", user_request=user_request
             )
             compressed = better_for_query(compressed, other)
-        return self._replace(job, compressed)
+        return _with_message(result, self._replace(job, compressed))
 
     async def awrap_tool_call(
         self,
@@ -349,7 +392,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 text, spec, subject=f"{job.value['tool']} tool", user_request=user_request
             )
             compressed = await asyncio.to_thread(better_for_query, compressed, other)
-        return self._replace(job, compressed)
+        return _with_message(result, self._replace(job, compressed))
 
     # ------------------------------------------------------------------------ read-back tool
 

@@ -291,7 +291,7 @@ class ServerProfile:
             >>> get_profile("long-window").with_tool_calls() == get_profile("long-window")
             True
         """
-        if "--tool-call-parser" in self.extra_args:
+        if any(arg.split("=", 1)[0] == "--tool-call-parser" for arg in self.extra_args):
             return self
         return replace(self, extra_args=(*self.extra_args, *HERMES_TOOL_CALL_ARGS))
 

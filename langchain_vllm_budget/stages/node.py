@@ -183,7 +183,7 @@ class _Call:
     rolling_summaries: Mapping[str, str]
     previous_rolling: str
     rolling_covers: Mapping[str, int]
-    attempt: int
+    """The runs of the earlier stages the rolling summary will cover (this one's comes last)."""
     started: float
 
 
@@ -213,20 +213,18 @@ def _attempts(ledger: Mapping[str, Any]) -> dict[str, int]:
     return {name: int((entry or {}).get("attempt", 1)) for name, entry in ledger.items()}
 
 
-def _covered(
-    entry: Mapping[str, Any], earlier: Sequence[str], attempts: Mapping[str, int]
-) -> dict[str, int]:
+def _covered(entry: Mapping[str, Any], earlier: Sequence[str]) -> dict[str, int]:
     """The runs of stages a rolling summary covers, by its writer's ledger ``entry``.
 
     A stage counts as covered only in the run of it the summary was written after: a stage
-    run again since (a loop) is not.
+    run again since (a loop) is not. A ledger written before runs were recorded (stage names
+    alone, or no ``rolling_covers``: every earlier stage) covers first runs: every later run
+    was made after it.
     """
     covers = entry.get("rolling_covers")
-    if covers is None:  # a ledger written before rolling_covers: every earlier stage
-        covers = earlier
     if isinstance(covers, Mapping):
         return {str(name): int(run) for name, run in covers.items()}
-    return {name: attempts.get(name, 1) for name in covers}  # stage names alone: as they are
+    return dict.fromkeys(earlier if covers is None else covers, 1)
 
 
 def _fold_digests(
@@ -244,11 +242,7 @@ def _fold_digests(
     for position, name in enumerate(earlier):
         if name not in digests:
             continue
-        entry = ledger.get(name) or {}
-        if entry.get("rolling_covers") is None:
-            usable[name] = digests[name]
-            continue
-        covers = _covered(entry, earlier, attempts)
+        covers = _covered(ledger.get(name) or {}, earlier[: position + 1])
         if all(covers.get(n) == attempts.get(n, 1) for n in earlier[:position]):
             usable[name] = digests[name]
     return usable
@@ -261,7 +255,7 @@ def _previous_rolling(
     ledger: Mapping[str, Any],
     stage: str,
 ) -> tuple[str, dict[str, int]]:
-    """The rolling summary this stage extends, and the runs of stages it will cover.
+    """The rolling summary this stage extends, and the runs of earlier stages it will cover.
 
     In a straight line the state's rolling summary covers every earlier stage. After stages
     ran in parallel branches it is one branch's (the last write of the step): the summaries
@@ -270,21 +264,20 @@ def _previous_rolling(
     branch and no rerun is left out of the digest.
     """
     attempts = _attempts(ledger)
-    runs = {**attempts, stage: attempts.get(stage, 0) + 1}
     earlier = [name for name in summaries if name != stage]
     writer = next(
         (n for n in reversed(list(digests)) if digests[n] == rolling and n in ledger), None
     )
     if writer is None:  # the first stage of the run (or a state without a ledger)
-        return rolling, {name: runs.get(name, 1) for name in [*earlier, stage]}
-    covered = _covered(ledger[writer], earlier, attempts)
+        return rolling, {name: attempts.get(name, 1) for name in earlier}
+    covered = _covered(ledger[writer], earlier)
     missing = [name for name in earlier if covered.get(name) != attempts.get(name, 1)]
     previous = functools.reduce(
         lambda text, name: fold_summary(text, name, summaries[name]), missing, rolling
     )
     covers = {**covered, **{name: attempts.get(name, 1) for name in missing}}
-    covers.pop(stage, None)  # this stage's new run goes last
-    return previous, {**covers, stage: runs[stage]}
+    covers.pop(stage, None)  # this stage's new run is added when it is known (_finish)
+    return previous, covers
 
 
 def _rendered(raw: Any) -> _Output:
@@ -369,7 +362,6 @@ class CompressedStage:
             rolling_summaries=usable,
             previous_rolling=previous,
             rolling_covers=covers,
-            attempt=covers[self.name],
             started=time.perf_counter(),
         )
 
@@ -505,7 +497,13 @@ class CompressedStage:
         summary: CompressionResult,
         rolling: str,
         usage: ModelCallUsage,
+        attempt: int,
     ) -> dict[str, Any]:
+        """The state update: summaries, rolling summary and ledger of this run of the stage.
+
+        ``attempt`` is the run's number as the store numbers its raw outputs (a run that failed
+        after storing its output counts), so ``get_raw_output(..., attempt=)`` finds it.
+        """
         counter = call.counter
         entry: StageLedger = {
             "stage": self.name,
@@ -522,8 +520,8 @@ class CompressedStage:
             "method": summary.method,
             "fallback_reason": summary.fallback_reason,
             "rolling_summary_tokens": counter.count_text(rolling) if rolling else 0,
-            "rolling_covers": dict(call.rolling_covers),
-            "attempt": call.attempt,
+            "rolling_covers": {**call.rolling_covers, self.name: attempt},
+            "attempt": attempt,
             "counter": counter.name,
             "summarizer_calls": usage.calls,
             "summarizer_input_tokens": usage.input_tokens,
@@ -620,7 +618,8 @@ class CompressedStage:
                     user_request=request,
                 )
                 rolling = merged.summary
-        return self._finish(call, output, summary, rolling, usage)
+        attempt = int(record.get("attempt", 1))
+        return self._finish(call, output, summary, rolling, usage, attempt)
 
     async def ainvoke(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
         """Async :meth:`invoke`: counting runs in a thread, model calls are awaited."""
@@ -662,7 +661,8 @@ class CompressedStage:
                     user_request=request,
                 )
                 rolling = merged.summary
-        return await asyncio.to_thread(self._finish, call, output, summary, rolling, usage)
+        attempt = int(record.get("attempt", 1))
+        return await asyncio.to_thread(self._finish, call, output, summary, rolling, usage, attempt)
 
 
 def _check_handoff(name: str, handoff: _Handoff) -> None:

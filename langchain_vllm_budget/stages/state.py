@@ -92,8 +92,10 @@ class StageLedger(TypedDict):
         rolling_covers: The stages that rolling summary covers, each with the run of it
             covered (all the earlier ones in a straight line; after parallel branches, the
             branch it extends and the others; a stage run again by a loop, its latest run).
+            Ledgers written before runs were recorded hold the stage names alone.
         attempt: Which run of the stage this is in the run (1, then 2, ... when a loop runs
-            it again; its earlier raw outputs are stored as ``"<stage>#<attempt>"``).
+            it again), as the store numbers its raw outputs: a run that failed after storing
+            its output counts; ``get_raw_output(..., attempt=)`` finds each.
         counter: The token counter (``transformers``, ``server`` or ``approximate``).
         summarizer_calls: Summarizer model calls made for this stage (compression and the
             rolling summary; 0 when the output fit or the extractive summary kept everything).
@@ -124,7 +126,7 @@ class StageLedger(TypedDict):
     method: str
     fallback_reason: str | None
     rolling_summary_tokens: int
-    rolling_covers: NotRequired[dict[str, int]]
+    rolling_covers: NotRequired[dict[str, int] | list[str]]
     attempt: NotRequired[int]
     counter: str
     summarizer_calls: int

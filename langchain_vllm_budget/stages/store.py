@@ -1,6 +1,7 @@
 """Where raw stage outputs live: the LangGraph store, one namespace per thread and run.
 
-Key: the stage name; namespace: ``("stage_outputs", thread_id, run_id)``. A later run on the
+Key: the stage name; namespace: ``("stage_outputs", thread_id, run_id)`` (the ids as
+:func:`~langchain_vllm_budget.persistence.store_label` writes them). A later run on the
 same thread writes to its own namespace, so no run overwrites another's outputs, and every
 run's outputs stay retrievable (``store.search(("stage_outputs", thread_id))`` lists them). A
 stage that runs again within a run (a loop in the graph) keeps its latest output under its
@@ -15,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.store.base import BaseStore
+
+from langchain_vllm_budget.persistence import store_label
 
 __all__ = [
     "RAW_OUTPUT_NAMESPACE",
@@ -34,7 +37,11 @@ def raw_output_namespace(thread_id: str, run_id: str) -> tuple[str, str, str]:
         >>> raw_output_namespace("t-1", "run-2")
         ('stage_outputs', 't-1', 'run-2')
     """
-    return (RAW_OUTPUT_NAMESPACE, thread_id or "no-thread", run_id or "no-run")
+    return (
+        RAW_OUTPUT_NAMESPACE,
+        store_label(thread_id) if thread_id else "no-thread",
+        store_label(run_id) if run_id else "no-run",
+    )
 
 
 def archive_earlier_output(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
 import threading
@@ -13,6 +14,7 @@ import regex
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse, wrap_model_call
 from langchain.agents.structured_output import ToolStrategy
+from langchain.tools import ToolRuntime
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -26,6 +28,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
 from langgraph.store.memory import InMemoryStore
+from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from langchain_vllm_budget.budget import BudgetPlan, TokenBudget, compaction_target
@@ -44,6 +47,7 @@ from langchain_vllm_budget.middleware.tool_outputs import (
     _last_request,
     find_lines,
 )
+from langchain_vllm_budget.persistence import store_label
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, tools_to_openai_dicts
 from tests.fakes import ThreadRecordingCounter
 
@@ -299,7 +303,42 @@ def _call(name: str, args: dict[str, Any], call_id: str) -> AIMessage:
     return AIMessage("", tool_calls=[{"name": name, "args": args, "id": call_id}])
 
 
-def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
+@tool("fetch_report")
+def fetch_report_command(day: str, runtime: ToolRuntime) -> Command[Any]:
+    """Fetch the day's job report (as a subagent or handoff tool answers: a Command)."""
+    result = ToolMessage(REPORT, tool_call_id=runtime.tool_call_id, name="fetch_report")
+    del day  # the report is the same every day
+    return Command(update={"messages": [result]})
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_large_result_in_a_command_is_summarized_and_stored(use_async: bool) -> None:
+    model = _model(script=[_call("fetch_report", {"day": "2024-05-14"}, "call_report")])
+    middleware = ToolOutputCompressionMiddleware(
+        model, threshold_tokens=500, summary_max_tokens=200, summarizer="extractive"
+    )
+    store = InMemoryStore()
+    agent = create_agent(
+        model,
+        tools=[fetch_report_command],
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+        store=store,
+    )
+    config = {"configurable": {"thread_id": "c"}}
+    request = {"messages": [HumanMessage("Which jobs ran on gpu-3?")]}
+    asyncio.run(agent.ainvoke(request, config)) if use_async else agent.invoke(request, config)
+    messages = agent.get_state(config).values["messages"]
+    (result,) = [m for m in messages if isinstance(m, ToolMessage)]
+    assert METADATA_KEY in result.response_metadata
+    assert COUNTER.count_text(result.text.rsplit("\n\n[", 1)[0]) <= 200
+    assert "job_0003 on node gpu-3.eu-west" in result.text
+    assert load_tool_output(store, "call_report", thread_id="c")["content"] == REPORT
+
+
+# A period is what LangGraph's stores refuse in a namespace label; thread ids often have one.
+@pytest.mark.parametrize("thread", ["t1", "alice@example.com"])
+def test_a_large_tool_result_is_summarized_stored_and_readable(thread: str) -> None:
     model = _model(
         script=[
             _call("fetch_report", {"day": "2024-05-14"}, "call_report"),
@@ -311,7 +350,7 @@ def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
     )
     store = InMemoryStore()
     agent = _tool_agent(model, middleware, store=store)
-    config = {"configurable": {"thread_id": "t1"}}
+    config = {"configurable": {"thread_id": thread}}
     agent.invoke({"messages": [HumanMessage("Which jobs ran on gpu-3?")]}, config)
     assert READ_TOOL_NAME in [t.name for t in model.tools_seen]
     messages = agent.get_state(config).values["messages"]
@@ -325,7 +364,7 @@ def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
     savings = compressed.response_metadata[METADATA_KEY]
     assert savings["raw_tokens"] == raw_tokens
     assert savings["saved_tokens"] == raw_tokens - savings["summary_tokens"] > 0
-    assert savings["store_namespace"] == ["tool_outputs", "t1"]
+    assert savings["store_namespace"] == ["tool_outputs", store_label(thread)]
     # the summary keeps what the question asks for first (the runs on gpu-3), and says what
     # 120 runs' worth of paths could not fit under the cap
     assert "job_0003 on node gpu-3.eu-west" in summary
@@ -337,7 +376,7 @@ def test_a_large_tool_result_is_summarized_stored_and_readable() -> None:
         1 - len(savings["missing"]) / len(extract_entities(REPORT)), abs=0.01
     )
     # nothing lost: the raw output is in the store, by tool-call id
-    assert load_tool_output(store, "call_report", thread_id="t1")["content"] == REPORT
+    assert load_tool_output(store, "call_report", thread_id=thread)["content"] == REPORT
     assert load_tool_output(store, "call_report")["content"] == REPORT
     assert load_tool_output(store, "call_report", thread_id="t2") is None
     # and the agent read it back through the tool, uncompressed

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -155,6 +156,36 @@ async def test_async_runs_carry_their_threads_key() -> None:
     graph = builder.compile(checkpointer=InMemorySaver())
     await graph.ainvoke({"messages": [HumanMessage("hi")]}, {"configurable": {"thread_id": "t"}})
     assert server.keys() == [session_key("t")]
+
+
+async def test_a_config_passed_on_names_the_thread_where_none_is_in_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An async node on Python 3.10 (LangGraph cannot put the run's config in context there)
+    that passes its config to the model, as LangChain advises there: the call carries the key
+    (read from the call's callback metadata, where LangGraph puts the thread_id)."""
+    import langgraph._internal._runnable as runnable
+
+    monkeypatch.setattr(runnable, "ASYNCIO_ACCEPTS_CONTEXT", False)  # Python 3.10's LangGraph
+    server = _Server()
+    model = _model(server)
+
+    async def call(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"], config)]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("call", call)
+    builder.add_edge(START, "call")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    await graph.ainvoke({"messages": [HumanMessage("hi")]}, {"configurable": {"thread_id": "t"}})
+    model.invoke("hi", {"metadata": {"thread_id": "u"}})  # the same, outside LangGraph
+    assert server.keys() == [session_key("t"), session_key("u")]
+
+
+def test_a_session_header_in_default_headers_stands() -> None:
+    server = _Server()
+    _run(_graph(_model(server, default_headers={"x-session-id": "tenant-9"})), "t")
+    assert server.keys() == ["tenant-9"]
 
 
 def test_outside_a_run_there_is_no_key_unless_one_is_given() -> None:

@@ -448,6 +448,91 @@ def test_a_loop_over_parallel_branches_keeps_each_rerun_in_the_rolling_summary()
     assert ledger["report"]["rolling_covers"] == {"logs": 2, "metrics": 2, "report": 2}
 
 
+def test_a_loop_over_parallel_branches_folds_each_rerun_into_a_later_prompt() -> None:
+    """The join stage's window is too small for both branches: it folds them, and the digest
+    a later stage gets holds the branches' second runs, not one branch's stale rolling summary."""
+    rounds = {"logs": 0, "metrics": 0}
+    seen: list[StageInput] = []
+
+    def branch(name: str, fact: str) -> Callable[[Any], str]:
+        def run(_: Any) -> str:
+            rounds[name] += 1
+            return f"{fact}-{rounds[name]} " + f"filler words about the {name} here. " * 12
+
+        return run
+
+    logs, metrics = branch("logs", "OOMHOST"), branch("metrics", "P99MS")
+    app = _join_then_fold(logs, metrics, seen, again=lambda: rounds["logs"] < 2)
+    out = app.invoke({"request": "Why is db-3 down?"})
+    assert rounds == {"logs": 2, "metrics": 2}
+    assert {"logs", "metrics"} <= set(out["folded"])
+    (final_input,) = seen
+    assert "OOMHOST-2" in final_input.rolling_summary
+    assert "P99MS-2" in final_input.rolling_summary
+
+
+def test_a_ledger_from_before_runs_were_recorded_covers_first_runs_only() -> None:
+    """A checkpoint written when ``rolling_covers`` held stage names: resumed, a stage run
+    again since is not taken as covered by the old rolling summary."""
+    from langchain_vllm_budget.stages.node import _fold_digests, _previous_rolling
+
+    # Written before: A then B in a straight line; since: A ran again (its second run).
+    ledger: dict[str, Any] = {
+        "B": {"rolling_covers": ["A", "B"]},
+        "A": {"rolling_covers": {"B": 1, "A": 2}, "attempt": 2},
+    }
+    summaries = {"B": "sb", "A": "A-second"}
+    digests = {"B": "[A]\nA-first\n[B]\nsb", "A": "[A]\nA-first\n[B]\nsb\n[A]\nA-second"}
+    assert "B" not in _fold_digests(["A", "B"], digests, ledger)  # B's digest misses A-second
+    assert "A" in _fold_digests(["B", "A"], digests, ledger)
+    # Extending B's old rolling summary adds A's second run to it.
+    previous, covers = _previous_rolling(digests["B"], summaries, digests, ledger, "C")
+    assert previous.endswith("[A]\nA-second")
+    assert covers == {"A": 2, "B": 1}
+    # Names alone, nothing run again: covered as they were (the old behaviour).
+    old = {"A": {"rolling_covers": ["A"]}, "B": {"rolling_covers": ["A", "B"]}}
+    assert set(_fold_digests(["A", "B"], digests, old)) == {"A", "B"}
+    assert _previous_rolling(digests["B"], summaries, digests, old, "C") == (
+        digests["B"],
+        {"A": 1, "B": 1},
+    )
+
+
+def test_the_ledger_attempt_is_the_stores_when_a_retried_run_stored_its_output() -> None:
+    """A run that fails after storing its output and is retried (RetryPolicy): the ledger's
+    attempt numbers the raw output the summary was made from, as the store does."""
+    from langgraph.types import RetryPolicy
+
+    class FailsOnce(ApproximateTokenCounter):
+        calls = 0
+
+        def count_text(self, text: str) -> int:
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 2:  # the first count after the raw record is stored
+                raise RuntimeError("transient")
+            return super().count_text(text)
+
+    outputs = iter(["first output FAILED-1", "second output OK-2"])
+    graph = StateGraph(StagesState, input_schema=StagesInput)
+    graph.add_node("start_run", start_run)
+    graph.add_node(
+        "act",
+        compressed_stage("act", lambda _: next(outputs), counter=FailsOnce()),
+        retry_policy=RetryPolicy(retry_on=RuntimeError, initial_interval=0.01, jitter=False),
+    )
+    graph.add_edge(START, "start_run")
+    graph.add_edge("start_run", "act")
+    app = graph.compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+    out = app.invoke({"request": "go"}, {"configurable": {"thread_id": "r"}})
+    entry = out["ledger"]["act"]
+    assert app.store is not None
+    assert entry["attempt"] == 2
+    assert entry["rolling_covers"] == {"act": 2}
+    kept = get_raw_output(app.store, "r", out["run_id"], "act", attempt=entry["attempt"])
+    assert kept == "second output OK-2"
+    assert "OK-2" in out["summaries"]["act"]
+
+
 @pytest.mark.parametrize("use_async", [False, True])
 def test_a_stage_run_again_in_a_loop_keeps_every_output(use_async: bool) -> None:
     """A conditional edge that runs a stage again: its latest output under its name, the
@@ -480,6 +565,21 @@ def test_a_stage_run_again_in_a_loop_keeps_every_output(use_async: bool) -> None
     assert get_raw_output(app.store, "loop", run, "act", attempt=3) == "attempt 3: MIG-3 ok"
 
 
+def test_a_thread_id_with_a_period_keeps_its_raw_outputs() -> None:
+    """LangGraph's stores refuse a period in a namespace label: the id is written escaped."""
+    graph = StateGraph(StagesState, input_schema=StagesInput)
+    graph.add_node("start_run", start_run)
+    graph.add_node("act", compressed_stage("act", lambda _: "MIG-7 applied"))
+    graph.add_edge(START, "start_run")
+    graph.add_edge("start_run", "act")
+    app = graph.compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+    thread = "1715000000.123456"  # a chat message's timestamp
+    out = app.invoke({"request": "Migrate"}, {"configurable": {"thread_id": thread}})
+    assert app.store is not None
+    assert get_raw_output(app.store, thread, out["run_id"], "act") == "MIG-7 applied"
+    assert out["ledger"]["act"]["raw_output"][1] == "1715000000%2E123456"
+
+
 def test_a_stage_summary_has_no_tool_call_ids_but_its_raw_output_keeps_them() -> None:
     """A stage that returns messages: its summary is written without the IDs pairing calls
     with results (no fact, and the guard would rank them as IDs), its raw output is kept whole."""
@@ -510,21 +610,23 @@ def test_a_stage_summary_has_no_tool_call_ids_but_its_raw_output_keeps_them() ->
     assert call_id in raw
 
 
-def test_folding_after_a_parallel_join_keeps_every_branch() -> None:
-    """A stage after the join whose prompt must fold both branches' summaries: the rolling
-    summary after one branch covers that branch only, so the fold appends the other's
-    summary instead of standing in for both; the next stage's digest has both."""
-    seen: list[StageInput] = []
-    logs = "host=db-3 error=OOM " + "filler words about the logs here. " * 12
-    metrics = "p99_ms=1840 cpu=97 " + "filler words about the metrics here. " * 12
+def _join_then_fold(
+    logs: Callable[[Any], str],
+    metrics: Callable[[Any], str],
+    seen: list[StageInput],
+    *,
+    again: Callable[[], bool] = lambda: False,
+) -> Any:
+    """Two branches joined by a stage whose 200-token window must fold both summaries, then a
+    stage that records what it is handed; ``again()`` sends the join back to both branches."""
     budget = TokenBudget(
         max_model_len=200, output_reserve=64, min_output_tokens=32, safety_margin=0
     )
-    verbatim = {"summary_max_tokens": 200, "handoff_verbatim_share": 0.9}
-    graph = StateGraph(StagesState)
+    verbatim: dict[str, Any] = {"summary_max_tokens": 200, "handoff_verbatim_share": 0.9}
+    graph = StateGraph(StagesState, input_schema=StagesInput)
     graph.add_node("start_run", start_run)
-    graph.add_node("logs", compressed_stage("logs", lambda _: logs, **verbatim))
-    graph.add_node("metrics", compressed_stage("metrics", lambda _: metrics, **verbatim))
+    graph.add_node("logs", compressed_stage("logs", logs, **verbatim))
+    graph.add_node("metrics", compressed_stage("metrics", metrics, **verbatim))
     graph.add_node(
         "report",
         compressed_stage(
@@ -543,8 +645,19 @@ def test_folding_after_a_parallel_join_keeps_every_branch() -> None:
     for branch in ("logs", "metrics"):
         graph.add_edge("start_run", branch)
     graph.add_edge(["logs", "metrics"], "report")
-    graph.add_edge("report", "final")
-    out = graph.compile(store=InMemoryStore()).invoke({"request": "Why is db-3 down?"})
+    graph.add_conditional_edges("report", lambda _: ["logs", "metrics"] if again() else "final")
+    return graph.compile(store=InMemoryStore())
+
+
+def test_folding_after_a_parallel_join_keeps_every_branch() -> None:
+    """A stage after the join whose prompt must fold both branches' summaries: the rolling
+    summary after one branch covers that branch only, so the fold appends the other's
+    summary instead of standing in for both; the next stage's digest has both."""
+    seen: list[StageInput] = []
+    logs = "host=db-3 error=OOM " + "filler words about the logs here. " * 12
+    metrics = "p99_ms=1840 cpu=97 " + "filler words about the metrics here. " * 12
+    app = _join_then_fold(lambda _: logs, lambda _: metrics, seen)
+    out = app.invoke({"request": "Why is db-3 down?"})
     assert out["folded"] == {"logs": "report", "metrics": "report"}
     assert [name for name, _ in seen[0].summaries] == ["report"]
     assert "OOM" in seen[0].rolling_summary
