@@ -20,18 +20,21 @@ __all__ = ["postgres_persistence", "sqlite_persistence", "store_label"]
 def store_label(value: str) -> str:
     """``value`` (a thread id) as a label of a LangGraph store namespace.
 
-    LangGraph's stores refuse a label with a period in it (``InvalidNamespaceError``), and
-    thread ids often have one (an e-mail address, a chat message's timestamp). A period is
-    written ``%2E`` and a ``%`` is written ``%25``, so distinct ids stay distinct labels; ids
-    without either are their own label.
+    LangGraph's stores refuse a label with a period or a NUL byte in it
+    (``InvalidNamespaceError``), and thread ids often have a period (an e-mail address, a chat
+    message's timestamp). Such an id is written escaped: ``%`` as ``%25``, ``.`` as ``%2E``,
+    NUL as ``%00``. An id the stores take as it is stays as it is, so outputs stored under it
+    before stay where they were.
 
     Example:
         >>> store_label("alice@example.com"), store_label("1715000000.123456")
         ('alice@example%2Ecom', '1715000000%2E123456')
-        >>> store_label("thread-7")
-        'thread-7'
+        >>> store_label("thread-7"), store_label("100%-done")
+        ('thread-7', '100%-done')
     """
-    return value.replace("%", "%25").replace(".", "%2E")
+    if "." not in value and "\x00" not in value:
+        return value
+    return value.replace("%", "%25").replace(".", "%2E").replace("\x00", "%00")
 
 
 @contextmanager

@@ -4,8 +4,9 @@ Routers in front of several vLLM replicas (vLLM's ``vllm-router`` with ``--polic
 consistent_hash``, production-stack, llm-d) keep a conversation on the replica that holds its
 KV prefix when every request of the conversation carries the same session key. Inside a
 LangGraph run, :class:`SessionRouting` derives that key from the run's ``thread_id``
-(``config["configurable"]["thread_id"]``: from the call's own callback metadata, where
-LangGraph puts it, else the run's config read with :func:`langgraph.config.get_config`), so
+(``config["configurable"]["thread_id"]``, read with :func:`langgraph.config.get_config`;
+where no run's config is in context, from the call's callback metadata, where LangGraph puts
+it), so
 every call of a thread, its subagents (subgraphs run with the parent's config) and the
 summarizer calls made inside it send the same key, and different threads spread over the
 replicas. A run without a ``thread_id`` (no checkpointer), and a call outside any run, send
@@ -63,10 +64,13 @@ def current_thread_id(metadata: Mapping[str, Any] | None = None) -> str | None:
 
     Args:
         metadata: The call's callback metadata (its run manager's), where LangGraph puts
-            the run's ``thread_id``: it names the thread also where the run's config is not
-            in context (an async node on Python 3.10, where LangGraph cannot set it, that
-            passes its ``config`` on to the model). Without it, or without a thread there,
-            the run's config in context (:func:`langgraph.config.get_config`).
+            the run's ``thread_id``: read where no run's config is in context (an async
+            node on Python 3.10, where LangGraph cannot put it there, that passes its
+            ``config`` on to the model's ``ainvoke``).
+
+    Returns:
+        The run's ``config["configurable"]["thread_id"]`` (:func:`langgraph.config.get_config`);
+        where no config is in context, the ``thread_id`` in ``metadata``.
 
     Example:
         >>> current_thread_id({"thread_id": "t-7", "langgraph_node": "agent"})
@@ -74,13 +78,10 @@ def current_thread_id(metadata: Mapping[str, Any] | None = None) -> str | None:
         >>> current_thread_id() is None  # not inside a runnable
         True
     """
-    thread_id = (metadata or {}).get("thread_id")
-    if thread_id is None:
-        try:
-            config = get_config()
-        except RuntimeError:  # not inside a runnable
-            return None
-        thread_id = (config.get("configurable") or {}).get("thread_id")
+    try:
+        thread_id = (get_config().get("configurable") or {}).get("thread_id")
+    except RuntimeError:  # no run's config in context
+        thread_id = (metadata or {}).get("thread_id")
     return None if thread_id is None else str(thread_id)
 
 

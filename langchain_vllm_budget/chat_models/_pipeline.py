@@ -142,8 +142,8 @@ class Prepared:
         """The call's keyword arguments with the planned output limit (and thinking cap).
 
         Args:
-            headers: Headers to send with this request (the session key), beside the
-                caller's own ``extra_headers``, which win.
+            headers: The ``extra_headers`` to send (the model's, with the session key) when
+                the call passes none of its own; the call's own win, header by header.
         """
         kwargs = {k: v for k, v in self.request.kwargs.items() if k not in _MAX_TOKENS_KEYS}
         kwargs["max_tokens"] = self.plan.max_tokens

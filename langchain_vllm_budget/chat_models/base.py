@@ -281,17 +281,21 @@ class ChatVLLM(BaseChatOpenAI):
             **values,
         }
 
-    def _session_headers(self, run_manager: BaseRunManager | None) -> dict[str, str]:
-        """The session header a call sends (:mod:`langchain_vllm_budget.routing`).
+    def _extra_headers(self, run_manager: BaseRunManager | None) -> dict[str, str]:
+        """The ``extra_headers`` a call sends unless it passes its own.
 
-        Its thread's key, read from the call's callback metadata, else the run's config; none
-        where ``default_headers`` already carry the header (the user's own key stands).
+        The model's (``ChatVLLM(extra_headers=...)``), with the session key
+        (:mod:`langchain_vllm_budget.routing`) beside them. The key is the thread's (the run's
+        config, else the call's callback metadata); none is added where ``default_headers`` or
+        the model's ``extra_headers`` already carry the header (the user's own key stands).
         """
+        model_headers: dict[str, str] = dict(self.model_kwargs.get("extra_headers") or {})
         routing = SessionRouting(self.session_affinity, self.session_header, self.session_id)
         header = routing.header.lower()
-        if any(name.lower() == header for name in self.default_headers or {}):
-            return {}
-        return routing.headers(run_manager.metadata if run_manager is not None else None)
+        if any(name.lower() == header for name in [*(self.default_headers or {}), *model_headers]):
+            return model_headers
+        session = routing.headers(run_manager.metadata if run_manager is not None else None)
+        return {**session, **model_headers}
 
     # --- end of session affinity ---
 
@@ -703,7 +707,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         generate = super()._generate
-        headers = self._session_headers(run_manager)
+        headers = self._extra_headers(run_manager)
         (result,) = _pipeline.run(
             self,
             messages,
@@ -724,7 +728,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         agenerate = super()._agenerate
-        headers = self._session_headers(run_manager)
+        headers = self._extra_headers(run_manager)
         results = _pipeline.arun(
             self,
             messages,
@@ -744,7 +748,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         stream = super()._stream
-        headers = self._session_headers(run_manager)
+        headers = self._extra_headers(run_manager)
         yield from _pipeline.run(
             self,
             messages,
@@ -762,7 +766,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         astream = super()._astream
-        headers = self._session_headers(run_manager)
+        headers = self._extra_headers(run_manager)
         async for chunk in _pipeline.arun(
             self,
             messages,

@@ -115,27 +115,32 @@ def _result_message(
     """
     if isinstance(result, ToolMessage):
         return result
-    update = result.update if isinstance(result, Command) else None
-    messages = update.get("messages") if isinstance(update, Mapping) else None
-    if not isinstance(messages, list):
-        return None
     call_id = request.tool_call.get("id")
     return next(
-        (m for m in messages if isinstance(m, ToolMessage) and m.tool_call_id == call_id), None
+        (
+            m
+            for m in _update_messages(result)
+            if isinstance(m, ToolMessage) and m.tool_call_id == call_id
+        ),
+        None,
     )
 
 
+def _update_messages(result: Command[Any]) -> list[Any]:
+    """The messages of a ``Command``'s dict ``update`` (a list: what LangGraph's ToolNode takes)."""
+    update = result.update
+    messages = update.get("messages") if isinstance(update, Mapping) else None
+    return messages if isinstance(messages, list) else []
+
+
 def _with_message(
-    result: ToolMessage | Command[Any], message: ToolMessage
+    result: ToolMessage | Command[Any], original: ToolMessage, message: ToolMessage
 ) -> ToolMessage | Command[Any]:
-    """``result`` with its result message (:func:`_result_message`) replaced by ``message``."""
+    """``result`` with its result message ``original`` replaced by ``message``."""
     if not isinstance(result, Command):
         return message
     update = dict(cast("Mapping[str, Any]", result.update))
-    update["messages"] = [
-        message if isinstance(m, ToolMessage) and m.tool_call_id == message.tool_call_id else m
-        for m in update["messages"]
-    ]
+    update["messages"] = [message if m is original else m for m in _update_messages(result)]
     return dataclasses.replace(result, update=update)
 
 
@@ -372,7 +377,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 text, spec, subject=f"{job.value['tool']} tool", user_request=user_request
             )
             compressed = better_for_query(compressed, other)
-        return _with_message(result, self._replace(job, compressed))
+        return _with_message(result, job.message, self._replace(job, compressed))
 
     async def awrap_tool_call(
         self,
@@ -392,7 +397,7 @@ class ToolOutputCompressionMiddleware(AgentMiddleware[AgentState[ResponseT], Con
                 text, spec, subject=f"{job.value['tool']} tool", user_request=user_request
             )
             compressed = await asyncio.to_thread(better_for_query, compressed, other)
-        return _with_message(result, self._replace(job, compressed))
+        return _with_message(result, job.message, self._replace(job, compressed))
 
     # ------------------------------------------------------------------------ read-back tool
 

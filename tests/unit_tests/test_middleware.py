@@ -306,9 +306,10 @@ def _call(name: str, args: dict[str, Any], call_id: str) -> AIMessage:
 @tool("fetch_report")
 def fetch_report_command(day: str, runtime: ToolRuntime) -> Command[Any]:
     """Fetch the day's job report (as a subagent or handoff tool answers: a Command)."""
-    result = ToolMessage(REPORT, tool_call_id=runtime.tool_call_id, name="fetch_report")
     del day  # the report is the same every day
-    return Command(update={"messages": [result]})
+    result = ToolMessage(REPORT, tool_call_id=runtime.tool_call_id, name="fetch_report")
+    note = AIMessage("Fetched by the reports subagent.")
+    return Command(update={"messages": [note, result]})
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -334,6 +335,8 @@ def test_a_large_result_in_a_command_is_summarized_and_stored(use_async: bool) -
     assert COUNTER.count_text(result.text.rsplit("\n\n[", 1)[0]) <= 200
     assert "job_0003 on node gpu-3.eu-west" in result.text
     assert load_tool_output(store, "call_report", thread_id="c")["content"] == REPORT
+    # the Command's other messages stay as they were
+    assert any(m.text == "Fetched by the reports subagent." for m in messages)
 
 
 # A period is what LangGraph's stores refuse in a namespace label; thread ids often have one.

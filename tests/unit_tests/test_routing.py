@@ -182,10 +182,19 @@ async def test_a_config_passed_on_names_the_thread_where_none_is_in_context(
     assert server.keys() == [session_key("t"), session_key("u")]
 
 
-def test_a_session_header_in_default_headers_stands() -> None:
+def test_a_session_header_the_user_set_on_the_model_stands() -> None:
     server = _Server()
     _run(_graph(_model(server, default_headers={"x-session-id": "tenant-9"})), "t")
-    assert server.keys() == ["tenant-9"]
+    _run(_graph(_model(server, extra_headers={"X-SESSION-ID": "tenant-10"})), "t")
+    assert server.keys() == ["tenant-9", "tenant-10"]
+
+
+def test_the_models_own_extra_headers_are_sent_beside_the_key() -> None:
+    server = _Server()
+    _run(_graph(_model(server, extra_headers={"X-Tenant": "acme"})), "t")
+    _model(server, session_id="s-1", extra_headers={"X-Tenant": "acme"}).invoke("hi")
+    assert server.keys() == [session_key("t"), "s-1"]
+    assert server.keys("X-Tenant") == ["acme", "acme"]
 
 
 def test_outside_a_run_there_is_no_key_unless_one_is_given() -> None:
