@@ -2,11 +2,12 @@
 
 Tiny-qwen replicas (prefix caching) serve :data:`SESSIONS` concurrent agent threads
 (LangGraph graphs whose node calls ``ChatVLLM`` with ``on_overflow="trim"``, or
-``"summarize"``), each turn about 390 tokens: every thread grows past the window and is
-compacted, so the prefix cache only pays off if a thread's turns meet its cached prefix again.
-It runs on each of :data:`SETUPS` (two replicas at 2,048 and 4,096 tokens, four at 2,048, all
-trimmed; two at 4,096 summarized; :func:`turns_for` turns per thread), and on each the same
-workload under each routing variant:
+``"summarize"``), each turn about 390 tokens (about 1,000 in one setup: an agent turn that
+brings a tool result): every thread grows past the window and is compacted, so the prefix
+cache only pays off if a thread's turns meet its cached prefix again. It runs on each of
+:data:`SETUPS` (two replicas at 2,048 and 4,096 tokens, four at 2,048, all trimmed; two at
+4,096 summarized; two at 4,096 with the larger turns; :func:`turns_for` turns per thread), and
+on each the same workload under each routing variant:
 
 * ``consistent_hash + key``: ChatVLLM sends the thread's session key (``X-Session-ID``);
 * ``consistent_hash, no key``: ``session_affinity="off"``, every thread hashes alike;
@@ -27,7 +28,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 __all__ = [
     "SESSIONS",
     "SETUPS",
-    "TURN_TOKENS",
+    "TOOL_TURN_LINES",
+    "TURN_LINES",
     "VARIANTS",
     "cpu_replica_spec",
     "over_window_from",
@@ -67,22 +69,28 @@ Compaction = Literal["trim", "summarize"]
 """How a thread is compacted past the window: ``ChatVLLM``'s ``on_overflow``."""
 WINDOW = 2048
 """The window of the first run (and of the GPU run, :mod:`benchmarks.gpu_replicas`)."""
-SETUPS: tuple[tuple[int, int, Compaction], ...] = (
-    (2, 2048, "trim"),
-    (2, 4096, "trim"),
-    (4, 2048, "trim"),
-    (2, 4096, "summarize"),
+TURN_LINES = 10
+"""Check lines in a turn's text; tiny-qwen's tokenizer makes ~390 tokens of it, the figure the
+summary reports (:func:`turn_tokens`)."""
+TOOL_TURN_LINES = 25
+"""Check lines in a turn of the tool-sized setup: ~1,000 tokens, a tool result just under
+``ToolOutputCompressionMiddleware``'s default threshold (larger ones it compresses)."""
+SETUPS: tuple[tuple[int, int, Compaction, int], ...] = (
+    (2, 2048, "trim", TURN_LINES),
+    (2, 4096, "trim", TURN_LINES),
+    (4, 2048, "trim", TURN_LINES),
+    (2, 4096, "summarize", TURN_LINES),
+    (2, 4096, "trim", TOOL_TURN_LINES),
 )
-"""The (replicas, window, compaction) setups ``make bench`` runs the workload on, one after
-the other: two replicas at two windows (the window sets how often a thread is compacted: every
-~2 turns at 2,048 tokens, every ~5 at 4,096; a trim is a cold prompt on every replica,
-whatever the routing), four replicas (under round robin, a thread's next turn finds the
-replica that holds its latest prefix less often), and two replicas with ``"summarize"``, whose
+"""The (replicas, window, compaction, turn lines) setups ``make bench`` runs the workload on,
+one after the other: two replicas at two windows (the window sets how often a thread is
+compacted: every ~2 turns at 2,048 tokens, every ~5 at 4,096; a trim is a cold prompt on every
+replica, whatever the routing), four replicas (under round robin, a thread's next turn finds
+the replica that holds its latest prefix less often), two replicas with ``"summarize"``, whose
 compaction keeps the prompt up to the summaries and sends the summarizer the conversation's
-own prefix, so it is served from the cache of the replica that holds the thread."""
-TURN_TOKENS = 260
-"""Sizes a turn's text (10 check lines); tiny-qwen's tokenizer makes ~390 tokens of it, the
-figure the summary reports (:func:`turn_tokens`)."""
+own prefix, so it is served from the cache of the replica that holds the thread, and two
+replicas with turns of ~1,000 tokens (round robin loses about one turn per request, so what
+the key gains is about a turn's share of the prompt)."""
 SESSIONS = 6
 """Concurrent threads (``quick``: 4)."""
 SYSTEM = "You are an operations assistant. Keep track of every ticket and host."
@@ -109,33 +117,34 @@ def _counter() -> TransformersTokenCounter:
 
 
 @functools.cache  # run_replicas asks for it directly and through turns_for
-def over_window_from(window: int) -> int:
+def over_window_from(window: int, lines: int = TURN_LINES) -> int:
     """The first turn whose prompt is over ``window``'s input limit (4 at 2,048), counted
     with tiny-qwen's tokenizer on a thread's real text.
 
     Args:
         window: The replicas' ``--max-model-len``.
+        lines: Check lines per turn (:data:`TURN_LINES`).
     """
     counter = _counter()
     limit = _BUDGET.with_max_model_len(window).input_limit(_ANSWER_TOKENS)
     messages: list[BaseMessage] = [SystemMessage(SYSTEM)]
     turn = 0
     while True:
-        messages.append(HumanMessage(_turn_text(thread_id(0, 0), turn)))
+        messages.append(HumanMessage(_turn_text(thread_id(0, 0), turn, lines)))
         if counter.count_messages(messages) > limit:
             return turn
         messages.append(AIMessage("0" * _ANSWER_TOKENS))  # one token per digit
         turn += 1
 
 
-def turns_for(window: int) -> int:
+def turns_for(window: int, lines: int = TURN_LINES) -> int:
     """Turns per thread at ``window``: twice the turns to pass it, and 4 more (12 at 2,048)."""
-    return 2 * over_window_from(window) + 4
+    return 2 * over_window_from(window, lines) + 4
 
 
-def turn_tokens() -> int:
+def turn_tokens(lines: int = TURN_LINES) -> int:
     """A turn's text in tiny-qwen's tokens (its first thread's first turn)."""
-    return _counter().count_text(_turn_text(thread_id(0, 0), 0))
+    return _counter().count_text(_turn_text(thread_id(0, 0), 0, lines))
 
 
 @dataclass(frozen=True)
@@ -156,14 +165,14 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
-def _turn_text(thread: str, turn: int) -> str:
-    lines = [f"Ticket {thread}-{turn}: host db-{turn}.{thread}.prod is slow."]
-    lines += [
+def _turn_text(thread: str, turn: int, lines: int = TURN_LINES) -> str:
+    text = [f"Ticket {thread}-{turn}: host db-{turn}.{thread}.prod is slow."]
+    text += [
         f"- check {j}: /var/log/{thread}/shard-{j}.log shows p99 {180 + j + turn} ms on "
         f"node {thread}-{turn}-{j}."
-        for j in range(TURN_TOKENS // 26)
+        for j in range(lines)
     ]
-    return "\n".join(lines)
+    return "\n".join(text)
 
 
 def _agent(base_url: str, *, session_key: bool, compaction: Compaction) -> Any:
@@ -191,7 +200,7 @@ def _agent(base_url: str, *, session_key: bool, compaction: Compaction) -> Any:
     return builder.compile(checkpointer=InMemorySaver())
 
 
-def _phase(agent: Any, threads: list[str], turns: range) -> list[float]:
+def _phase(agent: Any, threads: list[str], turns: range, lines: int) -> list[float]:
     """Run ``turns`` of every thread at once; return each turn's latency in seconds."""
 
     def run(thread: str) -> list[float]:
@@ -199,7 +208,8 @@ def _phase(agent: Any, threads: list[str], turns: range) -> list[float]:
         latencies = []
         for turn in turns:
             started = time.perf_counter()
-            agent.invoke({"messages": [HumanMessage(_turn_text(thread, turn))]}, config)
+            text = _turn_text(thread, turn, lines)
+            agent.invoke({"messages": [HumanMessage(text)]}, config)
             latencies.append(time.perf_counter() - started)
         return latencies
 
@@ -253,15 +263,16 @@ def _run_variant(
     sessions: int,
     turns: range,
     compaction: Compaction,
+    lines: int,
 ) -> dict[str, Any]:
     """Run ``turns`` of ``sessions`` threads; ``turns.start`` is the first over the window."""
     agent = _agent(url, session_key=variant.session_key, compaction=compaction)
     threads = [thread_id(VARIANTS.index(variant), i) for i in range(sessions)]
     started = time.perf_counter()
     before = [scrape(r) for r in roots]
-    first = _phase(agent, threads, range(turns.start))
+    first = _phase(agent, threads, range(turns.start), lines)
     middle = [scrape(r) for r in roots]
-    over = _phase(agent, threads, turns)
+    over = _phase(agent, threads, turns, lines)
     seconds = time.perf_counter() - started
     whole = _settled(roots, before, sessions * turns.stop)
     over_window = _settled(roots, middle, sessions * len(turns))
@@ -313,6 +324,7 @@ def run_replicas(
     window: int = WINDOW,
     replicas: int = 2,
     compaction: Compaction = "trim",
+    lines: int = TURN_LINES,
 ) -> dict[str, Any]:
     """Run every :data:`VARIANTS` over ``replicas`` fresh replicas; return the figures.
 
@@ -324,9 +336,10 @@ def run_replicas(
         window: The replicas' window; the turns follow from it (:func:`turns_for`).
         replicas: How many replicas the router spreads the threads over.
         compaction: ``ChatVLLM``'s ``on_overflow`` past the window.
+        lines: Check lines per turn (:data:`TURN_LINES`: ~390 tokens).
     """
-    first = over_window_from(window)
-    sessions, turns = (4, 9) if quick else (SESSIONS, turns_for(window))
+    first = over_window_from(window, lines)
+    sessions, turns = (4, 9) if quick else (SESSIONS, turns_for(window, lines))
     if sessions_turns is not None:
         sessions, turns = sessions_turns
     result: dict[str, Any] = {
@@ -336,7 +349,7 @@ def run_replicas(
             "window": window,
             "sessions": sessions,
             "turns": turns,
-            "turn_tokens": turn_tokens(),
+            "turn_tokens": turn_tokens(lines),
             "over_window_from_turn": first,
             "compaction": f"on_overflow={compaction}",
         },
@@ -349,7 +362,7 @@ def run_replicas(
             if variant.policy is None:
                 url = servers[0].base_url
                 result["variants"][variant.name] = _run_variant(
-                    variant, url, roots[:1], sessions, measured, compaction
+                    variant, url, roots[:1], sessions, measured, compaction, lines
                 )
                 continue
             router_spec = RouterSpec(worker_urls=tuple(roots), policy=variant.policy)
@@ -358,23 +371,29 @@ def run_replicas(
                 stack.callback(router.stop)
                 router.start()
                 result["variants"][variant.name] = _run_variant(
-                    variant, router.base_url, roots, sessions, measured, compaction
+                    variant, router.base_url, roots, sessions, measured, compaction, lines
                 )
     result["goal"] = _goal(result["variants"])
     return result
 
 
-def run_replica_setups(*, quick: bool = False) -> dict[str, Any]:
+def run_replica_setups(*, quick: bool = False, only: Sequence[int] | None = None) -> dict[str, Any]:
     """:func:`run_replicas` on each of :data:`SETUPS` (``quick``: the first).
+
+    Args:
+        quick: The first setup, with fewer threads and turns.
+        only: Indexes into :data:`SETUPS` to run (default: all).
 
     Returns:
         ``{"setups": [result, ...]}``, one :func:`run_replicas` result per setup.
     """
-    setups = SETUPS[:1] if quick else SETUPS
+    setups = SETUPS[:1] if quick else [SETUPS[i] for i in (only or range(len(SETUPS)))]
     return {
         "setups": [
-            run_replicas(quick=quick, replicas=count, window=window, compaction=compaction)
-            for count, window, compaction in setups
+            run_replicas(
+                quick=quick, replicas=count, window=window, compaction=compaction, lines=lines
+            )
+            for count, window, compaction, lines in setups
         ]
     }
 

@@ -22,19 +22,20 @@ def store_label(value: str) -> str:
 
     LangGraph's stores refuse a label with a period or a NUL byte in it
     (``InvalidNamespaceError``), and thread ids often have a period (an e-mail address, a chat
-    message's timestamp). Such an id is written escaped: ``%`` as ``%25``, ``.`` as ``%2E``,
-    NUL as ``%00``. An id the stores take as it is stays as it is, so outputs stored under it
-    before stay where they were.
+    message's timestamp). Such an id, and one that starts with ``%``, is written escaped: a
+    ``%`` first, then the id with ``%`` as ``%25``, ``.`` as ``%2E`` and NUL as ``%00``. Every
+    other id is its own label, so outputs stored under it before stay where they were, and no
+    two ids share a label (an escaped label starts with ``%``; no other label does).
 
     Example:
         >>> store_label("alice@example.com"), store_label("1715000000.123456")
-        ('alice@example%2Ecom', '1715000000%2E123456')
-        >>> store_label("thread-7"), store_label("100%-done")
-        ('thread-7', '100%-done')
+        ('%alice@example%2Ecom', '%1715000000%2E123456')
+        >>> store_label("thread-7"), store_label("100%-done"), store_label("%2E")
+        ('thread-7', '100%-done', '%%252E')
     """
-    if "." not in value and "\x00" not in value:
+    if "." not in value and "\x00" not in value and not value.startswith("%"):
         return value
-    return value.replace("%", "%25").replace(".", "%2E").replace("\x00", "%00")
+    return "%" + value.replace("%", "%25").replace(".", "%2E").replace("\x00", "%00")
 
 
 @contextmanager

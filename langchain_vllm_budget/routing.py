@@ -46,9 +46,9 @@ __all__ = [
     "SessionAffinity",
     "SessionCookieJars",
     "SessionRouting",
+    "call_headers",
     "current_thread_id",
     "session_key",
-    "with_headers",
 ]
 
 SessionAffinity = Literal["thread", "off"]
@@ -128,21 +128,38 @@ class SessionRouting:
         return {} if key is None else {self.header: key}
 
 
-def with_headers(payload: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
-    """``payload`` with ``headers`` added to its ``extra_headers`` (the caller's win).
+def call_headers(
+    session: Mapping[str, str],
+    *,
+    call: Mapping[str, str] | None,
+    model: Mapping[str, str] | None,
+    client: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The ``extra_headers`` a call sends: its own, with the session key beside them.
 
-    ``payload`` is a call's keyword arguments. The OpenAI client sends a call's
-    ``extra_headers`` with that request only.
+    As in langchain-openai, a call's own ``extra_headers`` replace the model's (``call`` is
+    ``None`` when it passes none). The session headers are added unless the user already set
+    that header there or in the client's ``default_headers`` (in any letter case): the user's
+    own key stands.
+
+    Args:
+        session: The session headers (:meth:`SessionRouting.headers`).
+        call: The call's own ``extra_headers``, if it passes any.
+        model: The model's ``extra_headers``.
+        client: The client's ``default_headers``.
 
     Example:
-        >>> with_headers({"model": "m", "extra_headers": {"X-Session-ID": "mine"}},
-        ...              {"X-Session-ID": "lg-1"})
-        {'model': 'm', 'extra_headers': {'X-Session-ID': 'mine'}}
+        >>> key = {"X-Session-ID": "lg-1"}
+        >>> call_headers(key, call=None, model={"X-Tenant": "acme"})
+        {'X-Session-ID': 'lg-1', 'X-Tenant': 'acme'}
+        >>> call_headers(key, call={"X-Call": "1"}, model={"X-Tenant": "acme"})
+        {'X-Session-ID': 'lg-1', 'X-Call': '1'}
+        >>> call_headers(key, call={"x-session-id": "mine"}, model=None)
+        {'x-session-id': 'mine'}
     """
-    if not headers:
-        return payload
-    given = payload.get("extra_headers") or {}
-    return {**payload, "extra_headers": {**headers, **given}}
+    own = dict(model or {}) if call is None else dict(call)
+    taken = {name.lower() for name in [*own, *(client or {})]}
+    return {**{k: v for k, v in session.items() if k.lower() not in taken}, **own}
 
 
 class SessionCookieJars:

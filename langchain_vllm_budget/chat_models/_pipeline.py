@@ -40,7 +40,6 @@ from langchain_vllm_budget.errors import (
     parse_length_error,
 )
 from langchain_vllm_budget.overflow import BudgetOutcome, aapply_policy, apply_policy
-from langchain_vllm_budget.routing import with_headers
 from langchain_vllm_budget.tokenizers import (
     AsyncTokenCounter,
     PromptOptions,
@@ -142,8 +141,8 @@ class Prepared:
         """The call's keyword arguments with the planned output limit (and thinking cap).
 
         Args:
-            headers: The ``extra_headers`` to send (the model's, with the session key) when
-                the call passes none of its own; the call's own win, header by header.
+            headers: The ``extra_headers`` to send in place of the call's own
+                (:func:`~langchain_vllm_budget.routing.call_headers`).
         """
         kwargs = {k: v for k, v in self.request.kwargs.items() if k not in _MAX_TOKENS_KEYS}
         kwargs["max_tokens"] = self.plan.max_tokens
@@ -158,7 +157,9 @@ class Prepared:
             extra["thinking_token_budget"] = thinking
         if extra or given is not None:
             kwargs["extra_body"] = extra
-        return with_headers(kwargs, headers or {})
+        if headers is not None and (headers or "extra_headers" in kwargs):
+            kwargs["extra_headers"] = dict(headers)
+        return kwargs
 
     def report(self) -> dict[str, Any]:
         """The plan applied, for ``response_metadata["budget"]`` and logs."""

@@ -81,6 +81,7 @@ from langchain_vllm_budget.routing import (
     SessionAffinity,
     SessionCookieJars,
     SessionRouting,
+    call_headers,
 )
 from langchain_vllm_budget.tokenizers import (
     PromptOptions,
@@ -257,8 +258,8 @@ class ChatVLLM(BaseChatOpenAI):
     LangGraph run with a ``thread_id`` (a checkpointer's thread) carries a session key
     derived from it, so a router (``vllm-router --policy
     consistent_hash``) keeps the thread on the replica that holds its prefix cache; a run
-    without one sends none; ``"off"``: no key is sent. A session header already in
-    ``default_headers`` is left as it is."""
+    without one sends none; ``"off"``: no key is sent. A session header the user set
+    (``default_headers``, the model's or the call's ``extra_headers``) is left as it is."""
     session_header: str = Field(default_factory=settings.SESSION_HEADER.required_factory())
     """The header that carries the session key (env ``VLLM_BUDGET_SESSION_HEADER``)."""
     session_id: str | None = None
@@ -281,21 +282,21 @@ class ChatVLLM(BaseChatOpenAI):
             **values,
         }
 
-    def _extra_headers(self, run_manager: BaseRunManager | None) -> dict[str, str]:
-        """The ``extra_headers`` a call sends unless it passes its own.
+    def _extra_headers(
+        self, run_manager: BaseRunManager | None, kwargs: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """The ``extra_headers`` a call with ``kwargs`` sends.
 
-        The model's (``ChatVLLM(extra_headers=...)``), with the session key
-        (:mod:`langchain_vllm_budget.routing`) beside them. The key is the thread's (the run's
-        config, else the call's callback metadata); none is added where ``default_headers`` or
-        the model's ``extra_headers`` already carry the header (the user's own key stands).
+        Its own (else the model's), with the thread's session key beside them
+        (:func:`~langchain_vllm_budget.routing.call_headers`).
         """
-        model_headers: dict[str, str] = dict(self.model_kwargs.get("extra_headers") or {})
         routing = SessionRouting(self.session_affinity, self.session_header, self.session_id)
-        header = routing.header.lower()
-        if any(name.lower() == header for name in [*(self.default_headers or {}), *model_headers]):
-            return model_headers
-        session = routing.headers(run_manager.metadata if run_manager is not None else None)
-        return {**session, **model_headers}
+        return call_headers(
+            routing.headers(run_manager.metadata if run_manager is not None else None),
+            call=kwargs.get("extra_headers"),
+            model=self.model_kwargs.get("extra_headers"),
+            client=self.default_headers,
+        )
 
     # --- end of session affinity ---
 
@@ -707,7 +708,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         generate = super()._generate
-        headers = self._extra_headers(run_manager)
+        headers = self._extra_headers(run_manager, kwargs)
         (result,) = _pipeline.run(
             self,
             messages,
@@ -728,7 +729,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> ChatResult:
         agenerate = super()._agenerate
-        headers = self._extra_headers(run_manager)
+        headers = self._extra_headers(run_manager, kwargs)
         results = _pipeline.arun(
             self,
             messages,
@@ -748,7 +749,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         stream = super()._stream
-        headers = self._extra_headers(run_manager)
+        headers = self._extra_headers(run_manager, kwargs)
         yield from _pipeline.run(
             self,
             messages,
@@ -766,7 +767,7 @@ class ChatVLLM(BaseChatOpenAI):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         astream = super()._astream
-        headers = self._extra_headers(run_manager)
+        headers = self._extra_headers(run_manager, kwargs)
         async for chunk in _pipeline.arun(
             self,
             messages,

@@ -309,7 +309,9 @@ def fetch_report_command(day: str, runtime: ToolRuntime) -> Command[Any]:
     del day  # the report is the same every day
     result = ToolMessage(REPORT, tool_call_id=runtime.tool_call_id, name="fetch_report")
     note = AIMessage("Fetched by the reports subagent.")
-    return Command(update={"messages": [note, result]})
+    # A second result for the call: only the one compressed is replaced.
+    again = ToolMessage("Report sent again.", tool_call_id=runtime.tool_call_id)
+    return Command(update={"messages": [note, result, again]})
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -330,7 +332,8 @@ def test_a_large_result_in_a_command_is_summarized_and_stored(use_async: bool) -
     request = {"messages": [HumanMessage("Which jobs ran on gpu-3?")]}
     asyncio.run(agent.ainvoke(request, config)) if use_async else agent.invoke(request, config)
     messages = agent.get_state(config).values["messages"]
-    (result,) = [m for m in messages if isinstance(m, ToolMessage)]
+    result, again = [m for m in messages if isinstance(m, ToolMessage)]
+    assert again.text == "Report sent again."
     assert METADATA_KEY in result.response_metadata
     assert COUNTER.count_text(result.text.rsplit("\n\n[", 1)[0]) <= 200
     assert "job_0003 on node gpu-3.eu-west" in result.text

@@ -9,13 +9,13 @@ from langchain_vllm_budget.serving.local_models import ensure_local_model
 from langchain_vllm_budget.tokenizers import TransformersTokenCounter
 
 
-def _prompt_tokens(thread: str, turns: int) -> int:
+def _prompt_tokens(thread: str, turns: int, lines: int) -> int:
     """The prompt of a thread's turn ``turns``, every earlier turn answered in 4 tokens."""
     counter = TransformersTokenCounter(ensure_local_model("tiny-qwen"))
     messages: list[BaseMessage] = [SystemMessage(replicas.SYSTEM)]
     for turn in range(turns):
-        messages += [HumanMessage(replicas._turn_text(thread, turn)), AIMessage("0000")]
-    messages.append(HumanMessage(replicas._turn_text(thread, turns)))
+        messages += [HumanMessage(replicas._turn_text(thread, turn, lines)), AIMessage("0000")]
+    messages.append(HumanMessage(replicas._turn_text(thread, turns, lines)))
     return counter.count_messages(messages)
 
 
@@ -26,11 +26,18 @@ def test_every_variants_threads_pass_the_window_at_the_measured_turn() -> None:
         for i in range(replicas.SESSIONS)
     ]
     assert len(set(threads)) == len(threads)  # no variant shares another's prefixes
-    for window in (2048, 4096):
-        first = replicas.over_window_from(window)
+    for _, window, _, lines in replicas.SETUPS:
+        first = replicas.over_window_from(window, lines)
+        assert first >= 2  # some turns fit before the window is passed
         limit = replicas._BUDGET.with_max_model_len(window).input_limit(4)
         for thread in threads:
-            assert _prompt_tokens(thread, first - 1) <= limit < _prompt_tokens(thread, first)
+            below, above = (_prompt_tokens(thread, t, lines) for t in (first - 1, first))
+            assert below <= limit < above
+
+
+def test_the_tool_sized_turns_are_about_a_tool_result_under_the_threshold() -> None:
+    assert 300 < replicas.turn_tokens() < 450
+    assert 900 < replicas.turn_tokens(replicas.TOOL_TURN_LINES) <= 1000
 
 
 def _run(count: int, window: int) -> dict[str, object]:

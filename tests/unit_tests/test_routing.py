@@ -18,7 +18,6 @@ from langchain_vllm_budget.routing import (
     SessionRouting,
     current_thread_id,
     session_key,
-    with_headers,
 )
 
 
@@ -197,6 +196,18 @@ def test_the_models_own_extra_headers_are_sent_beside_the_key() -> None:
     assert server.keys("X-Tenant") == ["acme", "acme"]
 
 
+def test_a_calls_own_extra_headers_replace_the_models_as_in_langchain_openai() -> None:
+    server = _Server()
+    model = _model(server, extra_headers={"X-Tenant": "acme"})
+    _run(_graph(model.bind(extra_headers={"X-Call": "1"})), "t")  # type: ignore[arg-type]
+    _run(_graph(model.bind(extra_headers={})), "t")  # type: ignore[arg-type]
+    off = _model(server, session_affinity="off", extra_headers={"X-Tenant": "acme"})
+    off.invoke("hi", extra_headers={"X-Call": "2"})
+    assert server.keys() == [session_key("t"), session_key("t"), None]
+    assert server.keys("X-Tenant") == [None, None, None]
+    assert server.keys("X-Call") == ["1", None, "2"]
+
+
 def test_outside_a_run_there_is_no_key_unless_one_is_given() -> None:
     server = _Server()
     _model(server).invoke("hi")
@@ -229,7 +240,6 @@ def test_a_callers_own_header_wins() -> None:
     graph = _graph(_model(server).bind(extra_headers={"X-Session-ID": "mine"}))  # type: ignore[arg-type]
     _run(graph, "t")
     assert server.keys() == ["mine"]
-    assert with_headers({"a": 1}, {}) == {"a": 1}
 
 
 def test_session_cookies_build_clients_that_keep_a_jar_per_session(

@@ -577,7 +577,7 @@ def test_a_thread_id_with_a_period_keeps_its_raw_outputs() -> None:
     out = app.invoke({"request": "Migrate"}, {"configurable": {"thread_id": thread}})
     assert app.store is not None
     assert get_raw_output(app.store, thread, out["run_id"], "act") == "MIG-7 applied"
-    assert out["ledger"]["act"]["raw_output"][1] == "1715000000%2E123456"
+    assert out["ledger"]["act"]["raw_output"][1] == "%1715000000%2E123456"
 
 
 def test_a_stage_summary_has_no_tool_call_ids_but_its_raw_output_keeps_them() -> None:
