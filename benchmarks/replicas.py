@@ -28,7 +28,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -377,17 +377,13 @@ def run_replicas(
     return result
 
 
-def run_replica_setups(*, quick: bool = False, only: Sequence[int] | None = None) -> dict[str, Any]:
+def run_replica_setups(*, quick: bool = False) -> dict[str, Any]:
     """:func:`run_replicas` on each of :data:`SETUPS` (``quick``: the first).
-
-    Args:
-        quick: The first setup, with fewer threads and turns.
-        only: Indexes into :data:`SETUPS` to run (default: all).
 
     Returns:
         ``{"setups": [result, ...]}``, one :func:`run_replicas` result per setup.
     """
-    setups = SETUPS[:1] if quick else [SETUPS[i] for i in (only or range(len(SETUPS)))]
+    setups = SETUPS[:1] if quick else SETUPS
     return {
         "setups": [
             run_replicas(

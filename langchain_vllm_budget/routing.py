@@ -5,7 +5,7 @@ consistent_hash``, production-stack, llm-d) keep a conversation on the replica t
 KV prefix when every request of the conversation carries the same session key. Inside a
 LangGraph run, :class:`SessionRouting` derives that key from the run's ``thread_id``
 (``config["configurable"]["thread_id"]``, read with :func:`langgraph.config.get_config`;
-where no run's config is in context, from the call's callback metadata, where LangGraph puts
+where no config in context names one, from the call's callback metadata, where LangGraph puts
 it), so
 every call of a thread, its subagents (subgraphs run with the parent's config) and the
 summarizer calls made inside it send the same key, and different threads spread over the
@@ -64,13 +64,13 @@ def current_thread_id(metadata: Mapping[str, Any] | None = None) -> str | None:
 
     Args:
         metadata: The call's callback metadata (its run manager's), where LangGraph puts
-            the run's ``thread_id``: read where no run's config is in context (an async
-            node on Python 3.10, where LangGraph cannot put it there, that passes its
-            ``config`` on to the model's ``ainvoke``).
+            the run's ``thread_id``: read where no config in context names a thread (an
+            async node on Python 3.10, where LangGraph cannot put the run's config there,
+            that passes its ``config`` on to the model's ``ainvoke``).
 
     Returns:
         The run's ``config["configurable"]["thread_id"]`` (:func:`langgraph.config.get_config`);
-        where no config is in context, the ``thread_id`` in ``metadata``.
+        where no config in context names a thread, the ``thread_id`` in ``metadata``.
 
     Example:
         >>> current_thread_id({"thread_id": "t-7", "langgraph_node": "agent"})
@@ -81,6 +81,8 @@ def current_thread_id(metadata: Mapping[str, Any] | None = None) -> str | None:
     try:
         thread_id = (get_config().get("configurable") or {}).get("thread_id")
     except RuntimeError:  # no run's config in context
+        thread_id = None
+    if thread_id is None:
         thread_id = (metadata or {}).get("thread_id")
     return None if thread_id is None else str(thread_id)
 

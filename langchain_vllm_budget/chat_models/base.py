@@ -293,7 +293,8 @@ class ChatVLLM(BaseChatOpenAI):
         routing = SessionRouting(self.session_affinity, self.session_header, self.session_id)
         return call_headers(
             routing.headers(run_manager.metadata if run_manager is not None else None),
-            call=kwargs.get("extra_headers"),
+            # A call's extra_headers=None sends none of the model's, as in langchain-openai.
+            call=(kwargs["extra_headers"] or {}) if "extra_headers" in kwargs else None,
             model=self.model_kwargs.get("extra_headers"),
             client=self.default_headers,
         )

@@ -40,6 +40,7 @@ from langchain_vllm_budget import settings
 from langchain_vllm_budget.cli._signals import stopped_on_termination
 from langchain_vllm_budget.persistence import postgres_persistence, sqlite_persistence
 from langchain_vllm_budget.settings import CHECKPOINTER_DSN
+from langchain_vllm_budget.stages.store import raw_output_namespace
 
 __all__ = [
     "ANSWER_MAX_CHARS",
@@ -454,10 +455,8 @@ def run_graph(
     if answer is not None:
         last = list(ledger)[-1]
         out.print(Panel(Text(answer), title=f"Answer ({last})", title_align="left", expand=False))
-    out.print(
-        f"raw stage outputs: store namespace ('stage_outputs', '{thread}', "
-        f"'{final.get('run_id', '')}')"
-    )
+    namespace = raw_output_namespace(thread, str(final.get("run_id", "")))
+    out.print(f"raw stage outputs: store namespace {namespace}")
     return dict(final)
 
 

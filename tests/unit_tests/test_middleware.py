@@ -47,7 +47,6 @@ from langchain_vllm_budget.middleware.tool_outputs import (
     _last_request,
     find_lines,
 )
-from langchain_vllm_budget.persistence import store_label
 from langchain_vllm_budget.tokenizers import ApproximateTokenCounter, tools_to_openai_dicts
 from tests.fakes import ThreadRecordingCounter
 
@@ -343,8 +342,10 @@ def test_a_large_result_in_a_command_is_summarized_and_stored(use_async: bool) -
 
 
 # A period is what LangGraph's stores refuse in a namespace label; thread ids often have one.
-@pytest.mark.parametrize("thread", ["t1", "alice@example.com"])
-def test_a_large_tool_result_is_summarized_stored_and_readable(thread: str) -> None:
+@pytest.mark.parametrize(
+    ("thread", "label"), [("t1", "t1"), ("alice@example.com", "%alice@example%2Ecom")]
+)
+def test_a_large_tool_result_is_summarized_stored_and_readable(thread: str, label: str) -> None:
     model = _model(
         script=[
             _call("fetch_report", {"day": "2024-05-14"}, "call_report"),
@@ -370,7 +371,7 @@ def test_a_large_tool_result_is_summarized_stored_and_readable(thread: str) -> N
     savings = compressed.response_metadata[METADATA_KEY]
     assert savings["raw_tokens"] == raw_tokens
     assert savings["saved_tokens"] == raw_tokens - savings["summary_tokens"] > 0
-    assert savings["store_namespace"] == ["tool_outputs", store_label(thread)]
+    assert savings["store_namespace"] == ["tool_outputs", label]
     # the summary keeps what the question asks for first (the runs on gpu-3), and says what
     # 120 runs' worth of paths could not fit under the cap
     assert "job_0003 on node gpu-3.eu-west" in summary

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -178,7 +178,8 @@ async def test_a_config_passed_on_names_the_thread_where_none_is_in_context(
     graph = builder.compile(checkpointer=InMemorySaver())
     await graph.ainvoke({"messages": [HumanMessage("hi")]}, {"configurable": {"thread_id": "t"}})
     model.invoke("hi", {"metadata": {"thread_id": "u"}})  # the same, outside LangGraph
-    assert server.keys() == [session_key("t"), session_key("u")]
+    (RunnableLambda(lambda text: text) | model).invoke("hi", {"metadata": {"thread_id": "v"}})
+    assert server.keys() == [session_key("t"), session_key("u"), session_key("v")]
 
 
 def test_a_session_header_the_user_set_on_the_model_stands() -> None:
