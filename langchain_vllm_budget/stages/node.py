@@ -183,7 +183,8 @@ class _Call:
     rolling_summaries: Mapping[str, str]
     previous_rolling: str
     rolling_covers: Mapping[str, int]
-    """The runs of the earlier stages the rolling summary will cover (this one's comes last)."""
+    """The runs of the earlier stages the rolling summary will cover (``_finish`` adds this
+    stage's run, known once its output is stored)."""
     started: float
 
 

@@ -4,12 +4,12 @@ Key: the stage name; namespace: ``("stage_outputs", thread_id, run_id)`` (the id
 :func:`~langchain_vllm_budget.persistence.store_label` writes them). A later run on the
 same thread writes to its own namespace, so no run overwrites another's outputs, and every
 run's outputs stay retrievable (``store.search(("stage_outputs", store_label(thread_id)))``
-lists them). A
-stage that runs again within a run (a loop in the graph) keeps its latest output under its
-name and the earlier ones under ``"<stage>#1"``, ``"<stage>#2"``, ... (:func:`get_raw_output`
-with ``attempt=``). A stage that failed after storing its output and was run again (a retry
-policy, a resumed run) counts the stored one as an attempt too; stages sent as several tasks
-of one step (``Send``) share one key, so give each its own stage name.
+lists them). A stage that runs again within a run (a loop in the graph) keeps its latest
+output under its name and the earlier ones under ``"<stage>#1"``, ``"<stage>#2"``, ...
+(:func:`get_raw_output` with ``attempt=``). A stage that failed after storing its output
+and was run again (a retry policy, a resumed run) counts the stored one as an attempt too;
+stages sent as several tasks of one step (``Send``) share one key, so give each its own stage
+name.
 """
 
 from __future__ import annotations
